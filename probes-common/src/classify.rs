@@ -1,0 +1,254 @@
+//! The "may this write take the inode lock shared?" classifier.
+//!
+//! It mirrors the four conditions of "fuse: allow parallel direct writes in
+//! passthrough" (see `shared/reference/`). Unlike the kernel, which stops at the
+//! first failing condition, it records every condition that fails, so users see
+//! all the reasons a write had to be exclusive.
+
+/// `FOPEN_PARALLEL_DIRECT_WRITES` (UAPI `linux/fuse.h`).
+pub const FOPEN_PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
+/// `FOPEN_PASSTHROUGH` (UAPI `linux/fuse.h`).
+pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+/// `FOPEN_DIRECT_IO` (UAPI `linux/fuse.h`).
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// `IOCB_DIRECT` (`include/linux/fs.h`; a macro, so not in BTF).
+pub const IOCB_DIRECT: u32 = 1 << 17;
+/// `IOCB_APPEND`, equal to `RWF_APPEND` since Linux 5.9.
+pub const IOCB_APPEND: u32 = 0x10;
+
+/// One reason a write cannot take the lock shared, or `Eligible` for none.
+///
+/// The discriminant is the reason's slot in [`crate::WriteStats::acquisitions`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// All four conditions hold: the patch lets this write run shared.
+    Eligible = 0,
+    /// The open lacks `FOPEN_PARALLEL_DIRECT_WRITES` in `ff->open_flags`.
+    NoParallelFlag = 1,
+    /// Not direct I/O (no `IOCB_DIRECT`).
+    Buffered = 2,
+    /// An append (`IOCB_APPEND`).
+    Append = 3,
+    /// `ki_pos + count > i_size`.
+    PastEof = 4,
+}
+
+impl Reason {
+    /// Number of reason slots, `Eligible` included.
+    pub const COUNT: usize = 5;
+    /// Every reason in slot order.
+    pub const ALL: [Reason; Self::COUNT] = [
+        Reason::Eligible,
+        Reason::NoParallelFlag,
+        Reason::Buffered,
+        Reason::Append,
+        Reason::PastEof,
+    ];
+
+    /// The name used in JSON, metrics and tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Eligible => "eligible",
+            Reason::NoParallelFlag => "no_parallel_flag",
+            Reason::Buffered => "buffered",
+            Reason::Append => "append",
+            Reason::PastEof => "past_eof",
+        }
+    }
+
+    pub const fn slot(self) -> usize {
+        self as usize
+    }
+
+    const fn bit(self) -> u32 {
+        match self {
+            Reason::Eligible => 0,
+            _ => 1 << (self as u32 - 1),
+        }
+    }
+}
+
+/// The set of failed conditions of one write; empty means eligible.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reasons(u32);
+
+impl Reasons {
+    pub const NONE: Reasons = Reasons(0);
+
+    pub const fn from_bits(bits: u32) -> Reasons {
+        Reasons(bits & 0xf)
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub const fn is_eligible(self) -> bool {
+        self.0 == 0
+    }
+
+    pub const fn contains(self, reason: Reason) -> bool {
+        match reason {
+            Reason::Eligible => self.0 == 0,
+            _ => self.0 & reason.bit() != 0,
+        }
+    }
+
+    #[must_use]
+    pub const fn with(self, reason: Reason) -> Reasons {
+        Reasons(self.0 | reason.bit())
+    }
+}
+
+/// What the classifier needs to know about one write, read at the entry of
+/// `fuse_file_write_iter()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteFacts {
+    /// `ff->open_flags` of the open the write goes through.
+    pub open_flags: u32,
+    /// `iocb->ki_flags`.
+    pub ki_flags: u32,
+    /// `iocb->ki_pos`.
+    pub pos: i64,
+    /// `iov_iter_count(from)`.
+    pub count: u64,
+    /// `inode->i_size`.
+    pub i_size: i64,
+}
+
+/// Every patch condition `facts` fails.
+///
+/// `past_eof` is the kernel's own expression, `ki_pos + count > i_size`, with
+/// C's arithmetic: `loff_t + size_t` is computed as unsigned and compared with
+/// `i_size` converted to unsigned. It is not evaluated for appends: an append's
+/// position is only decided under the lock (it becomes EOF), the patch never
+/// evaluates it for them, and on entry `ki_pos` is merely the descriptor's
+/// file position, so the answer would be noise.
+#[inline(always)]
+pub fn classify(facts: &WriteFacts) -> Reasons {
+    let mut reasons = Reasons::NONE;
+    if facts.open_flags & FOPEN_PARALLEL_DIRECT_WRITES == 0 {
+        reasons = reasons.with(Reason::NoParallelFlag);
+    }
+    if facts.ki_flags & IOCB_DIRECT == 0 {
+        reasons = reasons.with(Reason::Buffered);
+    }
+    if facts.ki_flags & IOCB_APPEND != 0 {
+        reasons = reasons.with(Reason::Append);
+    } else if (facts.pos as u64).wrapping_add(facts.count) > facts.i_size as u64 {
+        reasons = reasons.with(Reason::PastEof);
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARALLEL: u32 = FOPEN_PARALLEL_DIRECT_WRITES | FOPEN_PASSTHROUGH;
+
+    fn facts(open_flags: u32, ki_flags: u32, pos: i64, count: u64, i_size: i64) -> WriteFacts {
+        WriteFacts {
+            open_flags,
+            ki_flags,
+            pos,
+            count,
+            i_size,
+        }
+    }
+
+    #[test]
+    fn direct_overwrite_inside_eof_is_eligible() {
+        let r = classify(&facts(PARALLEL, IOCB_DIRECT, 4096, 4096, 8192));
+        assert!(r.is_eligible());
+        assert!(r.contains(Reason::Eligible));
+        assert!(!r.contains(Reason::PastEof));
+    }
+
+    #[test]
+    fn write_ending_exactly_at_eof_is_not_past_eof() {
+        assert!(classify(&facts(PARALLEL, IOCB_DIRECT, 0, 8192, 8192)).is_eligible());
+        let r = classify(&facts(PARALLEL, IOCB_DIRECT, 1, 8192, 8192));
+        assert_eq!(r, Reasons::NONE.with(Reason::PastEof));
+    }
+
+    #[test]
+    fn each_condition_alone() {
+        assert_eq!(
+            classify(&facts(FOPEN_PASSTHROUGH, IOCB_DIRECT, 0, 1, 10)),
+            Reasons::NONE.with(Reason::NoParallelFlag)
+        );
+        assert_eq!(
+            classify(&facts(PARALLEL, 0, 0, 1, 10)),
+            Reasons::NONE.with(Reason::Buffered)
+        );
+        assert_eq!(
+            classify(&facts(PARALLEL, IOCB_DIRECT | IOCB_APPEND, 0, 1, 10)),
+            Reasons::NONE.with(Reason::Append)
+        );
+        assert_eq!(
+            classify(&facts(PARALLEL, IOCB_DIRECT, 10, 1, 10)),
+            Reasons::NONE.with(Reason::PastEof)
+        );
+    }
+
+    #[test]
+    fn records_every_failing_condition() {
+        let r = classify(&facts(0, 0, 100, 1, 10));
+        assert!(r.contains(Reason::NoParallelFlag));
+        assert!(r.contains(Reason::Buffered));
+        assert!(r.contains(Reason::PastEof));
+        assert!(!r.contains(Reason::Append));
+        assert!(!r.contains(Reason::Eligible));
+        assert_eq!(r.bits(), 0b1011);
+    }
+
+    #[test]
+    fn append_is_never_also_past_eof() {
+        // On entry an append's ki_pos is the fd's position, possibly far past EOF.
+        let r = classify(&facts(
+            PARALLEL,
+            IOCB_DIRECT | IOCB_APPEND,
+            1 << 40,
+            4096,
+            0,
+        ));
+        assert_eq!(r, Reasons::NONE.with(Reason::Append));
+    }
+
+    #[test]
+    fn past_eof_uses_c_unsigned_arithmetic() {
+        // loff_t + size_t wraps as unsigned in C; a huge count wraps around.
+        let r = classify(&facts(PARALLEL, IOCB_DIRECT, 8, u64::MAX, 100));
+        assert!(r.is_eligible(), "8 + (2^64-1) wraps to 7, inside EOF");
+        // A negative i_size compares as a huge unsigned value, like the kernel.
+        assert!(classify(&facts(PARALLEL, IOCB_DIRECT, 0, 1, -1)).is_eligible());
+    }
+
+    #[test]
+    fn other_flags_are_ignored() {
+        let noise_open = PARALLEL | FOPEN_DIRECT_IO | (1 << 20);
+        let noise_ki = IOCB_DIRECT | 1 | (1 << 3);
+        assert!(classify(&facts(noise_open, noise_ki, 0, 1, 1)).is_eligible());
+    }
+
+    #[test]
+    fn reason_names_and_slots_are_stable() {
+        let names: [&str; Reason::COUNT] = Reason::ALL.map(Reason::name);
+        assert_eq!(
+            names,
+            [
+                "eligible",
+                "no_parallel_flag",
+                "buffered",
+                "append",
+                "past_eof"
+            ]
+        );
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.slot(), i);
+        }
+    }
+}

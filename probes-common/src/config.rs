@@ -1,0 +1,110 @@
+//! The start-up configuration handed to the eBPF programs as a read-only global.
+//!
+//! Rust eBPF has no CO-RE relocations, so userspace resolves every struct
+//! offset the programs need from the running kernel's BTF and passes them here.
+
+/// Set by userspace; a program that sees anything else was loaded without a
+/// configuration and refuses to run (it counts `Health::unconfigured`).
+pub const CONFIG_MAGIC: u64 = 0x6675_7365_6c6f_636b; // "fuselock"
+
+/// Name of the global the loader overrides.
+pub const CONFIG_GLOBAL: &str = "FUSELOCK_CONFIG";
+
+/// Bit in [`Config::flags`]: log every write through aya-log (debugging only;
+/// it costs a ring-buffer record per write).
+pub const FLAG_DEBUG_LOG: u32 = 1 << 0;
+/// Bit in [`Config::flags`]: watch `lock:contention_*` for wait times.
+pub const FLAG_CONTENTION: u32 = 1 << 1;
+
+/// Byte offsets of the kernel struct fields the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct kiocb`: `ki_filp`, `ki_pos`, `ki_flags`.
+    pub kiocb_ki_filp: u32,
+    pub kiocb_ki_pos: u32,
+    pub kiocb_ki_flags: u32,
+    /// `struct file`: `f_inode`, `private_data`, `f_path.dentry`.
+    pub file_f_inode: u32,
+    pub file_private_data: u32,
+    pub file_f_path_dentry: u32,
+    /// `struct dentry`: `d_name.name`.
+    pub dentry_d_name_name: u32,
+    /// `struct inode`: `i_rwsem`, `i_size`, `i_ino`, `i_sb`.
+    pub inode_i_rwsem: u32,
+    pub inode_i_size: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    /// `struct super_block`: `s_dev`.
+    pub super_block_s_dev: u32,
+    /// `struct rw_semaphore`: `count`, `owner`.
+    pub rwsem_count: u32,
+    pub rwsem_owner: u32,
+    /// `struct iov_iter`: `count` (inside an anonymous union/struct).
+    pub iov_iter_count: u32,
+    /// `struct fuse_file`: `open_flags`, `passthrough`.
+    pub fuse_file_open_flags: u32,
+    pub fuse_file_passthrough: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub magic: u64,
+    pub offsets: Offsets,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    /// The value compiled into the object: not configured.
+    pub const UNSET: Config = Config {
+        magic: 0,
+        offsets: Offsets {
+            kiocb_ki_filp: 0,
+            kiocb_ki_pos: 0,
+            kiocb_ki_flags: 0,
+            file_f_inode: 0,
+            file_private_data: 0,
+            file_f_path_dentry: 0,
+            dentry_d_name_name: 0,
+            inode_i_rwsem: 0,
+            inode_i_size: 0,
+            inode_i_ino: 0,
+            inode_i_sb: 0,
+            super_block_s_dev: 0,
+            rwsem_count: 0,
+            rwsem_owner: 0,
+            iov_iter_count: 0,
+            fuse_file_open_flags: 0,
+            fuse_file_passthrough: 0,
+            _pad: 0,
+        },
+        flags: 0,
+        _pad: 0,
+    };
+
+    pub const fn new(offsets: Offsets, flags: u32) -> Config {
+        Config {
+            magic: CONFIG_MAGIC,
+            offsets,
+            flags,
+            _pad: 0,
+        }
+    }
+
+    pub const fn is_configured(&self) -> bool {
+        self.magic == CONFIG_MAGIC
+    }
+
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, `#[repr(C)]`, no padding (every field is a u32/u64
+// and the u32 count is even), valid for any bit pattern.
+unsafe impl aya::Pod for Config {}

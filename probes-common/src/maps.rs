@@ -1,0 +1,313 @@
+//! Map names, keys and values: the layout contract between the programs and
+//! userspace.
+
+use crate::Reason;
+
+/// Per-(device, inode, path) counters: `LRU_PERCPU_HASH<InodeKey, WriteStats>`.
+pub const MAP_INODE_STATS: &str = "INODE_STATS";
+/// File names: `LRU_HASH<InodeKey, InodeName>`, filled when a key is first seen.
+pub const MAP_INODE_NAMES: &str = "INODE_NAMES";
+/// Never-evicted totals per path: `PERCPU_ARRAY<WriteStats>` indexed by `WritePath`.
+pub const MAP_PATH_TOTALS: &str = "PATH_TOTALS";
+/// The programs' own health counters: `PERCPU_ARRAY<Health>` with one slot.
+pub const MAP_HEALTH: &str = "HEALTH";
+/// Writes in flight: `HASH<u64 pid_tgid, InFlight>`.
+pub const MAP_INFLIGHT: &str = "INFLIGHT";
+
+/// Default capacity of the per-inode maps.
+pub const DEFAULT_MAX_INODES: u32 = 16_384;
+/// Capacity of the in-flight map: concurrent FUSE writes, host-wide.
+pub const MAX_INFLIGHT: u32 = 8_192;
+
+/// The FUSE write path a write took in `fuse_file_write_iter()`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WritePath {
+    /// `FOPEN_PASSTHROUGH`: `fuse_passthrough_write_iter()`.
+    Passthrough = 0,
+    /// `FOPEN_DIRECT_IO` (which overrides passthrough): `fuse_direct_write_iter()`.
+    DirectIo = 1,
+}
+
+impl WritePath {
+    pub const COUNT: usize = 2;
+    pub const ALL: [WritePath; 2] = [WritePath::Passthrough, WritePath::DirectIo];
+
+    /// The path `fuse_file_write_iter()` dispatches to, or `None` for the
+    /// page-cache path, which fuselock does not watch.
+    #[inline(always)]
+    pub fn of(open_flags: u32, has_backing_file: bool) -> Option<WritePath> {
+        if open_flags & crate::classify::FOPEN_DIRECT_IO != 0 {
+            Some(WritePath::DirectIo)
+        } else if has_backing_file {
+            Some(WritePath::Passthrough)
+        } else {
+            None
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Option<WritePath> {
+        match v {
+            0 => Some(WritePath::Passthrough),
+            1 => Some(WritePath::DirectIo),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            WritePath::Passthrough => "passthrough",
+            WritePath::DirectIo => "direct_io",
+        }
+    }
+}
+
+/// The mode the FUSE inode's `i_rwsem` was held in.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LockMode {
+    Shared = 0,
+    Exclusive = 1,
+}
+
+impl LockMode {
+    pub const COUNT: usize = 2;
+    pub const ALL: [LockMode; 2] = [LockMode::Shared, LockMode::Exclusive];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            LockMode::Shared => "shared",
+            LockMode::Exclusive => "exclusive",
+        }
+    }
+}
+
+/// Key of the per-inode maps. `dev` is the kernel's `dev_t` of the FUSE
+/// superblock (`MAJOR = dev >> 20`, `MINOR = dev & 0xfffff`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    /// A [`WritePath`] discriminant.
+    pub path: u32,
+}
+
+/// Counters of the writes to one (device, inode, path), or of one whole path.
+///
+/// Per-CPU: userspace sums the CPUs' copies, except `*_max`, which it maxes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Calls of `fuse_file_write_iter()` that took this path.
+    pub writes: u64,
+    /// Bytes written (sum of positive return values).
+    pub bytes: u64,
+    /// Calls that returned an error.
+    pub errors: u64,
+    /// Lock acquisitions by `[LockMode][Reason slot]`; a write counts once
+    /// under each reason it has.
+    pub acquisitions: [[u64; Reason::COUNT]; LockMode::COUNT],
+    /// Lock acquisitions by `[LockMode]` (each write once).
+    pub acquired: [u64; LockMode::COUNT],
+    /// Writes during which the FUSE inode lock was never seen held (zero-length
+    /// writes and writes rejected before the lock or before the I/O).
+    pub unlocked: u64,
+    /// Acquisitions by `[LockMode]` that had to wait.
+    pub contended: [u64; LockMode::COUNT],
+    pub wait_ns_total: [u64; LockMode::COUNT],
+    pub wait_ns_max: [u64; LockMode::COUNT],
+    /// Time from the first point inside the critical section to the return.
+    pub hold_ns_total: [u64; LockMode::COUNT],
+    pub hold_ns_max: [u64; LockMode::COUNT],
+    /// Sum of whole-call latencies.
+    pub latency_ns_total: u64,
+    /// Writes that held the lock shared and still grew the file: the race the
+    /// patch's unlocked EOF check allows.
+    pub shared_extended: u64,
+}
+
+impl WriteStats {
+    /// Adds `other` into `self` the way per-CPU copies combine.
+    pub fn merge(&mut self, other: &WriteStats) {
+        self.writes += other.writes;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        for m in 0..LockMode::COUNT {
+            for r in 0..Reason::COUNT {
+                self.acquisitions[m][r] += other.acquisitions[m][r];
+            }
+            self.acquired[m] += other.acquired[m];
+            self.contended[m] += other.contended[m];
+            self.wait_ns_total[m] += other.wait_ns_total[m];
+            self.wait_ns_max[m] = self.wait_ns_max[m].max(other.wait_ns_max[m]);
+            self.hold_ns_total[m] += other.hold_ns_total[m];
+            self.hold_ns_max[m] = self.hold_ns_max[m].max(other.hold_ns_max[m]);
+        }
+        self.unlocked += other.unlocked;
+        self.latency_ns_total += other.latency_ns_total;
+        self.shared_extended += other.shared_extended;
+    }
+}
+
+/// The programs' own health: everything that could make counts incomplete is
+/// counted here, never dropped silently.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// New keys inserted into `INODE_STATS`. Evictions are
+    /// `inserts - live entries - entries userspace deleted`.
+    pub inode_inserts: u64,
+    /// Inserts into `INODE_STATS` that failed (the write's counts are in
+    /// `PATH_TOTALS` only).
+    pub inode_insert_failed: u64,
+    /// Writes not tracked because `INFLIGHT` was full.
+    pub inflight_full: u64,
+    /// Writes that started while the same task had one in flight (a missed
+    /// return probe, or FUSE stacked on FUSE); the older record is dropped.
+    pub inflight_replaced: u64,
+    /// Returns seen with no matching in-flight record.
+    pub exit_unmatched: u64,
+    /// Kernel memory reads that failed.
+    pub read_errors: u64,
+    /// Lock observations where the rwsem was not held by this task as expected.
+    pub lock_state_unknown: u64,
+    /// Writes to FUSE files on the page-cache path (not watched).
+    pub cached_path_writes: u64,
+    /// Program runs with no configuration (should never happen).
+    pub unconfigured: u64,
+}
+
+impl Health {
+    pub fn merge(&mut self, o: &Health) {
+        self.inode_inserts += o.inode_inserts;
+        self.inode_insert_failed += o.inode_insert_failed;
+        self.inflight_full += o.inflight_full;
+        self.inflight_replaced += o.inflight_replaced;
+        self.exit_unmatched += o.exit_unmatched;
+        self.read_errors += o.read_errors;
+        self.lock_state_unknown += o.lock_state_unknown;
+        self.cached_path_writes += o.cached_path_writes;
+        self.unconfigured += o.unconfigured;
+    }
+}
+
+/// `mode` values of [`InFlight`].
+pub const INFLIGHT_UNLOCKED: u32 = 0;
+pub const INFLIGHT_SHARED: u32 = 1;
+pub const INFLIGHT_EXCLUSIVE: u32 = 2;
+
+/// One FUSE write between entry and return of `fuse_file_write_iter()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub iocb: u64,
+    pub file: u64,
+    pub inode: u64,
+    /// Address of the FUSE inode's `i_rwsem`: the only lock fuselock counts.
+    pub rwsem: u64,
+    pub key: InodeKey,
+    pub start_ns: u64,
+    /// When the lock was first seen held; 0 if never.
+    pub locked_ns: u64,
+    /// `lock:contention_begin` on `rwsem` by this task; 0 if not waiting.
+    pub wait_start_ns: u64,
+    /// Total time waited for `rwsem` during this write.
+    pub wait_ns: u64,
+    pub i_size_entry: i64,
+    /// `i_size` when the lock was first seen held.
+    pub i_size_locked: i64,
+    pub pos: i64,
+    pub reasons: u32,
+    /// `INFLIGHT_*`.
+    pub mode: u32,
+    /// Non-zero if this write waited for `rwsem`.
+    pub contended: u32,
+    pub _pad: u32,
+}
+
+/// Longest file name kept (longer names are cut).
+pub const NAME_LEN: usize = 64;
+
+/// A file's dentry name, as seen the first time it was written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeName {
+    pub len: u32,
+    pub _pad: u32,
+    pub name: [u8; NAME_LEN],
+}
+
+impl InodeName {
+    pub const EMPTY: InodeName = InodeName {
+        len: 0,
+        _pad: 0,
+        name: [0; NAME_LEN],
+    };
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = (self.len as usize).min(NAME_LEN);
+        &self.name[..len]
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): `#[repr(C)]` structs of integers and integer arrays laid
+    // out without padding (checked by the size tests below), valid for any
+    // bit pattern.
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::WriteStats {}
+    unsafe impl aya::Pod for super::Health {}
+    unsafe impl aya::Pod for super::InFlight {}
+    unsafe impl aya::Pod for super::InodeName {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<InodeKey>(), 16);
+        assert_eq!(size_of::<WriteStats>(), 8 * (3 + 10 + 2 + 1 + 10 + 1 + 1));
+        assert_eq!(size_of::<Health>(), 8 * 9);
+        assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
+        assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
+        assert_eq!(size_of::<crate::Config>(), 8 + 4 * 18 + 8);
+    }
+
+    #[test]
+    fn write_path_dispatch_matches_fuse_file_write_iter() {
+        use crate::classify::{FOPEN_DIRECT_IO, FOPEN_PASSTHROUGH};
+        // FOPEN_DIRECT_IO overrides FOPEN_PASSTHROUGH.
+        assert_eq!(
+            WritePath::of(FOPEN_DIRECT_IO | FOPEN_PASSTHROUGH, true),
+            Some(WritePath::DirectIo)
+        );
+        assert_eq!(
+            WritePath::of(FOPEN_PASSTHROUGH, true),
+            Some(WritePath::Passthrough)
+        );
+        assert_eq!(WritePath::of(FOPEN_PASSTHROUGH, false), None);
+        assert_eq!(WritePath::of(0, false), None);
+    }
+
+    #[test]
+    fn merge_sums_and_maxes() {
+        let mut a = WriteStats {
+            writes: 2,
+            wait_ns_max: [5, 1],
+            ..Default::default()
+        };
+        let b = WriteStats {
+            writes: 3,
+            wait_ns_max: [4, 9],
+            ..Default::default()
+        };
+        a.merge(&b);
+        assert_eq!(a.writes, 5);
+        assert_eq!(a.wait_ns_max, [5, 9]);
+    }
+}

@@ -1,0 +1,249 @@
+//! Entry and return of `fuse_file_write_iter()`: classify, then count.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_kernel_str_bytes, EbpfContext};
+use aya_log_ebpf::{debug, error};
+use probes_common::{
+    classify,
+    config::FLAG_DEBUG_LOG,
+    maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN},
+    InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath, WriteStats,
+};
+
+use crate::{
+    kernel::{now_ns, pid_tgid, read},
+    maps::{config, health, INFLIGHT, INODE_NAMES, INODE_STATS, PATH_TOTALS},
+};
+
+/// Records the write in `INFLIGHT` if it takes the passthrough or direct-io
+/// path. Everything the classifier needs is read here, before the kernel
+/// makes its own decision.
+#[inline(always)]
+pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
+    let Some(cfg) = config() else { return };
+    let o = &cfg.offsets;
+    let Some(file) = read::<u64>(iocb, o.kiocb_ki_filp) else {
+        return;
+    };
+    let Some(ff) = read::<u64>(file, o.file_private_data) else {
+        return;
+    };
+    let Some(open_flags) = read::<u32>(ff, o.fuse_file_open_flags) else {
+        return;
+    };
+    let Some(backing) = read::<u64>(ff, o.fuse_file_passthrough) else {
+        return;
+    };
+    let Some(path) = WritePath::of(open_flags, backing != 0) else {
+        health(|h| h.cached_path_writes += 1);
+        return;
+    };
+    let Some(inode) = read::<u64>(file, o.file_f_inode) else {
+        return;
+    };
+    let Some(ki_flags) = read::<u32>(iocb, o.kiocb_ki_flags) else {
+        return;
+    };
+    let Some(pos) = read::<i64>(iocb, o.kiocb_ki_pos) else {
+        return;
+    };
+    let Some(count) = read::<u64>(from, o.iov_iter_count) else {
+        return;
+    };
+    let Some(i_size) = read::<i64>(inode, o.inode_i_size) else {
+        return;
+    };
+    let Some(ino) = read::<u64>(inode, o.inode_i_ino) else {
+        return;
+    };
+    let Some(sb) = read::<u64>(inode, o.inode_i_sb) else {
+        return;
+    };
+    let Some(dev) = read::<u32>(sb, o.super_block_s_dev) else {
+        return;
+    };
+
+    let reasons = classify(&WriteFacts {
+        open_flags,
+        ki_flags,
+        pos,
+        count,
+        i_size,
+    });
+    let record = InFlight {
+        iocb,
+        file,
+        inode,
+        rwsem: inode + u64::from(o.inode_i_rwsem),
+        key: InodeKey {
+            ino,
+            dev,
+            path: path as u32,
+        },
+        start_ns: now_ns(),
+        i_size_entry: i_size,
+        pos,
+        reasons: reasons.bits(),
+        mode: INFLIGHT_UNLOCKED,
+        ..InFlight::default()
+    };
+    let id = pid_tgid();
+    if INFLIGHT.get_ptr(id).is_some() {
+        health(|h| h.inflight_replaced += 1);
+    }
+    if INFLIGHT.insert(id, record, 0).is_err() {
+        health(|h| h.inflight_full += 1);
+        error!(
+            ctx,
+            "fuselock: in-flight map full; a write to ino {} is not counted", ino
+        );
+        return;
+    }
+    if cfg.has(FLAG_DEBUG_LOG) {
+        debug!(
+            ctx,
+            "write entry dev={} ino={} path={} pos={} count={} i_size={} reasons={}",
+            dev,
+            ino,
+            path as u32,
+            pos,
+            count,
+            i_size,
+            reasons.bits()
+        );
+    }
+}
+
+/// Counts a finished write. `iocb` is known under fexit and checked against
+/// the record; a kretprobe only knows the task.
+#[inline(always)]
+pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
+    let id = pid_tgid();
+    let Some(rec) = INFLIGHT.get_ptr(id) else {
+        // Entry not recorded: page-cache path, or the entry failed (counted).
+        return;
+    };
+    // SAFETY: a value of our own map, read before it is removed.
+    let rec = unsafe { *rec };
+    let _ = INFLIGHT.remove(id);
+    if iocb.is_some_and(|iocb| iocb != rec.iocb) {
+        health(|h| h.exit_unmatched += 1);
+        return;
+    }
+    let Some(cfg) = config() else { return };
+    let now = now_ns();
+
+    if let Some(totals) = PATH_TOTALS.get_ptr_mut(rec.key.path) {
+        // SAFETY: per-CPU slot, this CPU only.
+        account(unsafe { &mut *totals }, &rec, ret, now);
+    }
+    let stats = match INODE_STATS.get_ptr_mut(rec.key) {
+        Some(s) => s,
+        None => {
+            if INODE_STATS
+                .insert(rec.key, WriteStats::default(), u64::from(BPF_NOEXIST))
+                .is_ok()
+            {
+                health(|h| h.inode_inserts += 1);
+                remember_name(
+                    &rec,
+                    cfg.offsets.file_f_path_dentry,
+                    cfg.offsets.dentry_d_name_name,
+                );
+            }
+            match INODE_STATS.get_ptr_mut(rec.key) {
+                Some(s) => s,
+                None => {
+                    health(|h| h.inode_insert_failed += 1);
+                    error!(
+                        ctx,
+                        "fuselock: cannot insert ino {} into INODE_STATS", rec.key.ino
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: per-CPU value, this CPU only.
+    account(unsafe { &mut *stats }, &rec, ret, now);
+
+    if cfg.has(FLAG_DEBUG_LOG) {
+        debug!(
+            ctx,
+            "write exit ino={} ret={} mode={}", rec.key.ino, ret, rec.mode
+        );
+    }
+}
+
+#[inline(always)]
+fn account(s: &mut WriteStats, rec: &InFlight, ret: i64, now: u64) {
+    s.writes += 1;
+    if ret < 0 {
+        s.errors += 1;
+    } else {
+        s.bytes += ret as u64;
+    }
+    s.latency_ns_total += now.saturating_sub(rec.start_ns);
+
+    let mode = match rec.mode {
+        INFLIGHT_SHARED => LockMode::Shared,
+        INFLIGHT_EXCLUSIVE => LockMode::Exclusive,
+        _ => {
+            s.unlocked += 1;
+            return;
+        }
+    };
+    let m = mode as usize;
+    s.acquired[m] += 1;
+    let reasons = Reasons::from_bits(rec.reasons);
+    for reason in Reason::ALL {
+        if reasons.contains(reason) {
+            s.acquisitions[m][reason.slot()] += 1;
+        }
+    }
+    if rec.contended != 0 {
+        s.contended[m] += 1;
+        s.wait_ns_total[m] += rec.wait_ns;
+        if rec.wait_ns > s.wait_ns_max[m] {
+            s.wait_ns_max[m] = rec.wait_ns;
+        }
+    }
+    let hold = now.saturating_sub(rec.locked_ns);
+    s.hold_ns_total[m] += hold;
+    if hold > s.hold_ns_max[m] {
+        s.hold_ns_max[m] = hold;
+    }
+    // The canary: under the shared lock a write must never extend the file
+    // beyond the size it had when the lock was taken.
+    if mode == LockMode::Shared && ret > 0 && rec.pos.wrapping_add(ret) > rec.i_size_locked {
+        s.shared_extended += 1;
+    }
+}
+
+/// Stores the dentry name of a file the first time its key is seen.
+#[inline(always)]
+fn remember_name(rec: &InFlight, f_path_dentry: u32, d_name_name: u32) {
+    if INODE_NAMES
+        .insert(rec.key, InodeName::EMPTY, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        return;
+    }
+    let Some(slot) = INODE_NAMES.get_ptr_mut(rec.key) else {
+        return;
+    };
+    let Some(dentry) = read::<u64>(rec.file, f_path_dentry) else {
+        return;
+    };
+    let Some(name) = read::<u64>(dentry, d_name_name) else {
+        return;
+    };
+    // SAFETY: our own map value; the helper bounds the copy by the buffer.
+    let slot = unsafe { &mut *slot };
+    let buf: &mut [u8; NAME_LEN] = &mut slot.name;
+    // SAFETY: bpf_probe_read_kernel_str validates the source address.
+    if let Ok(bytes) = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, buf) } {
+        slot.len = bytes.len() as u32;
+    } else {
+        health(|h| h.read_errors += 1);
+    }
+}
