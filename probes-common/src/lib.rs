@@ -9,9 +9,13 @@
 
 pub mod classify;
 pub mod config;
+pub mod hist;
 pub mod maps;
 pub mod rwsem;
 
 pub use classify::{classify, Reason, Reasons, WriteFacts};
 pub use config::Config;
-pub use maps::{Health, InFlight, InodeKey, InodeName, LockMode, WritePath, WriteStats};
+pub use maps::{
+    Health, Histograms, InFlight, InodeKey, InodeName, LockMode, OpenStats, WritePath, WriteStats,
+    WriterKey, WriterStats,
+};

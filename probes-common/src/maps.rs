@@ -1,7 +1,7 @@
 //! Map names, keys and values: the layout contract between the programs and
 //! userspace.
 
-use crate::Reason;
+use crate::{hist::HIST_BUCKETS, Reason};
 
 /// Per-(device, inode, path) counters: `LRU_PERCPU_HASH<InodeKey, WriteStats>`.
 pub const MAP_INODE_STATS: &str = "INODE_STATS";
@@ -13,6 +13,20 @@ pub const MAP_PATH_TOTALS: &str = "PATH_TOTALS";
 pub const MAP_HEALTH: &str = "HEALTH";
 /// Writes in flight: `HASH<u64 pid_tgid, InFlight>`.
 pub const MAP_INFLIGHT: &str = "INFLIGHT";
+/// Wait, hold and latency histograms: `LRU_HASH<InodeKey, Histograms>`,
+/// updated with atomic adds (a per-CPU copy of 1.3 KiB per inode would cost
+/// too much memory on large machines).
+pub const MAP_INODE_HISTS: &str = "INODE_HISTS";
+/// Histograms per path, never evicted: `ARRAY<Histograms>` indexed by `WritePath`.
+pub const MAP_PATH_HISTS: &str = "PATH_HISTS";
+/// Who writes: `LRU_HASH<WriterKey, WriterStats>`.
+pub const MAP_WRITERS: &str = "WRITERS";
+/// Open-time evidence per file: `LRU_HASH<InodeKey (path = 0), OpenStats>`.
+pub const MAP_OPENS: &str = "OPENS";
+/// Opens in flight: `HASH<u64 pid_tgid, u64 file>` plus the flags the server sent.
+pub const MAP_OPENS_INFLIGHT: &str = "OPENS_INFLIGHT";
+/// Capacity of the writers map.
+pub const MAX_WRITERS: u32 = 32_768;
 
 /// Default capacity of the per-inode maps.
 pub const DEFAULT_MAX_INODES: u32 = 16_384;
@@ -226,6 +240,86 @@ pub struct InFlight {
     pub _pad: u32,
 }
 
+/// Histograms of one (device, inode, path) or one path. See [`crate::hist`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Histograms {
+    /// Lock wait time by `[LockMode]` (contended acquisitions only).
+    pub wait: [[u64; HIST_BUCKETS]; LockMode::COUNT],
+    /// Lock hold time by `[LockMode]`.
+    pub hold: [[u64; HIST_BUCKETS]; LockMode::COUNT],
+    /// Whole-write latency.
+    pub latency: [u64; HIST_BUCKETS],
+}
+
+impl Histograms {
+    pub const ZERO: Histograms = Histograms {
+        wait: [[0; HIST_BUCKETS]; LockMode::COUNT],
+        hold: [[0; HIST_BUCKETS]; LockMode::COUNT],
+        latency: [0; HIST_BUCKETS],
+    };
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms::ZERO
+    }
+}
+
+/// Key of [`WriterStats`]: one process writing one (device, inode, path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriterKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub path: u32,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+pub const COMM_LEN: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    pub writes: u64,
+    /// `comm` of the last thread of the process seen writing.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// What opens of one file asked for and what the kernel kept, read at the
+/// entry and return of `fuse_file_io_open()` (where 6.12 strips
+/// `FOPEN_PARALLEL_DIRECT_WRITES` from opens without `FOPEN_DIRECT_IO`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenStats {
+    pub opens: u64,
+    /// Opens whose server reply carried `FOPEN_PASSTHROUGH`.
+    pub passthrough: u64,
+    /// Opens whose server reply carried `FOPEN_DIRECT_IO`.
+    pub direct_io: u64,
+    /// Opens whose server reply asked for `FOPEN_PARALLEL_DIRECT_WRITES`.
+    pub parallel_asked: u64,
+    /// ... and of those, how many still had it after `fuse_file_io_open()`.
+    pub parallel_kept: u64,
+    /// Passthrough opens (without direct-io) that asked for it.
+    pub passthrough_parallel_asked: u64,
+    /// ... and kept it: only a patched kernel keeps it.
+    pub passthrough_parallel_kept: u64,
+    /// The `open_flags` of the last open, before and after.
+    pub last_flags_asked: u32,
+    pub last_flags_kept: u32,
+}
+
+/// An open between entry and return of `fuse_file_io_open()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenInFlight {
+    pub file: u64,
+    pub flags_asked: u32,
+    pub _pad: u32,
+}
+
 /// Longest file name kept (longer names are cut).
 pub const NAME_LEN: usize = 64;
 
@@ -261,6 +355,11 @@ mod pod {
     unsafe impl aya::Pod for super::Health {}
     unsafe impl aya::Pod for super::InFlight {}
     unsafe impl aya::Pod for super::InodeName {}
+    unsafe impl aya::Pod for super::Histograms {}
+    unsafe impl aya::Pod for super::WriterKey {}
+    unsafe impl aya::Pod for super::WriterStats {}
+    unsafe impl aya::Pod for super::OpenStats {}
+    unsafe impl aya::Pod for super::OpenInFlight {}
 }
 
 #[cfg(test)]
@@ -276,6 +375,11 @@ mod tests {
         assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
         assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
         assert_eq!(size_of::<crate::Config>(), 8 + 4 * 18 + 8);
+        assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
+        assert_eq!(size_of::<WriterKey>(), 24);
+        assert_eq!(size_of::<WriterStats>(), 24);
+        assert_eq!(size_of::<OpenStats>(), 8 * 8);
+        assert_eq!(size_of::<OpenInFlight>(), 16);
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //! `contention.rs`.
 #![no_std]
 #![no_main]
+// Atomic adds on shared (non-per-CPU) map values: `AtomicU64` is not
+// available on bpfel-unknown-none.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod contention;
 mod kernel;
 mod lock;
 mod maps;
+mod open;
 mod write;
 
 use aya_ebpf::{
@@ -86,6 +91,35 @@ pub fn direct_locked_kprobe(ctx: ProbeContext) -> u32 {
     if flags & lock::FUSE_DIO_WRITE != 0 {
         lock::on_locked(&ctx, WritePath::DirectIo, None);
     }
+    0
+}
+
+/// `int fuse_file_io_open(struct file *file, struct inode *inode)`: where the
+/// kernel decides which open flags survive (6.12 strips
+/// `FOPEN_PARALLEL_DIRECT_WRITES` from opens without `FOPEN_DIRECT_IO`).
+#[fentry(function = "fuse_file_io_open")]
+pub fn open_entry_fentry(ctx: FEntryContext) -> u32 {
+    open::on_entry(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn open_entry_kprobe(ctx: ProbeContext) -> u32 {
+    open::on_entry(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[fexit(function = "fuse_file_io_open")]
+pub fn open_exit_fexit(ctx: FExitContext) -> u32 {
+    let ret: i64 = ctx.arg(2);
+    open::on_exit(ret as i32);
+    0
+}
+
+#[kretprobe]
+pub fn open_exit_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    open::on_exit(ret as i32);
     0
 }
 

@@ -2,13 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     Global,
 };
 use probes_common::{
     config::Config,
-    maps::{DEFAULT_MAX_INODES, MAX_INFLIGHT},
-    Health, InFlight, InodeKey, InodeName, WritePath, WriteStats,
+    maps::{OpenInFlight, DEFAULT_MAX_INODES, MAX_INFLIGHT, MAX_WRITERS},
+    Health, Histograms, InFlight, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
+    WriterStats,
 };
 
 /// Overridden by the loader with offsets resolved from the running kernel.
@@ -29,6 +30,31 @@ pub static PATH_TOTALS: PerCpuArray<WriteStats> =
 
 #[map]
 pub static HEALTH: PerCpuArray<Health> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static INODE_HISTS: LruHashMap<InodeKey, Histograms> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_INODES, 0);
+
+/// Always-zero values to insert from: a zeroed `Histograms` (1.3 KiB) or
+/// `WriteStats` does not fit on the 512-byte BPF stack next to the rest.
+#[map]
+pub static ZERO_HISTS: PerCpuArray<Histograms> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static ZERO_STATS: PerCpuArray<WriteStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static PATH_HISTS: Array<Histograms> = Array::with_max_entries(WritePath::COUNT as u32, 0);
+
+#[map]
+pub static WRITERS: LruHashMap<WriterKey, WriterStats> =
+    LruHashMap::with_max_entries(MAX_WRITERS, 0);
+
+#[map]
+pub static OPENS: LruHashMap<InodeKey, OpenStats> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_INODES, 0);
+
+#[map]
+pub static OPENS_INFLIGHT: HashMap<u64, OpenInFlight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[map]
 pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
@@ -52,5 +78,17 @@ pub fn config() -> Option<Config> {
     } else {
         health(|h| h.unconfigured += 1);
         None
+    }
+}
+
+/// Adds `n` to a counter shared between CPUs.
+#[inline(always)]
+pub fn atomic_add(counter: &mut u64, n: u64) {
+    // SAFETY: `counter` points into a map value; the BPF atomic add is the
+    // kernel's documented way to update shared map values.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, n,
+        );
     }
 }

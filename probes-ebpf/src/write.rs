@@ -1,17 +1,26 @@
 //! Entry and return of `fuse_file_write_iter()`: classify, then count.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_kernel_str_bytes, EbpfContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_probe_read_kernel_str_bytes},
+    EbpfContext,
+};
 use aya_log_ebpf::{debug, error};
 use probes_common::{
     classify,
     config::FLAG_DEBUG_LOG,
+    hist,
     maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN},
-    InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath, WriteStats,
+    Histograms, InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath,
+    WriteStats, WriterKey, WriterStats,
 };
 
 use crate::{
     kernel::{now_ns, pid_tgid, read},
-    maps::{config, health, INFLIGHT, INODE_NAMES, INODE_STATS, PATH_TOTALS},
+    maps::{
+        atomic_add, config, health, INFLIGHT, INODE_HISTS, INODE_NAMES, INODE_STATS, PATH_HISTS,
+        PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
+    },
 };
 
 /// Records the write in `INFLIGHT` if it takes the passthrough or direct-io
@@ -139,8 +148,11 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     let stats = match INODE_STATS.get_ptr_mut(rec.key) {
         Some(s) => s,
         None => {
+            let Some(zero) = ZERO_STATS.get(0) else {
+                return;
+            };
             if INODE_STATS
-                .insert(rec.key, WriteStats::default(), u64::from(BPF_NOEXIST))
+                .insert(rec.key, zero, u64::from(BPF_NOEXIST))
                 .is_ok()
             {
                 health(|h| h.inode_inserts += 1);
@@ -165,6 +177,25 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     };
     // SAFETY: per-CPU value, this CPU only.
     account(unsafe { &mut *stats }, &rec, ret, now);
+
+    if let Some(h) = PATH_HISTS.get_ptr_mut(rec.key.path) {
+        // SAFETY: a map value; shared between CPUs, updated atomically.
+        record_histograms(unsafe { &mut *h }, &rec, now);
+    }
+    let hists = match INODE_HISTS.get_ptr_mut(rec.key) {
+        Some(h) => Some(h),
+        None => {
+            if let Some(zero) = ZERO_HISTS.get(0) {
+                let _ = INODE_HISTS.insert(rec.key, zero, u64::from(BPF_NOEXIST));
+            }
+            INODE_HISTS.get_ptr_mut(rec.key)
+        }
+    };
+    if let Some(h) = hists {
+        // SAFETY: as above.
+        record_histograms(unsafe { &mut *h }, &rec, now);
+    }
+    count_writer(&rec);
 
     if cfg.has(FLAG_DEBUG_LOG) {
         debug!(
@@ -195,9 +226,15 @@ fn account(s: &mut WriteStats, rec: &InFlight, ret: i64, now: u64) {
     let m = mode as usize;
     s.acquired[m] += 1;
     let reasons = Reasons::from_bits(rec.reasons);
+    let row = &mut s.acquisitions[m];
     for reason in Reason::ALL {
-        if reasons.contains(reason) {
-            s.acquisitions[m][reason.slot()] += 1;
+        // `get_mut`: if the loop is not unrolled the slot is not a constant,
+        // and an indexing bounds check would leave a panic path the
+        // verifier rejects.
+        if let Some(count) = row.get_mut(reason.slot()) {
+            if reasons.contains(reason) {
+                *count += 1;
+            }
         }
     }
     if rec.contended != 0 {
@@ -245,5 +282,59 @@ fn remember_name(rec: &InFlight, f_path_dentry: u32, d_name_name: u32) {
         slot.len = bytes.len() as u32;
     } else {
         health(|h| h.read_errors += 1);
+    }
+}
+
+#[inline(always)]
+fn bump_bucket(buckets: &mut [u64; hist::HIST_BUCKETS], ns: u64) {
+    // `get_mut` rather than indexing: no panic path for the verifier to see.
+    if let Some(slot) = buckets.get_mut(hist::bucket(ns)) {
+        atomic_add(slot, 1);
+    }
+}
+
+#[inline(always)]
+fn record_histograms(h: &mut Histograms, rec: &InFlight, now: u64) {
+    bump_bucket(&mut h.latency, now.saturating_sub(rec.start_ns));
+    let m = match rec.mode {
+        INFLIGHT_SHARED => LockMode::Shared as usize,
+        INFLIGHT_EXCLUSIVE => LockMode::Exclusive as usize,
+        _ => return,
+    };
+    if let Some(hold) = h.hold.get_mut(m) {
+        bump_bucket(hold, now.saturating_sub(rec.locked_ns));
+    }
+    if rec.contended != 0 {
+        if let Some(wait) = h.wait.get_mut(m) {
+            bump_bucket(wait, rec.wait_ns);
+        }
+    }
+}
+
+/// Counts the write against its process.
+#[inline(always)]
+fn count_writer(rec: &InFlight) {
+    let key = WriterKey {
+        ino: rec.key.ino,
+        dev: rec.key.dev,
+        path: rec.key.path,
+        tgid: (pid_tgid() >> 32) as u32,
+        _pad: 0,
+    };
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    if let Some(w) = WRITERS.get_ptr_mut(key) {
+        // SAFETY: shared map value: atomic count; comm is best effort.
+        let w = unsafe { &mut *w };
+        atomic_add(&mut w.writes, 1);
+        w.comm = comm;
+    } else if WRITERS
+        .insert(key, WriterStats { writes: 1, comm }, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        // Raced with another CPU's insert: count into its entry.
+        if let Some(w) = WRITERS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            atomic_add(unsafe { &mut (*w).writes }, 1);
+        }
     }
 }

@@ -1,0 +1,107 @@
+//! Open-time evidence: which flags the server asked for and which the kernel
+//! kept, per file.
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use probes_common::{
+    classify::{FOPEN_DIRECT_IO, FOPEN_PARALLEL_DIRECT_WRITES, FOPEN_PASSTHROUGH},
+    maps::OpenInFlight,
+    InodeKey, OpenStats,
+};
+
+use crate::{
+    kernel::{pid_tgid, read},
+    maps::{atomic_add, config, health, OPENS, OPENS_INFLIGHT},
+};
+
+/// Entry: `ff->open_flags` is still what the server replied.
+#[inline(always)]
+pub fn on_entry(file: u64) {
+    let Some(cfg) = config() else { return };
+    let Some(ff) = read::<u64>(file, cfg.offsets.file_private_data) else {
+        return;
+    };
+    let Some(flags) = read::<u32>(ff, cfg.offsets.fuse_file_open_flags) else {
+        return;
+    };
+    let record = OpenInFlight {
+        file,
+        flags_asked: flags,
+        _pad: 0,
+    };
+    if OPENS_INFLIGHT.insert(pid_tgid(), record, 0).is_err() {
+        health(|h| h.inflight_full += 1);
+    }
+}
+
+/// Return: `ff->open_flags` is what the kernel kept.
+#[inline(always)]
+pub fn on_exit(ret: i32) {
+    let id = pid_tgid();
+    let Some(rec) = OPENS_INFLIGHT.get_ptr(id) else {
+        return;
+    };
+    // SAFETY: our own map value, copied before removal.
+    let rec = unsafe { *rec };
+    let _ = OPENS_INFLIGHT.remove(id);
+    if ret != 0 {
+        return;
+    }
+    let Some(cfg) = config() else { return };
+    let o = &cfg.offsets;
+    let Some(ff) = read::<u64>(rec.file, o.file_private_data) else {
+        return;
+    };
+    let Some(kept) = read::<u32>(ff, o.fuse_file_open_flags) else {
+        return;
+    };
+    let Some(inode) = read::<u64>(rec.file, o.file_f_inode) else {
+        return;
+    };
+    let Some(ino) = read::<u64>(inode, o.inode_i_ino) else {
+        return;
+    };
+    let Some(sb) = read::<u64>(inode, o.inode_i_sb) else {
+        return;
+    };
+    let Some(dev) = read::<u32>(sb, o.super_block_s_dev) else {
+        return;
+    };
+    let key = InodeKey { ino, dev, path: 0 };
+    let stats = match OPENS.get_ptr_mut(key) {
+        Some(s) => s,
+        None => {
+            let _ = OPENS.insert(key, OpenStats::default(), u64::from(BPF_NOEXIST));
+            let Some(s) = OPENS.get_ptr_mut(key) else {
+                return;
+            };
+            s
+        }
+    };
+    // SAFETY: a value of our own map; shared between CPUs, hence atomics.
+    let s = unsafe { &mut *stats };
+    let asked = rec.flags_asked;
+    let asked_parallel = asked & FOPEN_PARALLEL_DIRECT_WRITES != 0;
+    let kept_parallel = kept & FOPEN_PARALLEL_DIRECT_WRITES != 0;
+    let passthrough_only = asked & FOPEN_PASSTHROUGH != 0 && asked & FOPEN_DIRECT_IO == 0;
+    atomic_add(&mut s.opens, 1);
+    if asked & FOPEN_PASSTHROUGH != 0 {
+        atomic_add(&mut s.passthrough, 1);
+    }
+    if asked & FOPEN_DIRECT_IO != 0 {
+        atomic_add(&mut s.direct_io, 1);
+    }
+    if asked_parallel {
+        atomic_add(&mut s.parallel_asked, 1);
+        if passthrough_only {
+            atomic_add(&mut s.passthrough_parallel_asked, 1);
+        }
+        if kept_parallel {
+            atomic_add(&mut s.parallel_kept, 1);
+            if passthrough_only {
+                atomic_add(&mut s.passthrough_parallel_kept, 1);
+            }
+        }
+    }
+    s.last_flags_asked = asked;
+    s.last_flags_kept = kept;
+}

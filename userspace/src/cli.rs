@@ -1,0 +1,122 @@
+//! Command-line interface.
+
+use std::{ffi::OsString, time::Duration};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{probes::ProbeMode, testfs::TestfsArgs, workload::LoadArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fuselock",
+    version,
+    about = "Shows which inode lock Linux takes for FUSE passthrough writes - shared or exclusive - and why",
+    long_about = None,
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Count FUSE write lock acquisitions per inode; print a table or JSON lines.
+    #[command(after_help = "Examples:\n  \
+        fuselock stat -- fio --name=w --rw=randwrite --direct=1 --filename=/mnt/fuse/f --size=64m\n  \
+        fuselock stat --json --interval 5 > counts.jsonl")]
+    Stat(StatArgs),
+    /// A small FUSE passthrough server exposing the files of a directory.
+    #[command(
+        after_help = "Example:\n  fuselock testfs --backing /srv/data --mountpoint /mnt/fuse --parallel"
+    )]
+    Testfs(TestfsArgs),
+    /// Issue N writes of one kind to a file from T threads.
+    #[command(
+        after_help = "Example:\n  fuselock load /mnt/fuse/f --kind overwrite --writes 8000 --threads 4"
+    )]
+    Load(LoadArgs),
+}
+
+/// Options shared by every command that attaches probes.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// How to hook kernel functions.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
+    pub probe_mode: ProbeMode,
+    /// Capacity of the per-inode maps (LRU; evictions are counted and shown).
+    #[arg(long, default_value_t = probes_common::maps::DEFAULT_MAX_INODES,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_inodes: u32,
+    /// Do not watch the lock:contention_* tracepoints (no wait times).
+    #[arg(long)]
+    pub no_contention: bool,
+    /// Log every write from the kernel through aya-log (costly: debugging only).
+    #[arg(long)]
+    pub debug_probes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// One JSON object per line per snapshot (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds between snapshots when no COMMAND is given (0.1 to 3600).
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Run COMMAND under observation; print the final counts when it exits and
+    /// exit with its status.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Accepts 0.1 ..= 3600 seconds.
+pub fn parse_interval(s: &str) -> Result<Duration> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a number of seconds"))?;
+    if !secs.is_finite() || !(0.1..=3600.0).contains(&secs) {
+        bail!("interval must be between 0.1 and 3600 seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn interval_bounds() {
+        assert_eq!(parse_interval("2").expect("2"), Duration::from_secs(2));
+        assert_eq!(
+            parse_interval("0.5").expect("0.5"),
+            Duration::from_millis(500)
+        );
+        for bad in ["0", "0.01", "-1", "nan", "inf", "abc", "3601"] {
+            assert!(parse_interval(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn stat_takes_a_command_after_dashes() {
+        let cli = Cli::try_parse_from(["fuselock", "stat", "--json", "--", "dd", "if=/dev/zero"])
+            .expect("parse");
+        let Command::Stat(s) = cli.command else {
+            panic!("not stat")
+        };
+        assert!(s.json);
+        assert_eq!(s.command, ["dd", "if=/dev/zero"]);
+    }
+}

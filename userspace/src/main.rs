@@ -1,0 +1,84 @@
+//! `fuselock`: which inode lock Linux takes for FUSE passthrough writes, and why.
+
+mod btf;
+mod cli;
+mod collector;
+mod mounts;
+mod offsets;
+mod preflight;
+mod probes;
+mod session;
+mod snapshot;
+mod stat;
+mod table;
+mod testfs;
+mod workload;
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// Exit statuses, documented in the README.
+pub mod exit {
+    /// Bad usage: unknown flag, bad value.
+    pub const USAGE: u8 = 3;
+    /// fuselock could not do its job: privileges, kernel support, I/O.
+    pub const FAILURE: u8 = 4;
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format_target(false)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Stat(args) => runtime()?.block_on(stat::run(args)),
+        Command::Testfs(args) => testfs::run(&args).map(|()| 0),
+        Command::Load(args) => {
+            let report = workload::run(&args)?;
+            Ok(if report.errors == 0 { 0 } else { 1 })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(exit::USAGE),
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        Err(e) => {
+            eprintln!("fuselock: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Device number to mount point, from `/proc/self/mountinfo`.
+
+use std::collections::HashMap;
+
+/// `"MAJ:MIN"` → mount point of the first mount of that device.
+#[derive(Debug, Default, Clone)]
+pub struct MountTable {
+    by_dev: HashMap<String, String>,
+}
+
+impl MountTable {
+    /// Reads the current mount table; an unreadable one gives an empty table
+    /// (names are a convenience, never a reason to stop counting).
+    pub fn read() -> MountTable {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|s| MountTable::parse(&s))
+            .unwrap_or_default()
+    }
+
+    pub fn parse(mountinfo: &str) -> MountTable {
+        let mut by_dev = HashMap::new();
+        for line in mountinfo.lines() {
+            // id parent MAJ:MIN root mountpoint options ...
+            let mut fields = line.split(' ');
+            let (Some(_), Some(_), Some(dev), Some(_), Some(mountpoint)) = (
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+                fields.next(),
+            ) else {
+                continue;
+            };
+            by_dev
+                .entry(dev.to_owned())
+                .or_insert_with(|| unescape(mountpoint));
+        }
+        MountTable { by_dev }
+    }
+
+    pub fn mount_of(&self, dev: &str) -> Option<&str> {
+        self.by_dev.get(dev).map(String::as_str)
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 0:21 / /proc rw,nosuid - proc proc rw
+40 22 0:45 / /mnt/fuse rw,nosuid,nodev - fuse.fuselock-testfs fuselock-testfs rw
+41 22 0:46 / /mnt/with\\040space rw - fuse x rw
+42 22 0:45 / /mnt/bind rw - fuse.fuselock-testfs fuselock-testfs rw
+";
+
+    #[test]
+    fn maps_devices_to_first_mount_point() {
+        let t = MountTable::parse(SAMPLE);
+        assert_eq!(t.mount_of("0:45"), Some("/mnt/fuse"));
+        assert_eq!(t.mount_of("0:46"), Some("/mnt/with space"));
+        assert_eq!(t.mount_of("9:9"), None);
+    }
+
+    #[test]
+    fn tolerates_garbage() {
+        let t = MountTable::parse("x\n\n1 2\n\\\n");
+        assert_eq!(t.mount_of("x"), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! Checks that run before anything is loaded, each failing with what is wrong
+//! and what to do about it.
+
+use std::{collections::BTreeSet, fs, path::Path};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Linux capability numbers (`include/uapi/linux/capability.h`).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities of this process, from /proc/self/status.
+pub fn effective_caps() -> Result<u64> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("/proc/self/status has no CapEff line")?;
+    u64::from_str_radix(line.trim(), 16).context("parsing CapEff")
+}
+
+fn has_cap(caps: u64, cap: u32) -> bool {
+    caps & (1 << cap) != 0
+}
+
+/// Loading and attaching tracing programs needs CAP_SYS_ADMIN, or CAP_BPF with
+/// CAP_PERFMON.
+pub fn check_privileges() -> Result<()> {
+    let caps = effective_caps()?;
+    if has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!("fuselock needs root (or CAP_BPF and CAP_PERFMON) to load its probes: run it with sudo")
+}
+
+/// Refuses to run setuid: a setuid fuselock would hand kernel probes to any user.
+pub fn check_not_setuid() -> Result<()> {
+    // SAFETY: getuid/geteuid cannot fail.
+    let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+    if uid != euid {
+        bail!("fuselock refuses to run setuid (uid {uid}, euid {euid}); run it as root instead");
+    }
+    Ok(())
+}
+
+/// Names of kernel functions, from /proc/kallsyms (readable without root;
+/// addresses are hidden but names are not).
+pub fn kernel_functions() -> Result<BTreeSet<String>> {
+    let text = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, kind, name) = (f.next()?, f.next()?, f.next()?);
+            matches!(kind, "t" | "T").then(|| name.to_owned())
+        })
+        .collect())
+}
+
+/// Fails naming every required function this kernel lacks.
+pub fn check_functions(available: &BTreeSet<String>, required: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|f| !available.contains(*f))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "kernel function{} {} not found in /proc/kallsyms (inlined, renamed, or FUSE not loaded): \
+         fuselock needs Linux >= 6.9 with FUSE passthrough; if FUSE is a module, `modprobe fuse`",
+        if missing.len() > 1 { "s" } else { "" },
+        missing.join(", ")
+    )
+}
+
+/// Whether the perf `kprobe` PMU exists (kprobes attach through perf_event_open).
+pub fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_bits() {
+        assert!(has_cap(1 << 21, CAP_SYS_ADMIN));
+        assert!(!has_cap(1 << 38, CAP_BPF));
+    }
+
+    #[test]
+    fn missing_functions_are_named() {
+        let have: BTreeSet<String> = ["vfs_write".to_owned()].into();
+        let err = check_functions(
+            &have,
+            &["vfs_write", "fuse_file_write_iter", "fuse_direct_io"],
+        )
+        .expect_err("two are missing");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("functions fuse_file_write_iter, fuse_direct_io not found"),
+            "{msg}"
+        );
+        assert!(check_functions(&have, &["vfs_write"]).is_ok());
+    }
+
+    #[test]
+    fn host_kallsyms_is_readable() {
+        let fns = kernel_functions().expect("kallsyms");
+        assert!(
+            fns.contains("vfs_write"),
+            "vfs_write missing from /proc/kallsyms"
+        );
+    }
+}

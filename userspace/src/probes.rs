@@ -1,0 +1,363 @@
+//! Loading and attaching the eBPF programs: a probe table, fentry first with
+//! a kprobe fallback, and a handle whose drop detaches everything.
+
+use std::fmt;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use log::{debug, info, warn};
+use probes_common::{
+    config::{Config, CONFIG_GLOBAL, FLAG_CONTENTION, FLAG_DEBUG_LOG},
+    maps::{MAP_INODE_NAMES, MAP_INODE_STATS},
+};
+
+use crate::{offsets, preflight};
+
+/// The compiled programs, built by build.rs.
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fuselock-probes"));
+
+/// How the function hooks attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeMode {
+    /// fentry/fexit where the kernel has BPF trampolines, else kprobes.
+    Auto,
+    /// BPF trampolines: cheapest, no limit on concurrent returns.
+    Fentry,
+    /// kprobes/kretprobes: works without trampolines.
+    Kprobe,
+}
+
+impl fmt::Display for ProbeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeMode::Auto => "auto",
+            ProbeMode::Fentry => "fentry",
+            ProbeMode::Kprobe => "kprobe",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Entry,
+    Exit,
+}
+
+/// One kernel function fuselock hooks, and its program in each mode.
+struct Probe {
+    function: &'static str,
+    hook: Hook,
+    fentry_program: &'static str,
+    kprobe_program: &'static str,
+}
+
+/// Attach order matters: returns and lock observers go first and the write
+/// entry last, so every write that gets an in-flight record has all its
+/// other hooks in place (a write already running at attach time is simply
+/// not seen, rather than half-seen).
+const PROBES: &[Probe] = &[
+    Probe {
+        function: "fuse_file_io_open",
+        hook: Hook::Exit,
+        fentry_program: "open_exit_fexit",
+        kprobe_program: "open_exit_kretprobe",
+    },
+    Probe {
+        function: "fuse_file_io_open",
+        hook: Hook::Entry,
+        fentry_program: "open_entry_fentry",
+        kprobe_program: "open_entry_kprobe",
+    },
+    Probe {
+        function: "fuse_file_write_iter",
+        hook: Hook::Exit,
+        fentry_program: "write_exit_fexit",
+        kprobe_program: "write_exit_kretprobe",
+    },
+    Probe {
+        function: "backing_file_write_iter",
+        hook: Hook::Entry,
+        fentry_program: "passthrough_locked_fentry",
+        kprobe_program: "passthrough_locked_kprobe",
+    },
+    Probe {
+        function: "fuse_direct_io",
+        hook: Hook::Entry,
+        fentry_program: "direct_locked_fentry",
+        kprobe_program: "direct_locked_kprobe",
+    },
+    Probe {
+        function: "fuse_file_write_iter",
+        hook: Hook::Entry,
+        fentry_program: "write_entry_fentry",
+        kprobe_program: "write_entry_kprobe",
+    },
+];
+
+/// The kernel functions fuselock needs.
+pub fn required_functions() -> Vec<&'static str> {
+    let mut f: Vec<&'static str> = PROBES.iter().map(|p| p.function).collect();
+    f.dedup();
+    f.sort_unstable();
+    f.dedup();
+    f
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub mode: ProbeMode,
+    pub max_inodes: u32,
+    /// Watch `lock:contention_*` for wait times.
+    pub contention: bool,
+    /// Log every write from the kernel (expensive; debugging only).
+    pub debug_log: bool,
+}
+
+/// Attached programs. Dropping it detaches and unloads them all.
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub mode: ProbeMode,
+    pub contention: bool,
+    pub max_inodes: u32,
+    pub kernel: String,
+}
+
+/// Runs the checks, loads the programs with this kernel's offsets, and
+/// attaches them.
+pub fn attach(opts: &AttachOptions) -> Result<Attached> {
+    preflight::check_not_setuid()?;
+    preflight::check_privileges()?;
+    let functions = preflight::kernel_functions()?;
+    preflight::check_functions(&functions, &required_functions())?;
+    let kernel_btf = offsets::KernelBtf::load()?;
+    let offsets = offsets::resolve(&kernel_btf)?;
+    let mut flags = 0;
+    if opts.debug_log {
+        flags |= FLAG_DEBUG_LOG;
+    }
+    if opts.contention {
+        flags |= FLAG_CONTENTION;
+    }
+    let config = Config::new(offsets, flags);
+    if opts.max_inodes == 0 {
+        return Err(anyhow!("--max-inodes must be at least 1"));
+    }
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global(CONFIG_GLOBAL, &config, true)
+        .map_max_entries(MAP_INODE_STATS, opts.max_inodes)
+        .map_max_entries(MAP_INODE_NAMES, opts.max_inodes)
+        .load(PROBES_OBJECT)
+        .context("loading fuselock's eBPF object")?;
+
+    // fentry attaches by BTF id: every hooked function must be a BTF FUNC.
+    let missing_in_btf: Vec<&str> = required_functions()
+        .into_iter()
+        .filter(|f| {
+            !kernel_btf.vmlinux.has_func(f)
+                && !kernel_btf
+                    .fuse_module
+                    .as_ref()
+                    .is_some_and(|m| m.has_func(f))
+        })
+        .collect();
+    let fentry_possible = || -> Result<()> {
+        if missing_in_btf.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "{} not in the kernel's BTF",
+                missing_in_btf.join(", ")
+            ))
+        }
+    };
+    let mode = match opts.mode {
+        ProbeMode::Fentry => {
+            fentry_possible()?;
+            attach_fentry(&mut ebpf)?;
+            ProbeMode::Fentry
+        }
+        ProbeMode::Kprobe => {
+            attach_kprobes(&mut ebpf)?;
+            ProbeMode::Kprobe
+        }
+        ProbeMode::Auto => match fentry_possible().and_then(|()| attach_fentry(&mut ebpf)) {
+            Ok(()) => ProbeMode::Fentry,
+            Err(fentry_err) => {
+                info!("fentry unavailable ({fentry_err:#}); falling back to kprobes");
+                detach_fentry(&mut ebpf);
+                attach_kprobes(&mut ebpf).map_err(|kprobe_err| {
+                    anyhow!(
+                        "cannot attach probes: fentry failed ({fentry_err:#}) and kprobes failed \
+                         ({kprobe_err:#}); fuselock needs a kernel with BPF trampolines or kprobes"
+                    )
+                })?;
+                ProbeMode::Kprobe
+            }
+        },
+    };
+
+    let contention = opts.contention && attach_contention(&mut ebpf);
+    Ok(Attached {
+        ebpf,
+        mode,
+        contention,
+        max_inodes: opts.max_inodes,
+        kernel: preflight::kernel_release(),
+    })
+}
+
+fn program_err(function: &str, program: &str) -> impl FnOnce(ProgramError) -> anyhow::Error {
+    let what = format!("attaching {program} to {function}");
+    move |e| anyhow!(e).context(what)
+}
+
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
+    for p in PROBES {
+        let prog = ebpf
+            .program_mut(p.fentry_program)
+            .with_context(|| format!("program {} missing from the object", p.fentry_program))?;
+        match p.hook {
+            Hook::Entry => {
+                let prog: &mut FEntry = prog.try_into()?;
+                prog.load(p.function, &btf)
+                    .map_err(program_err(p.function, p.fentry_program))?;
+                prog.attach()
+                    .map_err(program_err(p.function, p.fentry_program))?;
+            }
+            Hook::Exit => {
+                let prog: &mut FExit = prog.try_into()?;
+                prog.load(p.function, &btf)
+                    .map_err(program_err(p.function, p.fentry_program))?;
+                prog.attach()
+                    .map_err(program_err(p.function, p.fentry_program))?;
+            }
+        }
+        debug!("attached {} to {}", p.fentry_program, p.function);
+    }
+    Ok(())
+}
+
+/// Unloads whatever fentry programs got loaded (their links go with them).
+fn detach_fentry(ebpf: &mut Ebpf) {
+    for p in PROBES {
+        let Some(prog) = ebpf.program_mut(p.fentry_program) else {
+            continue;
+        };
+        let result = match p.hook {
+            Hook::Entry => <&mut FEntry>::try_from(prog).map(|p| p.unload()),
+            Hook::Exit => <&mut FExit>::try_from(prog).map(|p| p.unload()),
+        };
+        if let Ok(Err(e)) = result {
+            debug!("unloading {}: {e}", p.fentry_program);
+        }
+    }
+}
+
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<()> {
+    if !preflight::kprobes_available() {
+        return Err(anyhow!(
+            "this kernel has no kprobe support (no /sys/bus/event_source/devices/kprobe); \
+             run fuselock on a kernel with CONFIG_KPROBES=y, or try it in the VM: cargo xtask vm"
+        ));
+    }
+    for p in PROBES {
+        let prog: &mut KProbe = ebpf
+            .program_mut(p.kprobe_program)
+            .with_context(|| format!("program {} missing from the object", p.kprobe_program))?
+            .try_into()?;
+        prog.load()
+            .map_err(program_err(p.function, p.kprobe_program))?;
+        prog.attach(p.function, 0)
+            .map_err(program_err(p.function, p.kprobe_program))?;
+        debug!("attached {} to {}", p.kprobe_program, p.function);
+    }
+    Ok(())
+}
+
+/// The contention tracepoints are optional: without them there are no wait
+/// times, and fuselock says so rather than failing.
+fn attach_contention(ebpf: &mut Ebpf) -> bool {
+    for (program, tracepoint) in [
+        ("contention_begin", "contention_begin"),
+        ("contention_end", "contention_end"),
+    ] {
+        let result = (|| -> Result<()> {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .context("program missing from the object")?
+                .try_into()?;
+            prog.load()?;
+            prog.attach(tracepoint)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            warn!("lock:{tracepoint} unavailable ({e:#}); wait times will not be measured");
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_attaches_last() {
+        let last = PROBES.last().expect("probes");
+        assert_eq!(
+            (last.function, last.hook),
+            ("fuse_file_write_iter", Hook::Entry)
+        );
+    }
+
+    #[test]
+    fn every_program_exists_in_the_object() {
+        // The ELF symbol table names every program.
+        let text = String::from_utf8_lossy(PROBES_OBJECT);
+        for p in PROBES {
+            for name in [p.fentry_program, p.kprobe_program] {
+                assert!(text.contains(name), "program {name} not in the eBPF object");
+            }
+        }
+    }
+
+    /// A bounds check or other panic path compiles to a subprogram the
+    /// verifier rejects ("last insn is not an exit or jmp"): the object
+    /// must have none.
+    #[test]
+    fn the_object_has_no_panic_paths() {
+        let text = String::from_utf8_lossy(PROBES_OBJECT);
+        for symbol in [
+            "panic_bounds_check",
+            "panic_fmt",
+            "slice_index_fail",
+            "slice_end_index_len_fail",
+        ] {
+            assert!(
+                !text.contains(symbol),
+                "the eBPF object references {symbol}"
+            );
+        }
+    }
+
+    #[test]
+    fn required_functions_are_unique() {
+        assert_eq!(
+            required_functions(),
+            [
+                "backing_file_write_iter",
+                "fuse_direct_io",
+                "fuse_file_io_open",
+                "fuse_file_write_iter"
+            ]
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! The snapshot: one consistent reading of every counter, the single input of
+//! every output (`stat` table and JSON, and later `top`, `verify`, `export`).
+//!
+//! Snapshots are cumulative since fuselock attached; consumers that want rates
+//! subtract two of them. The JSON form (one object per line) is the
+//! documented `stat --json` schema and the record/replay format.
+
+use std::collections::BTreeMap;
+
+use probes_common::{hist, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats};
+use serde::{Deserialize, Serialize};
+
+/// Counts of one mode, by reason name (`eligible`, `no_parallel_flag`, ...).
+pub type ReasonCounts = BTreeMap<String, u64>;
+
+/// A value per lock mode, serialised as `{"shared": .., "exclusive": ..}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerMode {
+    pub shared: u64,
+    pub exclusive: u64,
+}
+
+impl PerMode {
+    fn from_array(a: [u64; LockMode::COUNT]) -> PerMode {
+        PerMode {
+            shared: a[LockMode::Shared as usize],
+            exclusive: a[LockMode::Exclusive as usize],
+        }
+    }
+}
+
+/// Acquisitions by mode and reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquisitions {
+    pub shared: ReasonCounts,
+    pub exclusive: ReasonCounts,
+}
+
+/// The counters of one (device, inode, path) or of a whole path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub writes: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Acquisitions of the FUSE inode lock, shared.
+    pub shared: u64,
+    /// Acquisitions of the FUSE inode lock, exclusive.
+    pub exclusive: u64,
+    /// Writes during which the lock was never seen held.
+    pub unlocked: u64,
+    pub acquisitions: Acquisitions,
+    pub contended: PerMode,
+    pub wait_ns_total: PerMode,
+    pub wait_ns_max: PerMode,
+    pub hold_ns_total: PerMode,
+    pub hold_ns_max: PerMode,
+    pub latency_ns_total: u64,
+    pub shared_extended: u64,
+}
+
+impl From<&WriteStats> for Counters {
+    fn from(s: &WriteStats) -> Counters {
+        let by_reason = |mode: LockMode| -> ReasonCounts {
+            Reason::ALL
+                .iter()
+                .map(|r| (r.name().to_owned(), s.acquisitions[mode as usize][r.slot()]))
+                .collect()
+        };
+        Counters {
+            writes: s.writes,
+            bytes: s.bytes,
+            errors: s.errors,
+            shared: s.acquired[LockMode::Shared as usize],
+            exclusive: s.acquired[LockMode::Exclusive as usize],
+            unlocked: s.unlocked,
+            acquisitions: Acquisitions {
+                shared: by_reason(LockMode::Shared),
+                exclusive: by_reason(LockMode::Exclusive),
+            },
+            contended: PerMode::from_array(s.contended),
+            wait_ns_total: PerMode::from_array(s.wait_ns_total),
+            wait_ns_max: PerMode::from_array(s.wait_ns_max),
+            hold_ns_total: PerMode::from_array(s.hold_ns_total),
+            hold_ns_max: PerMode::from_array(s.hold_ns_max),
+            latency_ns_total: s.latency_ns_total,
+            shared_extended: s.shared_extended,
+        }
+    }
+}
+
+impl Counters {
+    /// Acquisitions of `mode` that had `reason`.
+    pub fn acquired_for(&self, mode: LockMode, reason: Reason) -> u64 {
+        let map = match mode {
+            LockMode::Shared => &self.acquisitions.shared,
+            LockMode::Exclusive => &self.acquisitions.exclusive,
+        };
+        map.get(reason.name()).copied().unwrap_or(0)
+    }
+}
+
+/// One non-empty histogram bucket: `count` values `<= le_ns` (and above the
+/// previous bucket's bound); `le_ns` is `null` for the unbounded last bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub le_ns: Option<u64>,
+    pub count: u64,
+}
+
+/// A log2 histogram, non-empty buckets only.
+pub type Histogram = Vec<Bucket>;
+
+pub fn histogram(buckets: &[u64; hist::HIST_BUCKETS]) -> Histogram {
+    buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| Bucket {
+            le_ns: hist::upper_bound(k).map(|ub| ub - 1),
+            count: *n,
+        })
+        .collect()
+}
+
+/// Histograms by lock mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeHistograms {
+    pub shared: Histogram,
+    pub exclusive: Histogram,
+}
+
+/// Wait, hold and latency histograms of an entry or a path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histos {
+    pub wait_hist: ModeHistograms,
+    pub hold_hist: ModeHistograms,
+    pub latency_hist: Histogram,
+}
+
+impl From<&Histograms> for Histos {
+    fn from(h: &Histograms) -> Histos {
+        let by_mode = |a: &[[u64; hist::HIST_BUCKETS]; LockMode::COUNT]| ModeHistograms {
+            shared: histogram(&a[LockMode::Shared as usize]),
+            exclusive: histogram(&a[LockMode::Exclusive as usize]),
+        };
+        Histos {
+            wait_hist: by_mode(&h.wait),
+            hold_hist: by_mode(&h.hold),
+            latency_hist: histogram(&h.latency),
+        }
+    }
+}
+
+/// A process writing an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    pub pid: u32,
+    pub comm: String,
+    pub writes: u64,
+}
+
+/// Open-time evidence of a file (all opens seen since attach).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenEvidence {
+    pub opens: u64,
+    pub passthrough: u64,
+    pub direct_io: u64,
+    pub parallel_asked: u64,
+    pub parallel_kept: u64,
+    pub passthrough_parallel_asked: u64,
+    pub passthrough_parallel_kept: u64,
+    /// `open_flags` of the last open as the server sent them, and as kept.
+    pub last_flags_asked: String,
+    pub last_flags_kept: String,
+}
+
+impl From<&OpenStats> for OpenEvidence {
+    fn from(o: &OpenStats) -> OpenEvidence {
+        OpenEvidence {
+            opens: o.opens,
+            passthrough: o.passthrough,
+            direct_io: o.direct_io,
+            parallel_asked: o.parallel_asked,
+            parallel_kept: o.parallel_kept,
+            passthrough_parallel_asked: o.passthrough_parallel_asked,
+            passthrough_parallel_kept: o.passthrough_parallel_kept,
+            last_flags_asked: format!("{:#x}", o.last_flags_asked),
+            last_flags_kept: format!("{:#x}", o.last_flags_kept),
+        }
+    }
+}
+
+/// One (device, inode, path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `"MAJ:MIN"` of the FUSE superblock.
+    pub dev: String,
+    pub ino: u64,
+    /// The dentry name seen on the first write, if known.
+    pub name: Option<String>,
+    /// Mount point of `dev`, from /proc/self/mountinfo.
+    pub mount: Option<String>,
+    /// `"passthrough"` or `"direct_io"`.
+    pub path: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+    #[serde(flatten)]
+    pub histograms: Histos,
+    /// The processes writing it, most writes first (at most 8).
+    pub writers: Vec<Writer>,
+    /// What opens of this file asked for and what the kernel kept.
+    pub open: Option<OpenEvidence>,
+}
+
+/// The programs' health and the map bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub live_inodes: u64,
+    pub max_inodes: u64,
+    /// Per-inode entries pushed out of the LRU map (their writes still count
+    /// in `totals`).
+    pub evictions: u64,
+    pub inode_insert_failed: u64,
+    pub inflight_full: u64,
+    pub inflight_replaced: u64,
+    pub exit_unmatched: u64,
+    pub read_errors: u64,
+    pub lock_state_unknown: u64,
+    pub cached_path_writes: u64,
+}
+
+impl HealthReport {
+    pub fn new(h: &Health, live_inodes: u64, max_inodes: u64, deleted: u64) -> HealthReport {
+        HealthReport {
+            live_inodes,
+            max_inodes,
+            evictions: h
+                .inode_inserts
+                .saturating_sub(live_inodes)
+                .saturating_sub(deleted),
+            inode_insert_failed: h.inode_insert_failed,
+            inflight_full: h.inflight_full,
+            inflight_replaced: h.inflight_replaced,
+            exit_unmatched: h.exit_unmatched,
+            read_errors: h.read_errors,
+            lock_state_unknown: h.lock_state_unknown,
+            cached_path_writes: h.cached_path_writes,
+        }
+    }
+}
+
+/// Where the numbers came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// `uname -r` of the observed kernel.
+    pub kernel: String,
+    /// `"fentry"` or `"kprobe"`.
+    pub probe_mode: String,
+    /// Whether lock waits are measured (`lock:contention_*` attached).
+    pub contention: bool,
+}
+
+/// The never-evicted sums of one path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTotals {
+    #[serde(flatten)]
+    pub counters: Counters,
+    #[serde(flatten)]
+    pub histograms: Histos,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub passthrough: PathTotals,
+    pub direct_io: PathTotals,
+}
+
+impl Totals {
+    pub fn get(&self, path: WritePath) -> &Counters {
+        match path {
+            WritePath::Passthrough => &self.passthrough.counters,
+            WritePath::DirectIo => &self.direct_io.counters,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Seconds since fuselock attached.
+    pub elapsed_secs: f64,
+    pub source: Source,
+    /// The last snapshot of a run (`stat -- COMMAND` prints only this one).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub entries: Vec<Entry>,
+    /// Never-evicted sums per path.
+    pub totals: Totals,
+    pub health: HealthReport,
+}
+
+/// `MAJ:MIN` of a kernel-internal `dev_t` (20 minor bits).
+pub fn dev_name(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_t_uses_kernel_encoding() {
+        assert_eq!(dev_name((8 << 20) | 1), "8:1");
+        assert_eq!(dev_name(45), "0:45");
+    }
+
+    #[test]
+    fn counters_decode_every_mode_and_reason() {
+        let mut s = WriteStats {
+            writes: 7,
+            bytes: 7 * 4096,
+            ..Default::default()
+        };
+        s.acquired = [3, 4];
+        s.acquisitions[LockMode::Shared as usize][Reason::Eligible.slot()] = 3;
+        s.acquisitions[LockMode::Exclusive as usize][Reason::Append.slot()] = 4;
+        s.acquisitions[LockMode::Exclusive as usize][Reason::Buffered.slot()] = 1;
+        let c = Counters::from(&s);
+        assert_eq!((c.shared, c.exclusive), (3, 4));
+        assert_eq!(c.acquired_for(LockMode::Shared, Reason::Eligible), 3);
+        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::Append), 4);
+        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::Buffered), 1);
+        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::PastEof), 0);
+        assert_eq!(c.acquisitions.shared.len(), Reason::COUNT);
+    }
+
+    #[test]
+    fn histograms_keep_non_empty_buckets_with_bounds() {
+        let mut b = [0u64; hist::HIST_BUCKETS];
+        b[hist::bucket(0)] += 1;
+        b[hist::bucket(1500)] += 2;
+        b[hist::bucket(u64::MAX)] += 3;
+        let h = histogram(&b);
+        assert_eq!(
+            h,
+            [
+                Bucket {
+                    le_ns: Some(0),
+                    count: 1
+                },
+                Bucket {
+                    le_ns: Some(2047),
+                    count: 2
+                },
+                Bucket {
+                    le_ns: None,
+                    count: 3
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn json_round_trips_with_documented_names() {
+        let snap = Snapshot {
+            entries: vec![Entry {
+                dev: "0:45".into(),
+                ino: 2,
+                name: Some("a".into()),
+                mount: Some("/mnt/fuse".into()),
+                path: "passthrough".into(),
+                counters: Counters::from(&WriteStats {
+                    writes: 1,
+                    ..Default::default()
+                }),
+                histograms: Histos::default(),
+                writers: vec![],
+                open: None,
+            }],
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&snap).expect("serialise");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        let e = &v["entries"][0];
+        for key in [
+            "dev",
+            "ino",
+            "name",
+            "path",
+            "writes",
+            "bytes",
+            "shared",
+            "exclusive",
+            "acquisitions",
+        ] {
+            assert!(e.get(key).is_some(), "entry lacks {key}: {e}");
+        }
+        assert_eq!(e["acquisitions"]["exclusive"]["past_eof"], 0);
+        assert_eq!(v["final"], false);
+        assert_eq!(
+            serde_json::from_str::<Snapshot>(&line).expect("parse"),
+            snap
+        );
+    }
+}

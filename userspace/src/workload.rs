@@ -1,0 +1,874 @@
+//! `fuselock load`: issues an exact number of writes of one kind to one file.
+//!
+//! The lock probes count writes in the kernel and the tests compare those counts with the
+//! report from here, so exactness comes first: every counted write is exactly one `pwrite(2)`
+//! (or `write(2)` for appends) of `block_size` bytes, never retried, and every write of a kind
+//! really is of that kind when the kernel looks at it (inside EOF, at EOF for appends, or past
+//! EOF), however the threads are scheduled.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+
+/// Alignment of write buffers. `O_DIRECT` wants the logical block size (512 or 4096).
+const BUFFER_ALIGN: usize = 4096;
+
+/// `O_DIRECT` transfers must be multiples of the logical block size; 512 is the smallest.
+const DIRECT_IO_UNIT: usize = 512;
+
+/// Linux's `MAX_RW_COUNT`: a larger write would be cut short by the kernel.
+const MAX_WRITE: usize = 0x7fff_f000;
+
+/// How many blocks per thread the file gets for overwrites when `--file-size` is not given.
+const DEFAULT_SLOTS_PER_THREAD: u64 = 16;
+
+/// Which lock-relevant case each write exercises.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteKind {
+    /// O_DIRECT pwrite entirely inside EOF.
+    Overwrite,
+    /// O_APPEND|O_DIRECT write.
+    Append,
+    /// O_DIRECT pwrite that ends beyond EOF (one at a time across threads, so that each is).
+    PastEof,
+    /// Buffered (no O_DIRECT) pwrite entirely inside EOF.
+    Buffered,
+}
+
+impl WriteKind {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Overwrite => "overwrite",
+            Self::Append => "append",
+            Self::PastEof => "past-eof",
+            Self::Buffered => "buffered",
+        }
+    }
+
+    /// Whether writes of this kind use `O_DIRECT`.
+    pub fn direct(self) -> bool {
+        !matches!(self, Self::Buffered)
+    }
+
+    /// Whether the file is sized up front and written strictly inside that size.
+    fn inside_eof(self) -> bool {
+        matches!(self, Self::Overwrite | Self::Buffered)
+    }
+}
+
+impl fmt::Display for WriteKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Write to a file in a controlled way and report exactly what was issued.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// File to write (created if missing).
+    pub path: PathBuf,
+    /// Kind of write to issue.
+    #[arg(long, value_enum, default_value = "overwrite")]
+    pub kind: WriteKind,
+    /// Total writes, split across threads exactly (the first `writes % threads` threads do one more).
+    #[arg(long, default_value_t = 1000)]
+    pub writes: u64,
+    /// Writer threads, each with its own file descriptor.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Bytes per write; must be a multiple of 512 for O_DIRECT kinds.
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: usize,
+    /// Size the file is made (ftruncate, never shrinking) before the run for overwrite and
+    /// buffered kinds [default: threads * block_size * 16].
+    #[arg(long)]
+    pub file_size: Option<u64>,
+    /// Print a JSON summary line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a run issued. `writes` is the number of write system calls made, whatever their result,
+/// so it matches what the kernel saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    pub kind: WriteKind,
+    /// Write system calls issued (successful, short and failed alike).
+    pub writes: u64,
+    /// Bytes the write calls reported written.
+    pub bytes: u64,
+    /// Writes that failed or wrote fewer than `block_size` bytes.
+    pub errors: u64,
+    /// Of `errors`, the writes that returned a short count.
+    pub short_writes: u64,
+    pub threads: u32,
+    pub block_size: usize,
+    /// From the moment all threads were released until the last one finished.
+    pub elapsed: Duration,
+    /// The first failure seen, for diagnosis.
+    pub first_error: Option<String>,
+}
+
+impl LoadReport {
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "kind": self.kind.as_str(),
+            "writes": self.writes,
+            "bytes": self.bytes,
+            "errors": self.errors,
+            "short_writes": self.short_writes,
+            "threads": self.threads,
+            "block_size": self.block_size,
+            "elapsed_ns": u64::try_from(self.elapsed.as_nanos()).unwrap_or(u64::MAX),
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "first_error": self.first_error,
+        })
+        .to_string()
+    }
+
+    /// The report as `--json` asks: JSON or the text line.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            self.to_json()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.writes as f64 / secs
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "load: {} {} writes of {} bytes from {} thread(s) in {:.3} s ({:.0} writes/s), \
+             {} bytes written, {} errors ({} short)",
+            self.writes,
+            self.kind,
+            self.block_size,
+            self.threads,
+            secs,
+            rate,
+            self.bytes,
+            self.errors,
+            self.short_writes
+        )?;
+        if let Some(err) = &self.first_error {
+            write!(f, "; first error: {err}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the workload and prints its summary line on stdout (JSON with `--json`).
+///
+/// Returns `Ok` even if some writes failed: check [`LoadReport::errors`]. Errors are for runs
+/// that could not start (bad arguments, file not openable) or could not print the summary.
+pub fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    let plan = Plan::new(args)?;
+    let placement = prepare_file(&args.path, &plan)?;
+    let files = open_writers(&args.path, plan.kind, plan.threads)?;
+    let buffers = (0..plan.threads)
+        .map(|t| AlignedBuf::new(plan.block_size, b'a' + (t % 26) as u8))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = execute(&plan, &placement, files, buffers)?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", report.render(args.json))
+        .and_then(|()| out.flush())
+        .context("cannot write the load summary to stdout")?;
+    Ok(report)
+}
+
+/// Validated arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    kind: WriteKind,
+    threads: u32,
+    /// Writes each thread issues; sums to the requested total.
+    per_thread: Vec<u64>,
+    block_size: usize,
+    /// Size the file must have for inside-EOF kinds.
+    file_size: u64,
+}
+
+impl Plan {
+    fn new(args: &LoadArgs) -> anyhow::Result<Self> {
+        ensure!(args.threads >= 1, "--threads must be at least 1");
+        ensure!(args.writes >= 1, "--writes must be at least 1");
+        ensure!(args.block_size >= 1, "--block-size must be at least 1");
+        ensure!(
+            args.block_size <= MAX_WRITE,
+            "--block-size {} is larger than one write(2) can transfer ({MAX_WRITE})",
+            args.block_size
+        );
+        if args.kind.direct() {
+            ensure!(
+                args.block_size.is_multiple_of(DIRECT_IO_UNIT),
+                "--block-size {} is not a multiple of {DIRECT_IO_UNIT}, which O_DIRECT ({} writes) \
+                 requires; use --kind buffered for other sizes",
+                args.block_size,
+                args.kind
+            );
+        }
+        let block = args.block_size as u64;
+        let file_size = if args.kind.inside_eof() {
+            let size = match args.file_size {
+                Some(size) => size,
+                None => u64::from(args.threads)
+                    .checked_mul(block)
+                    .and_then(|s| s.checked_mul(DEFAULT_SLOTS_PER_THREAD))
+                    .context("default file size overflows; give --file-size")?,
+            };
+            ensure!(
+                size >= block,
+                "--file-size {size} is smaller than one block ({block} bytes)"
+            );
+            ensure!(size <= i64::MAX as u64, "--file-size {size} is too large");
+            size
+        } else {
+            if args.file_size.is_some() {
+                log::warn!("--file-size only applies to overwrite and buffered writes; ignored");
+            }
+            0
+        };
+        let parent = match args.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        ensure!(
+            parent.is_dir(),
+            "directory {} (for {}) does not exist",
+            parent.display(),
+            args.path.display()
+        );
+        Ok(Self {
+            kind: args.kind,
+            threads: args.threads,
+            per_thread: split_writes(args.writes, args.threads),
+            block_size: args.block_size,
+            file_size,
+        })
+    }
+
+    fn total_writes(&self) -> u64 {
+        self.per_thread.iter().sum()
+    }
+}
+
+/// Writes per thread: `total / threads` each, and one more for the first `total % threads`.
+fn split_writes(total: u64, threads: u32) -> Vec<u64> {
+    let threads = u64::from(threads.max(1));
+    let (base, extra) = (total / threads, total % threads);
+    (0..threads).map(|t| base + u64::from(t < extra)).collect()
+}
+
+/// Where writes go.
+#[derive(Debug)]
+enum Placement {
+    /// Fixed offsets in `slots` whole blocks that all lie inside EOF.
+    Inside { slots: u64 },
+    /// The next past-EOF offset. The lock is held across each write, see [`past_eof_write`].
+    PastEof { next: Mutex<u64> },
+    /// `O_APPEND`: the kernel places each write at EOF.
+    Append,
+}
+
+/// Creates the file if needed and brings it to the state the kind needs.
+fn prepare_file(path: &Path, plan: &Plan) -> anyhow::Result<Placement> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open or create {}", path.display()))?;
+    let md = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    ensure!(md.is_file(), "{} is not a regular file", path.display());
+    let block = plan.block_size as u64;
+    match plan.kind {
+        WriteKind::Overwrite | WriteKind::Buffered => {
+            if md.len() < plan.file_size {
+                file.set_len(plan.file_size).with_context(|| {
+                    format!(
+                        "cannot extend {} to {} bytes",
+                        path.display(),
+                        plan.file_size
+                    )
+                })?;
+            }
+            Ok(Placement::Inside {
+                slots: plan.file_size / block,
+            })
+        }
+        WriteKind::PastEof => {
+            let start = md.len().div_ceil(block) * block;
+            let end = plan
+                .total_writes()
+                .checked_mul(block)
+                .and_then(|bytes| bytes.checked_add(start))
+                .filter(|&end| end <= i64::MAX as u64);
+            ensure!(
+                end.is_some(),
+                "{} writes past offset {start} would exceed the largest file offset",
+                plan.total_writes()
+            );
+            Ok(Placement::PastEof {
+                next: Mutex::new(start),
+            })
+        }
+        WriteKind::Append => Ok(Placement::Append),
+    }
+}
+
+/// One descriptor per thread, all opened before any write so a failure leaves the file alone.
+fn open_writers(path: &Path, kind: WriteKind, threads: u32) -> anyhow::Result<Vec<File>> {
+    let mut options = OpenOptions::new();
+    options.write(true).append(kind == WriteKind::Append);
+    if kind.direct() {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    (0..threads)
+        .map(|_| {
+            options.open(path).map_err(|err| {
+                let context = if kind.direct() && err.raw_os_error() == Some(libc::EINVAL) {
+                    format!(
+                        "the filesystem of {} does not support O_DIRECT (open returned EINVAL); \
+                         use --kind buffered",
+                        path.display()
+                    )
+                } else {
+                    format!("cannot open {} for {kind} writes", path.display())
+                };
+                anyhow::Error::new(err).context(context)
+            })
+        })
+        .collect()
+}
+
+/// Offset of thread `thread`'s `i`-th overwrite: the writes of all threads interleave over the
+/// slots (`i * threads + thread`), so concurrent writers hit different blocks of the same file.
+/// Always `offset + block <= slots * block`.
+fn slot_offset(thread: u32, i: u64, threads: u32, slots: u64, block: u64) -> u64 {
+    let index = u128::from(i) * u128::from(threads) + u128::from(thread);
+    // The remainder is below `slots`, a u64.
+    let slot = (index % u128::from(slots.max(1))) as u64;
+    slot * block
+}
+
+/// Issues one past-EOF write at the shared cursor.
+///
+/// The write at `x` of `count` bytes is past EOF iff `x + count > i_size` when the kernel looks.
+/// Offsets merely increasing in the order threads *take* them is not enough: a later, higher
+/// write can complete first and carry `i_size` past an earlier one that has not reached the
+/// kernel yet, which then lands inside EOF. No choice of offsets avoids that while writes are
+/// in flight together, so the cursor's lock is held across the `pwrite`: every write starts at
+/// or beyond the end of all writes before it, and the kernel updates `i_size` before `pwrite`
+/// returns. Past-EOF writes are serialised across threads (the kernel takes the inode lock
+/// exclusively for them anyway); exactness matters more here than parallelism.
+///
+/// The cursor moves on by a whole block even after a failed or short write: `i_size` is then
+/// at most `x + block`, so the next write is still at or past EOF.
+fn past_eof_write(file: &File, buf: &[u8], next: &Mutex<u64>) -> (u64, io::Result<usize>) {
+    let mut next = lock(next);
+    let offset = *next;
+    let result = file.write_at(buf, offset);
+    *next = offset + buf.len() as u64;
+    (offset, result)
+}
+
+/// Counts of one thread, or of the whole run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Tally {
+    writes: u64,
+    bytes: u64,
+    errors: u64,
+    short_writes: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    /// Records the result of one write system call that asked for `want` bytes.
+    fn record(&mut self, result: io::Result<usize>, want: usize, at: Option<u64>) {
+        self.writes += 1;
+        let place = || match at {
+            Some(offset) => format!("write at offset {offset}"),
+            None => "append write".to_owned(),
+        };
+        match result {
+            Ok(n) if n == want => self.bytes += n as u64,
+            Ok(n) => {
+                self.bytes += n as u64;
+                self.errors += 1;
+                self.short_writes += 1;
+                self.first_error.get_or_insert_with(|| {
+                    format!("{}: short write, {n} of {want} bytes", place())
+                });
+            }
+            Err(err) => {
+                self.errors += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("{}: {err}", place()));
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.writes += other.writes;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.short_writes += other.short_writes;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Everything one writer thread needs.
+struct Worker<'a> {
+    index: u32,
+    threads: u32,
+    count: u64,
+    file: File,
+    buf: AlignedBuf,
+    placement: &'a Placement,
+}
+
+impl Worker<'_> {
+    fn run(self) -> Tally {
+        let mut tally = Tally::default();
+        let buf = self.buf.as_slice();
+        let want = buf.len();
+        for i in 0..self.count {
+            let (at, result) = match self.placement {
+                Placement::Inside { slots } => {
+                    let offset = slot_offset(self.index, i, self.threads, *slots, want as u64);
+                    (Some(offset), self.file.write_at(buf, offset))
+                }
+                Placement::PastEof { next } => {
+                    let (offset, result) = past_eof_write(&self.file, buf, next);
+                    (Some(offset), result)
+                }
+                // `write(2)` on an O_APPEND descriptor; `&File`'s `write` is exactly one call.
+                Placement::Append => (None, (&self.file).write(buf)),
+            };
+            tally.record(result, want, at);
+        }
+        tally
+    }
+}
+
+fn execute(
+    plan: &Plan,
+    placement: &Placement,
+    files: Vec<File>,
+    buffers: Vec<AlignedBuf>,
+) -> anyhow::Result<LoadReport> {
+    let gate = StartGate::new(plan.threads);
+    let (total, elapsed) = thread::scope(|scope| -> anyhow::Result<(Tally, Duration)> {
+        let mut handles = Vec::with_capacity(files.len());
+        let work = files.into_iter().zip(buffers).zip(&plan.per_thread);
+        for (index, ((file, buf), &count)) in (0..plan.threads).zip(work) {
+            let worker = Worker {
+                index,
+                threads: plan.threads,
+                count,
+                file,
+                buf,
+                placement,
+            };
+            let gate = &gate;
+            let spawned = thread::Builder::new()
+                .name(format!("load-{index}"))
+                .spawn_scoped(scope, move || {
+                    if gate.arrive_and_wait() {
+                        worker.run()
+                    } else {
+                        Tally::default()
+                    }
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    // Release the threads already waiting so the scope can end.
+                    gate.cancel();
+                    return Err(err).context("cannot spawn a writer thread");
+                }
+            }
+        }
+        gate.open_when_all_arrived();
+        let start = Instant::now();
+        let mut total = Tally::default();
+        for handle in handles {
+            let tally = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a writer thread panicked"))?;
+            total.merge(tally);
+        }
+        Ok((total, start.elapsed()))
+    })?;
+    Ok(LoadReport {
+        kind: plan.kind,
+        writes: total.writes,
+        bytes: total.bytes,
+        errors: total.errors,
+        short_writes: total.short_writes,
+        threads: plan.threads,
+        block_size: plan.block_size,
+        elapsed,
+        first_error: total.first_error,
+    })
+}
+
+/// Lets all writers start at once, like a `Barrier`, but can be cancelled if spawning a thread
+/// fails, so that the threads already spawned do not wait forever.
+#[derive(Debug)]
+struct StartGate {
+    expected: u32,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GateState {
+    arrived: u32,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Open,
+    Cancelled,
+}
+
+impl StartGate {
+    fn new(expected: u32) -> Self {
+        Self {
+            expected,
+            state: Mutex::new(GateState {
+                arrived: 0,
+                phase: Phase::Waiting,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Called by each writer: returns `true` once the gate opens, `false` if cancelled.
+    fn arrive_and_wait(&self) -> bool {
+        let mut state = lock(&self.state);
+        state.arrived += 1;
+        self.changed.notify_all();
+        while state.phase == Phase::Waiting {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.phase == Phase::Open
+    }
+
+    /// Called by the coordinator: waits until every writer is ready, then releases them all.
+    fn open_when_all_arrived(&self) {
+        let mut state = lock(&self.state);
+        while state.arrived < self.expected && state.phase == Phase::Waiting {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.phase == Phase::Waiting {
+            state.phase = Phase::Open;
+        }
+        self.changed.notify_all();
+    }
+
+    fn cancel(&self) {
+        lock(&self.state).phase = Phase::Cancelled;
+        self.changed.notify_all();
+    }
+}
+
+/// A block of `len` bytes whose address is a multiple of [`BUFFER_ALIGN`], as `O_DIRECT` needs.
+///
+/// Over-allocates a `Vec` and uses an aligned window of it, which needs no `unsafe`.
+#[derive(Debug)]
+struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize, fill: u8) -> anyhow::Result<Self> {
+        let storage = vec![fill; len + BUFFER_ALIGN];
+        let start = storage.as_ptr().align_offset(BUFFER_ALIGN);
+        if start >= BUFFER_ALIGN {
+            bail!("cannot align a write buffer to {BUFFER_ALIGN} bytes");
+        }
+        Ok(Self {
+            storage,
+            start,
+            len,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: the guarded values (a cursor, a counter) stay valid.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn writes_split_exactly_across_threads() {
+        assert_eq!(split_writes(10, 3), vec![4, 3, 3]);
+        assert_eq!(split_writes(9, 3), vec![3, 3, 3]);
+        assert_eq!(split_writes(2, 4), vec![1, 1, 0, 0]);
+        assert_eq!(split_writes(1000, 1), vec![1000]);
+        for total in 0..50 {
+            for threads in 1..9 {
+                let split = split_writes(total, threads);
+                assert_eq!(split.len(), threads as usize);
+                assert_eq!(split.iter().sum::<u64>(), total);
+                let (min, max) = (split.iter().min(), split.iter().max());
+                assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1));
+                assert!(split.windows(2).all(|w| w[0] >= w[1]), "{split:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn overwrite_offsets_stay_inside_the_file_and_aligned() {
+        let block = 4096;
+        for threads in 1..6u32 {
+            for slots in 1..40u64 {
+                for thread in 0..threads {
+                    for i in 0..100 {
+                        let offset = slot_offset(thread, i, threads, slots, block);
+                        assert_eq!(offset % block, 0);
+                        assert!(offset + block <= slots * block);
+                    }
+                }
+            }
+        }
+        // Huge indices do not overflow.
+        let offset = slot_offset(7, u64::MAX, 8, 3, 512);
+        assert!(offset + 512 <= 3 * 512);
+    }
+
+    #[test]
+    fn concurrent_overwrites_hit_different_blocks() {
+        // At the same step i, the threads write distinct slots when there are enough of them.
+        let (threads, slots) = (4u32, 64u64);
+        for i in 0..100 {
+            let offsets: HashSet<u64> = (0..threads)
+                .map(|t| slot_offset(t, i, threads, slots, 4096))
+                .collect();
+            assert_eq!(offsets.len(), threads as usize);
+        }
+    }
+
+    /// Replays past-EOF writes from many threads against a model of `i_size` and checks that
+    /// each one ends beyond the size current when it starts.
+    #[test]
+    fn past_eof_writes_are_past_eof_under_any_interleaving() {
+        let dir = scratch_dir("past-eof");
+        let path = dir.join("f");
+        let file = File::create(&path).expect("create");
+        file.set_len(1000).expect("set_len");
+        let block = 512u64;
+        let next = Mutex::new(1000u64.div_ceil(block) * block);
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        thread::scope(|scope| {
+            for _ in 0..4 {
+                let file = file.try_clone().expect("dup");
+                let (next, violations) = (&next, Arc::clone(&violations));
+                scope.spawn(move || {
+                    let buf = vec![0u8; block as usize];
+                    for _ in 0..200 {
+                        // Under the cursor lock, as in past_eof_write: check, then write.
+                        let mut cursor = lock(next);
+                        let size = file.metadata().expect("stat").len();
+                        if *cursor + block <= size {
+                            lock(&violations).push((*cursor, size));
+                        }
+                        let offset = *cursor;
+                        file.write_at(&buf, offset).expect("write");
+                        *cursor = offset + block;
+                    }
+                });
+            }
+        });
+        assert!(lock(&violations).is_empty(), "{:?}", lock(&violations));
+        assert_eq!(file.metadata().expect("stat").len(), 1024 + 800 * block);
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn tally_counts_every_call_once() {
+        let mut tally = Tally::default();
+        tally.record(Ok(4096), 4096, Some(0));
+        tally.record(Ok(100), 4096, Some(4096));
+        tally.record(Err(io::Error::from_raw_os_error(libc::ENOSPC)), 4096, None);
+        assert_eq!(tally.writes, 3);
+        assert_eq!(tally.bytes, 4196);
+        assert_eq!(tally.errors, 2);
+        assert_eq!(tally.short_writes, 1);
+        assert_eq!(
+            tally.first_error.as_deref(),
+            Some("write at offset 4096: short write, 100 of 4096 bytes")
+        );
+        let mut total = Tally::default();
+        total.merge(tally.clone());
+        total.merge(tally);
+        assert_eq!(total.writes, 6);
+        assert_eq!(total.errors, 4);
+    }
+
+    #[test]
+    fn buffers_are_aligned() {
+        for len in [512, 4096, 4096 * 3 + 512] {
+            let buf = AlignedBuf::new(len, 7).expect("alloc");
+            assert_eq!(buf.as_slice().len(), len);
+            assert_eq!(buf.as_slice().as_ptr() as usize % BUFFER_ALIGN, 0);
+            assert!(buf.as_slice().iter().all(|&b| b == 7));
+        }
+    }
+
+    fn args(path: PathBuf, kind: WriteKind) -> LoadArgs {
+        LoadArgs {
+            path,
+            kind,
+            writes: 10,
+            threads: 3,
+            block_size: 4096,
+            file_size: None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn arguments_are_validated() {
+        let dir = scratch_dir("validate");
+        let ok = args(dir.join("f"), WriteKind::Overwrite);
+        let plan = Plan::new(&ok).expect("valid");
+        assert_eq!(plan.file_size, 3 * 4096 * 16);
+        assert_eq!(plan.per_thread, vec![4, 3, 3]);
+
+        let bad = |change: fn(&mut LoadArgs)| {
+            let mut a = ok.clone();
+            change(&mut a);
+            Plan::new(&a).expect_err("invalid").to_string()
+        };
+        assert!(bad(|a| a.threads = 0).contains("--threads"));
+        assert!(bad(|a| a.writes = 0).contains("--writes"));
+        assert!(bad(|a| a.block_size = 1000).contains("multiple of 512"));
+        assert!(bad(|a| a.file_size = Some(100)).contains("smaller than one block"));
+        assert!(bad(|a| a.path = "/nonexistent-dir/f".into()).contains("does not exist"));
+
+        let mut buffered = ok.clone();
+        buffered.kind = WriteKind::Buffered;
+        buffered.block_size = 1000;
+        assert!(Plan::new(&buffered).is_ok());
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn every_kind_runs_and_counts_exactly() {
+        let dir = scratch_dir("run");
+        for kind in [
+            WriteKind::Overwrite,
+            WriteKind::Append,
+            WriteKind::PastEof,
+            WriteKind::Buffered,
+        ] {
+            let path = dir.join(kind.as_str());
+            let mut a = args(path.clone(), kind);
+            a.writes = 37;
+            a.threads = 4;
+            a.block_size = 4096;
+            let report = match run(&a) {
+                Ok(report) => report,
+                // Some scratch filesystems (e.g. old tmpfs) reject O_DIRECT.
+                Err(err) if format!("{err:#}").contains("does not support O_DIRECT") => continue,
+                Err(err) => panic!("{kind}: {err:#}"),
+            };
+            assert_eq!(report.writes, 37, "{kind}");
+            assert_eq!(report.errors, 0, "{kind}: {report}");
+            assert_eq!(report.bytes, 37 * 4096);
+            let size = std::fs::metadata(&path).expect("stat").len();
+            match kind {
+                WriteKind::Overwrite | WriteKind::Buffered => assert_eq!(size, 4 * 4096 * 16),
+                WriteKind::Append | WriteKind::PastEof => assert_eq!(size, 37 * 4096),
+            }
+        }
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn reports_render_as_text_and_json() {
+        let report = LoadReport {
+            kind: WriteKind::PastEof,
+            writes: 8,
+            bytes: 8 * 512,
+            errors: 0,
+            short_writes: 0,
+            threads: 2,
+            block_size: 512,
+            elapsed: Duration::from_millis(1500),
+            first_error: None,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&report.render(true)).expect("valid JSON");
+        assert_eq!(json["kind"], "past-eof");
+        assert_eq!(json["writes"], 8);
+        assert_eq!(json["errors"], 0);
+        assert_eq!(json["elapsed_ns"], 1_500_000_000u64);
+        assert!(json["first_error"].is_null());
+        let text = report.render(false);
+        assert!(
+            text.starts_with("load: 8 past-eof writes of 512 bytes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn kind_names_match_the_command_line() {
+        use clap::ValueEnum as _;
+        for kind in WriteKind::value_variants() {
+            let name = kind.to_possible_value().expect("visible");
+            assert_eq!(name.get_name(), kind.as_str());
+        }
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("workload-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+}

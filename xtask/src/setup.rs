@@ -1,0 +1,210 @@
+//! Toolchain set-up: each step checks first, announces itself, and only then
+//! acts, so running it again is cheap and quiet.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cache;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages: qemu runs the VM, busybox is its userland; dwarves (pahole)
+/// and the build tools are for `xtask kernel`.
+const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+
+#[derive(clap::Args)]
+pub struct SetupArgs {}
+
+pub fn run(_args: &SetupArgs) -> Result<()> {
+    ensure_all()
+}
+
+pub fn ensure_all() -> Result<()> {
+    ensure_apt_packages(APT_PACKAGES)?;
+    ensure_rustup()?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn announce(msg: &str) {
+    eprintln!("setup: {msg}");
+}
+
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    announce(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run_cmd(apt(&["update", "-q"]).stdout(std::process::Stdio::null()))?;
+    run_cmd(apt(&["install", "-y", "-q", "--no-install-recommends"]).args(&missing))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ensure_rustup() -> Result<()> {
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is needed for the eBPF programs")?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        announce("adding rust-src to the nightly toolchain (eBPF builds core from source)");
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let targets = output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        "stable",
+    ]))?;
+    if !targets
+        .lines()
+        .any(|l| l.trim() == crate::build::MUSL_TARGET)
+    {
+        announce("adding the musl target (static binaries for the VM)");
+        run_cmd(Command::new("rustup").args([
+            "target",
+            "add",
+            crate::build::MUSL_TARGET,
+            "--toolchain",
+            "stable",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Where bpf-linker lives; userspace's build.rs looks in the same place.
+pub fn bpf_linker_root() -> Result<PathBuf> {
+    Ok(cache::dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}")))
+}
+
+/// bpf-linker's default feature wants a system LLVM that Debian lacks; build it
+/// against the LLVM shared library nightly rustc ships instead.
+fn ensure_bpf_linker() -> Result<()> {
+    let root = bpf_linker_root()?;
+    let bin = root.join("bin/bpf-linker");
+    if bin.is_file() {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let soname = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("LLVM library name")?
+        .to_owned();
+    // "libLLVM.so.22.1-rust-..." → major version 22 picks the llvm-22 feature.
+    let major: String = soname
+        .trim_start_matches("libLLVM.so.")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    if major.is_empty() {
+        bail!("cannot tell the LLVM major version from {soname}");
+    }
+    let prefix = cache::dir()?.join("llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for link in ["libLLVM.so", soname.as_str()] {
+        let path = prefix_lib.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(&llvm, &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    announce(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} into {} (about 3 minutes, once)",
+        root.display()
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{major}")])
+            .arg("--root")
+            .arg(&root)
+            .env("LLVM_PREFIX", &prefix),
+    )
+}

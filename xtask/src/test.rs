@@ -1,0 +1,75 @@
+//! `cargo xtask test`: the whole suite, the command CI runs.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{build, cache, setup, vm};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the VM tests (host-only run).
+    #[arg(long)]
+    pub no_vm: bool,
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("\n==> {name}");
+    let t = Instant::now();
+    f()?;
+    eprintln!("==> {name}: ok ({:.0}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    setup::run_cmd(
+        Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(cache::workspace_root()),
+    )
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    let t = Instant::now();
+    step("toolchain set-up", setup::ensure_all)?;
+    step("cargo fmt --check", || {
+        cargo(&["fmt", "--all", "--", "--check"])
+    })?;
+    step("cargo clippy", || {
+        cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+    })?;
+    step("host tests", || cargo(&["test"]))?;
+    if !args.no_vm {
+        step("VM end-to-end tests (Debian stock 6.12)", || {
+            let (kernel, kernel_name) = vm::resolve_kernel("stock")?;
+            let fuselock = build::fuselock_static()?;
+            let tests = build::vm_tests_static()?;
+            let code = vm::run(&vm::VmSpec {
+                kernel,
+                kernel_name,
+                files: vec![
+                    (fuselock, "/bin/fuselock".into()),
+                    (tests, "/bin/vm-tests".into()),
+                ],
+                mount: None,
+                command: vec![
+                    "vm-tests".into(),
+                    "--include-ignored".into(),
+                    "--test-threads=1".into(),
+                ],
+                cpus: 2,
+                memory_mb: 1024,
+                timeout: std::time::Duration::from_secs(1800),
+            })?;
+            if code != 0 {
+                bail!("VM tests failed (exit {code})");
+            }
+            Ok(())
+        })?;
+    }
+    eprintln!(
+        "\nall test steps passed in {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The VM: a kernel with kprobes under qemu (TCG), a busybox initramfs with
+//! fuselock on PATH, one command, its output streamed, its exit status
+//! returned.
+//!
+//! The guest's init prints a marker line with the command's status and
+//! powers off; the host watches the serial console for it, and a watchdog
+//! kills qemu if it never comes (hang, panic, lockup).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{build, cache, cpio::Cpio, debian_kernel, kernel};
+
+const EXIT_MARKER: &str = "FUSELOCK_VM_EXIT=";
+/// The first line our init prints.
+const INIT_BANNER: &str = "vm: kernel ";
+
+/// A ready `fuselock testfs` mount at /mnt/fuse over a tmpfs backing directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MountKind {
+    /// Passthrough, no parallel-writes flag requested.
+    Passthrough,
+    /// Passthrough, FOPEN_PARALLEL_DIRECT_WRITES requested.
+    PassthroughParallel,
+    /// FOPEN_DIRECT_IO with FOPEN_PARALLEL_DIRECT_WRITES (stock kernels' shared-lock path).
+    DirectIo,
+}
+
+impl MountKind {
+    fn testfs_flags(self) -> &'static str {
+        match self {
+            MountKind::Passthrough => "",
+            MountKind::PassthroughParallel => "--parallel",
+            MountKind::DirectIo => "--parallel --direct-io",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// `stock` (Debian's 6.12 cloud kernel, downloaded once), `patched` or
+    /// `unpatched` (built by `cargo xtask kernel`, cached), or a path to a bzImage.
+    #[arg(long, default_value = "stock")]
+    pub kernel: String,
+    /// Extra files: HOST_PATH[:GUEST_PATH] (default guest path: /bin/NAME).
+    #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
+    pub add: Vec<String>,
+    /// Mount the test filesystem at /mnt/fuse before running COMMAND.
+    #[arg(long, value_enum)]
+    pub mount: Option<MountKind>,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    #[arg(long, default_value_t = 1024)]
+    pub memory_mb: u32,
+    /// Kill the VM after this many seconds.
+    #[arg(long, default_value_t = 1200)]
+    pub timeout: u64,
+    /// The command to run in the guest (through /bin/sh).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// One VM run.
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub kernel_name: String,
+    /// (host path, guest path)
+    pub files: Vec<(PathBuf, String)>,
+    pub mount: Option<MountKind>,
+    pub command: Vec<String>,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+}
+
+pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
+    if name == "stock" {
+        let k = debian_kernel::stock()?;
+        Ok((k.vmlinuz, format!("Debian {}", k.release)))
+    } else if name == "patched" {
+        Ok((
+            kernel::ensure(kernel::Variant::Patched)?,
+            "6.12 tiny + parallel-direct-writes patch".into(),
+        ))
+    } else if name == "unpatched" {
+        Ok((
+            kernel::ensure(kernel::Variant::Unpatched)?,
+            "6.12 tiny, unpatched twin".into(),
+        ))
+    } else {
+        let p = PathBuf::from(name);
+        if !p.is_file() {
+            bail!("--kernel {name}: not `stock` and not a file");
+        }
+        Ok((p, name.to_owned()))
+    }
+}
+
+pub fn run_cli(args: &VmArgs) -> Result<i32> {
+    let (kernel, kernel_name) = resolve_kernel(&args.kernel)?;
+    let fuselock = build::fuselock_static()?;
+    let mut files = vec![(fuselock, "/bin/fuselock".to_owned())];
+    for add in &args.add {
+        let (host, guest) = match add.split_once(':') {
+            Some((h, g)) => (PathBuf::from(h), g.to_owned()),
+            None => {
+                let host = PathBuf::from(add);
+                let name = host
+                    .file_name()
+                    .context("--add needs a file name")?
+                    .to_string_lossy()
+                    .into_owned();
+                (host, format!("/bin/{name}"))
+            }
+        };
+        if !host.is_file() {
+            bail!("--add {add}: {} is not a file", host.display());
+        }
+        files.push((host, guest));
+    }
+    run(&VmSpec {
+        kernel,
+        kernel_name,
+        files,
+        mount: args.mount,
+        command: args.command.clone(),
+        cpus: args.cpus,
+        memory_mb: args.memory_mb,
+        timeout: Duration::from_secs(args.timeout),
+    })
+}
+
+/// Single-quotes `s` for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn init_script(spec: &VmSpec) -> String {
+    let mount = match spec.mount {
+        None => String::new(),
+        Some(kind) => format!(
+            r#"mkdir -p /backing /mnt/fuse
+mount -t tmpfs backing /backing
+fuselock testfs --backing /backing --mountpoint /mnt/fuse {flags} >/tmp/testfs.log 2>&1 &
+for i in $(seq 1 100); do grep -q ' /mnt/fuse ' /proc/mounts && break; sleep 0.1; done
+grep -q ' /mnt/fuse ' /proc/mounts || {{ echo "vm: testfs did not mount:"; cat /tmp/testfs.log; }}
+echo "vm: /mnt/fuse mounted ({kind:?})"
+"#,
+            flags = kind.testfs_flags()
+        ),
+    };
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=vt100
+echo "vm: kernel $(uname -r), $(nproc) CPUs"
+{mount}cd /tmp
+/bin/sh /run.sh
+echo "{EXIT_MARKER}$?"
+poweroff -f
+"#
+    )
+}
+
+fn initramfs(spec: &VmSpec) -> Result<PathBuf> {
+    let busybox = PathBuf::from("/bin/busybox");
+    if !busybox.is_file() {
+        bail!("/bin/busybox missing: run `cargo xtask setup` (installs busybox-static)");
+    }
+    let mut c = Cpio::new(Vec::new());
+    for dir in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "mnt", "root",
+        "etc", "run",
+    ] {
+        c.dir(dir)?;
+    }
+    c.char_dev("dev/console", 5, 1)?;
+    c.char_dev("dev/null", 1, 3)?;
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    c.file("bin/busybox", 0o755, &read(&busybox)?)?;
+    c.symlink("bin/sh", "busybox")?;
+    c.file("init", 0o755, init_script(spec).as_bytes())?;
+    let command: Vec<String> = spec.command.iter().map(|a| sh_quote(a)).collect();
+    c.file(
+        "run.sh",
+        0o755,
+        format!("exec {}\n", command.join(" ")).as_bytes(),
+    )?;
+    let mut dirs_made = std::collections::BTreeSet::new();
+    for (host, guest) in &spec.files {
+        let guest = guest.trim_start_matches('/');
+        if let Some((parent, _)) = guest.rsplit_once('/') {
+            let mut acc = String::new();
+            for part in parent.split('/') {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(part);
+                if dirs_made.insert(acc.clone())
+                    && !["bin", "usr", "usr/bin", "tmp", "root", "etc"].contains(&acc.as_str())
+                {
+                    c.dir(&acc)?;
+                }
+            }
+        }
+        c.file(guest, 0o755, &read(host)?)?;
+    }
+    let bytes = c.finish()?;
+    let path = cache::workspace_root().join("target/vm/initramfs.cpio");
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Boots, streams the console to stdout, returns the guest command's status.
+pub fn run(spec: &VmSpec) -> Result<i32> {
+    let initrd = initramfs(spec)?;
+    eprintln!(
+        "vm: booting {} (qemu TCG, {} CPUs, {} MiB)",
+        spec.kernel_name, spec.cpus, spec.memory_mb
+    );
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args([
+            "-m",
+            &spec.memory_mb.to_string(),
+            "-smp",
+            &spec.cpus.to_string(),
+        ])
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let pid = child.id();
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let finished = finished.clone();
+        let timeout = spec.timeout;
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !finished.load(Ordering::Relaxed) {
+                if start.elapsed() > timeout {
+                    eprintln!(
+                        "vm: no exit marker after {}s; killing qemu",
+                        timeout.as_secs()
+                    );
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+
+    let mut exit = None;
+    let mut out = std::io::stdout();
+    // Firmware chatter before our init speaks is kept back, and shown only
+    // if the guest never gets that far.
+    let mut early: Vec<String> = Vec::new();
+    let mut init_started = false;
+    for line in BufReader::new(stdout).split(b'\n') {
+        let line = line.context("reading the console")?;
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches('\r');
+        if let Some(code) = line.strip_prefix(EXIT_MARKER) {
+            exit = code.trim().parse::<i32>().ok();
+            continue;
+        }
+        if !init_started {
+            if let Some(pos) = line.find(INIT_BANNER) {
+                init_started = true;
+                let _ = writeln!(out, "{}", &line[pos..]);
+            } else {
+                early.push(line.to_owned());
+            }
+            continue;
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if !init_started {
+        for line in &early {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let status = child.wait()?;
+    finished.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
+    match exit {
+        Some(code) => {
+            eprintln!("vm: command exited {code} on {} after {:.1}s", spec.kernel_name, started.elapsed().as_secs_f64());
+            Ok(code)
+        }
+        None => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_shell_metacharacters() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}
