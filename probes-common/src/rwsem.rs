@@ -63,7 +63,7 @@ mod tests {
     fn readers_are_shared_whoever_was_last_owner() {
         assert_eq!(held_mode(READER, TASK | 1, TASK), Some(LockMode::Shared));
         assert_eq!(
-            held_mode(3 * READER | 2, OTHER | 1, TASK),
+            held_mode((3 * READER) | 2, OTHER | 1, TASK),
             Some(LockMode::Shared)
         );
     }

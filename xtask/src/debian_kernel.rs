@@ -56,7 +56,7 @@ fn newest_available() -> Result<String> {
         .args([
             "search",
             "--names-only",
-            &format!("^linux-image-6\\.12\\.[0-9]+\\+deb12-cloud-amd64-unsigned$"),
+            r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
         ])
         .output()
         .context("running apt-cache")?;
