@@ -29,6 +29,15 @@ pub enum Command {
         fuselock stat -- fio --name=w --rw=randwrite --direct=1 --filename=/mnt/fuse/f --size=64m\n  \
         fuselock stat --json --interval 5 > counts.jsonl")]
     Stat(StatArgs),
+    /// Does the parallel-direct-writes patch take effect? Prints ACTIVE (exit 0),
+    /// NOT ACTIVE (1) or INCONCLUSIVE (2) with the evidence.
+    #[command(after_help = "Examples:\n  \
+        fuselock verify --exercise /mnt/fuse/somefile\n  \
+        fuselock verify --duration 60 --json\n  \
+        fuselock verify -- fio --name=w --rw=randwrite --direct=1 --filename=/mnt/fuse/f --size=64m\n\n\
+        Exit status: 0 ACTIVE, 1 NOT ACTIVE, 2 INCONCLUSIVE, 3 bad usage, 4 cannot run,\n\
+        5 shared-lock writes grew the file (the series' EOF race).")]
+    Verify(VerifyArgs),
     /// A small FUSE passthrough server exposing the files of a directory.
     #[command(
         after_help = "Example:\n  fuselock testfs --backing /srv/data --mountpoint /mnt/fuse --parallel"
@@ -71,6 +80,28 @@ pub struct StatArgs {
     pub interval: Duration,
     /// Run COMMAND under observation; print the final counts when it exits and
     /// exit with its status.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// Drive a short workload on FILE (on a FUSE passthrough mount) and decide
+    /// on its writes alone. FILE's contents and size are restored.
+    #[arg(long, value_name = "FILE", conflicts_with = "command")]
+    pub exercise: Option<std::path::PathBuf>,
+    /// Seconds to watch real traffic when neither --exercise nor COMMAND is given.
+    #[arg(long, default_value = "10", value_parser = parse_interval)]
+    pub duration: Duration,
+    /// Print the verdict, its evidence and the kernel release as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Print progress while exercising even when stderr is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Decide on the writes made while COMMAND runs.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }

@@ -189,6 +189,11 @@ impl Collector {
             passthrough: path_totals(WritePath::Passthrough)?,
             direct_io: path_totals(WritePath::DirectIo)?,
         };
+        let mut opens = OpenEvidence::default();
+        for item in self.opens.iter() {
+            let Ok((_, o)) = item else { continue };
+            opens.add(&o);
+        }
         let mut health = Health::default();
         for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
             health.merge(h);
@@ -203,6 +208,7 @@ impl Collector {
             is_final,
             entries,
             totals,
+            opens,
             health: HealthReport::new(&health, live, self.max_inodes, 0),
         })
     }

@@ -3,6 +3,7 @@
 mod btf;
 mod cli;
 mod collector;
+mod exercise;
 mod mounts;
 mod offsets;
 mod preflight;
@@ -12,6 +13,8 @@ mod snapshot;
 mod stat;
 mod table;
 mod testfs;
+mod verdict;
+mod verify;
 mod workload;
 
 use std::process::ExitCode;
@@ -20,6 +23,12 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
+
+/// A mistake in what the user asked for (exit status 3), as opposed to a
+/// failure to do it (4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Exit statuses, documented in the README.
 pub mod exit {
@@ -52,6 +61,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Stat(args) => runtime()?.block_on(stat::run(args)),
+        Command::Verify(args) => runtime()?.block_on(verify::run(args)).map(i32::from),
         Command::Testfs(args) => testfs::run(&args).map(|()| 0),
         Command::Load(args) => {
             let report = workload::run(&args)?;
@@ -78,7 +88,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
         Err(e) => {
             eprintln!("fuselock: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            if e.chain().any(|c| c.is::<UsageError>()) {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::from(exit::FAILURE)
+            }
         }
     }
 }

@@ -174,6 +174,19 @@ pub struct OpenEvidence {
     pub last_flags_kept: String,
 }
 
+impl OpenEvidence {
+    /// Adds another file's counts (the `last_flags_*` are kept from `self`).
+    pub fn add(&mut self, o: &OpenStats) {
+        self.opens += o.opens;
+        self.passthrough += o.passthrough;
+        self.direct_io += o.direct_io;
+        self.parallel_asked += o.parallel_asked;
+        self.parallel_kept += o.parallel_kept;
+        self.passthrough_parallel_asked += o.passthrough_parallel_asked;
+        self.passthrough_parallel_kept += o.passthrough_parallel_kept;
+    }
+}
+
 impl From<&OpenStats> for OpenEvidence {
     fn from(o: &OpenStats) -> OpenEvidence {
         OpenEvidence {
@@ -297,6 +310,8 @@ pub struct Snapshot {
     pub entries: Vec<Entry>,
     /// Never-evicted sums per path.
     pub totals: Totals,
+    /// Open-time evidence summed over every file opened since attach.
+    pub opens: OpenEvidence,
     pub health: HealthReport,
 }
 

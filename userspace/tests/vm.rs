@@ -17,6 +17,26 @@ use serde_json::Value;
 
 const VM_ONLY: &str = "needs kprobes: runs in the VM via `cargo xtask test`";
 
+/// Which kernel the VM booted: `cargo xtask test` says so in
+/// `FUSELOCK_TEST_KERNEL`, since the expected lock modes differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// Debian's stock 6.12 cloud kernel.
+    Stock,
+    /// 6.12 with the parallel-direct-writes series.
+    Patched,
+    /// The same tree and config without it.
+    Unpatched,
+}
+
+fn kernel() -> Kernel {
+    match std::env::var("FUSELOCK_TEST_KERNEL").as_deref() {
+        Ok("patched") => Kernel::Patched,
+        Ok("unpatched") => Kernel::Unpatched,
+        _ => Kernel::Stock,
+    }
+}
+
 fn fuselock() -> String {
     std::env::var("FUSELOCK_BIN").unwrap_or_else(|_| "fuselock".into())
 }
@@ -275,55 +295,114 @@ fn passthrough_without_flag_is_all_exclusive() {
     assert_eq!(snap["totals"]["direct_io"]["writes"], 0);
 }
 
-/// Stock 6.12 strips FOPEN_PARALLEL_DIRECT_WRITES from passthrough opens
-/// (fs/fuse/iomode.c), so asking for it changes nothing: the flag is absent
-/// at write time and every write is exclusive.
+/// Asking for the flag on passthrough opens: stock 6.12 strips it
+/// (fs/fuse/iomode.c), so nothing changes and every write is exclusive; with
+/// the series, O_DIRECT overwrites inside EOF take the lock shared and every
+/// other kind stays exclusive for its own reason only.
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn passthrough_with_flag_requested_is_stripped_on_stock() {
+fn passthrough_with_flag_requested() {
     let fs = TestFs::mount(&["--parallel"]);
     let snap = stat_of(&fs, &mixed_loads());
     let p = "passthrough";
-    check(
-        &snap,
-        "overwrite",
-        &Expect {
-            path: p,
-            writes: 37,
-            shared: &[],
-            exclusive: &[("no_parallel_flag", 37)],
-        },
+    if kernel() == Kernel::Patched {
+        check(
+            &snap,
+            "overwrite",
+            &Expect {
+                path: p,
+                writes: 37,
+                shared: &[("eligible", 37)],
+                exclusive: &[],
+            },
+        );
+        check(
+            &snap,
+            "append",
+            &Expect {
+                path: p,
+                writes: 23,
+                shared: &[],
+                exclusive: &[("append", 23)],
+            },
+        );
+        check(
+            &snap,
+            "past-eof",
+            &Expect {
+                path: p,
+                writes: 29,
+                shared: &[],
+                exclusive: &[("past_eof", 29)],
+            },
+        );
+        check(
+            &snap,
+            "buffered",
+            &Expect {
+                path: p,
+                writes: 31,
+                shared: &[],
+                exclusive: &[("buffered", 31)],
+            },
+        );
+    } else {
+        check(
+            &snap,
+            "overwrite",
+            &Expect {
+                path: p,
+                writes: 37,
+                shared: &[],
+                exclusive: &[("no_parallel_flag", 37)],
+            },
+        );
+        check(
+            &snap,
+            "append",
+            &Expect {
+                path: p,
+                writes: 23,
+                shared: &[],
+                exclusive: &[("no_parallel_flag", 23), ("append", 23)],
+            },
+        );
+        check(
+            &snap,
+            "past-eof",
+            &Expect {
+                path: p,
+                writes: 29,
+                shared: &[],
+                exclusive: &[("no_parallel_flag", 29), ("past_eof", 29)],
+            },
+        );
+        check(
+            &snap,
+            "buffered",
+            &Expect {
+                path: p,
+                writes: 31,
+                shared: &[],
+                exclusive: &[("no_parallel_flag", 31), ("buffered", 31)],
+            },
+        );
+    }
+    // Open-time evidence: every open asked; only the patched kernel kept it.
+    let open = &entry(&snap, "overwrite")["open"];
+    assert!(
+        open["passthrough_parallel_asked"].as_u64().expect("asked") >= 3,
+        "{open}"
     );
-    check(
-        &snap,
-        "append",
-        &Expect {
-            path: p,
-            writes: 23,
-            shared: &[],
-            exclusive: &[("no_parallel_flag", 23), ("append", 23)],
-        },
-    );
-    check(
-        &snap,
-        "past-eof",
-        &Expect {
-            path: p,
-            writes: 29,
-            shared: &[],
-            exclusive: &[("no_parallel_flag", 29), ("past_eof", 29)],
-        },
-    );
-    check(
-        &snap,
-        "buffered",
-        &Expect {
-            path: p,
-            writes: 31,
-            shared: &[],
-            exclusive: &[("no_parallel_flag", 31), ("buffered", 31)],
-        },
-    );
+    let kept = open["passthrough_parallel_kept"].as_u64().expect("kept");
+    if kernel() == Kernel::Patched {
+        assert_eq!(
+            open["passthrough_parallel_kept"], open["passthrough_parallel_asked"],
+            "{open}"
+        );
+    } else {
+        assert_eq!(kept, 0, "{open}");
+    }
 }
 
 /// FOPEN_DIRECT_IO with the flag: `fuse_dio_lock()` takes the lock shared for
@@ -466,29 +545,37 @@ fn concurrent_writers_are_counted_exactly() {
     println!("snapshot: {snap}");
     let p = "passthrough";
     for (name, n) in [("hot", 1003), ("f1", 101), ("f2", 103)] {
-        check(
-            &snap,
-            name,
-            &Expect {
+        let want = if kernel() == Kernel::Patched {
+            Expect {
+                path: p,
+                writes: n,
+                shared: &[("eligible", n)],
+                exclusive: &[],
+            }
+        } else {
+            Expect {
                 path: p,
                 writes: n,
                 shared: &[],
                 exclusive: &[("no_parallel_flag", n)],
-            },
-        );
+            }
+        };
+        check(&snap, name, &want);
     }
-    // Eight writers on one exclusive lock must have waited, and the waits
-    // are timed.
     let hot = entry(&snap, "hot");
-    assert!(
-        hot["contended"]["exclusive"].as_u64().expect("contended") > 0,
-        "no contention seen: {hot}"
-    );
-    assert!(
-        hot["wait_ns_total"]["exclusive"].as_u64().expect("wait") > 0,
-        "no wait time: {hot}"
-    );
-    assert_eq!(hot["contended"]["shared"], 0, "{hot}");
+    if kernel() != Kernel::Patched {
+        // Eight writers on one exclusive lock must have waited, and the
+        // waits are timed.
+        assert!(
+            hot["contended"]["exclusive"].as_u64().expect("contended") > 0,
+            "no contention seen: {hot}"
+        );
+        assert!(
+            hot["wait_ns_total"]["exclusive"].as_u64().expect("wait") > 0,
+            "no wait time: {hot}"
+        );
+        assert_eq!(hot["contended"]["shared"], 0, "{hot}");
+    }
     let health = &snap["health"];
     for key in [
         "inflight_full",
@@ -518,4 +605,218 @@ fn fuselock_exits_with_the_commands_status() {
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot run `/nonexistent/cmd`"), "{err}");
+}
+
+/// Runs `fuselock verify ARGS --json` and returns (exit status, report).
+fn verify(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(fuselock())
+        .args(["verify", "--json"])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run fuselock verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    println!("verify {args:?}: {report}");
+    (out.status.code().expect("exit status"), report)
+}
+
+/// `verify --exercise` decides on its own workload and restores the file.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn verify_exercise_gives_the_kernels_verdict() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let file = fs.path("data");
+    let content: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &content).expect("write file");
+    let (code, report) = verify(&["--exercise", &file]);
+    match kernel() {
+        Kernel::Patched => {
+            assert_eq!(
+                (code, report["verdict"].as_str()),
+                (0, Some("ACTIVE")),
+                "{report}"
+            );
+            assert_eq!(report["why"], "shared_lock_taken");
+            assert_eq!(
+                report["evidence"]["passthrough"]["acquisitions"]["shared"]["eligible"],
+                256
+            );
+            assert_eq!(report["shared_extended"], 0);
+        }
+        Kernel::Stock | Kernel::Unpatched => {
+            assert_eq!(
+                (code, report["verdict"].as_str()),
+                (1, Some("NOT_ACTIVE")),
+                "{report}"
+            );
+            assert_eq!(report["why"], "flag_stripped");
+        }
+    }
+    assert_eq!(report["evidence"]["passthrough"]["writes"], 256 + 3);
+    assert!(
+        report["kernel"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("6.12.")),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read back"),
+        content,
+        "exercise changed the file"
+    );
+}
+
+/// A server that does not ask for the flag cannot show the patch working.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn verify_without_flag_is_inconclusive() {
+    let fs = TestFs::mount(&[]);
+    let file = fs.path("data");
+    std::fs::write(&file, vec![1u8; 65536]).expect("write file");
+    let (code, report) = verify(&["--exercise", &file]);
+    assert_eq!(
+        (code, report["verdict"].as_str()),
+        (2, Some("INCONCLUSIVE")),
+        "{report}"
+    );
+    assert_eq!(report["why"], "flag_not_requested");
+    assert!(report["hint"]
+        .as_str()
+        .is_some_and(|h| h.contains("FOPEN_PARALLEL_DIRECT_WRITES")));
+}
+
+/// Only appends: no eligible write, so no verdict on a patched kernel; on
+/// the others the stripped flag at open already says NOT ACTIVE.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn verify_with_only_appends() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let file = fs.path("log");
+    let load = format!(
+        "{} load {file} --kind append --writes 17 >/dev/null",
+        fuselock()
+    );
+    let (code, report) = verify(&["--", "sh", "-c", &load]);
+    if kernel() == Kernel::Patched {
+        assert_eq!(
+            (code, report["why"].as_str()),
+            (2, Some("no_eligible_writes")),
+            "{report}"
+        );
+        assert_eq!(
+            report["message"],
+            "17 passthrough writes seen, none eligible (append 17)"
+        );
+    } else {
+        assert_eq!(
+            (code, report["why"].as_str()),
+            (1, Some("flag_stripped")),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn verify_refuses_files_not_on_fuse() {
+    std::fs::write("/tmp/not-fuse", b"x").expect("write");
+    let out = Command::new(fuselock())
+        .args(["verify", "--exercise", "/tmp/not-fuse"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not on a FUSE file system"), "{err}");
+}
+
+/// T threads of O_DIRECT overwrites on one passthrough file: contention
+/// (waits for the exclusive lock) vanishes with the patch. Histogram counts
+/// sum to what they describe.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn contention_with_and_without_the_patch() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let (writes, threads) = (4000, 4);
+    let snap = stat_of(
+        &fs,
+        &[Load {
+            file: "hot",
+            kind: "overwrite",
+            writes,
+            threads,
+        }],
+    );
+    let hot = entry(&snap, "hot");
+    let sum = |hist: &Value| -> u64 {
+        hist.as_array()
+            .expect("histogram")
+            .iter()
+            .map(|b| b["count"].as_u64().expect("count"))
+            .sum()
+    };
+    for mode in ["shared", "exclusive"] {
+        assert_eq!(
+            sum(&hot["hold_hist"][mode]),
+            hot[mode].as_u64().expect("n"),
+            "hold_hist/{mode}: {hot}"
+        );
+        assert_eq!(
+            sum(&hot["wait_hist"][mode]),
+            hot["contended"][mode].as_u64().expect("n"),
+            "wait_hist/{mode}"
+        );
+    }
+    assert_eq!(sum(&hot["latency_hist"]), writes);
+    let writers = hot["writers"].as_array().expect("writers");
+    assert_eq!(
+        writers
+            .iter()
+            .map(|w| w["writes"].as_u64().expect("n"))
+            .sum::<u64>(),
+        writes,
+        "{hot}"
+    );
+    // The load threads are named load-N; comm is the last thread seen.
+    assert!(
+        writers
+            .iter()
+            .all(|w| w["comm"].as_str().is_some_and(|c| c.starts_with("load-"))),
+        "{hot}"
+    );
+    println!(
+        "FIGURES kernel={:?} writes={writes} threads={threads} shared={} exclusive={} contended_shared={} \
+         contended_exclusive={} wait_ns_total={} wait_ns_max={} hold_ns_total={}",
+        kernel(),
+        hot["shared"],
+        hot["exclusive"],
+        hot["contended"]["shared"],
+        hot["contended"]["exclusive"],
+        hot["wait_ns_total"]["exclusive"].as_u64().unwrap_or(0) + hot["wait_ns_total"]["shared"].as_u64().unwrap_or(0),
+        hot["wait_ns_max"]["exclusive"].as_u64().unwrap_or(0).max(hot["wait_ns_max"]["shared"].as_u64().unwrap_or(0)),
+        hot["hold_ns_total"]["exclusive"].as_u64().unwrap_or(0) + hot["hold_ns_total"]["shared"].as_u64().unwrap_or(0),
+    );
+    if kernel() == Kernel::Patched {
+        assert_eq!(hot["shared"], writes, "{hot}");
+        assert_eq!(hot["contended"]["exclusive"], 0, "{hot}");
+        // Readers wait only behind a writer: here the only exclusive holder
+        // is fuse_flush() when a thread closes its fd while others still
+        // write, so at most each of T closes can stall the T-1 others.
+        let waits = hot["contended"]["shared"].as_u64().expect("n");
+        assert!(
+            waits <= u64::from(threads * threads),
+            "{waits} shared waits: {hot}"
+        );
+    } else {
+        assert_eq!(hot["exclusive"], writes, "{hot}");
+        assert!(
+            hot["contended"]["exclusive"].as_u64().expect("n") > 0,
+            "{hot}"
+        );
+    }
+    assert_eq!(
+        hot["shared_extended"], 0,
+        "overwrites inside EOF never grow the file: {hot}"
+    );
 }

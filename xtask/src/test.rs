@@ -40,32 +40,38 @@ pub fn run(args: &TestArgs) -> Result<()> {
     })?;
     step("host tests", || cargo(&["test"]))?;
     if !args.no_vm {
-        step("VM end-to-end tests (Debian stock 6.12)", || {
-            let (kernel, kernel_name) = vm::resolve_kernel("stock")?;
-            let fuselock = build::fuselock_static()?;
-            let tests = build::vm_tests_static()?;
-            let code = vm::run(&vm::VmSpec {
-                kernel,
-                kernel_name,
-                files: vec![
-                    (fuselock, "/bin/fuselock".into()),
-                    (tests, "/bin/vm-tests".into()),
-                ],
-                mount: None,
-                command: vec![
-                    "vm-tests".into(),
-                    "--include-ignored".into(),
-                    "--test-threads=1".into(),
-                ],
-                cpus: 2,
-                memory_mb: 1024,
-                timeout: std::time::Duration::from_secs(1800),
+        let fuselock = build::fuselock_static()?;
+        let tests = build::vm_tests_static()?;
+        for kernel in ["stock", "patched", "unpatched"] {
+            let (image, kernel_name) = vm::resolve_kernel(kernel)?;
+            step(&format!("VM end-to-end tests on {kernel_name}"), || {
+                let code = vm::run(&vm::VmSpec {
+                    kernel: image,
+                    kernel_name: kernel_name.clone(),
+                    files: vec![
+                        (fuselock.clone(), "/bin/fuselock".into()),
+                        (tests.clone(), "/bin/vm-tests".into()),
+                    ],
+                    mount: None,
+                    command: [
+                        "env",
+                        &format!("FUSELOCK_TEST_KERNEL={kernel}"),
+                        "vm-tests",
+                        "--include-ignored",
+                        "--test-threads=1",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                    cpus: 2,
+                    memory_mb: 1024,
+                    timeout: std::time::Duration::from_secs(1800),
+                })?;
+                if code != 0 {
+                    bail!("VM tests failed on {kernel_name} (exit {code})");
+                }
+                Ok(())
             })?;
-            if code != 0 {
-                bail!("VM tests failed (exit {code})");
-            }
-            Ok(())
-        })?;
+        }
     }
     eprintln!(
         "\nall test steps passed in {:.0}s",
