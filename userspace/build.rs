@@ -13,17 +13,22 @@ fn bpf_linker_dirs() -> Vec<PathBuf> {
     if let Some(dir) = env::var_os("FUSELOCK_TOOLS_DIR") {
         dirs.push(PathBuf::from(dir).join("bin"));
     }
-    let cache = env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    // The same cache directory `cargo xtask` uses (xtask/src/cache.rs).
+    let cache = env::var_os("FUSELOCK_CACHE").map(PathBuf::from).or_else(|| {
+        env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("fuselock"))
+    });
     if let Some(cache) = cache {
-        dirs.push(cache.join("fuselock").join("bpf-linker-0.13.0").join("bin"));
+        dirs.push(cache.join("bpf-linker-0.13.0").join("bin"));
     }
     dirs
 }
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=FUSELOCK_TOOLS_DIR");
+    println!("cargo:rerun-if-env-changed=FUSELOCK_CACHE");
     let path = env::var_os("PATH").unwrap_or_default();
     let mut search: Vec<PathBuf> = env::split_paths(&path).collect();
     search.extend(bpf_linker_dirs());

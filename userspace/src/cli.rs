@@ -38,6 +38,10 @@ pub enum Command {
         Exit status: 0 ACTIVE, 1 NOT ACTIVE, 2 INCONCLUSIVE, 3 bad usage, 4 cannot run,\n\
         5 shared-lock writes grew the file (the series' EOF race).")]
     Verify(VerifyArgs),
+    /// Mount the built-in passthrough test file system, run a mixed workload,
+    /// show the counts and the verdict, clean up.
+    #[command(after_help = "Example (on a machine without kprobes, in the VM):\n  cargo xtask vm -- fuselock demo")]
+    Demo(crate::demo::DemoArgs),
     /// A small FUSE passthrough server exposing the files of a directory.
     #[command(
         after_help = "Example:\n  fuselock testfs --backing /srv/data --mountpoint /mnt/fuse --parallel"

@@ -3,6 +3,7 @@
 mod btf;
 mod cli;
 mod collector;
+mod demo;
 mod exercise;
 mod mounts;
 mod offsets;
@@ -61,6 +62,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Stat(args) => runtime()?.block_on(stat::run(args)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Verify(args) => runtime()?.block_on(verify::run(args)).map(i32::from),
         Command::Testfs(args) => testfs::run(&args).map(|()| 0),
         Command::Load(args) => {
