@@ -14,12 +14,14 @@ fn bpf_linker_dirs() -> Vec<PathBuf> {
         dirs.push(PathBuf::from(dir).join("bin"));
     }
     // The same cache directory `cargo xtask` uses (xtask/src/cache.rs).
-    let cache = env::var_os("FUSELOCK_CACHE").map(PathBuf::from).or_else(|| {
-        env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("fuselock"))
-    });
+    let cache = env::var_os("FUSELOCK_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|c| c.join("fuselock"))
+        });
     if let Some(cache) = cache {
         dirs.push(cache.join("bpf-linker-0.13.0").join("bin"));
     }

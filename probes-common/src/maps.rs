@@ -7,6 +7,12 @@ use crate::{hist::HIST_BUCKETS, Reason};
 pub const MAP_INODE_STATS: &str = "INODE_STATS";
 /// File names: `LRU_HASH<InodeKey, InodeName>`, filled when a key is first seen.
 pub const MAP_INODE_NAMES: &str = "INODE_NAMES";
+/// Never-evicted totals per (device, path): `PERCPU_HASH<InodeKey (ino 0), WriteStats>`.
+/// Not LRU: a counter exported to monitoring must never go backwards; a full
+/// map is counted in `Health::dev_totals_full`.
+pub const MAP_DEV_TOTALS: &str = "DEV_TOTALS";
+/// Capacity of `DEV_TOTALS`: FUSE mounts × paths on one host.
+pub const MAX_DEVICES: u32 = 4_096;
 /// Never-evicted totals per path: `PERCPU_ARRAY<WriteStats>` indexed by `WritePath`.
 pub const MAP_PATH_TOTALS: &str = "PATH_TOTALS";
 /// The programs' own health counters: `PERCPU_ARRAY<Health>` with one slot.
@@ -190,6 +196,8 @@ pub struct Health {
     pub cached_path_writes: u64,
     /// Program runs with no configuration (should never happen).
     pub unconfigured: u64,
+    /// Writes whose device had no room in `DEV_TOTALS`.
+    pub dev_totals_full: u64,
 }
 
 impl Health {
@@ -203,6 +211,7 @@ impl Health {
         self.lock_state_unknown += o.lock_state_unknown;
         self.cached_path_writes += o.cached_path_writes;
         self.unconfigured += o.unconfigured;
+        self.dev_totals_full += o.dev_totals_full;
     }
 }
 
@@ -371,7 +380,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<WriteStats>(), 8 * (3 + 10 + 2 + 1 + 10 + 1 + 1));
-        assert_eq!(size_of::<Health>(), 8 * 9);
+        assert_eq!(size_of::<Health>(), 8 * 10);
         assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
         assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
         assert_eq!(size_of::<crate::Config>(), 8 + 4 * 18 + 8);

@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     Global,
 };
 use probes_common::{
     config::Config,
-    maps::{OpenInFlight, DEFAULT_MAX_INODES, MAX_INFLIGHT, MAX_WRITERS},
+    maps::{OpenInFlight, DEFAULT_MAX_INODES, MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS},
     Health, Histograms, InFlight, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
 };
@@ -27,6 +27,10 @@ pub static INODE_NAMES: LruHashMap<InodeKey, InodeName> =
 #[map]
 pub static PATH_TOTALS: PerCpuArray<WriteStats> =
     PerCpuArray::with_max_entries(WritePath::COUNT as u32, 0);
+
+#[map]
+pub static DEV_TOTALS: PerCpuHashMap<InodeKey, WriteStats> =
+    PerCpuHashMap::with_max_entries(MAX_DEVICES, 0);
 
 #[map]
 pub static HEALTH: PerCpuArray<Health> = PerCpuArray::with_max_entries(1, 0);

@@ -18,8 +18,8 @@ use probes_common::{
 use crate::{
     kernel::{now_ns, pid_tgid, read},
     maps::{
-        atomic_add, config, health, INFLIGHT, INODE_HISTS, INODE_NAMES, INODE_STATS, PATH_HISTS,
-        PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
+        atomic_add, config, health, DEV_TOTALS, INFLIGHT, INODE_HISTS, INODE_NAMES, INODE_STATS,
+        PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
     },
 };
 
@@ -144,6 +144,21 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     if let Some(totals) = PATH_TOTALS.get_ptr_mut(rec.key.path) {
         // SAFETY: per-CPU slot, this CPU only.
         account(unsafe { &mut *totals }, &rec, ret, now);
+    }
+    let dev_key = InodeKey { ino: 0, ..rec.key };
+    let dev_totals = match DEV_TOTALS.get_ptr_mut(dev_key) {
+        Some(t) => Some(t),
+        None => {
+            if let Some(zero) = ZERO_STATS.get(0) {
+                let _ = DEV_TOTALS.insert(dev_key, zero, u64::from(BPF_NOEXIST));
+            }
+            DEV_TOTALS.get_ptr_mut(dev_key)
+        }
+    };
+    match dev_totals {
+        // SAFETY: per-CPU value, this CPU only.
+        Some(t) => account(unsafe { &mut *t }, &rec, ret, now),
+        None => health(|h| h.dev_totals_full += 1),
     }
     let stats = match INODE_STATS.get_ptr_mut(rec.key) {
         Some(s) => s,

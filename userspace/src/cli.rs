@@ -38,9 +38,16 @@ pub enum Command {
         Exit status: 0 ACTIVE, 1 NOT ACTIVE, 2 INCONCLUSIVE, 3 bad usage, 4 cannot run,\n\
         5 shared-lock writes grew the file (the series' EOF race).")]
     Verify(VerifyArgs),
+    /// Serve the counters to Prometheus (OpenMetrics or text format) over HTTP.
+    #[command(after_help = "Examples:\n  \
+        fuselock export                               # http://127.0.0.1:9948/metrics\n  \
+        fuselock export --listen 0.0.0.0:9948 --per-inode-top 20")]
+    Export(ExportArgs),
     /// Mount the built-in passthrough test file system, run a mixed workload,
     /// show the counts and the verdict, clean up.
-    #[command(after_help = "Example (on a machine without kprobes, in the VM):\n  cargo xtask vm -- fuselock demo")]
+    #[command(
+        after_help = "Example (on a machine without kprobes, in the VM):\n  cargo xtask vm -- fuselock demo"
+    )]
     Demo(crate::demo::DemoArgs),
     /// A small FUSE passthrough server exposing the files of a directory.
     #[command(
@@ -86,6 +93,20 @@ pub struct StatArgs {
     /// exit with its status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// Address to serve /metrics and /healthz on. Loopback by default: only
+    /// counters are served, but say so explicitly to expose them further.
+    #[arg(long, default_value = "127.0.0.1:9948")]
+    pub listen: std::net::SocketAddr,
+    /// Also export per-inode series for the K inodes with most writes
+    /// (labels dev, ino, name: keep K small, cardinality grows with it).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub per_inode_top: u16,
 }
 
 #[derive(Debug, Args)]

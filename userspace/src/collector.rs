@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use probes_common::{
     maps::{
-        MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS,
-        MAP_PATH_TOTALS, MAP_WRITERS,
+        MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
+        MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
     },
     Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -21,8 +21,8 @@ use crate::{
     mounts::MountTable,
     probes::Attached,
     snapshot::{
-        dev_name, Counters, Entry, HealthReport, Histos, OpenEvidence, PathTotals, Snapshot,
-        Source, Totals, Writer,
+        dev_name, Counters, DeviceTotals, Entry, HealthReport, Histos, OpenEvidence, PathTotals,
+        Snapshot, Source, Totals, Writer,
     },
 };
 
@@ -33,6 +33,7 @@ pub struct Collector {
     stats: PerCpuHashMap<MapData, InodeKey, WriteStats>,
     names: BpfHashMap<MapData, InodeKey, InodeName>,
     totals: PerCpuArray<MapData, WriteStats>,
+    dev_totals: PerCpuHashMap<MapData, InodeKey, WriteStats>,
     health: PerCpuArray<MapData, Health>,
     hists: BpfHashMap<MapData, InodeKey, Histograms>,
     path_hists: Array<MapData, Histograms>,
@@ -64,6 +65,7 @@ impl Collector {
             stats: take(attached, MAP_INODE_STATS)?,
             names: take(attached, MAP_INODE_NAMES)?,
             totals: take(attached, MAP_PATH_TOTALS)?,
+            dev_totals: take(attached, MAP_DEV_TOTALS)?,
             health: take(attached, MAP_HEALTH)?,
             hists: take(attached, MAP_INODE_HISTS)?,
             path_hists: take(attached, MAP_PATH_HISTS)?,
@@ -189,6 +191,24 @@ impl Collector {
             passthrough: path_totals(WritePath::Passthrough)?,
             direct_io: path_totals(WritePath::DirectIo)?,
         };
+        let mut devices = Vec::new();
+        for item in self.dev_totals.iter() {
+            let (key, values) = item.context("reading DEV_TOTALS")?;
+            let Some(path) = WritePath::from_u32(key.path) else {
+                continue;
+            };
+            let dev = dev_name(key.dev);
+            if self.mounts.mount_of(&dev).is_none() {
+                self.mounts = MountTable::read();
+            }
+            devices.push(DeviceTotals {
+                mount: self.mounts.mount_of(&dev).map(str::to_owned),
+                dev,
+                path: path.name().to_owned(),
+                counters: Counters::from(&Self::sum_percpu(&values)),
+            });
+        }
+        devices.sort_by(|a, b| (&a.dev, &a.path).cmp(&(&b.dev, &b.path)));
         let mut opens = OpenEvidence::default();
         for item in self.opens.iter() {
             let Ok((_, o)) = item else { continue };
@@ -208,6 +228,7 @@ impl Collector {
             is_final,
             entries,
             totals,
+            devices,
             opens,
             health: HealthReport::new(&health, live, self.max_inodes, 0),
         })

@@ -50,23 +50,40 @@ impl DemoMount {
         }
         let exe = std::env::current_exe().context("finding the fuselock executable")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("testfs").arg("--backing").arg(&backing).arg("--mountpoint").arg(&mountpoint);
+        cmd.arg("testfs")
+            .arg("--backing")
+            .arg(&backing)
+            .arg("--mountpoint")
+            .arg(&mountpoint);
         if parallel {
             cmd.arg("--parallel");
         }
-        let server = cmd.stdout(Stdio::null()).spawn().context("starting fuselock testfs")?;
-        let mut mount = DemoMount { server, base, mountpoint };
+        let server = cmd
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting fuselock testfs")?;
+        let mut mount = DemoMount {
+            server,
+            base,
+            mountpoint,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_mounted(&mount.mountpoint) {
             if let Some(status) = mount.server.try_wait()? {
                 bail!("fuselock testfs exited ({status}) before mounting; see its message above");
             }
             if Instant::now() > deadline {
-                bail!("fuselock testfs did not mount {} within 10 s", mount.mountpoint.display());
+                bail!(
+                    "fuselock testfs did not mount {} within 10 s",
+                    mount.mountpoint.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("demo: test file system mounted at {}", mount.mountpoint.display());
+        eprintln!(
+            "demo: test file system mounted at {}",
+            mount.mountpoint.display()
+        );
         mount.mountpoint = mount.mountpoint.canonicalize()?;
         Ok(mount)
     }

@@ -5,6 +5,7 @@ mod cli;
 mod collector;
 mod demo;
 mod exercise;
+mod export;
 mod mounts;
 mod offsets;
 mod preflight;
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Stat(args) => runtime()?.block_on(stat::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Export(args) => runtime()?.block_on(export::run(args)),
         Command::Verify(args) => runtime()?.block_on(verify::run(args)).map(i32::from),
         Command::Testfs(args) => testfs::run(&args).map(|()| 0),
         Command::Load(args) => {

@@ -240,6 +240,7 @@ pub struct HealthReport {
     pub read_errors: u64,
     pub lock_state_unknown: u64,
     pub cached_path_writes: u64,
+    pub dev_totals_full: u64,
 }
 
 impl HealthReport {
@@ -258,6 +259,7 @@ impl HealthReport {
             read_errors: h.read_errors,
             lock_state_unknown: h.lock_state_unknown,
             cached_path_writes: h.cached_path_writes,
+            dev_totals_full: h.dev_totals_full,
         }
     }
 }
@@ -271,6 +273,16 @@ pub struct Source {
     pub probe_mode: String,
     /// Whether lock waits are measured (`lock:contention_*` attached).
     pub contention: bool,
+}
+
+/// The never-evicted counters of one (device, path).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTotals {
+    pub dev: String,
+    pub mount: Option<String>,
+    pub path: String,
+    #[serde(flatten)]
+    pub counters: Counters,
 }
 
 /// The never-evicted sums of one path.
@@ -310,6 +322,8 @@ pub struct Snapshot {
     pub entries: Vec<Entry>,
     /// Never-evicted sums per path.
     pub totals: Totals,
+    /// Never-evicted sums per (device, path): what monitoring counts.
+    pub devices: Vec<DeviceTotals>,
     /// Open-time evidence summed over every file opened since attach.
     pub opens: OpenEvidence,
     pub health: HealthReport,

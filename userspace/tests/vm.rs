@@ -5,15 +5,12 @@
 //!
 //! Every kind of write uses a different N, so a swapped reason cannot pass.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
+
+mod common;
+use common::{fuselock, TestFs};
 
 const VM_ONLY: &str = "needs kprobes: runs in the VM via `cargo xtask test`";
 
@@ -34,74 +31,6 @@ fn kernel() -> Kernel {
         Ok("patched") => Kernel::Patched,
         Ok("unpatched") => Kernel::Unpatched,
         _ => Kernel::Stock,
-    }
-}
-
-fn fuselock() -> String {
-    std::env::var("FUSELOCK_BIN").unwrap_or_else(|_| "fuselock".into())
-}
-
-/// A `fuselock testfs` mount over a fresh tmpfs backing directory.
-struct TestFs {
-    server: Child,
-    mountpoint: PathBuf,
-    backing: PathBuf,
-}
-
-static MOUNTS: AtomicU32 = AtomicU32::new(0);
-
-fn is_mounted(mountpoint: &Path) -> bool {
-    let needle = format!(" {} ", mountpoint.display());
-    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(&needle))
-}
-
-impl TestFs {
-    fn mount(flags: &[&str]) -> TestFs {
-        let n = MOUNTS.fetch_add(1, Ordering::Relaxed);
-        let base = PathBuf::from(format!("/tmp/fuselock-e2e-{}-{n}", std::process::id()));
-        let backing = base.join("backing");
-        let mountpoint = base.join("mnt");
-        std::fs::create_dir_all(&backing).expect("backing dir");
-        std::fs::create_dir_all(&mountpoint).expect("mountpoint");
-        let server = Command::new(fuselock())
-            .arg("testfs")
-            .arg("--backing")
-            .arg(&backing)
-            .arg("--mountpoint")
-            .arg(&mountpoint)
-            .args(flags)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn fuselock testfs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(&mountpoint) {
-            assert!(Instant::now() < deadline, "testfs {flags:?} did not mount");
-            thread::sleep(Duration::from_millis(50));
-        }
-        TestFs {
-            server,
-            mountpoint,
-            backing,
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.mountpoint.join(name).display().to_string()
-    }
-}
-
-impl Drop for TestFs {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
-        let _ = self.server.wait();
-        if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.backing);
     }
 }
 
@@ -819,4 +748,108 @@ fn contention_with_and_without_the_patch() {
         hot["shared_extended"], 0,
         "overwrites inside EOF never grow the file: {hot}"
     );
+}
+
+/// `wget -qO-` from busybox: the guest has no other HTTP client.
+fn http_get(url: &str) -> Option<String> {
+    let out = Command::new("wget").args(["-qO-", url]).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Kills a child on drop.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// A real Prometheus server scrapes `fuselock export`, and its query API
+/// reports exactly the writes issued.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn prometheus_counts_exactly_the_writes_issued() {
+    if kernel() != Kernel::Stock {
+        eprintln!(
+            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP (CONFIG_INET); runs on stock",
+            kernel()
+        );
+        return;
+    }
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    let fs = TestFs::mount(&[]);
+    let exporter = Guard(
+        Command::new(fuselock())
+            .args(["export", "--listen", "127.0.0.1:9948"])
+            .spawn()
+            .expect("start exporter"),
+    );
+    wait_for("the exporter", 60, || {
+        http_get("http://127.0.0.1:9948/healthz").is_some_and(|b| b == "ok\n")
+    });
+    std::fs::write(
+        "/tmp/prometheus.yml",
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fuselock\n    static_configs:\n      - targets: ['127.0.0.1:9948']\n",
+    )
+    .expect("config");
+    let _prometheus = Guard(
+        Command::new("prometheus")
+            .args([
+                "--config.file=/tmp/prometheus.yml",
+                "--storage.tsdb.path=/tmp/prometheus-data",
+                "--web.listen-address=127.0.0.1:9090",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (cargo xtask test puts it in the VM)"),
+    );
+    let status = Command::new(fuselock())
+        .args([
+            "load",
+            &fs.path("scraped"),
+            "--kind",
+            "overwrite",
+            "--writes",
+            "333",
+            "--threads",
+            "3",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("load");
+    assert!(status.success());
+    let query = "http://127.0.0.1:9090/api/v1/query?query=sum(fuselock_writes_total%7Bpath%3D%22passthrough%22%7D)";
+    let mut last = String::new();
+    wait_for("Prometheus to scrape 333 writes", 120, || {
+        last = http_get(query).unwrap_or_default();
+        let v: Value = serde_json::from_str(&last).unwrap_or(Value::Null);
+        v["data"]["result"][0]["value"][1] == "333"
+    });
+    println!("prometheus: {last}");
+    // The exporter itself, in both formats.
+    let text = http_get("http://127.0.0.1:9948/metrics").expect("metrics");
+    assert!(
+        text.contains("# TYPE fuselock_writes_total counter"),
+        "{text}"
+    );
+    drop(exporter);
 }

@@ -81,3 +81,23 @@ pub fn vm_tests_static() -> Result<PathBuf> {
     })
     .context("cargo built no vm test executable")
 }
+
+/// The VM benchmark (`userspace/benches/vm.rs`), static.
+pub fn vm_bench_static() -> Result<PathBuf> {
+    eprintln!("build: VM benchmark for {MUSL_TARGET} (release)");
+    cargo_executables(&[
+        "bench",
+        "--package",
+        "fuselock",
+        "--bench",
+        "vm",
+        "--no-run",
+    ])?
+    .into_iter()
+    .find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("vm-"))
+    })
+    .context("cargo built no vm bench executable")
+}

@@ -2,6 +2,7 @@
 //! builds, the VM that runs fuselock on a kernel with kprobes, and the test
 //! suite.
 
+mod bench;
 mod build;
 mod cache;
 mod cpio;
@@ -33,6 +34,8 @@ enum Cmd {
     Kernel(kernel::KernelArgs),
     /// Boot a kernel in qemu with fuselock on PATH and run a command there.
     Vm(vm::VmArgs),
+    /// Overhead benchmark in the VM: fuselock vs no tracer vs bpftrace, ratios.
+    Bench(bench::BenchArgs),
     /// The whole test suite: formatting, lints, host tests, VM tests.
     Test(test::TestArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Kernel(args) => kernel::run(&args).map(|()| 0),
         Cmd::Vm(args) => vm::run_cli(&args),
+        Cmd::Bench(args) => bench::run(&args).map(|()| 0),
         Cmd::Test(args) => test::run(&args).map(|()| 0),
     };
     match result {

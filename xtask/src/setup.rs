@@ -11,9 +11,10 @@ use anyhow::{bail, Context as _, Result};
 use crate::cache;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages: qemu runs the VM, busybox is its userland; dwarves (pahole)
-/// and the build tools are for `xtask kernel`.
-const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// Debian packages: qemu runs the VM, busybox is its userland, prometheus
+/// brings promtool and a real scraper for the exporter tests. The kernel
+/// build tools are installed by `xtask kernel` when it first builds.
+const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus"];
 
 #[derive(clap::Args)]
 pub struct SetupArgs {}

@@ -42,16 +42,22 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if !args.no_vm {
         let fuselock = build::fuselock_static()?;
         let tests = build::vm_tests_static()?;
+        // A real Prometheus scrapes `fuselock export` in the exporter test.
+        let prometheus = vm::with_libraries("/usr/bin/prometheus")?;
         for kernel in ["stock", "patched", "unpatched"] {
             let (image, kernel_name) = vm::resolve_kernel(kernel)?;
             step(&format!("VM end-to-end tests on {kernel_name}"), || {
                 let code = vm::run(&vm::VmSpec {
                     kernel: image,
                     kernel_name: kernel_name.clone(),
-                    files: vec![
-                        (fuselock.clone(), "/bin/fuselock".into()),
-                        (tests.clone(), "/bin/vm-tests".into()),
-                    ],
+                    files: [
+                        vec![
+                            (fuselock.clone(), "/bin/fuselock".into()),
+                            (tests.clone(), "/bin/vm-tests".into()),
+                        ],
+                        prometheus.clone(),
+                    ]
+                    .concat(),
                     mount: None,
                     command: [
                         "env",

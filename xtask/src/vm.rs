@@ -327,6 +327,30 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
     }
 }
 
+/// A dynamically linked host binary with its libraries and loader, at the
+/// same paths in the guest.
+pub fn with_libraries(binary: &str) -> Result<Vec<(PathBuf, String)>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    if !out.status.success() {
+        bail!("ldd {binary} failed");
+    }
+    let mut files = vec![(PathBuf::from(binary), binary.to_owned())];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push((PathBuf::from(p), p.to_owned()));
+        }
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,79 @@
+//! Shared by the VM tests and the VM benchmark: the `fuselock` binary and
+//! a `fuselock testfs` mount that cleans up after itself.
+#![allow(dead_code)] // each user takes what it needs
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub fn fuselock() -> String {
+    std::env::var("FUSELOCK_BIN").unwrap_or_else(|_| "fuselock".into())
+}
+
+/// A `fuselock testfs` mount over a fresh tmpfs backing directory.
+pub struct TestFs {
+    server: Child,
+    pub mountpoint: PathBuf,
+    backing: PathBuf,
+}
+
+static MOUNTS: AtomicU32 = AtomicU32::new(0);
+
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let needle = format!(" {} ", mountpoint.display());
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(&needle))
+}
+
+impl TestFs {
+    pub fn mount(flags: &[&str]) -> TestFs {
+        let n = MOUNTS.fetch_add(1, Ordering::Relaxed);
+        let base = PathBuf::from(format!("/tmp/fuselock-e2e-{}-{n}", std::process::id()));
+        let backing = base.join("backing");
+        let mountpoint = base.join("mnt");
+        std::fs::create_dir_all(&backing).expect("backing dir");
+        std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+        let server = Command::new(fuselock())
+            .arg("testfs")
+            .arg("--backing")
+            .arg(&backing)
+            .arg("--mountpoint")
+            .arg(&mountpoint)
+            .args(flags)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn fuselock testfs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&mountpoint) {
+            assert!(Instant::now() < deadline, "testfs {flags:?} did not mount");
+            thread::sleep(Duration::from_millis(50));
+        }
+        TestFs {
+            server,
+            mountpoint,
+            backing,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.mountpoint.join(name).display().to_string()
+    }
+}
+
+impl Drop for TestFs {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
+        let _ = self.server.wait();
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.backing);
+    }
+}
