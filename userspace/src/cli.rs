@@ -38,6 +38,9 @@ pub enum Command {
         Exit status: 0 ACTIVE, 1 NOT ACTIVE, 2 INCONCLUSIVE, 3 bad usage, 4 cannot run,\n\
         5 shared-lock writes grew the file (the series' EOF race).")]
     Verify(VerifyArgs),
+    /// Check whether fuselock can run on this host, one line per requirement.
+    #[command(after_help = "Example:\n  sudo fuselock doctor && sudo fuselock export")]
+    Doctor,
     /// Serve the counters to Prometheus (OpenMetrics or text format) over HTTP.
     #[command(after_help = "Examples:\n  \
         fuselock export                               # http://127.0.0.1:9948/metrics\n  \

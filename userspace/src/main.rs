@@ -4,6 +4,7 @@ mod btf;
 mod cli;
 mod collector;
 mod demo;
+mod doctor;
 mod exercise;
 mod export;
 mod mounts;
@@ -63,6 +64,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Stat(args) => runtime()?.block_on(stat::run(args)),
+        Command::Doctor => Ok(doctor::run()),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Export(args) => runtime()?.block_on(export::run(args)),
         Command::Verify(args) => runtime()?.block_on(verify::run(args)).map(i32::from),

@@ -179,7 +179,8 @@ impl fmt::Display for LoadReport {
 /// Returns `Ok` even if some writes failed: check [`LoadReport::errors`]. Errors are for runs
 /// that could not start (bad arguments, file not openable) or could not print the summary.
 pub fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
-    let plan = Plan::new(args)?;
+    // A bad argument is the user's to fix (exit 3), not a failure (4).
+    let plan = Plan::new(args).map_err(|e| crate::UsageError(format!("{e:#}")))?;
     let placement = prepare_file(&args.path, &plan)?;
     let files = open_writers(&args.path, plan.kind, plan.threads)?;
     let buffers = (0..plan.threads)

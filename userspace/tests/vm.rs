@@ -853,3 +853,21 @@ fn prometheus_counts_exactly_the_writes_issued() {
     );
     drop(exporter);
 }
+
+/// `doctor` on a kernel that has everything: all ok, exit 0.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn doctor_is_happy_on_a_capable_kernel() {
+    let out = Command::new(fuselock())
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("MISSING"), "{text}");
+    assert!(
+        text.contains("ok       probes attach (fentry mode, lock:contention_* attached)"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("fuselock can run here"), "{text}");
+}

@@ -1,0 +1,155 @@
+//! The binary on the host, where nothing can attach: every failure must be
+//! one clear line with a documented exit status, and nothing left behind.
+
+use std::{path::Path, process::Command};
+
+const FUSELOCK: &str = env!("CARGO_BIN_EXE_fuselock");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(FUSELOCK)
+        .args(args)
+        .output()
+        .expect("run fuselock");
+    (
+        out.status.code().expect("exit status"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bad invocations: exit 3, and the message names the problem.
+#[test]
+fn bad_usage_exits_3_with_the_reason() {
+    for (args, needle) in [
+        (
+            &["stat", "--interval", "0"][..],
+            "interval must be between 0.1 and 3600 seconds",
+        ),
+        (
+            &["stat", "--interval", "soon"][..],
+            "is not a number of seconds",
+        ),
+        (&["stat", "--max-inodes", "0"][..], "--max-inodes"),
+        (
+            &["stat", "--probe-mode", "magic"][..],
+            "invalid value 'magic'",
+        ),
+        (&["frobnicate"][..], "unrecognized subcommand"),
+        (&["stat", "--nope"][..], "unexpected argument '--nope'"),
+        (
+            &["export", "--listen", "localhost"][..],
+            "invalid value 'localhost'",
+        ),
+        (
+            &["export", "--per-inode-top", "100000"][..],
+            "--per-inode-top",
+        ),
+        (
+            &["verify", "--duration", "0"][..],
+            "interval must be between",
+        ),
+        (
+            &["verify", "--exercise", "/nonexistent/file"][..],
+            "--exercise /nonexistent/file",
+        ),
+        (
+            &["verify", "--exercise", "/proc/version"][..],
+            "not on a FUSE file system",
+        ),
+        (&["verify", "--exercise", "/tmp"][..], "not a regular file"),
+        (&["load", "/tmp/x", "--threads", "0"][..], "thread"),
+        (
+            &["load", "/tmp/x", "--kind", "sideways"][..],
+            "invalid value 'sideways'",
+        ),
+        (&["testfs", "--backing", "/tmp"][..], "--mountpoint"),
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 3, "{args:?} exited {code}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected `{needle}` in: {err}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for args in [
+        &["--help"][..],
+        &["--version"][..],
+        &["stat", "--help"][..],
+        &["verify", "--help"][..],
+    ] {
+        let (code, out, _) = run(args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(!out.is_empty());
+    }
+    let (_, out, _) = run(&["verify", "--help"]);
+    assert!(
+        out.contains("Exit status: 0 ACTIVE, 1 NOT ACTIVE, 2 INCONCLUSIVE"),
+        "{out}"
+    );
+}
+
+/// On a kernel without kprobes or fentry (this project's development and CI
+/// machines) attaching fails with a message that says what to do.
+#[test]
+fn no_kprobes_says_what_to_do() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root || Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("SKIPPED: needs root on a kernel without kprobes");
+        return;
+    }
+    let (code, _, err) = run(&["stat", "--", "true"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("this kernel has no kprobe support"), "{err}");
+    assert!(err.contains("cargo xtask vm"), "{err}");
+    let (code, out, _) = run(&["doctor"]);
+    assert_eq!(code, 4);
+    assert!(out.contains("MISSING  probes attach"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("fuselock cannot run here: fix the MISSING lines above"),
+        "{out}"
+    );
+}
+
+/// Without privileges: a one-line error before anything is loaded.
+#[test]
+fn without_privileges_says_use_sudo() {
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !has_setpriv || !is_root {
+        eprintln!("SKIPPED: needs root and setpriv to drop privileges");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            FUSELOCK,
+            "stat",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "fuselock: fuselock needs root (or CAP_BPF and CAP_PERFMON) to load its probes: run it with sudo"
+    );
+}
