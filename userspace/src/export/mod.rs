@@ -203,6 +203,41 @@ mod tests {
         assert!(om.contains("# TYPE fuselock_writes counter"));
     }
 
+    /// The README's metric table is the contract the deployment files are
+    /// checked against (tests/deploy.rs): it must list exactly what we serve.
+    #[test]
+    fn readme_lists_exactly_the_exported_metrics() {
+        let text = render(SnapshotMetrics { snapshot: sample(), per_inode_top: 5 }, false).expect("render");
+        let mut snap = sample();
+        snap.entries.push(crate::snapshot::Entry {
+            dev: "0:45".into(),
+            ino: 2,
+            name: Some("f".into()),
+            mount: None,
+            path: "passthrough".into(),
+            counters: Counters::from(&WriteStats { writes: 1, ..Default::default() }),
+            histograms: Default::default(),
+            writers: vec![],
+            open: None,
+        });
+        let with_inodes = render(SnapshotMetrics { snapshot: snap, per_inode_top: 5 }, false).expect("render");
+        let served: std::collections::BTreeSet<&str> = text
+            .lines()
+            .chain(with_inodes.lines())
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let readme = include_str!("../../../README.md");
+        let table = readme.split("### Metrics").nth(1).expect("Metrics section");
+        let table = table.split("\n\n").nth(1).expect("table");
+        let listed: std::collections::BTreeSet<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        assert_eq!(served, listed);
+    }
+
     /// promtool, Prometheus' own linter, accepts both formats when present.
     #[test]
     fn promtool_accepts_the_output() {
