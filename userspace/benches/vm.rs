@@ -74,7 +74,8 @@ fn start(tracer: Tracer, interval: &str) -> Option<Running> {
         Tracer::Bpftrace => {
             std::fs::write("/tmp/fuselock-equivalent.bt", BPFTRACE_SCRIPT).expect("write script");
             let mut c = Command::new("bpftrace");
-            c.arg("/tmp/fuselock-equivalent.bt");
+            // Line-buffered: its "Attaching N probes" must reach us through a pipe.
+            c.args(["-B", "line", "/tmp/fuselock-equivalent.bt"]);
             c
         }
     };
@@ -99,7 +100,7 @@ fn start(tracer: Tracer, interval: &str) -> Option<Running> {
         }
     });
     ready_rx
-        .recv_timeout(Duration::from_secs(120))
+        .recv_timeout(Duration::from_secs(600))
         .expect("tracer did not start");
     if tracer == Tracer::Bpftrace {
         std::thread::sleep(Duration::from_secs(3));
@@ -255,8 +256,8 @@ fn main() {
     println!("\n3. fuselock userspace with {inodes} live inodes, 1 s refresh");
     let running = start(Tracer::Fuselock, "1").expect("fuselock");
     let pid = running.child.id();
-    let dir = fs.mountpoint.join("many");
-    std::fs::create_dir_all(&dir).expect("dir");
+    // The test file system is flat (no mkdir): the files go at its root.
+    let dir = fs.mountpoint.clone();
     let block = vec![7u8; 8192];
     let offset = block.as_ptr().align_offset(4096);
     let aligned = &block[offset..offset + 4096];
@@ -265,7 +266,7 @@ fn main() {
             .create(true)
             .write(true)
             .custom_flags(libc::O_DIRECT)
-            .open(dir.join(format!("f{i}")))
+            .open(dir.join(format!("many-{i}")))
             .expect("create");
         f.write_at(aligned, 0).expect("write");
     }

@@ -29,6 +29,18 @@ pub enum Command {
         fuselock stat -- fio --name=w --rw=randwrite --direct=1 --filename=/mnt/fuse/f --size=64m\n  \
         fuselock stat --json --interval 5 > counts.jsonl")]
     Stat(StatArgs),
+    /// The live terminal UI: what serializes, why, and who waits.
+    #[command(after_help = "Examples:\n  \
+        sudo fuselock top\n  \
+        fuselock top --replay run.jsonl      # no kernel, no root needed\n\n\
+        Keys: arrows/jk move, s/S sort, / filter, f freeze, r reset, t rates/totals,\n\
+        Enter detail, Esc back, m mouse, ? help, q quit.")]
+    Top(TopArgs),
+    /// Write the snapshot stream (JSON lines, the `stat --json` schema) to FILE.
+    #[command(
+        after_help = "Example:\n  sudo fuselock record run.jsonl -- fio job.fio && fuselock top --replay run.jsonl"
+    )]
+    Record(RecordArgs),
     /// Does the parallel-direct-writes patch take effect? Prints ACTIVE (exit 0),
     /// NOT ACTIVE (1) or INCONCLUSIVE (2) with the evidence.
     #[command(after_help = "Examples:\n  \
@@ -94,6 +106,32 @@ pub struct StatArgs {
     pub interval: Duration,
     /// Run COMMAND under observation; print the final counts when it exits and
     /// exit with its status.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// Seconds between refreshes (0.1 to 3600).
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Play back a file written by `fuselock record` instead of attaching.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// The file to write (JSON lines).
+    pub file: std::path::PathBuf,
+    /// Seconds between snapshots (0.1 to 3600).
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Record while COMMAND runs (then exit with its status); else until Ctrl-C.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }

@@ -11,11 +11,13 @@ mod mounts;
 mod offsets;
 mod preflight;
 mod probes;
+mod replay;
 mod session;
 mod snapshot;
 mod stat;
 mod table;
 mod testfs;
+mod top;
 mod verdict;
 mod verify;
 mod workload;
@@ -64,6 +66,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Stat(args) => runtime()?.block_on(stat::run(args)),
+        Command::Record(args) => runtime()?.block_on(stat::record(args)),
+        Command::Top(args) => top::run(args),
         Command::Doctor => Ok(doctor::run()),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Export(args) => runtime()?.block_on(export::run(args)),

@@ -1,17 +1,19 @@
-//! `fuselock stat`: snapshots as a table or JSON lines, for a command's
-//! lifetime or every interval until interrupted.
+//! `fuselock stat` and `fuselock record`: snapshots as a table or JSON
+//! lines, for a command's lifetime or every interval until interrupted.
 
 use std::{
+    ffi::OsString,
     io::{self, Write},
     os::unix::process::ExitStatusExt,
     process::ExitStatus,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cli::StatArgs,
+    cli::{ProbeArgs, RecordArgs, StatArgs},
     collector::Collector,
     probes::{self, AttachOptions},
     session,
@@ -19,17 +21,23 @@ use crate::{
     table,
 };
 
-fn emit(snap: &Snapshot, json: bool) -> Result<()> {
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    if json {
-        serde_json::to_writer(&mut out, snap).context("writing JSON")?;
-        writeln!(out)?;
-    } else {
-        table::write_table(&mut out, snap)?;
-        writeln!(out)?;
+/// Where snapshots go and how.
+pub struct Sink {
+    out: Box<dyn Write + Send>,
+    json: bool,
+}
+
+impl Sink {
+    fn emit(&mut self, snap: &Snapshot) -> Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut self.out, snap).context("writing JSON")?;
+            writeln!(self.out)?;
+        } else {
+            table::write_table(&mut self.out, snap)?;
+            writeln!(self.out)?;
+        }
+        self.out.flush().context("writing snapshots")
     }
-    out.flush().context("writing to stdout")
 }
 
 /// The shell's convention for a child's exit status.
@@ -39,15 +47,27 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-pub async fn run(args: StatArgs) -> Result<i32> {
-    let opts = AttachOptions::from(&args.probes);
-    let mut attached = probes::attach(&opts)?;
+/// One observation run.
+struct Observe {
+    probes: ProbeArgs,
+    interval: Duration,
+    command: Vec<OsString>,
+    /// Emit every interval even while a command runs (record does; stat
+    /// prints only the final counts then).
+    periodic_with_command: bool,
+    sink: Sink,
+}
+
+async fn observe(mut o: Observe) -> Result<i32> {
+    let mut attached = probes::attach(&AttachOptions::from(&o.probes))?;
     let _logs = session::forward_probe_logs(&mut attached);
     let mut collector = Collector::new(&mut attached)?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut ticker = tokio::time::interval(o.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    if let Some((program, rest)) = args.command.split_first() {
+    if let Some((program, rest)) = o.command.split_first() {
         let mut child = tokio::process::Command::new(program)
             .args(rest)
             .spawn()
@@ -55,26 +75,57 @@ pub async fn run(args: StatArgs) -> Result<i32> {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for the command")?,
+                _ = ticker.tick(), if o.periodic_with_command => o.sink.emit(&collector.snapshot(false)?)?,
                 // Ctrl-C reaches the whole foreground group: the command
                 // decides what it means; we report once it has exited.
                 _ = sigint.recv() => {}
                 _ = sigterm.recv() => { let _ = child.start_kill(); }
             }
         };
-        emit(&collector.snapshot(true)?, args.json)?;
+        o.sink.emit(&collector.snapshot(true)?)?;
         return Ok(exit_code(status));
     }
 
-    let mut ticker = tokio::time::interval(args.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick is immediate
+    // The first tick is immediate: a snapshot right after attaching tells
+    // scripts (and people) that fuselock is live.
     loop {
         tokio::select! {
-            _ = ticker.tick() => emit(&collector.snapshot(false)?, args.json)?,
+            _ = ticker.tick() => o.sink.emit(&collector.snapshot(false)?)?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
-    emit(&collector.snapshot(true)?, args.json)?;
+    o.sink.emit(&collector.snapshot(true)?)?;
     Ok(0)
+}
+
+pub async fn run(args: StatArgs) -> Result<i32> {
+    observe(Observe {
+        probes: args.probes,
+        interval: args.interval,
+        command: args.command,
+        periodic_with_command: false,
+        sink: Sink {
+            out: Box::new(io::stdout()),
+            json: args.json,
+        },
+    })
+    .await
+}
+
+/// `record FILE`: the `stat --json` stream into a file, for `top --replay`.
+pub async fn record(args: RecordArgs) -> Result<i32> {
+    let file = std::fs::File::create(&args.file)
+        .map_err(|e| crate::UsageError(format!("cannot create {}: {e}", args.file.display())))?;
+    observe(Observe {
+        probes: args.probes,
+        interval: args.interval,
+        command: args.command,
+        periodic_with_command: true,
+        sink: Sink {
+            out: Box::new(io::BufWriter::new(file)),
+            json: true,
+        },
+    })
+    .await
 }

@@ -8,11 +8,16 @@ use std::{
 };
 
 fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
 }
 
 fn tool(name: &str) -> bool {
-    Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn ok(cmd: &mut Command) {
@@ -31,7 +36,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut rest = text;
     while let Some(i) = rest.find("fuselock_") {
         let tail = &rest[i..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         names.insert(tail[..end].to_owned());
         rest = &tail[end..];
     }
@@ -41,8 +48,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// Series names the exporter serves (from its documented metric list in the
 /// README, which a unit test of the exporter checks against real output).
 fn exported() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README");
-    let section = readme.split("### Metrics").nth(1).expect("README has a Metrics section");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README");
+    let section = readme
+        .split("### Metrics")
+        .nth(1)
+        .expect("README has a Metrics section");
     let section = section.split("\n## ").next().unwrap_or(section);
     let base = metric_names(section);
     let mut all = BTreeSet::new();
@@ -61,8 +73,14 @@ fn prometheus_config_and_rules_pass_promtool() {
         eprintln!("SKIPPED: promtool missing (cargo xtask setup installs it)");
         return;
     }
-    ok(Command::new("promtool").arg("check").arg("config").arg(deploy("prometheus/prometheus.yml")));
-    ok(Command::new("promtool").arg("check").arg("rules").arg(deploy("prometheus/alerts.yml")));
+    ok(Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(deploy("prometheus/prometheus.yml")));
+    ok(Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(deploy("prometheus/alerts.yml")));
 }
 
 #[test]
@@ -90,7 +108,10 @@ fn every_metric_in_rules_and_dashboard_is_exported() {
         let used = metric_names(&text);
         assert!(!used.is_empty(), "{file} uses no fuselock metric");
         for name in used {
-            assert!(exported.contains(&name), "{file} uses {name}, which fuselock export does not serve");
+            assert!(
+                exported.contains(&name),
+                "{file} uses {name}, which fuselock export does not serve"
+            );
         }
     }
 }
@@ -102,7 +123,10 @@ fn dashboard_is_valid_json_with_queries() {
     let panels = v["panels"].as_array().expect("panels");
     assert!(panels.len() >= 6);
     for p in panels {
-        assert!(p["targets"].as_array().is_some_and(|t| !t.is_empty()), "panel without queries: {p}");
+        assert!(
+            p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "panel without queries: {p}"
+        );
     }
 }
 

@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: qemu runs the VM, busybox is its userland, prometheus
 /// brings promtool and a real scraper for the exporter tests. The kernel
 /// build tools are installed by `xtask kernel` when it first builds.
-const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus"];
+const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "tmux"];
 
 #[derive(clap::Args)]
 pub struct SetupArgs {}

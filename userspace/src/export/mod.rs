@@ -207,7 +207,14 @@ mod tests {
     /// checked against (tests/deploy.rs): it must list exactly what we serve.
     #[test]
     fn readme_lists_exactly_the_exported_metrics() {
-        let text = render(SnapshotMetrics { snapshot: sample(), per_inode_top: 5 }, false).expect("render");
+        let text = render(
+            SnapshotMetrics {
+                snapshot: sample(),
+                per_inode_top: 5,
+            },
+            false,
+        )
+        .expect("render");
         let mut snap = sample();
         snap.entries.push(crate::snapshot::Entry {
             dev: "0:45".into(),
@@ -215,12 +222,22 @@ mod tests {
             name: Some("f".into()),
             mount: None,
             path: "passthrough".into(),
-            counters: Counters::from(&WriteStats { writes: 1, ..Default::default() }),
+            counters: Counters::from(&WriteStats {
+                writes: 1,
+                ..Default::default()
+            }),
             histograms: Default::default(),
             writers: vec![],
             open: None,
         });
-        let with_inodes = render(SnapshotMetrics { snapshot: snap, per_inode_top: 5 }, false).expect("render");
+        let with_inodes = render(
+            SnapshotMetrics {
+                snapshot: snap,
+                per_inode_top: 5,
+            },
+            false,
+        )
+        .expect("render");
         let served: std::collections::BTreeSet<&str> = text
             .lines()
             .chain(with_inodes.lines())

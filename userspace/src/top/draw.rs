@@ -1,0 +1,491 @@
+//! Drawing: a pure function of the state onto a ratatui frame. No I/O here,
+//! so `TestBackend` can render it.
+
+use ratatui::{
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Sparkline, Table, TableState, Wrap},
+    Frame,
+};
+
+use super::{
+    model::{Mode, Row},
+    state::{App, View, KEYS},
+};
+use crate::{snapshot::Entry, verdict::Verdict};
+
+fn rate(v: f64, mode: Mode) -> String {
+    let v = if mode == Mode::Rates { v } else { v.round() };
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if mode == Mode::Rates && v > 0.0 && v < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn bytes(v: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = v;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.0}{}", UNITS[u])
+}
+
+fn duration(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.1}s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.1}ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.0}us", ns / 1e3)
+    } else {
+        format!("{ns:.0}ns")
+    }
+}
+
+fn badge(v: Option<Verdict>) -> Span<'static> {
+    let (text, color) = match v {
+        Some(Verdict::Active) => (" ACTIVE ", Color::Green),
+        Some(Verdict::NotActive) => (" NOT ACTIVE ", Color::Red),
+        Some(Verdict::Inconclusive) | None => (" INCONCLUSIVE ", Color::Yellow),
+    };
+    Span::styled(
+        text,
+        Style::default()
+            .fg(Color::Black)
+            .bg(color)
+            .add_modifier(Modifier::BOLD),
+    )
+}
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let [header, table, spark, footer] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Min(5),
+        Constraint::Length(4),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    draw_header(frame, header, app);
+    match app.view {
+        View::Detail => draw_detail(frame, table, app),
+        View::Main | View::Help => draw_table(frame, table, app),
+    }
+    draw_sparkline(frame, spark, app);
+    draw_footer(frame, footer, app);
+    if app.view == View::Help {
+        draw_help(frame, frame.area());
+    }
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
+    let t = app.totals();
+    let unit = if app.mode == Mode::Rates { "/s" } else { "" };
+    let (kernel, probes, uptime, evictions) = match &app.current {
+        Some(s) => (
+            s.source.kernel.clone(),
+            s.source.probe_mode.clone(),
+            format!("{:.0}s", s.elapsed_secs),
+            s.health.evictions,
+        ),
+        None => ("-".into(), "-".into(), "-".into(), 0),
+    };
+    // Status flags come first: a narrow terminal cuts the end of the line.
+    let mut first = vec![
+        Span::styled("fuselock ", Style::default().add_modifier(Modifier::BOLD)),
+        badge(app.verdict()),
+    ];
+    if app.frozen {
+        first.push(Span::styled(
+            " FROZEN",
+            Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+        ));
+    }
+    if app.finished {
+        first.push(Span::styled(
+            " (replay finished)",
+            Style::default().fg(Color::Cyan),
+        ));
+    }
+    first.push(Span::raw(format!(
+        "  kernel {kernel}  {probes} probes  up {uptime}  refresh {:.1}s  {}",
+        app.interval.as_secs_f64(),
+        app.source
+    )));
+    let second = Line::from(format!(
+        "writes{unit} {}  shared {}  contended{unit} {}  evictions {}  [{}]",
+        rate(t.writes, app.mode),
+        t.shared_pct.map_or("-".into(), |p| format!("{p:.0}%")),
+        rate(t.contended, app.mode),
+        evictions,
+        if app.mode == Mode::Rates {
+            "rates"
+        } else {
+            "totals since start/reset"
+        },
+    ));
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(first), second]).block(Block::default()),
+        area,
+    );
+}
+
+fn header_cells(app: &App) -> Vec<&'static str> {
+    let _ = app;
+    vec![
+        "FILE",
+        "MOUNT",
+        "PATH",
+        "WRITES",
+        "BYTES",
+        "SHARED",
+        "EXCL np/buf/app/eof",
+        "CONT",
+        "WAIT avg/p99/max",
+        "TOP WRITER",
+    ]
+}
+
+fn table_row(r: &Row, mode: Mode) -> TableRow<'static> {
+    let excl = r.exclusive_by_reason.map(|v| rate(v, mode)).join("/");
+    let wait = format!(
+        "{}/{}/{}",
+        r.wait_avg_ns.map_or("-".into(), duration),
+        r.wait_p99_ns.map_or("-".into(), |v| if v == u64::MAX {
+            ">1s".into()
+        } else {
+            duration(v as f64)
+        }),
+        if r.wait_max_ns == 0 {
+            "-".into()
+        } else {
+            duration(r.wait_max_ns as f64)
+        },
+    );
+    TableRow::new(vec![
+        Cell::from(r.name.clone()),
+        Cell::from(r.mount.clone()),
+        Cell::from(if r.path == "passthrough" { "pt" } else { "dio" }),
+        Cell::from(rate(r.writes, mode)),
+        Cell::from(bytes(r.bytes)),
+        Cell::from(r.shared_pct().map_or("-".into(), |p| format!("{p:.0}%"))),
+        Cell::from(excl),
+        Cell::from(r.contended_pct().map_or("-".into(), |p| format!("{p:.0}%"))),
+        Cell::from(wait),
+        Cell::from(r.top_writer.clone().unwrap_or_default()),
+    ])
+}
+
+fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
+    let rows = app.rows();
+    let title = format!(
+        " {} files, sorted by {} {} {}",
+        rows.len(),
+        app.sort.label(),
+        if app.descending { "↓" } else { "↑" },
+        if app.filter.is_empty() {
+            String::new()
+        } else {
+            format!("- filter \"{}\" ", app.filter)
+        }
+    );
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Min(8),
+        Constraint::Length(3),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(19),
+        Constraint::Length(5),
+        Constraint::Length(21),
+        Constraint::Min(10),
+    ];
+    let table = Table::new(rows.iter().map(|r| table_row(r, app.mode)), widths)
+        .header(
+            TableRow::new(header_cells(app))
+                .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
+        )
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+        .block(Block::bordered().title(title));
+    let mut state = TableState::default().with_selected((!rows.is_empty()).then_some(app.selected));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn hist_lines(title: &str, h: &[crate::snapshot::Bucket]) -> Vec<Line<'static>> {
+    let mut lines = vec![Line::styled(
+        title.to_owned(),
+        Style::default().add_modifier(Modifier::BOLD),
+    )];
+    let max = h.iter().map(|b| b.count).max().unwrap_or(0);
+    if max == 0 {
+        lines.push(Line::raw("  (none)"));
+    }
+    for b in h {
+        let bar = "█".repeat(((b.count as f64 / max as f64) * 20.0).ceil() as usize);
+        let le = b
+            .le_ns
+            .map_or(">1s".into(), |v| format!("<{}", duration(v as f64 + 1.0)));
+        lines.push(Line::raw(format!("  {le:>8} {bar:<20} {}", b.count)));
+    }
+    lines
+}
+
+fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
+    let Some(row) = app.selected_row() else {
+        frame.render_widget(
+            Paragraph::new("no file selected").block(Block::bordered()),
+            area,
+        );
+        return;
+    };
+    let entry: Option<&Entry> = app.current.as_ref().and_then(|s| {
+        s.entries
+            .iter()
+            .find(|e| e.ino == row.ino && e.dev == row.dev && e.path == row.path)
+    });
+    let Some(e) = entry else { return };
+    let c = &e.counters;
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    let mut lines = vec![
+        Line::styled(
+            format!(
+                "{} on {} ({}:{}), {}",
+                row.name, row.mount, e.dev, e.ino, e.path
+            ),
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
+        Line::raw(format!(
+            "writes {}  bytes {}  errors {}  without lock {}",
+            c.writes, c.bytes, c.errors, c.unlocked
+        )),
+        Line::raw(""),
+        Line::styled(
+            "acquisitions by reason    shared  exclusive",
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
+    ];
+    let total = (c.shared + c.exclusive).max(1);
+    for reason in probes_common::Reason::ALL {
+        let s = c.acquired_for(probes_common::LockMode::Shared, reason);
+        let x = c.acquired_for(probes_common::LockMode::Exclusive, reason);
+        let bar = format!(
+            "{}{}",
+            "▒".repeat((s * 12 / total) as usize),
+            "█".repeat((x * 12 / total) as usize)
+        );
+        lines.push(Line::raw(format!(
+            "  {:<18} {s:>8} {x:>10} {bar}",
+            reason.name()
+        )));
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "open-time evidence",
+        Style::default().add_modifier(Modifier::BOLD),
+    ));
+    match &e.open {
+        Some(o) => {
+            lines.push(Line::raw(format!(
+                "  {} opens; FOPEN_PARALLEL_DIRECT_WRITES asked {} kept {}",
+                o.opens, o.parallel_asked, o.parallel_kept
+            )));
+            let verdict = if o.passthrough_parallel_asked > o.passthrough_parallel_kept {
+                "  the kernel STRIPPED the flag from passthrough opens"
+            } else if o.passthrough_parallel_kept > 0 {
+                "  the kernel KEPT the flag on passthrough opens"
+            } else {
+                "  the server did not ask for the flag on passthrough opens"
+            };
+            lines.push(Line::raw(verdict));
+            lines.push(Line::raw(format!(
+                "  last open flags {} asked, {} kept",
+                o.last_flags_asked, o.last_flags_kept
+            )));
+        }
+        None => lines.push(Line::raw("  no open seen since fuselock started")),
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "writers",
+        Style::default().add_modifier(Modifier::BOLD),
+    ));
+    for w in &e.writers {
+        lines.push(Line::raw(format!(
+            "  {:>7} {:<16} {}",
+            w.pid, w.comm, w.writes
+        )));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(Block::bordered().title(" detail (Esc: back) "))
+            .wrap(Wrap { trim: false }),
+        left,
+    );
+    let h = &e.histograms;
+    let mut hl = hist_lines("wait, exclusive", &h.wait_hist.exclusive);
+    hl.extend(hist_lines("wait, shared", &h.wait_hist.shared));
+    hl.extend(hist_lines("hold, exclusive", &h.hold_hist.exclusive));
+    hl.extend(hist_lines("hold, shared", &h.hold_hist.shared));
+    hl.extend(hist_lines("write latency", &h.latency_hist));
+    frame.render_widget(
+        Paragraph::new(hl).block(Block::bordered().title(" histograms ")),
+        right,
+    );
+}
+
+fn draw_sparkline(frame: &mut Frame, area: Rect, app: &App) {
+    let data: Vec<u64> = app.contended_history.iter().copied().collect();
+    let visible = &data[data
+        .len()
+        .saturating_sub(area.width.saturating_sub(2) as usize)..];
+    let max = visible.iter().max().copied().unwrap_or(0);
+    frame.render_widget(
+        Sparkline::default()
+            .block(Block::bordered().title(format!(" contended acquisitions/s (max {max}) ")))
+            .data(visible),
+        area,
+    );
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
+    let text = match &app.filter_input {
+        Some(input) => format!("filter: {input}█  (Enter apply, Esc clear)"),
+        None => "q quit  ? help  ↑↓ move  Enter detail  s/S sort  / filter  f freeze  r reset  t rates/totals  m mouse".into(),
+    };
+    frame.render_widget(
+        Paragraph::new(text).style(Style::default().fg(Color::DarkGray)),
+        area,
+    );
+}
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let width = area.width.min(76);
+    let height = (KEYS.len() as u16 + 4).min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let lines: Vec<Line> = KEYS
+        .iter()
+        .map(|(k, what)| Line::raw(format!(" {k:<12} {what}")))
+        .collect();
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(" keys (? or Esc to close) ")),
+        popup,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ratatui::{backend::TestBackend, Terminal};
+
+    use super::*;
+    use crate::{
+        snapshot::{Bucket, Snapshot},
+        top::{model::tests_support::entry, state::App},
+    };
+
+    fn screen(app: &App, w: u16, h: u16) -> String {
+        let mut term = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+        term.draw(|f| draw(f, app)).expect("draw");
+        let buf = term.backend().buffer().clone();
+        (0..h)
+            .map(|y| {
+                (0..w)
+                    .map(|x| buf[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn app() -> App {
+        let mut app = App::new("replay test.jsonl".into(), Duration::from_secs(1));
+        let mut hot = entry("hot.dat", 4000, 0, 69);
+        hot.histograms.wait_hist.exclusive = vec![
+            Bucket {
+                le_ns: Some(1_048_575),
+                count: 60,
+            },
+            Bucket {
+                le_ns: Some(8_388_607),
+                count: 9,
+            },
+        ];
+        let mut snap = Snapshot {
+            elapsed_secs: 1.0,
+            entries: vec![hot.clone(), entry("log", 10, 10, 0)],
+            ..Default::default()
+        };
+        snap.source.kernel = "6.12.117".into();
+        snap.source.probe_mode = "fentry".into();
+        app.on_snapshot(snap.clone());
+        snap.elapsed_secs = 2.0;
+        snap.entries[0].counters.writes += 500;
+        app.on_snapshot(snap);
+        app
+    }
+
+    #[test]
+    fn main_view_shows_files_rates_and_verdict() {
+        let s = screen(&app(), 140, 30);
+        assert!(s.contains("INCONCLUSIVE"), "{s}");
+        assert!(s.contains("kernel 6.12.117"), "{s}");
+        assert!(s.contains("hot.dat"), "{s}");
+        assert!(s.contains("/mnt/fuse"), "{s}");
+        assert!(s.contains("fio[4242]"), "{s}");
+        assert!(s.contains("2 files, sorted by writes"), "{s}");
+        assert!(s.contains("contended acquisitions/s"), "{s}");
+    }
+
+    #[test]
+    fn fits_80x24() {
+        let s = screen(&app(), 80, 24);
+        assert!(s.contains("hot.dat"), "{s}");
+        assert!(s.contains("q quit"), "{s}");
+    }
+
+    #[test]
+    fn detail_view_shows_histograms_reasons_and_writers() {
+        let mut app = app();
+        app.on_key(crate::top::state::tests_key(
+            ratatui::crossterm::event::KeyCode::Enter,
+        ));
+        let s = screen(&app, 140, 40);
+        assert!(s.contains("detail (Esc: back)"), "{s}");
+        assert!(s.contains("no_parallel_flag"), "{s}");
+        assert!(s.contains("wait, exclusive"), "{s}");
+        assert!(s.contains("<1.0ms"), "{s}");
+        assert!(s.contains("fio"), "{s}");
+        assert!(s.contains("no open seen since fuselock started"), "{s}");
+    }
+
+    #[test]
+    fn help_lists_every_key() {
+        let mut app = app();
+        app.on_key(crate::top::state::tests_key(
+            ratatui::crossterm::event::KeyCode::Char('?'),
+        ));
+        let s = screen(&app, 100, 30);
+        for (k, _) in KEYS {
+            assert!(s.contains(k), "help lacks {k}: {s}");
+        }
+    }
+}

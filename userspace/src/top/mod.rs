@@ -1,0 +1,162 @@
+//! `fuselock top`: the live terminal UI, or a recorded run played back.
+
+mod draw;
+mod event;
+mod model;
+mod state;
+mod terminal;
+
+use std::{
+    io::IsTerminal as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use ratatui::crossterm::event::{MouseButton, MouseEventKind};
+
+use self::{event::Event, state::App, terminal::TerminalGuard};
+use crate::{
+    cli::TopArgs,
+    collector::Collector,
+    probes::{self, AttachOptions},
+    replay, UsageError,
+};
+
+/// SIGTERM/SIGINT/SIGHUP sent to the process (Ctrl-C in raw mode arrives as
+/// a key instead): the loop sees the flag and exits through the guard.
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Feeds recorded snapshots at the refresh interval.
+fn spawn_replay(
+    snapshots: Vec<crate::snapshot::Snapshot>,
+    interval: Duration,
+    tx: mpsc::Sender<Event>,
+) {
+    std::thread::spawn(move || {
+        for (i, s) in snapshots.into_iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(interval);
+            }
+            if tx.send(Event::Snapshot(Box::new(s))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Event::SourceDone);
+    });
+}
+
+/// Takes a snapshot every interval until the UI goes away.
+fn spawn_live(mut collector: Collector, interval: Duration, tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || loop {
+        let ev = match collector.snapshot(false) {
+            Ok(s) => Event::Snapshot(Box::new(s)),
+            Err(e) => Event::Failed(format!("{e:#}")),
+        };
+        if tx.send(ev).is_err() {
+            return;
+        }
+        std::thread::sleep(interval);
+    });
+}
+
+pub fn run(args: TopArgs) -> Result<i32> {
+    if !std::io::stdout().is_terminal() {
+        return Err(UsageError(
+            "fuselock top draws a terminal UI but stdout is not a terminal; use `fuselock stat` (or `stat --json`) for scripts and logs"
+                .into(),
+        )
+        .into());
+    }
+    let (tx, rx) = mpsc::channel();
+    // Keep the probes attached (and detached on return) for a live view.
+    let _attached;
+    let source = match &args.replay {
+        Some(path) => {
+            let snapshots = replay::read(path)?;
+            spawn_replay(snapshots, args.interval, tx.clone());
+            format!(
+                "replay {}",
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            )
+        }
+        None => {
+            let mut attached = probes::attach(&AttachOptions::from(&args.probes))?;
+            let collector = Collector::new(&mut attached)?;
+            _attached = attached;
+            spawn_live(collector, args.interval, tx.clone());
+            "live".to_owned()
+        }
+    };
+    install_signal_handlers();
+    let stop = Arc::new(AtomicBool::new(false));
+    let input = event::spawn_input(tx, stop.clone());
+    let result = ui_loop(App::new(source, args.interval), &rx);
+    stop.store(true, Ordering::Relaxed);
+    let _ = input.join();
+    result
+}
+
+fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
+    let mut guard = TerminalGuard::enter().context("setting up the terminal")?;
+    let mut failure = None;
+    loop {
+        guard
+            .terminal
+            .draw(|f| draw::draw(f, &app))
+            .context("drawing")?;
+        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => Some(ev),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match ev {
+            Some(Event::Key(k)) => app.on_key(k),
+            Some(Event::Snapshot(s)) => app.on_snapshot(*s),
+            Some(Event::SourceDone) => app.finished = true,
+            Some(Event::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Some(Event::Mouse(m)) if app.mouse => match m.kind {
+                MouseEventKind::ScrollDown => app.scroll(1),
+                MouseEventKind::ScrollUp => app.scroll(-1),
+                // Rows start below the 3-line header, the border and the column titles.
+                MouseEventKind::Down(MouseButton::Left) => {
+                    app.select(usize::from(m.row.saturating_sub(5)))
+                }
+                _ => {}
+            },
+            Some(Event::Mouse(_) | Event::Resize) | None => {}
+        }
+        guard
+            .set_mouse(app.mouse)
+            .context("switching mouse capture")?;
+        if app.quit || TERMINATE.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    drop(guard);
+    match failure {
+        Some(e) => Err(anyhow::anyhow!(e)),
+        None => Ok(0),
+    }
+}

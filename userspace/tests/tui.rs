@@ -1,0 +1,260 @@
+//! `fuselock top` in a real terminal: tmux runs it on a recorded stream
+//! (no kernel needed), keys are sent as a person would type them, and the
+//! screen is read back with capture-pane.
+
+use std::{process::Command, thread, time::Duration};
+
+const FUSELOCK: &str = env!("CARGO_BIN_EXE_fuselock");
+const REPLAY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/replay.jsonl");
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(cmd: &str, w: u16, h: u16) -> Option<Tmux> {
+        if !Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            eprintln!("SKIPPED: tmux not installed");
+            return None;
+        }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = format!("fuselock-test-{}-{n}", std::process::id());
+        let ok = Command::new("tmux")
+            .args([
+                "-L",
+                &session,
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                &w.to_string(),
+                "-y",
+                &h.to_string(),
+                cmd,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tmux new-session failed");
+        Some(Tmux { session })
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            let ok = Command::new("tmux")
+                .args(["-L", &self.session, "send-keys", "-t", &self.session, k])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "send-keys {k}");
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.session,
+                "capture-pane",
+                "-p",
+                "-t",
+                &self.session,
+            ])
+            .output()
+            .expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen contains `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..50 {
+            let s = self.screen();
+            if s.contains(needle) {
+                return s;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!("`{needle}` never appeared:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        // Each test has its own tmux server (-L): parallel tests never share one.
+        let _ = Command::new("tmux")
+            .args(["-L", &self.session, "kill-server"])
+            .status();
+    }
+}
+
+fn top_cmd() -> String {
+    // After top exits, print its status and keep the pane for inspection.
+    format!("sh -c '{FUSELOCK} top --replay {REPLAY} --interval 0.2; echo EXITED $?; sleep 60'")
+}
+
+#[test]
+fn every_key_does_what_help_says_and_the_terminal_is_restored() {
+    let Some(t) = Tmux::start(&top_cmd(), 120, 32) else {
+        return;
+    };
+    let s = t.wait_for("(replay finished)");
+    assert!(s.contains("NOT ACTIVE"), "{s}");
+    assert!(s.contains("4 files, sorted by writes ↓"), "{s}");
+    // The busiest file first.
+    let first_row = s.lines().find(|l| l.contains("/mnt/fuse")).expect("a row");
+    assert!(first_row.contains("data.db"), "{s}");
+
+    // Sort: next column is bytes, then flip the order.
+    t.keys(&["s"]);
+    t.wait_for("sorted by bytes ↓");
+    t.keys(&["S"]);
+    let s = t.wait_for("sorted by bytes ↑");
+    let first_row = s.lines().find(|l| l.contains("/mnt/fuse")).expect("a row");
+    assert!(first_row.contains("grow.dat"), "smallest first: {s}");
+
+    // Filter by name.
+    t.keys(&["/", "a", "p", "p", "Enter"]);
+    let s = t.wait_for("1 files");
+    assert!(s.contains("app.log") && !s.contains("data.db"), "{s}");
+    t.keys(&["/", "Escape"]);
+    t.wait_for("4 files");
+
+    // Totals and freeze.
+    t.keys(&["t"]);
+    t.wait_for("totals since start/reset");
+    t.keys(&["f"]);
+    t.wait_for("FROZEN");
+    t.keys(&["f", "t"]);
+    t.wait_for("[rates]");
+
+    // Detail and back.
+    t.keys(&["S", "s", "s", "s", "s", "s"]); // back to writes, descending
+    t.keys(&["Enter"]);
+    let s = t.wait_for("detail (Esc: back)");
+    assert!(s.contains("the kernel STRIPPED the flag"), "{s}");
+    assert!(s.contains("wait, exclusive"), "{s}");
+    t.keys(&["Escape"]);
+    t.wait_for("files, sorted by");
+
+    // Help lists every key.
+    t.keys(&["?"]);
+    let s = t.wait_for("keys (? or Esc to close)");
+    for k in [
+        "s / S",
+        "freeze",
+        "reset",
+        "rates per second / totals",
+        "detail view",
+        "mouse",
+        "quit",
+    ] {
+        assert!(s.contains(k), "help lacks {k}: {s}");
+    }
+    t.keys(&["Escape", "r", "m", "m", "j", "k"]);
+
+    // Quit: the alternate screen is gone and the shell prints our status.
+    t.keys(&["q"]);
+    let s = t.wait_for("EXITED 0");
+    assert!(
+        !s.contains("files, sorted by"),
+        "the UI is still on screen:\n{s}"
+    );
+}
+
+#[test]
+fn ctrl_c_and_sigterm_restore_the_terminal() {
+    let Some(t) = Tmux::start(&top_cmd(), 100, 30) else {
+        return;
+    };
+    t.wait_for("data.db");
+    t.keys(&["C-c"]);
+    t.wait_for("EXITED 0");
+
+    let Some(t) = Tmux::start(&top_cmd(), 100, 30) else {
+        return;
+    };
+    t.wait_for("data.db");
+    // SIGTERM to this pane's fuselock only (other tests run in parallel).
+    let pane = Command::new("tmux")
+        .args([
+            "-L",
+            &t.session,
+            "list-panes",
+            "-t",
+            &t.session,
+            "-F",
+            "#{pane_pid}",
+        ])
+        .output()
+        .expect("list-panes");
+    let shell = String::from_utf8_lossy(&pane.stdout).trim().to_owned();
+    let killed = Command::new("pkill")
+        .args(["-TERM", "-P", &shell, "-x", "fuselock"])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "no fuselock under pane shell {shell}");
+    let s = t.wait_for("EXITED 0");
+    assert!(!s.contains("files, sorted by"), "{s}");
+}
+
+#[test]
+fn small_terminal_still_draws() {
+    let Some(t) = Tmux::start(&top_cmd(), 80, 24) else {
+        return;
+    };
+    let s = t.wait_for("data.db");
+    assert!(s.contains("data.db"), "{s}");
+    assert!(s.contains("q quit"), "{s}");
+    t.keys(&["q"]);
+    t.wait_for("EXITED 0");
+}
+
+#[test]
+fn not_a_terminal_points_at_stat() {
+    let out = Command::new(FUSELOCK)
+        .args(["top", "--replay", REPLAY])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stdout is not a terminal; use `fuselock stat`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_replay_files_are_one_line_errors() {
+    let dir = std::env::temp_dir().join(format!("fuselock-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"not\": \"a snapshot\"}\n").expect("write");
+    for (file, needle) in [
+        (
+            bad.display().to_string(),
+            "bad.jsonl:1: not a fuselock snapshot",
+        ),
+        (
+            "/nonexistent.jsonl".to_owned(),
+            "--replay /nonexistent.jsonl: No such file",
+        ),
+    ] {
+        // `script` gives top a terminal so it gets as far as reading the file.
+        let out = Command::new("script")
+            .args([
+                "-qec",
+                &format!("{FUSELOCK} top --replay {file}"),
+                "/dev/null",
+            ])
+            .output()
+            .expect("script");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(needle), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
