@@ -7,10 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
+        MAX_DEVICES, MAX_WRITERS, MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
         MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
     },
     Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
@@ -18,6 +18,7 @@ use probes_common::{
 };
 
 use crate::{
+    batch::BatchReader,
     mounts::MountTable,
     probes::Attached,
     snapshot::{
@@ -26,25 +27,45 @@ use crate::{
     },
 };
 
+/// How much a snapshot reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Every entry with its histograms, writers and open evidence.
+    Full,
+    /// Totals, devices, open totals and health only (`entries` empty).
+    Totals,
+}
+
 /// Writers kept per entry.
 const TOP_WRITERS: usize = 8;
 
 pub struct Collector {
-    stats: PerCpuHashMap<MapData, InodeKey, WriteStats>,
-    names: BpfHashMap<MapData, InodeKey, InodeName>,
+    stats: BatchReader<InodeKey, WriteStats>,
+    names: BatchReader<InodeKey, InodeName>,
     totals: PerCpuArray<MapData, WriteStats>,
-    dev_totals: PerCpuHashMap<MapData, InodeKey, WriteStats>,
+    dev_totals: BatchReader<InodeKey, WriteStats>,
     health: PerCpuArray<MapData, Health>,
-    hists: BpfHashMap<MapData, InodeKey, Histograms>,
+    hists: BatchReader<InodeKey, Histograms>,
     path_hists: Array<MapData, Histograms>,
-    writers: BpfHashMap<MapData, WriterKey, WriterStats>,
-    opens: BpfHashMap<MapData, InodeKey, OpenStats>,
+    writers: BatchReader<WriterKey, WriterStats>,
+    opens: BatchReader<InodeKey, OpenStats>,
     /// Names already read, so each is fetched from the kernel once.
     name_cache: HashMap<InodeKey, Option<String>>,
     mounts: MountTable,
     source: Source,
     max_inodes: u64,
     started: Instant,
+}
+
+/// A hash map's raw data, for batch reads.
+fn take_hash<K: aya::Pod + Default, V: aya::Pod>(attached: &mut Attached, name: &str, max: u32) -> Result<BatchReader<K, V>> {
+    let map = attached.ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
+    let (data, per_cpu) = match map {
+        Map::HashMap(d) | Map::LruHashMap(d) => (d, false),
+        Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => (d, true),
+        _ => anyhow::bail!("map {name} is not a hash map"),
+    };
+    BatchReader::new(data, per_cpu, max).with_context(|| format!("map {name}"))
 }
 
 fn take<T>(attached: &mut Attached, name: &str) -> Result<T>
@@ -62,15 +83,15 @@ impl Collector {
     /// Takes the maps out of `attached` (the programs stay attached there).
     pub fn new(attached: &mut Attached) -> Result<Collector> {
         Ok(Collector {
-            stats: take(attached, MAP_INODE_STATS)?,
-            names: take(attached, MAP_INODE_NAMES)?,
+            stats: take_hash(attached, MAP_INODE_STATS, attached.max_inodes)?,
+            names: take_hash(attached, MAP_INODE_NAMES, attached.max_inodes)?,
             totals: take(attached, MAP_PATH_TOTALS)?,
-            dev_totals: take(attached, MAP_DEV_TOTALS)?,
+            dev_totals: take_hash(attached, MAP_DEV_TOTALS, MAX_DEVICES)?,
             health: take(attached, MAP_HEALTH)?,
-            hists: take(attached, MAP_INODE_HISTS)?,
+            hists: take_hash(attached, MAP_INODE_HISTS, attached.max_inodes)?,
             path_hists: take(attached, MAP_PATH_HISTS)?,
-            writers: take(attached, MAP_WRITERS)?,
-            opens: take(attached, MAP_OPENS)?,
+            writers: take_hash(attached, MAP_WRITERS, MAX_WRITERS)?,
+            opens: take_hash(attached, MAP_OPENS, attached.max_inodes)?,
             name_cache: HashMap::new(),
             mounts: MountTable::read(),
             source: Source {
@@ -91,31 +112,60 @@ impl Collector {
         sum
     }
 
-    fn name_of(&mut self, key: InodeKey) -> Option<String> {
-        if let Some(cached) = self.name_cache.get(&key) {
-            return cached.clone();
+    /// Names of keys not seen before, read in one batch when any is new.
+    fn refresh_names(&mut self, keys: &[InodeKey]) -> Result<()> {
+        if keys.iter().all(|k| self.name_cache.contains_key(k)) {
+            return Ok(());
         }
-        let name = self
-            .names
-            .get(&key, 0)
-            .ok()
-            .filter(|n| n.len > 0)
-            .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned());
-        // Cache only hits: a miss may be filled by the kernel a moment later.
-        if name.is_some() {
-            self.name_cache.insert(key, name.clone());
+        for (key, names) in self.names.read_all().context("reading INODE_NAMES")? {
+            if let Some(n) = names.first().filter(|n| n.len > 0) {
+                self.name_cache.insert(key, Some(String::from_utf8_lossy(n.as_bytes()).into_owned()));
+            }
         }
-        name
+        Ok(())
+    }
+
+    fn name_of(&self, key: InodeKey) -> Option<String> {
+        self.name_cache.get(&key).cloned().flatten()
     }
 
     /// Reads every counter now.
     pub fn snapshot(&mut self, is_final: bool) -> Result<Snapshot> {
-        let mut raw = Vec::new();
-        for item in self.stats.iter() {
-            let (key, values) = item.context("reading INODE_STATS")?;
-            raw.push((key, Self::sum_percpu(&values)));
-        }
+        self.snapshot_with(is_final, Detail::Full)
+    }
+
+    /// Reads what `detail` asks for: the exporter without per-inode series
+    /// needs only totals, and skips the per-inode work (names, histograms,
+    /// writers, one entry per inode).
+    pub fn snapshot_with(&mut self, is_final: bool, detail: Detail) -> Result<Snapshot> {
+        let mut raw: Vec<(InodeKey, WriteStats)> = self
+            .stats
+            .read_all()
+            .context("reading INODE_STATS")?
+            .into_iter()
+            .map(|(k, v)| (k, Self::sum_percpu(&v)))
+            .collect();
         raw.sort_by_key(|(k, _)| *k);
+        let live = raw.len() as u64;
+        if detail == Detail::Totals {
+            raw.clear();
+        }
+        let keys: Vec<InodeKey> = raw.iter().map(|(k, _)| *k).collect();
+        self.refresh_names(&keys)?;
+        let mut hists: HashMap<InodeKey, Histograms> = HashMap::new();
+        if detail == Detail::Full {
+            for (k, v) in self.hists.read_all().context("reading INODE_HISTS")? {
+                if let Some(h) = v.into_iter().next() {
+                    hists.insert(k, h);
+                }
+            }
+        }
+        let mut opens: HashMap<InodeKey, OpenStats> = HashMap::new();
+        for (k, v) in self.opens.read_all().context("reading OPENS")? {
+            if let Some(o) = v.into_iter().next() {
+                opens.insert(k, o);
+            }
+        }
 
         // A device's mount may have appeared since the last read.
         if raw
@@ -125,8 +175,9 @@ impl Collector {
             self.mounts = MountTable::read();
         }
         let mut writers: HashMap<InodeKey, Vec<Writer>> = HashMap::new();
-        for item in self.writers.iter() {
-            let Ok((k, w)) = item else { continue };
+        let all_writers = if detail == Detail::Full { self.writers.read_all().context("reading WRITERS")? } else { Vec::new() };
+        for (k, w) in all_writers {
+            let Some(w) = w.into_iter().next() else { continue };
             let key = InodeKey {
                 ino: k.ino,
                 dev: k.dev,
@@ -156,22 +207,14 @@ impl Collector {
                 ino: key.ino,
                 path: path.name().to_owned(),
                 counters: Counters::from(stats),
-                histograms: self
-                    .hists
-                    .get(key, 0)
-                    .map(|h| Histos::from(&h))
-                    .unwrap_or_default(),
+                histograms: hists.get(key).map(Histos::from).unwrap_or_default(),
                 writers: top,
-                open: self
-                    .opens
-                    .get(&file, 0)
-                    .ok()
-                    .map(|o| OpenEvidence::from(&o)),
+                open: opens.get(&file).map(OpenEvidence::from),
             });
         }
-        let live = raw.len() as u64;
-        self.name_cache
-            .retain(|k, _| raw.binary_search_by_key(k, |(rk, _)| *rk).is_ok());
+        if detail == Detail::Full {
+            self.name_cache.retain(|k, _| raw.binary_search_by_key(k, |(rk, _)| *rk).is_ok());
+        }
 
         let path_totals = |path: WritePath| -> Result<PathTotals> {
             let values = self
@@ -192,8 +235,7 @@ impl Collector {
             direct_io: path_totals(WritePath::DirectIo)?,
         };
         let mut devices = Vec::new();
-        for item in self.dev_totals.iter() {
-            let (key, values) = item.context("reading DEV_TOTALS")?;
+        for (key, values) in self.dev_totals.read_all().context("reading DEV_TOTALS")? {
             let Some(path) = WritePath::from_u32(key.path) else {
                 continue;
             };
@@ -209,10 +251,9 @@ impl Collector {
             });
         }
         devices.sort_by(|a, b| (&a.dev, &a.path).cmp(&(&b.dev, &b.path)));
-        let mut opens = OpenEvidence::default();
-        for item in self.opens.iter() {
-            let Ok((_, o)) = item else { continue };
-            opens.add(&o);
+        let mut open_totals = OpenEvidence::default();
+        for o in opens.values() {
+            open_totals.add(o);
         }
         let mut health = Health::default();
         for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
@@ -229,7 +270,7 @@ impl Collector {
             entries,
             totals,
             devices,
-            opens,
+            opens: open_totals,
             health: HealthReport::new(&health, live, self.max_inodes, 0),
         })
     }

@@ -1,5 +1,6 @@
 //! `fuselock`: which inode lock Linux takes for FUSE passthrough writes, and why.
 
+mod batch;
 mod btf;
 mod cli;
 mod collector;

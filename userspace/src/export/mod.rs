@@ -22,7 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
 use crate::{
     cli::ExportArgs,
-    collector::Collector,
+    collector::{Collector, Detail},
     probes::{self, AttachOptions},
     session,
 };
@@ -58,7 +58,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         let Ok(mut collector) = state.collector.lock() else {
             return (StatusCode::INTERNAL_SERVER_ERROR, "collector poisoned\n").into_response();
         };
-        collector.snapshot(false)
+        let detail = if state.per_inode_top > 0 { Detail::Full } else { Detail::Totals };
+        collector.snapshot_with(false, detail)
     };
     let snapshot = match snapshot {
         Ok(s) => s,

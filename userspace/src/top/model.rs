@@ -73,14 +73,8 @@ fn delta(cur: &Counters, base: Option<&Counters>) -> Counters {
     d.contended.exclusive = sub(cur.contended.exclusive, b.contended.exclusive);
     d.wait_ns_total.shared = sub(cur.wait_ns_total.shared, b.wait_ns_total.shared);
     d.wait_ns_total.exclusive = sub(cur.wait_ns_total.exclusive, b.wait_ns_total.exclusive);
-    for (mode, map) in [
-        (&mut d.acquisitions.shared, &b.acquisitions.shared),
-        (&mut d.acquisitions.exclusive, &b.acquisitions.exclusive),
-    ] {
-        for (reason, n) in mode.iter_mut() {
-            *n = n.saturating_sub(map.get(reason).copied().unwrap_or(0));
-        }
-    }
+    d.acquisitions.shared = cur.acquisitions.shared.minus(&b.acquisitions.shared);
+    d.acquisitions.exclusive = cur.acquisitions.exclusive.minus(&b.acquisitions.exclusive);
     d
 }
 
