@@ -44,10 +44,22 @@ pub struct BatchReader<K, V> {
 
 impl<K: Pod + Default, V: Pod> BatchReader<K, V> {
     pub fn new(map: MapData, per_cpu: bool, max_entries: u32) -> io::Result<Self> {
-        let slots = if per_cpu { aya::util::nr_cpus().map_err(|(_, e)| e)? } else { 1 };
+        let slots = if per_cpu {
+            aya::util::nr_cpus().map_err(|(_, e)| e)?
+        } else {
+            1
+        };
         // Per-CPU values are laid out 8-byte aligned; ours are multiples of 8.
-        assert!(size_of::<V>() % 8 == 0 || !per_cpu, "per-CPU value size must be a multiple of 8");
-        Ok(BatchReader { map, slots, chunk: (max_entries as usize).clamp(64, 4096), _kv: PhantomData })
+        assert!(
+            size_of::<V>() % 8 == 0 || !per_cpu,
+            "per-CPU value size must be a multiple of 8"
+        );
+        Ok(BatchReader {
+            map,
+            slots,
+            chunk: (max_entries as usize).clamp(64, 4096),
+            _kv: PhantomData,
+        })
     }
 
     /// Every entry now (entries racing with the read may be seen or not).
@@ -72,7 +84,12 @@ impl<K: Pod + Default, V: Pod> BatchReader<K, V> {
             // SAFETY: bpf(2) with an attr pointing at buffers sized for
             // `count` keys and `count * slots` values, alive for the call.
             let ret = unsafe {
-                libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    size_of::<BatchAttr>(),
+                )
             };
             let err = (ret < 0).then(io::Error::last_os_error);
             let n = attr.count as usize;
@@ -88,7 +105,9 @@ impl<K: Pod + Default, V: Pod> BatchReader<K, V> {
                         let at = base + s * vsize;
                         // SAFETY: V is Pod (valid for any bytes); read_unaligned
                         // because the Vec<u8> gives no alignment guarantee.
-                        unsafe { std::ptr::read_unaligned(values[at..at + vsize].as_ptr().cast::<V>()) }
+                        unsafe {
+                            std::ptr::read_unaligned(values[at..at + vsize].as_ptr().cast::<V>())
+                        }
                     })
                     .collect();
                 out.push((key, vals));

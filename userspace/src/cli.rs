@@ -64,6 +64,14 @@ pub enum Command {
         after_help = "Example (on a machine without kprobes, in the VM):\n  cargo xtask vm -- fuselock demo"
     )]
     Demo(crate::demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example:\n  fuselock completions bash > /etc/bash_completion.d/fuselock"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff); `cargo xtask man` writes it to target/man.
+    #[command(hide = true)]
+    Manpage,
     /// A small FUSE passthrough server exposing the files of a directory.
     #[command(
         after_help = "Example:\n  fuselock testfs --backing /srv/data --mountpoint /mnt/fuse --parallel"

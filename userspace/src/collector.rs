@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        MAX_DEVICES, MAX_WRITERS, MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
-        MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
+        MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
+        MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS, MAX_DEVICES, MAX_WRITERS,
     },
     Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -58,8 +58,15 @@ pub struct Collector {
 }
 
 /// A hash map's raw data, for batch reads.
-fn take_hash<K: aya::Pod + Default, V: aya::Pod>(attached: &mut Attached, name: &str, max: u32) -> Result<BatchReader<K, V>> {
-    let map = attached.ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
+fn take_hash<K: aya::Pod + Default, V: aya::Pod>(
+    attached: &mut Attached,
+    name: &str,
+    max: u32,
+) -> Result<BatchReader<K, V>> {
+    let map = attached
+        .ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
     let (data, per_cpu) = match map {
         Map::HashMap(d) | Map::LruHashMap(d) => (d, false),
         Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => (d, true),
@@ -119,7 +126,10 @@ impl Collector {
         }
         for (key, names) in self.names.read_all().context("reading INODE_NAMES")? {
             if let Some(n) = names.first().filter(|n| n.len > 0) {
-                self.name_cache.insert(key, Some(String::from_utf8_lossy(n.as_bytes()).into_owned()));
+                self.name_cache.insert(
+                    key,
+                    Some(String::from_utf8_lossy(n.as_bytes()).into_owned()),
+                );
             }
         }
         Ok(())
@@ -175,9 +185,15 @@ impl Collector {
             self.mounts = MountTable::read();
         }
         let mut writers: HashMap<InodeKey, Vec<Writer>> = HashMap::new();
-        let all_writers = if detail == Detail::Full { self.writers.read_all().context("reading WRITERS")? } else { Vec::new() };
+        let all_writers = if detail == Detail::Full {
+            self.writers.read_all().context("reading WRITERS")?
+        } else {
+            Vec::new()
+        };
         for (k, w) in all_writers {
-            let Some(w) = w.into_iter().next() else { continue };
+            let Some(w) = w.into_iter().next() else {
+                continue;
+            };
             let key = InodeKey {
                 ino: k.ino,
                 dev: k.dev,
@@ -213,7 +229,8 @@ impl Collector {
             });
         }
         if detail == Detail::Full {
-            self.name_cache.retain(|k, _| raw.binary_search_by_key(k, |(rk, _)| *rk).is_ok());
+            self.name_cache
+                .retain(|k, _| raw.binary_search_by_key(k, |(rk, _)| *rk).is_ok());
         }
 
         let path_totals = |path: WritePath| -> Result<PathTotals> {

@@ -70,6 +70,21 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Record(args) => runtime()?.block_on(stat::record(args)),
         Command::Top(args) => top::run(args),
         Command::Doctor => Ok(doctor::run()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "fuselock",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
+            Ok(0)
+        }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Export(args) => runtime()?.block_on(export::run(args)),
         Command::Verify(args) => runtime()?.block_on(verify::run(args)).map(i32::from),

@@ -153,3 +153,22 @@ fn without_privileges_says_use_sudo() {
         "fuselock: fuselock needs root (or CAP_BPF and CAP_PERFMON) to load its probes: run it with sudo"
     );
 }
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let (code, out, _) = run(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("fuselock") && out.contains("verify") && out.contains("--exercise"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["completions", "tcsh"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, out, _) = run(&["manpage"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(".TH fuselock"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+}

@@ -885,7 +885,8 @@ fn loaded_bpf_programs() -> Vec<String> {
         let mut attr = [0u32; 4];
         attr[0] = id;
         // SAFETY: bpf(2) with a zeroed attr large enough for these commands.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_NEXT_ID, attr.as_mut_ptr(), 16) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_NEXT_ID, attr.as_mut_ptr(), 16) };
         if r < 0 {
             return names;
         }
@@ -893,7 +894,8 @@ fn loaded_bpf_programs() -> Vec<String> {
         let mut attr = [0u32; 4];
         attr[0] = id;
         // SAFETY: as above.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, attr.as_mut_ptr(), 16) };
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, attr.as_mut_ptr(), 16) };
         if fd < 0 {
             continue;
         }
@@ -903,7 +905,8 @@ fn loaded_bpf_programs() -> Vec<String> {
         attr[0] = (fd as u64) | ((info.len() as u64) << 32); // bpf_fd, info_len
         attr[1] = info.as_mut_ptr() as u64;
         // SAFETY: info points at 256 writable bytes, the length we pass.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), 16) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), 16) };
         // SAFETY: closing the fd we just got.
         unsafe { libc::close(fd as i32) };
         if r == 0 {
@@ -917,7 +920,12 @@ fn loaded_bpf_programs() -> Vec<String> {
 fn fuselock_programs() -> Vec<String> {
     loaded_bpf_programs()
         .into_iter()
-        .filter(|n| n.starts_with("write_") || n.starts_with("open_") || n.contains("_locked_") || n.starts_with("contention_"))
+        .filter(|n| {
+            n.starts_with("write_")
+                || n.starts_with("open_")
+                || n.contains("_locked_")
+                || n.starts_with("contention_")
+        })
         .collect()
 }
 
@@ -927,31 +935,60 @@ fn fuselock_programs() -> Vec<String> {
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn nothing_is_left_attached_after_any_exit() {
     let fs = TestFs::mount(&[]);
-    assert!(fuselock_programs().is_empty(), "programs before the test: {:?}", fuselock_programs());
-    for (signal, probe_mode) in [(libc::SIGINT, "auto"), (libc::SIGTERM, "kprobe"), (libc::SIGKILL, "auto"), (libc::SIGKILL, "kprobe")] {
+    assert!(
+        fuselock_programs().is_empty(),
+        "programs before the test: {:?}",
+        fuselock_programs()
+    );
+    for (signal, probe_mode) in [
+        (libc::SIGINT, "auto"),
+        (libc::SIGTERM, "kprobe"),
+        (libc::SIGKILL, "auto"),
+        (libc::SIGKILL, "kprobe"),
+    ] {
         let mut child = Command::new(fuselock())
-            .args(["stat", "--json", "--interval", "3600", "--probe-mode", probe_mode])
+            .args([
+                "stat",
+                "--json",
+                "--interval",
+                "3600",
+                "--probe-mode",
+                probe_mode,
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("start stat");
         // The first snapshot means the probes are attached.
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
-            .expect("first snapshot");
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("first snapshot");
         assert!(line.starts_with('{'), "{line}");
-        assert!(!fuselock_programs().is_empty(), "attached programs are visible");
+        assert!(
+            !fuselock_programs().is_empty(),
+            "attached programs are visible"
+        );
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let _ = child.wait();
         // Program teardown can trail the process exit by an RCU grace period.
         wait_for("the programs to go", 10, || fuselock_programs().is_empty());
-        let kprobes = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
-        assert!(kprobes.trim().is_empty(), "leftover kprobe events after signal {signal}: {kprobes}");
+        let kprobes =
+            std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+        assert!(
+            kprobes.trim().is_empty(),
+            "leftover kprobe events after signal {signal}: {kprobes}"
+        );
         let status = Command::new(fuselock())
             .args(["load", &fs.path("after"), "--writes", "10"])
             .stdout(Stdio::null())
             .status()
             .expect("load");
-        assert!(status.success(), "writes fail after fuselock died with signal {signal}");
+        assert!(
+            status.success(),
+            "writes fail after fuselock died with signal {signal}"
+        );
     }
 }

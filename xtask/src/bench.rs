@@ -19,6 +19,10 @@ pub struct BenchArgs {
     /// Live inodes for the userspace-cost measurement.
     #[arg(long, default_value_t = 10_000)]
     pub inodes: u64,
+    /// Which parts to run: 1 per-write overhead, 2 unrelated workload,
+    /// 3 userspace cost.
+    #[arg(long, default_value = "123")]
+    pub sections: String,
     /// `stock`, `patched`, `unpatched` or a bzImage path.
     #[arg(long, default_value = "stock")]
     pub kernel: String,
@@ -43,6 +47,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             format!("FUSELOCK_BENCH_WRITES={}", args.writes),
             format!("FUSELOCK_BENCH_ROUNDS={}", args.rounds),
             format!("FUSELOCK_BENCH_INODES={}", args.inodes),
+            format!("FUSELOCK_BENCH_SECTIONS={}", args.sections),
             "vm-bench".into(),
         ],
         cpus: 2,

@@ -101,3 +101,23 @@ pub fn vm_bench_static() -> Result<PathBuf> {
     })
     .context("cargo built no vm bench executable")
 }
+
+/// The man page, rendered by the binary itself from its clap definition.
+pub fn man_page() -> Result<PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--package", "fuselock", "--", "manpage"])
+        .current_dir(cache::workspace_root())
+        .output()
+        .context("running fuselock manpage")?;
+    if !out.status.success() {
+        bail!(
+            "fuselock manpage failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = cache::workspace_root().join("target/man");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("fuselock.1");
+    std::fs::write(&path, out.stdout)?;
+    Ok(path)
+}

@@ -34,6 +34,8 @@ enum Cmd {
     Kernel(kernel::KernelArgs),
     /// Boot a kernel in qemu with fuselock on PATH and run a command there.
     Vm(vm::VmArgs),
+    /// Write the man page to target/man/fuselock.1.
+    Man,
     /// Overhead benchmark in the VM: fuselock vs no tracer vs bpftrace, ratios.
     Bench(bench::BenchArgs),
     /// The whole test suite: formatting, lints, host tests, VM tests.
@@ -50,6 +52,10 @@ fn main() -> ExitCode {
         }),
         Cmd::Kernel(args) => kernel::run(&args).map(|()| 0),
         Cmd::Vm(args) => vm::run_cli(&args),
+        Cmd::Man => build::man_page().map(|p| {
+            println!("{}", p.display());
+            0
+        }),
         Cmd::Bench(args) => bench::run(&args).map(|()| 0),
         Cmd::Test(args) => test::run(&args).map(|()| 0),
     };

@@ -58,7 +58,11 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         let Ok(mut collector) = state.collector.lock() else {
             return (StatusCode::INTERNAL_SERVER_ERROR, "collector poisoned\n").into_response();
         };
-        let detail = if state.per_inode_top > 0 { Detail::Full } else { Detail::Totals };
+        let detail = if state.per_inode_top > 0 {
+            Detail::Full
+        } else {
+            Detail::Totals
+        };
         collector.snapshot_with(false, detail)
     };
     let snapshot = match snapshot {
