@@ -51,7 +51,7 @@ impl<K: Pod + Default, V: Pod> BatchReader<K, V> {
         };
         // Per-CPU values are laid out 8-byte aligned; ours are multiples of 8.
         assert!(
-            size_of::<V>() % 8 == 0 || !per_cpu,
+            size_of::<V>().is_multiple_of(8) || !per_cpu,
             "per-CPU value size must be a multiple of 8"
         );
         Ok(BatchReader {

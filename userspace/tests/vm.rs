@@ -992,3 +992,36 @@ fn nothing_is_left_attached_after_any_exit() {
         );
     }
 }
+
+/// The EOF canary. The series checks `past_eof` before it takes the lock;
+/// truncates racing O_DIRECT overwrites make some writes that passed the
+/// check run under the shared lock on a file shrunk meanwhile, and extend
+/// it. fuselock counts those, and `verify` makes it its own exit status.
+/// Without the series every passthrough write is exclusive: never counted.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn truncates_racing_shared_overwrites_trip_the_canary() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let file = fs.path("raced");
+    let script = format!(
+        "{} load {file} --kind overwrite --writes 30000 --threads 2 --file-size 65536 >/dev/null & \
+         i=0; while [ $i -lt 3000 ]; do truncate -s 4096 {file}; truncate -s 65536 {file}; i=$((i+1)); done; wait",
+        fuselock()
+    );
+    // The race is a matter of timing: give it a few tries on the patched kernel.
+    for attempt in 1..=3 {
+        let (code, report) = verify(&["--", "sh", "-c", &script]);
+        let extended = report["shared_extended"].as_u64().expect("shared_extended");
+        println!("attempt {attempt}: shared_extended={extended}, exit {code}");
+        if kernel() != Kernel::Patched {
+            assert_eq!(extended, 0, "no shared lock without the series: {report}");
+            assert_eq!(report["evidence"]["passthrough"]["shared"], 0);
+            return;
+        }
+        if extended > 0 {
+            assert_eq!(code, 5, "the canary is its own exit status: {report}");
+            return;
+        }
+    }
+    panic!("three runs of racing truncates never extended a file under the shared lock");
+}

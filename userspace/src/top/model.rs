@@ -175,7 +175,11 @@ pub fn rows(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> Vec<Row> {
                 wait_avg_ns: (waits > 0).then(|| wait_ns as f64 / waits as f64),
                 // A bucket bound can exceed the largest wait seen: cap it.
                 wait_p99_ns: p99(&wait_hist).map(|p| {
-                    let max = e.counters.wait_ns_max.shared.max(e.counters.wait_ns_max.exclusive);
+                    let max = e
+                        .counters
+                        .wait_ns_max
+                        .shared
+                        .max(e.counters.wait_ns_max.exclusive);
                     if max > 0 {
                         p.min(max)
                     } else {
