@@ -11,6 +11,7 @@ mod export;
 mod mounts;
 mod offsets;
 mod preflight;
+mod privileges;
 mod probes;
 mod replay;
 mod session;
@@ -112,6 +113,21 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        // The reader went away (`fuselock stat | head`): not an error, as
+        // for any Unix filter.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| {
+                        c.downcast_ref::<serde_json::Error>()
+                            .and_then(serde_json::Error::io_error_kind)
+                    })
+                    == Some(std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("fuselock: {e:#}");
             if e.chain().any(|c| c.is::<UsageError>()) {

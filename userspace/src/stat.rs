@@ -72,6 +72,8 @@ async fn observe(mut o: Observe) -> Result<i32> {
             .args(rest)
             .spawn()
             .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
+        // The command keeps the caller's privileges; fuselock does not need them.
+        crate::privileges::drop_all_but_bpf()?;
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for the command")?,
@@ -86,6 +88,7 @@ async fn observe(mut o: Observe) -> Result<i32> {
         return Ok(exit_code(status));
     }
 
+    crate::privileges::drop_all_but_bpf()?;
     // The first tick is immediate: a snapshot right after attaching tells
     // scripts (and people) that fuselock is live.
     loop {

@@ -1025,3 +1025,41 @@ fn truncates_racing_shared_overwrites_trip_the_canary() {
     }
     panic!("three runs of racing truncates never extended a file under the shared lock");
 }
+
+/// Once attached, a long-running fuselock keeps CAP_BPF (to read its maps)
+/// and nothing else.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn capabilities_are_dropped_after_attaching() {
+    let mut child = Command::new(fuselock())
+        .args(["stat", "--json", "--interval", "3600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start stat");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("first snapshot");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let exit = child.wait().expect("wait");
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .expect(field)
+            .trim()
+            .to_owned();
+        assert_eq!(
+            value, "0000008000000000",
+            "{field} should be CAP_BPF only:\n{status}"
+        );
+    }
+    assert!(
+        exit.success(),
+        "stat still exits cleanly without its other capabilities"
+    );
+}

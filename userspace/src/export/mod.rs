@@ -111,6 +111,7 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     let mut attached = probes::attach(&opts)?;
     let _logs = session::forward_probe_logs(&mut attached);
     let collector = Collector::new(&mut attached)?;
+    crate::privileges::drop_all_but_bpf()?;
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),
         per_inode_top: usize::from(args.per_inode_top),
