@@ -23,6 +23,10 @@ pub struct DemoArgs {
     /// Mount without asking for FOPEN_PARALLEL_DIRECT_WRITES.
     #[arg(long)]
     pub no_parallel: bool,
+    /// Open `top` on the mount while the workload repeats, instead of
+    /// printing counts and a verdict (q quits and cleans up).
+    #[arg(long)]
+    pub top: bool,
     /// Writes per kind (overwrite, buffered, append, past-eof).
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub writes: u64,
@@ -110,6 +114,9 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
          {exe} load {m}/append.log --kind append --writes {n} >/dev/null & \
          {exe} load {m}/grow --kind past-eof --writes {n} --threads 2 >/dev/null & wait"
     );
+    if args.top {
+        return run_top(args, &script, mount);
+    }
     eprintln!("demo: {n} writes of each kind (O_DIRECT overwrite, buffered, append, past EOF) under `fuselock stat`\n");
     let code = stat::run(StatArgs {
         probes: args.probes.clone(),
@@ -135,4 +142,27 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
     .await?;
     drop(mount);
     Ok(0)
+}
+
+/// `demo --top`: the workload in a loop in its own process group, `top` on
+/// it, and everything stopped when `top` returns.
+fn run_top(args: DemoArgs, script: &str, mount: DemoMount) -> Result<i32> {
+    use std::os::unix::process::CommandExt as _;
+    let mut workload = Command::new("sh")
+        .args(["-c", &format!("while :; do {script}; done")])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the demo workload")?;
+    let result = crate::top::run(crate::cli::TopArgs {
+        probes: args.probes,
+        interval: Duration::from_secs(1),
+        replay: None,
+    });
+    // SAFETY: kill(2) on the process group we created.
+    unsafe { libc::kill(-(workload.id() as i32), libc::SIGTERM) };
+    let _ = workload.wait();
+    drop(mount);
+    result
 }

@@ -53,6 +53,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cpus: 2,
         memory_mb: 2048,
         timeout: Duration::from_secs(3600),
+        interactive: false,
     })?;
     if code != 0 {
         bail!("the benchmark failed in the VM (exit {code})");

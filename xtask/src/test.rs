@@ -71,6 +71,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     cpus: 2,
                     memory_mb: 1024,
                     timeout: std::time::Duration::from_secs(1800),
+                    interactive: false,
                 })?;
                 if code != 0 {
                     bail!("VM tests failed on {kernel_name} (exit {code})");

@@ -81,6 +81,8 @@ pub struct VmSpec {
     pub cpus: u32,
     pub memory_mb: u32,
     pub timeout: Duration,
+    /// Forward this terminal to the guest console (size included).
+    pub interactive: bool,
 }
 
 pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
@@ -137,7 +139,79 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
         cpus: args.cpus,
         memory_mb: args.memory_mb,
         timeout: Duration::from_secs(args.timeout),
+        interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
     })
+}
+
+/// Line by line, firmware chatter held back: for logs and CI.
+fn forward_lines(stdout: std::process::ChildStdout) -> Result<Option<i32>> {
+    let mut exit = None;
+    let mut out = std::io::stdout();
+    // Firmware chatter before our init speaks is kept back, and shown only
+    // if the guest never gets that far.
+    let mut early: Vec<String> = Vec::new();
+    let mut init_started = false;
+    for line in BufReader::new(stdout).split(b'\n') {
+        let line = line.context("reading the console")?;
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches('\r');
+        if let Some(code) = line.strip_prefix(EXIT_MARKER) {
+            exit = code.trim().parse::<i32>().ok();
+            continue;
+        }
+        if !init_started {
+            if let Some(pos) = line.find(INIT_BANNER) {
+                init_started = true;
+                let _ = writeln!(out, "{}", &line[pos..]);
+            } else {
+                early.push(line.to_owned());
+            }
+            continue;
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if !init_started {
+        for line in &early {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    Ok(exit)
+}
+
+/// Byte for byte, as it comes: a full-screen program in the guest draws
+/// without newlines. The exit marker is still picked out of the stream.
+fn forward_raw(mut stdout: std::process::ChildStdout) -> Result<Option<i32>> {
+    use std::io::Read as _;
+    let mut out = std::io::stdout();
+    let mut tail = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stdout.read(&mut buf).context("reading the console")?;
+        if n == 0 {
+            break;
+        }
+        let _ = out.write_all(&buf[..n]);
+        let _ = out.flush();
+        tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if tail.len() > 8192 {
+            tail = tail.split_off(tail.len() - 4096);
+        }
+    }
+    Ok(tail.rsplit_once(EXIT_MARKER).and_then(|(_, rest)| {
+        rest.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    }))
+}
+
+/// Columns and rows of the terminal on stdin, if it is one.
+fn terminal_size() -> Option<(u16, u16)> {
+    // SAFETY: TIOCGWINSZ fills a winsize struct for a terminal fd.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }
 
 /// Single-quotes `s` for sh.
@@ -146,6 +220,12 @@ fn sh_quote(s: &str) -> String {
 }
 
 fn init_script(spec: &VmSpec) -> String {
+    // A serial console has no size; take the host terminal's so full-screen
+    // programs (fuselock top) fit it.
+    let size = match (spec.interactive, terminal_size()) {
+        (true, Some((cols, rows))) => format!("stty rows {rows} cols {cols} 2>/dev/null\n"),
+        _ => String::new(),
+    };
     let mount = match spec.mount {
         None => String::new(),
         Some(kind) => format!(
@@ -169,7 +249,8 @@ mount -t tmpfs tmp /tmp
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=vt100
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=xterm
+{size}
 echo "vm: kernel $(uname -r), $(nproc) CPUs"
 {mount}cd /tmp
 /bin/sh /run.sh
@@ -257,7 +338,13 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"])
-        .stdin(Stdio::null())
+        // From a terminal the guest console is interactive (fuselock top
+        // works there; qemu's escape is Ctrl-A x); otherwise no input.
+        .stdin(if spec.interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
@@ -285,36 +372,11 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
         })
     };
 
-    let mut exit = None;
-    let mut out = std::io::stdout();
-    // Firmware chatter before our init speaks is kept back, and shown only
-    // if the guest never gets that far.
-    let mut early: Vec<String> = Vec::new();
-    let mut init_started = false;
-    for line in BufReader::new(stdout).split(b'\n') {
-        let line = line.context("reading the console")?;
-        let line = String::from_utf8_lossy(&line);
-        let line = line.trim_end_matches('\r');
-        if let Some(code) = line.strip_prefix(EXIT_MARKER) {
-            exit = code.trim().parse::<i32>().ok();
-            continue;
-        }
-        if !init_started {
-            if let Some(pos) = line.find(INIT_BANNER) {
-                init_started = true;
-                let _ = writeln!(out, "{}", &line[pos..]);
-            } else {
-                early.push(line.to_owned());
-            }
-            continue;
-        }
-        let _ = writeln!(out, "{line}");
-    }
-    if !init_started {
-        for line in &early {
-            let _ = writeln!(out, "{line}");
-        }
-    }
+    let exit = if spec.interactive {
+        forward_raw(stdout)?
+    } else {
+        forward_lines(stdout)?
+    };
     let status = child.wait()?;
     finished.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
