@@ -23,7 +23,7 @@ pub const MAP_INFLIGHT: &str = "INFLIGHT";
 /// updated with atomic adds (a per-CPU copy of 1.3 KiB per inode would cost
 /// too much memory on large machines).
 pub const MAP_INODE_HISTS: &str = "INODE_HISTS";
-/// Histograms per path, never evicted: `ARRAY<Histograms>` indexed by `WritePath`.
+/// Histograms per path, never evicted: `PERCPU_ARRAY<Histograms>` indexed by `WritePath`.
 pub const MAP_PATH_HISTS: &str = "PATH_HISTS";
 /// Who writes: `LRU_HASH<WriterKey, WriterStats>`.
 pub const MAP_WRITERS: &str = "WRITERS";
@@ -269,6 +269,22 @@ impl Histograms {
     };
 }
 
+impl Histograms {
+    /// Adds `o`'s buckets (per-CPU copies combine this way).
+    pub fn merge(&mut self, o: &Histograms) {
+        fn add(a: &mut [u64; HIST_BUCKETS], b: &[u64; HIST_BUCKETS]) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for m in 0..LockMode::COUNT {
+            add(&mut self.wait[m], &o.wait[m]);
+            add(&mut self.hold[m], &o.hold[m]);
+        }
+        add(&mut self.latency, &o.latency);
+    }
+}
+
 impl Default for Histograms {
     fn default() -> Self {
         Histograms::ZERO
@@ -318,6 +334,21 @@ pub struct OpenStats {
     /// The `open_flags` of the last open, before and after.
     pub last_flags_asked: u32,
     pub last_flags_kept: u32,
+}
+
+impl OpenStats {
+    /// Adds another file's counts; the `last_flags_*` become `o`'s.
+    pub fn merge(&mut self, o: &OpenStats) {
+        self.opens += o.opens;
+        self.passthrough += o.passthrough;
+        self.direct_io += o.direct_io;
+        self.parallel_asked += o.parallel_asked;
+        self.parallel_kept += o.parallel_kept;
+        self.passthrough_parallel_asked += o.passthrough_parallel_asked;
+        self.passthrough_parallel_kept += o.passthrough_parallel_kept;
+        self.last_flags_asked = o.last_flags_asked;
+        self.last_flags_kept = o.last_flags_kept;
+    }
 }
 
 /// An open between entry and return of `fuse_file_io_open()`.
@@ -405,6 +436,17 @@ mod tests {
         );
         assert_eq!(WritePath::of(FOPEN_PASSTHROUGH, false), None);
         assert_eq!(WritePath::of(0, false), None);
+    }
+
+    #[test]
+    fn histograms_merge_bucket_by_bucket() {
+        let mut a = Histograms::ZERO;
+        a.wait[1][3] = 2;
+        let mut b = Histograms::ZERO;
+        b.wait[1][3] = 5;
+        b.latency[0] = 1;
+        a.merge(&b);
+        assert_eq!((a.wait[1][3], a.latency[0], a.hold[0][0]), (7, 1, 0));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
+use probes_common::config::Offsets;
+
 use crate::maps::health;
 
 /// Reads a `T` at `base + offset`, counting failures.
@@ -36,4 +38,13 @@ pub fn now_ns() -> u64 {
 pub fn current_task() -> u64 {
     // SAFETY: no arguments, always available to tracing programs.
     unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() }
+}
+
+/// `(i_ino, i_sb->s_dev)` of an inode: what names a file in every map.
+#[inline(always)]
+pub fn inode_id(inode: u64, o: &Offsets) -> Option<(u64, u32)> {
+    let ino = read::<u64>(inode, o.inode_i_ino)?;
+    let sb = read::<u64>(inode, o.inode_i_sb)?;
+    let dev = read::<u32>(sb, o.super_block_s_dev)?;
+    Some((ino, dev))
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     Global,
 };
 use probes_common::{
@@ -46,8 +46,11 @@ pub static ZERO_HISTS: PerCpuArray<Histograms> = PerCpuArray::with_max_entries(1
 #[map]
 pub static ZERO_STATS: PerCpuArray<WriteStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU: every FUSE write on the host lands here, and one shared array
+/// would bounce its cache lines between all CPUs.
 #[map]
-pub static PATH_HISTS: Array<Histograms> = Array::with_max_entries(WritePath::COUNT as u32, 0);
+pub static PATH_HISTS: PerCpuArray<Histograms> =
+    PerCpuArray::with_max_entries(WritePath::COUNT as u32, 0);
 
 #[map]
 pub static WRITERS: LruHashMap<WriterKey, WriterStats> =

@@ -9,7 +9,7 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{pid_tgid, read},
+    kernel::{inode_id, pid_tgid, read},
     maps::{atomic_add, config, health, OPENS, OPENS_INFLIGHT},
 };
 
@@ -57,13 +57,7 @@ pub fn on_exit(ret: i32) {
     let Some(inode) = read::<u64>(rec.file, o.file_f_inode) else {
         return;
     };
-    let Some(ino) = read::<u64>(inode, o.inode_i_ino) else {
-        return;
-    };
-    let Some(sb) = read::<u64>(inode, o.inode_i_sb) else {
-        return;
-    };
-    let Some(dev) = read::<u32>(sb, o.super_block_s_dev) else {
+    let Some((ino, dev)) = inode_id(inode, o) else {
         return;
     };
     let key = InodeKey { ino, dev, path: 0 };

@@ -16,7 +16,7 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{now_ns, pid_tgid, read},
+    kernel::{inode_id, now_ns, pid_tgid, read},
     maps::{
         atomic_add, config, health, DEV_TOTALS, INFLIGHT, INODE_HISTS, INODE_NAMES, INODE_STATS,
         PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
@@ -61,13 +61,7 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     let Some(i_size) = read::<i64>(inode, o.inode_i_size) else {
         return;
     };
-    let Some(ino) = read::<u64>(inode, o.inode_i_ino) else {
-        return;
-    };
-    let Some(sb) = read::<u64>(inode, o.inode_i_sb) else {
-        return;
-    };
-    let Some(dev) = read::<u32>(sb, o.super_block_s_dev) else {
+    let Some((ino, dev)) = inode_id(inode, o) else {
         return;
     };
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::maps::{Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
         MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
@@ -46,7 +46,7 @@ pub struct Collector {
     dev_totals: BatchReader<InodeKey, WriteStats>,
     health: PerCpuArray<MapData, Health>,
     hists: BatchReader<InodeKey, Histograms>,
-    path_hists: Array<MapData, Histograms>,
+    path_hists: PerCpuArray<MapData, Histograms>,
     writers: BatchReader<WriterKey, WriterStats>,
     opens: BatchReader<InodeKey, OpenStats>,
     /// Names already read, so each is fetched from the kernel once.
@@ -238,10 +238,15 @@ impl Collector {
                 .totals
                 .get(&(path as u32), 0)
                 .context("reading PATH_TOTALS")?;
-            let hists = self
+            let mut hists = Histograms::ZERO;
+            for h in self
                 .path_hists
                 .get(&(path as u32), 0)
-                .context("reading PATH_HISTS")?;
+                .context("reading PATH_HISTS")?
+                .iter()
+            {
+                hists.merge(h);
+            }
             Ok(PathTotals {
                 counters: Counters::from(&Self::sum_percpu(&values)),
                 histograms: Histos::from(&hists),
@@ -268,9 +273,9 @@ impl Collector {
             });
         }
         devices.sort_by(|a, b| (&a.dev, &a.path).cmp(&(&b.dev, &b.path)));
-        let mut open_totals = OpenEvidence::default();
+        let mut open_totals = OpenStats::default();
         for o in opens.values() {
-            open_totals.add(o);
+            open_totals.merge(o);
         }
         let mut health = Health::default();
         for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
@@ -287,7 +292,7 @@ impl Collector {
             entries,
             totals,
             devices,
-            opens: open_totals,
+            opens: OpenEvidence::from(&open_totals),
             health: HealthReport::new(&health, live, self.max_inodes, 0),
         })
     }

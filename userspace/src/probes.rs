@@ -101,7 +101,6 @@ const PROBES: &[Probe] = &[
 /// The kernel functions fuselock needs.
 pub fn required_functions() -> Vec<&'static str> {
     let mut f: Vec<&'static str> = PROBES.iter().map(|p| p.function).collect();
-    f.dedup();
     f.sort_unstable();
     f.dedup();
     f

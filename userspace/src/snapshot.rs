@@ -207,19 +207,6 @@ pub struct OpenEvidence {
     pub last_flags_kept: String,
 }
 
-impl OpenEvidence {
-    /// Adds another file's counts (the `last_flags_*` are kept from `self`).
-    pub fn add(&mut self, o: &OpenStats) {
-        self.opens += o.opens;
-        self.passthrough += o.passthrough;
-        self.direct_io += o.direct_io;
-        self.parallel_asked += o.parallel_asked;
-        self.parallel_kept += o.parallel_kept;
-        self.passthrough_parallel_asked += o.passthrough_parallel_asked;
-        self.passthrough_parallel_kept += o.passthrough_parallel_kept;
-    }
-}
-
 impl From<&OpenStats> for OpenEvidence {
     fn from(o: &OpenStats) -> OpenEvidence {
         OpenEvidence {

@@ -12,8 +12,6 @@ use serde_json::Value;
 mod common;
 use common::{fuselock, TestFs};
 
-const VM_ONLY: &str = "needs kprobes: runs in the VM via `cargo xtask test`";
-
 /// Which kernel the VM booted: `cargo xtask test` says so in
 /// `FUSELOCK_TEST_KERNEL`, since the expected lock modes differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,55 +165,60 @@ fn mixed_loads() -> Vec<Load<'static>> {
     ]
 }
 
-/// Stock 6.12 passthrough without the flag: every write exclusive, each for
-/// the missing flag plus its own reason.
-#[test]
-#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn passthrough_without_flag_is_all_exclusive() {
-    let _ = VM_ONLY;
-    let fs = TestFs::mount(&[]);
-    let snap = stat_of(&fs, &mixed_loads());
-    let p = "passthrough";
+/// The mixed workload's counts when the open lacks the flag at write time:
+/// every write exclusive, for the missing flag plus its own reason.
+fn check_mixed_without_flag(snap: &Value, path: &str) {
     check(
-        &snap,
+        snap,
         "overwrite",
         &Expect {
-            path: p,
+            path,
             writes: 37,
             shared: &[],
             exclusive: &[("no_parallel_flag", 37)],
         },
     );
     check(
-        &snap,
+        snap,
         "append",
         &Expect {
-            path: p,
+            path,
             writes: 23,
             shared: &[],
             exclusive: &[("no_parallel_flag", 23), ("append", 23)],
         },
     );
     check(
-        &snap,
+        snap,
         "past-eof",
         &Expect {
-            path: p,
+            path,
             writes: 29,
             shared: &[],
             exclusive: &[("no_parallel_flag", 29), ("past_eof", 29)],
         },
     );
     check(
-        &snap,
+        snap,
         "buffered",
         &Expect {
-            path: p,
+            path,
             writes: 31,
             shared: &[],
             exclusive: &[("no_parallel_flag", 31), ("buffered", 31)],
         },
     );
+}
+
+/// Stock 6.12 passthrough without the flag: every write exclusive, each for
+/// the missing flag plus its own reason.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn passthrough_without_flag_is_all_exclusive() {
+    let fs = TestFs::mount(&[]);
+    let snap = stat_of(&fs, &mixed_loads());
+    let p = "passthrough";
+    check_mixed_without_flag(&snap, p);
     assert_eq!(snap["totals"]["passthrough"]["writes"], 37 + 23 + 29 + 31);
     assert_eq!(
         snap["totals"]["passthrough"]["exclusive"],
@@ -276,46 +279,7 @@ fn passthrough_with_flag_requested() {
             },
         );
     } else {
-        check(
-            &snap,
-            "overwrite",
-            &Expect {
-                path: p,
-                writes: 37,
-                shared: &[],
-                exclusive: &[("no_parallel_flag", 37)],
-            },
-        );
-        check(
-            &snap,
-            "append",
-            &Expect {
-                path: p,
-                writes: 23,
-                shared: &[],
-                exclusive: &[("no_parallel_flag", 23), ("append", 23)],
-            },
-        );
-        check(
-            &snap,
-            "past-eof",
-            &Expect {
-                path: p,
-                writes: 29,
-                shared: &[],
-                exclusive: &[("no_parallel_flag", 29), ("past_eof", 29)],
-            },
-        );
-        check(
-            &snap,
-            "buffered",
-            &Expect {
-                path: p,
-                writes: 31,
-                shared: &[],
-                exclusive: &[("no_parallel_flag", 31), ("buffered", 31)],
-            },
-        );
+        check_mixed_without_flag(&snap, p);
     }
     // Open-time evidence: every open asked; only the patched kernel kept it.
     let open = &entry(&snap, "overwrite")["open"];

@@ -61,45 +61,43 @@ pub fn fuselock_static() -> Result<PathBuf> {
     .context("cargo built no fuselock executable")
 }
 
-/// The VM end-to-end test binary (`userspace/tests/vm.rs`), static.
-pub fn vm_tests_static() -> Result<PathBuf> {
-    eprintln!("build: VM end-to-end tests for {MUSL_TARGET} (release)");
-    cargo_executables(&[
-        "test",
-        "--release",
-        "--package",
-        "fuselock",
-        "--test",
-        "vm",
-        "--no-run",
-    ])?
-    .into_iter()
-    .find(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("vm-"))
-    })
-    .context("cargo built no vm test executable")
+/// A harness target of the fuselock package named `name`, built static
+/// without running it (`cargo test|bench --no-run`); its executable is
+/// `NAME-HASH`.
+fn static_harness(command: &str, kind: &str, name: &str) -> Result<PathBuf> {
+    eprintln!("build: {kind} {name} for {MUSL_TARGET} (release)");
+    let prefix = format!("{name}-");
+    // `cargo bench` builds with the (optimised) bench profile and refuses --release.
+    let profile: &[&str] = if command == "test" {
+        &["--release"]
+    } else {
+        &[]
+    };
+    let kind_flag = format!("--{kind}");
+    let args = [
+        &[command][..],
+        profile,
+        &["--package", "fuselock", &kind_flag, name, "--no-run"],
+    ]
+    .concat();
+    cargo_executables(&args)?
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .with_context(|| format!("cargo built no {kind} {name} executable"))
 }
 
-/// The VM benchmark (`userspace/benches/vm.rs`), static.
+/// The VM end-to-end tests (`userspace/tests/vm.rs`).
+pub fn vm_tests_static() -> Result<PathBuf> {
+    static_harness("test", "test", "vm")
+}
+
+/// The VM benchmark (`userspace/benches/vm.rs`).
 pub fn vm_bench_static() -> Result<PathBuf> {
-    eprintln!("build: VM benchmark for {MUSL_TARGET} (release)");
-    cargo_executables(&[
-        "bench",
-        "--package",
-        "fuselock",
-        "--bench",
-        "vm",
-        "--no-run",
-    ])?
-    .into_iter()
-    .find(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("vm-"))
-    })
-    .context("cargo built no vm bench executable")
+    static_harness("bench", "bench", "vm")
 }
 
 /// The man page, rendered by the binary itself from its clap definition.

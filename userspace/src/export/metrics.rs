@@ -148,36 +148,33 @@ impl Collector for SnapshotMetrics {
             path: d.path.clone(),
         };
         let devs = &s.devices;
-        counter(
-            &mut encoder,
-            "fuselock_writes",
-            "FUSE writes seen, by mount and path (passthrough or direct_io)",
-            None,
-            &devs
-                .iter()
-                .map(|d| (path_labels(d), d.counters.writes))
-                .collect::<Vec<_>>(),
-        )?;
-        counter(
-            &mut encoder,
-            "fuselock_written",
-            "Bytes written by FUSE writes",
-            Some(&Unit::Bytes),
-            &devs
-                .iter()
-                .map(|d| (path_labels(d), d.counters.bytes))
-                .collect::<Vec<_>>(),
-        )?;
-        counter(
-            &mut encoder,
-            "fuselock_write_errors",
-            "FUSE writes that returned an error",
-            None,
-            &devs
-                .iter()
-                .map(|d| (path_labels(d), d.counters.errors))
-                .collect::<Vec<_>>(),
-        )?;
+        let per_device = |value: fn(&Counters) -> u64| -> Vec<(PathLabels, u64)> {
+            devs.iter()
+                .map(|d| (path_labels(d), value(&d.counters)))
+                .collect()
+        };
+        for (name, help, unit, value) in [
+            (
+                "fuselock_writes",
+                "FUSE writes seen, by mount and path (passthrough or direct_io)",
+                None,
+                (|c| c.writes) as fn(&Counters) -> u64,
+            ),
+            (
+                "fuselock_written",
+                "Bytes written by FUSE writes",
+                Some(&Unit::Bytes),
+                |c| c.bytes,
+            ),
+            (
+                "fuselock_write_errors",
+                "FUSE writes that returned an error",
+                None,
+                |c| c.errors,
+            ),
+        ] {
+            counter(&mut encoder, name, help, unit, &per_device(value))?;
+        }
         let mut by_reason = Vec::new();
         let mut contended = Vec::new();
         for d in devs {
@@ -222,10 +219,7 @@ impl Collector for SnapshotMetrics {
             "fuselock_shared_extended",
             "Writes that held the lock shared and still grew the file (the series' EOF race)",
             None,
-            &devs
-                .iter()
-                .map(|d| (path_labels(d), d.counters.shared_extended))
-                .collect::<Vec<_>>(),
+            &per_device(|c| c.shared_extended),
         )?;
 
         // Histograms by path (and mode), from the never-evicted path totals.
