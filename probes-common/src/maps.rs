@@ -198,6 +198,10 @@ pub struct Health {
     pub unconfigured: u64,
     /// Writes whose device had no room in `DEV_TOTALS`.
     pub dev_totals_full: u64,
+    /// Opens counted in `OPENS`: with the write counters in `PATH_TOTALS` and
+    /// `inode_inserts`, it tells userspace whether any per-inode map changed
+    /// since its last read, so an idle host costs no whole-map reads.
+    pub opens: u64,
 }
 
 impl Health {
@@ -212,6 +216,7 @@ impl Health {
         self.cached_path_writes += o.cached_path_writes;
         self.unconfigured += o.unconfigured;
         self.dev_totals_full += o.dev_totals_full;
+        self.opens += o.opens;
     }
 }
 
@@ -372,6 +377,12 @@ pub struct InodeName {
     pub name: [u8; NAME_LEN],
 }
 
+impl Default for InodeName {
+    fn default() -> InodeName {
+        InodeName::EMPTY
+    }
+}
+
 impl InodeName {
     pub const EMPTY: InodeName = InodeName {
         len: 0,
@@ -411,7 +422,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<WriteStats>(), 8 * (3 + 10 + 2 + 1 + 10 + 1 + 1));
-        assert_eq!(size_of::<Health>(), 8 * 10);
+        assert_eq!(size_of::<Health>(), 8 * 11);
         assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
         assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
         assert_eq!(size_of::<crate::Config>(), 8 + 4 * 18 + 8);

@@ -98,4 +98,6 @@ pub fn on_exit(ret: i32) {
     }
     s.last_flags_asked = asked;
     s.last_flags_kept = kept;
+    // Last: userspace re-reads OPENS when this moves (see Health::opens).
+    health(|h| h.opens += 1);
 }

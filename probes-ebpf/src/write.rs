@@ -8,7 +8,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, error};
 use probes_common::{
     classify,
-    config::FLAG_DEBUG_LOG,
+    config::{Config, FLAG_DEBUG_LOG},
     hist,
     maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN},
     Histograms, InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath,
@@ -135,10 +135,31 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     let Some(cfg) = config() else { return };
     let now = now_ns();
 
+    account_inode(ctx, &rec, ret, now, &cfg);
+    // The per-path totals go last, on every path through here: userspace
+    // reads them as the mark that a per-inode map changed, so by the time
+    // they count this write, everything else it updates is in place.
+    if let Some(h) = PATH_HISTS.get_ptr_mut(rec.key.path) {
+        // SAFETY: a per-CPU slot, this CPU only.
+        record_histograms(unsafe { &mut *h }, &rec, now);
+    }
     if let Some(totals) = PATH_TOTALS.get_ptr_mut(rec.key.path) {
         // SAFETY: per-CPU slot, this CPU only.
         account(unsafe { &mut *totals }, &rec, ret, now);
     }
+
+    if cfg.has(FLAG_DEBUG_LOG) {
+        debug!(
+            ctx,
+            "write exit ino={} ret={} mode={}", rec.key.ino, ret, rec.mode
+        );
+    }
+}
+
+/// The per-device and per-inode counters, histograms and writers of one
+/// write.
+#[inline(always)]
+fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cfg: &Config) {
     let dev_key = InodeKey { ino: 0, ..rec.key };
     let dev_totals = match DEV_TOTALS.get_ptr_mut(dev_key) {
         Some(t) => Some(t),
@@ -151,7 +172,7 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     };
     match dev_totals {
         // SAFETY: per-CPU value, this CPU only.
-        Some(t) => account(unsafe { &mut *t }, &rec, ret, now),
+        Some(t) => account(unsafe { &mut *t }, rec, ret, now),
         None => health(|h| h.dev_totals_full += 1),
     }
     let stats = match INODE_STATS.get_ptr_mut(rec.key) {
@@ -166,7 +187,7 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
             {
                 health(|h| h.inode_inserts += 1);
                 remember_name(
-                    &rec,
+                    rec,
                     cfg.offsets.file_f_path_dentry,
                     cfg.offsets.dentry_d_name_name,
                 );
@@ -185,12 +206,8 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
         }
     };
     // SAFETY: per-CPU value, this CPU only.
-    account(unsafe { &mut *stats }, &rec, ret, now);
+    account(unsafe { &mut *stats }, rec, ret, now);
 
-    if let Some(h) = PATH_HISTS.get_ptr_mut(rec.key.path) {
-        // SAFETY: a map value; shared between CPUs, updated atomically.
-        record_histograms(unsafe { &mut *h }, &rec, now);
-    }
     let hists = match INODE_HISTS.get_ptr_mut(rec.key) {
         Some(h) => Some(h),
         None => {
@@ -201,17 +218,10 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
         }
     };
     if let Some(h) = hists {
-        // SAFETY: as above.
-        record_histograms(unsafe { &mut *h }, &rec, now);
+        // SAFETY: a map value; shared between CPUs, updated atomically.
+        record_histograms(unsafe { &mut *h }, rec, now);
     }
-    count_writer(&rec);
-
-    if cfg.has(FLAG_DEBUG_LOG) {
-        debug!(
-            ctx,
-            "write exit ino={} ret={} mode={}", rec.key.ino, ret, rec.mode
-        );
-    }
+    count_writer(rec);
 }
 
 #[inline(always)]

@@ -106,9 +106,15 @@ pub struct ProbeArgs {
 pub struct StatArgs {
     #[command(flatten)]
     pub probes: ProbeArgs,
-    /// One JSON object per line per snapshot (schema in the README).
+    /// One JSON object per line per snapshot (schema in the README). After
+    /// the first line, a line lists only the entries that changed
+    /// (`"delta": true`); the final line lists every entry.
     #[arg(long)]
     pub json: bool,
+    /// With --json: list every entry on every line, not only changed ones
+    /// (megabytes per line with thousands of live inodes).
+    #[arg(long, requires = "json")]
+    pub every_entry: bool,
     /// Seconds between snapshots when no COMMAND is given (0.1 to 3600).
     #[arg(long, default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,

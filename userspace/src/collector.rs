@@ -2,7 +2,8 @@
 //! exist; every output consumes the snapshots it produces.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -39,6 +40,35 @@ pub enum Detail {
 /// Writers kept per entry.
 const TOP_WRITERS: usize = 8;
 
+/// Changed entries up to which histograms are looked up one key at a time
+/// rather than by reading the whole map.
+const HIST_LOOKUPS_MAX: usize = 256;
+
+/// Counters that move whenever any per-inode map changes: every write's
+/// return bumps `PATH_TOTALS`, every new inode `inode_inserts` (and an LRU
+/// eviction only happens on an insert), every open `opens`. Equal marks
+/// mean the per-inode maps hold what they held at the last read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChangeMarks {
+    writes: u64,
+    inode_inserts: u64,
+    opens: u64,
+}
+
+/// An entry as last built, with the summed counters it was built from.
+struct Cached {
+    stats: WriteStats,
+    open: Option<OpenStats>,
+    entry: Arc<Entry>,
+}
+
+/// What the last full read of the per-inode maps found.
+#[derive(Default)]
+struct InodeCache {
+    marks: Option<ChangeMarks>,
+    entries: BTreeMap<InodeKey, Cached>,
+}
+
 pub struct Collector {
     stats: BatchReader<InodeKey, WriteStats>,
     names: BatchReader<InodeKey, InodeName>,
@@ -51,14 +81,25 @@ pub struct Collector {
     opens: BatchReader<InodeKey, OpenStats>,
     /// Names already read, so each is fetched from the kernel once.
     name_cache: HashMap<InodeKey, Option<String>>,
+    /// Per-file open evidence, re-read only when `Health::opens` moved.
+    open_cache: (Option<u64>, HashMap<InodeKey, OpenStats>),
+    /// Entries of the last full read, reused while their counters stand still.
+    inodes: InodeCache,
+    /// Live entries at the last totals-only read, and its marks.
+    live_cache: Option<(ChangeMarks, u64)>,
     mounts: MountTable,
+    /// Devices whose entries were seen while they were mounted here: when
+    /// one leaves the mount table, its entries are dropped from the maps.
+    mounted_devs: HashSet<u32>,
+    /// Entries fuselock deleted itself (for exact eviction counts).
+    deleted: u64,
     source: Source,
     max_inodes: u64,
     started: Instant,
 }
 
 /// A hash map's raw data, for batch reads.
-fn take_hash<K: aya::Pod + Default, V: aya::Pod>(
+fn take_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
     attached: &mut Attached,
     name: &str,
     max: u32,
@@ -86,6 +127,23 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
 
+fn sum_percpu(values: &[WriteStats]) -> WriteStats {
+    let mut sum = WriteStats::default();
+    for v in values {
+        sum.merge(v);
+    }
+    sum
+}
+
+fn writer_of(k: &WriterKey, w: &WriterStats) -> Writer {
+    let comm_len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
+    Writer {
+        pid: k.tgid,
+        comm: String::from_utf8_lossy(&w.comm[..comm_len]).into_owned(),
+        writes: w.writes,
+    }
+}
+
 impl Collector {
     /// Takes the maps out of `attached` (the programs stay attached there).
     pub fn new(attached: &mut Attached) -> Result<Collector> {
@@ -100,7 +158,12 @@ impl Collector {
             writers: take_hash(attached, MAP_WRITERS, MAX_WRITERS)?,
             opens: take_hash(attached, MAP_OPENS, attached.max_inodes)?,
             name_cache: HashMap::new(),
+            open_cache: (None, HashMap::new()),
+            inodes: InodeCache::default(),
+            live_cache: None,
             mounts: MountTable::read(),
+            mounted_devs: HashSet::new(),
+            deleted: 0,
             source: Source {
                 kernel: attached.kernel.clone(),
                 probe_mode: attached.mode.to_string(),
@@ -111,32 +174,90 @@ impl Collector {
         })
     }
 
-    fn sum_percpu(values: &[WriteStats]) -> WriteStats {
-        let mut sum = WriteStats::default();
-        for v in values {
-            sum.merge(v);
-        }
-        sum
-    }
-
     /// Names of keys not seen before, read in one batch when any is new.
     fn refresh_names(&mut self, keys: &[InodeKey]) -> Result<()> {
         if keys.iter().all(|k| self.name_cache.contains_key(k)) {
             return Ok(());
         }
-        for (key, names) in self.names.read_all().context("reading INODE_NAMES")? {
-            if let Some(n) = names.first().filter(|n| n.len > 0) {
-                self.name_cache.insert(
-                    key,
-                    Some(String::from_utf8_lossy(n.as_bytes()).into_owned()),
-                );
-            }
+        let cache = &mut self.name_cache;
+        self.names
+            .for_each(|key, names| {
+                if let Some(n) = names.first().filter(|n| n.len > 0) {
+                    cache.insert(
+                        *key,
+                        Some(String::from_utf8_lossy(n.as_bytes()).into_owned()),
+                    );
+                }
+            })
+            .context("reading INODE_NAMES")?;
+        for k in keys {
+            cache.entry(*k).or_insert(None);
         }
         Ok(())
     }
 
-    fn name_of(&self, key: InodeKey) -> Option<String> {
-        self.name_cache.get(&key).cloned().flatten()
+    /// Per-file open evidence, read again only if an open was counted since.
+    fn refresh_opens(&mut self, opens_mark: u64) -> Result<()> {
+        if self.open_cache.0 == Some(opens_mark) {
+            return Ok(());
+        }
+        let cache = &mut self.open_cache.1;
+        cache.clear();
+        self.opens
+            .for_each(|k, v| {
+                if let Some(o) = v.first() {
+                    cache.insert(*k, *o);
+                }
+            })
+            .context("reading OPENS")?;
+        self.open_cache.0 = Some(opens_mark);
+        Ok(())
+    }
+
+    /// Drops the per-inode entries of devices that were mounted and are not
+    /// any more. A new mount may reuse the device number, and its files the
+    /// inode numbers: without this, a new file's counts would add to an
+    /// unmounted one's. The never-evicted totals keep counting both. (An
+    /// unmount and a remount within one refresh are not told apart.)
+    fn forget_unmounted(&mut self) -> Result<()> {
+        self.mounts = MountTable::read();
+        let gone: HashSet<u32> = self
+            .mounted_devs
+            .iter()
+            .copied()
+            .filter(|d| !self.mounts.has(&dev_name(*d)))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let of_gone = |k: &InodeKey| gone.contains(&k.dev);
+        self.deleted += self
+            .stats
+            .delete_where(of_gone)
+            .context("deleting from INODE_STATS")?;
+        self.names
+            .delete_where(of_gone)
+            .context("deleting from INODE_NAMES")?;
+        self.hists
+            .delete_where(of_gone)
+            .context("deleting from INODE_HISTS")?;
+        self.opens
+            .delete_where(of_gone)
+            .context("deleting from OPENS")?;
+        self.writers
+            .delete_where(|k| gone.contains(&k.dev))
+            .context("deleting from WRITERS")?;
+        self.inodes.entries.retain(|k, _| !of_gone(k));
+        self.inodes.marks = None;
+        self.live_cache = None;
+        self.open_cache.0 = None;
+        self.name_cache.retain(|k, _| !of_gone(k));
+        self.mounted_devs.retain(|d| !gone.contains(d));
+        log::info!(
+            "forgot the entries of unmounted device(s) {}",
+            gone.iter().map(|d| dev_name(*d)).collect::<Vec<_>>().join(", ")
+        );
+        Ok(())
     }
 
     /// Reads every counter now.
@@ -144,95 +265,135 @@ impl Collector {
         self.snapshot_with(is_final, Detail::Full)
     }
 
+    /// Live entries, counted: all the exporter needs of the per-inode maps.
+    fn count_live(&mut self, marks: ChangeMarks) -> Result<u64> {
+        if let Some((m, live)) = self.live_cache {
+            if m == marks {
+                return Ok(live);
+            }
+        }
+        let mut live = 0u64;
+        self.stats
+            .for_each(|_, _| live += 1)
+            .context("reading INODE_STATS")?;
+        self.live_cache = Some((marks, live));
+        Ok(live)
+    }
+
+    /// Brings the entry cache up to date: reads `INODE_STATS`, and for the
+    /// entries whose counters or open evidence moved (only those) their
+    /// histograms, writers and names.
+    fn refresh_entries(&mut self, marks: ChangeMarks) -> Result<()> {
+        if self.inodes.marks == Some(marks) {
+            return Ok(());
+        }
+        let mut current: Vec<(InodeKey, WriteStats)> =
+            Vec::with_capacity(self.inodes.entries.len());
+        self.stats
+            .for_each(|k, v| current.push((*k, sum_percpu(v))))
+            .context("reading INODE_STATS")?;
+        current.sort_unstable_by_key(|(k, _)| *k);
+
+        let changed: Vec<(InodeKey, WriteStats)> = current
+            .iter()
+            .filter(|(k, stats)| {
+                let open = self.open_cache.1.get(&InodeKey { path: 0, ..*k });
+                self.inodes
+                    .entries
+                    .get(k)
+                    .is_none_or(|c| c.stats != *stats || c.open.as_ref() != open)
+            })
+            .copied()
+            .collect();
+        // Entries gone from the map (evicted) leave the cache.
+        let mut entries = std::mem::take(&mut self.inodes.entries);
+        entries.retain(|k, _| current.binary_search_by_key(k, |(ck, _)| *ck).is_ok());
+        self.name_cache.retain(|k, _| entries.contains_key(k));
+
+        if !changed.is_empty() {
+            let keys: Vec<InodeKey> = changed.iter().map(|(k, _)| *k).collect();
+            self.refresh_names(&keys)?;
+            let is_changed = |k: &InodeKey| keys.binary_search(k).is_ok();
+            let mut hists: HashMap<InodeKey, Histograms> = HashMap::with_capacity(keys.len());
+            if keys.len() <= HIST_LOOKUPS_MAX {
+                for k in &keys {
+                    if let Some(h) = self.hists.lookup(k).context("reading INODE_HISTS")? {
+                        hists.insert(*k, h[0]);
+                    }
+                }
+            } else {
+                self.hists
+                    .for_each(|k, v| {
+                        if is_changed(k) {
+                            hists.insert(*k, v[0]);
+                        }
+                    })
+                    .context("reading INODE_HISTS")?;
+            }
+            let mut writers: HashMap<InodeKey, Vec<Writer>> = HashMap::new();
+            self.writers
+                .for_each(|k, v| {
+                    let key = InodeKey {
+                        ino: k.ino,
+                        dev: k.dev,
+                        path: k.path,
+                    };
+                    if let (true, Some(w)) = (is_changed(&key), v.first()) {
+                        writers.entry(key).or_default().push(writer_of(k, w));
+                    }
+                })
+                .context("reading WRITERS")?;
+            for (key, stats) in changed {
+                let Some(path) = WritePath::from_u32(key.path) else {
+                    continue;
+                };
+                let dev = dev_name(key.dev);
+                if self.mounts.has(&dev) {
+                    self.mounted_devs.insert(key.dev);
+                }
+                let mut top = writers.remove(&key).unwrap_or_default();
+                top.sort_by(|a, b| b.writes.cmp(&a.writes).then(a.pid.cmp(&b.pid)));
+                top.truncate(TOP_WRITERS);
+                let open = self.open_cache.1.get(&InodeKey { path: 0, ..key }).copied();
+                let entry = Entry {
+                    mount: self.mounts.mount_of(&dev).map(str::to_owned),
+                    name: self.name_cache.get(&key).cloned().flatten(),
+                    dev,
+                    ino: key.ino,
+                    path: path.name().to_owned(),
+                    counters: Counters::from(&stats),
+                    histograms: hists.get(&key).map(Histos::from).unwrap_or_default(),
+                    writers: top,
+                    open: open.as_ref().map(OpenEvidence::from),
+                };
+                entries.insert(
+                    key,
+                    Cached {
+                        stats,
+                        open,
+                        entry: Arc::new(entry),
+                    },
+                );
+            }
+        }
+        self.inodes = InodeCache {
+            marks: Some(marks),
+            entries,
+        };
+        Ok(())
+    }
+
     /// Reads what `detail` asks for: the exporter without per-inode series
     /// needs only totals, and skips the per-inode work (names, histograms,
-    /// writers, one entry per inode).
+    /// writers, one entry per inode). Per-inode maps are read only when
+    /// something changed since the last read, and only the entries that
+    /// changed are rebuilt; the others are shared with the last snapshot.
     pub fn snapshot_with(&mut self, is_final: bool, detail: Detail) -> Result<Snapshot> {
-        let mut raw: Vec<(InodeKey, WriteStats)> = self
-            .stats
-            .read_all()
-            .context("reading INODE_STATS")?
-            .into_iter()
-            .map(|(k, v)| (k, Self::sum_percpu(&v)))
-            .collect();
-        raw.sort_by_key(|(k, _)| *k);
-        let live = raw.len() as u64;
-        if detail == Detail::Totals {
-            raw.clear();
+        self.forget_unmounted()?;
+        let mut health = Health::default();
+        for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
+            health.merge(h);
         }
-        let keys: Vec<InodeKey> = raw.iter().map(|(k, _)| *k).collect();
-        self.refresh_names(&keys)?;
-        let mut hists: HashMap<InodeKey, Histograms> = HashMap::new();
-        if detail == Detail::Full {
-            for (k, v) in self.hists.read_all().context("reading INODE_HISTS")? {
-                if let Some(h) = v.into_iter().next() {
-                    hists.insert(k, h);
-                }
-            }
-        }
-        let mut opens: HashMap<InodeKey, OpenStats> = HashMap::new();
-        for (k, v) in self.opens.read_all().context("reading OPENS")? {
-            if let Some(o) = v.into_iter().next() {
-                opens.insert(k, o);
-            }
-        }
-
-        // A device's mount may have appeared since the last read.
-        if raw
-            .iter()
-            .any(|(k, _)| self.mounts.mount_of(&dev_name(k.dev)).is_none())
-        {
-            self.mounts = MountTable::read();
-        }
-        let mut writers: HashMap<InodeKey, Vec<Writer>> = HashMap::new();
-        let all_writers = if detail == Detail::Full {
-            self.writers.read_all().context("reading WRITERS")?
-        } else {
-            Vec::new()
-        };
-        for (k, w) in all_writers {
-            let Some(w) = w.into_iter().next() else {
-                continue;
-            };
-            let key = InodeKey {
-                ino: k.ino,
-                dev: k.dev,
-                path: k.path,
-            };
-            let comm_len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
-            writers.entry(key).or_default().push(Writer {
-                pid: k.tgid,
-                comm: String::from_utf8_lossy(&w.comm[..comm_len]).into_owned(),
-                writes: w.writes,
-            });
-        }
-        let mut entries = Vec::with_capacity(raw.len());
-        for (key, stats) in &raw {
-            let Some(path) = WritePath::from_u32(key.path) else {
-                continue;
-            };
-            let dev = dev_name(key.dev);
-            let mut top = writers.remove(key).unwrap_or_default();
-            top.sort_by(|a, b| b.writes.cmp(&a.writes).then(a.pid.cmp(&b.pid)));
-            top.truncate(TOP_WRITERS);
-            let file = InodeKey { path: 0, ..*key };
-            entries.push(Entry {
-                mount: self.mounts.mount_of(&dev).map(str::to_owned),
-                name: self.name_of(*key),
-                dev,
-                ino: key.ino,
-                path: path.name().to_owned(),
-                counters: Counters::from(stats),
-                histograms: hists.get(key).map(Histos::from).unwrap_or_default(),
-                writers: top,
-                open: opens.get(&file).map(OpenEvidence::from),
-            });
-        }
-        if detail == Detail::Full {
-            self.name_cache
-                .retain(|k, _| raw.binary_search_by_key(k, |(rk, _)| *rk).is_ok());
-        }
-
         let path_totals = |path: WritePath| -> Result<PathTotals> {
             let values = self
                 .totals
@@ -248,7 +409,7 @@ impl Collector {
                 hists.merge(h);
             }
             Ok(PathTotals {
-                counters: Counters::from(&Self::sum_percpu(&values)),
+                counters: Counters::from(&sum_percpu(&values)),
                 histograms: Histos::from(&hists),
             })
         };
@@ -256,30 +417,49 @@ impl Collector {
             passthrough: path_totals(WritePath::Passthrough)?,
             direct_io: path_totals(WritePath::DirectIo)?,
         };
+        // Read after HEALTH and PATH_TOTALS: a write landing in between makes
+        // the marks stale, so the next read looks again rather than missing it.
+        let marks = ChangeMarks {
+            writes: totals.passthrough.counters.writes + totals.direct_io.counters.writes,
+            inode_inserts: health.inode_inserts,
+            opens: health.opens,
+        };
+        self.refresh_opens(marks.opens)?;
+        let (entries, live) = match detail {
+            Detail::Full => {
+                self.refresh_entries(marks)?;
+                let entries: Vec<Arc<Entry>> = self
+                    .inodes
+                    .entries
+                    .values()
+                    .map(|c| c.entry.clone())
+                    .collect();
+                let live = entries.len() as u64;
+                (entries, live)
+            }
+            Detail::Totals => (Vec::new(), self.count_live(marks)?),
+        };
+
         let mut devices = Vec::new();
         for (key, values) in self.dev_totals.read_all().context("reading DEV_TOTALS")? {
             let Some(path) = WritePath::from_u32(key.path) else {
                 continue;
             };
             let dev = dev_name(key.dev);
-            if self.mounts.mount_of(&dev).is_none() {
-                self.mounts = MountTable::read();
+            if self.mounts.has(&dev) {
+                self.mounted_devs.insert(key.dev);
             }
             devices.push(DeviceTotals {
                 mount: self.mounts.mount_of(&dev).map(str::to_owned),
                 dev,
                 path: path.name().to_owned(),
-                counters: Counters::from(&Self::sum_percpu(&values)),
+                counters: Counters::from(&sum_percpu(&values)),
             });
         }
         devices.sort_by(|a, b| (&a.dev, &a.path).cmp(&(&b.dev, &b.path)));
         let mut open_totals = OpenStats::default();
-        for o in opens.values() {
+        for o in self.open_cache.1.values() {
             open_totals.merge(o);
-        }
-        let mut health = Health::default();
-        for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
-            health.merge(h);
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -293,7 +473,8 @@ impl Collector {
             totals,
             devices,
             opens: OpenEvidence::from(&open_totals),
-            health: HealthReport::new(&health, live, self.max_inodes, 0),
+            health: HealthReport::new(&health, live, self.max_inodes, self.deleted),
+            ..Snapshot::default()
         })
     }
 }

@@ -121,6 +121,7 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
     let code = stat::run(StatArgs {
         probes: args.probes.clone(),
         json: false,
+        every_entry: false,
         interval: Duration::from_secs(1),
         command: ["sh", "-c", &script].map(Into::into).to_vec(),
     })

@@ -17,6 +17,7 @@ mod replay;
 mod session;
 mod snapshot;
 mod stat;
+mod stream;
 mod table;
 mod testfs;
 mod top;

@@ -41,6 +41,10 @@ impl MountTable {
     pub fn mount_of(&self, dev: &str) -> Option<&str> {
         self.by_dev.get(dev).map(String::as_str)
     }
+
+    pub fn has(&self, dev: &str) -> bool {
+        self.by_dev.contains_key(dev)
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::{snapshot::Snapshot, UsageError};
+use crate::{snapshot::Snapshot, stream::Decoder, UsageError};
 
 /// Most snapshots kept from one file: a day at one per second.
 const MAX_SNAPSHOTS: usize = 86_400;
@@ -18,6 +18,7 @@ pub fn read(path: &Path) -> Result<Vec<Snapshot>> {
 
 pub fn parse(reader: impl std::io::BufRead, name: &str) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
+    let mut decoder = Decoder::default();
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| UsageError(format!("{name}:{}: cannot read: {e}", i + 1)))?;
         if line.trim().is_empty() {
@@ -29,6 +30,9 @@ pub fn parse(reader: impl std::io::BufRead, name: &str) -> Result<Vec<Snapshot>>
                 i + 1
             ))
         })?;
+        let snap = decoder
+            .decode(snap)
+            .map_err(|e| UsageError(format!("{name}:{}: {e}", i + 1)))?;
         if out.len() == MAX_SNAPSHOTS {
             return Err(UsageError(format!("{name}: more than {MAX_SNAPSHOTS} snapshots")).into());
         }

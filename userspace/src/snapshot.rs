@@ -5,6 +5,8 @@
 //! subtract two of them. The JSON form (one object per line) is the
 //! documented `stat --json` schema and the record/replay format.
 
+use std::sync::Arc;
+
 use probes_common::{hist, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats};
 use serde::{Deserialize, Serialize};
 
@@ -245,6 +247,25 @@ pub struct Entry {
     pub open: Option<OpenEvidence>,
 }
 
+impl Entry {
+    /// What identifies the entry across snapshots.
+    pub fn key(&self) -> EntryKey {
+        EntryKey {
+            dev: self.dev.clone(),
+            ino: self.ino,
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// An entry's identity: (device, inode, path).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryKey {
+    pub dev: String,
+    pub ino: u64,
+    pub path: String,
+}
+
 /// The programs' health and the map bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthReport {
@@ -339,7 +360,17 @@ pub struct Snapshot {
     /// The last snapshot of a run (`stat -- COMMAND` prints only this one).
     #[serde(rename = "final")]
     pub is_final: bool,
-    pub entries: Vec<Entry>,
+    /// In the JSON stream, a line that lists only the entries that changed
+    /// since the previous line (and those that left, in `removed`); see
+    /// [`crate::stream`]. In memory, snapshots are always whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// Entries are shared between snapshots: an entry that did not change is
+    /// the same allocation in both.
+    pub entries: Vec<Arc<Entry>>,
+    /// On a delta line: entries gone from the map since the previous line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<EntryKey>,
     /// Never-evicted sums per path.
     pub totals: Totals,
     /// Never-evicted sums per (device, path): what monitoring counts.
@@ -412,7 +443,7 @@ mod tests {
     #[test]
     fn json_round_trips_with_documented_names() {
         let snap = Snapshot {
-            entries: vec![Entry {
+            entries: vec![Arc::new(Entry {
                 dev: "0:45".into(),
                 ino: 2,
                 name: Some("a".into()),
@@ -425,7 +456,7 @@ mod tests {
                 histograms: Histos::default(),
                 writers: vec![],
                 open: None,
-            }],
+            })],
             ..Default::default()
         };
         let line = serde_json::to_string(&snap).expect("serialise");

@@ -18,19 +18,21 @@ use crate::{
     probes::{self, AttachOptions},
     session,
     snapshot::Snapshot,
+    stream::{Encoder, Lines},
     table,
 };
 
 /// Where snapshots go and how.
 pub struct Sink {
     out: Box<dyn Write + Send>,
-    json: bool,
+    /// JSON lines (with this encoder), or a table.
+    json: Option<Encoder>,
 }
 
 impl Sink {
     fn emit(&mut self, snap: &Snapshot) -> Result<()> {
-        if self.json {
-            serde_json::to_writer(&mut self.out, snap).context("writing JSON")?;
+        if let Some(encoder) = &mut self.json {
+            serde_json::to_writer(&mut self.out, &encoder.encode(snap)).context("writing JSON")?;
             writeln!(self.out)?;
         } else {
             table::write_table(&mut self.out, snap)?;
@@ -110,7 +112,13 @@ pub async fn run(args: StatArgs) -> Result<i32> {
         periodic_with_command: false,
         sink: Sink {
             out: Box::new(io::stdout()),
-            json: args.json,
+            json: args.json.then(|| {
+                Encoder::new(if args.every_entry {
+                    Lines::Whole
+                } else {
+                    Lines::Deltas
+                })
+            }),
         },
     })
     .await
@@ -127,7 +135,7 @@ pub async fn record(args: RecordArgs) -> Result<i32> {
         periodic_with_command: true,
         sink: Sink {
             out: Box::new(io::BufWriter::new(file)),
-            json: true,
+            json: Some(Encoder::new(Lines::Deltas)),
         },
     })
     .await

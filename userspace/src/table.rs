@@ -135,7 +135,7 @@ mod tests {
         stats.acquisitions[1][Reason::Append.slot()] = 12;
         stats.acquisitions[1][Reason::NoParallelFlag.slot()] = 12;
         let snap = Snapshot {
-            entries: vec![Entry {
+            entries: vec![std::sync::Arc::new(Entry {
                 dev: "0:45".into(),
                 ino: 7,
                 name: Some("data".into()),
@@ -145,7 +145,7 @@ mod tests {
                 histograms: Default::default(),
                 writers: vec![],
                 open: None,
-            }],
+            })],
             ..Default::default()
         };
         let mut out = Vec::new();

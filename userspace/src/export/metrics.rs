@@ -363,7 +363,7 @@ impl Collector for SnapshotMetrics {
         }
 
         if self.per_inode_top > 0 {
-            let mut top: Vec<&crate::snapshot::Entry> = s.entries.iter().collect();
+            let mut top: Vec<&crate::snapshot::Entry> = s.entries.iter().map(|e| &**e).collect();
             top.sort_by_key(|e| std::cmp::Reverse(e.counters.writes));
             top.truncate(self.per_inode_top);
             counter(

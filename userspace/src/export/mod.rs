@@ -222,20 +222,21 @@ mod tests {
         )
         .expect("render");
         let mut snap = sample();
-        snap.entries.push(crate::snapshot::Entry {
-            dev: "0:45".into(),
-            ino: 2,
-            name: Some("f".into()),
-            mount: None,
-            path: "passthrough".into(),
-            counters: Counters::from(&WriteStats {
-                writes: 1,
-                ..Default::default()
-            }),
-            histograms: Default::default(),
-            writers: vec![],
-            open: None,
-        });
+        snap.entries
+            .push(std::sync::Arc::new(crate::snapshot::Entry {
+                dev: "0:45".into(),
+                ino: 2,
+                name: Some("f".into()),
+                mount: None,
+                path: "passthrough".into(),
+                counters: Counters::from(&WriteStats {
+                    writes: 1,
+                    ..Default::default()
+                }),
+                histograms: Default::default(),
+                writers: vec![],
+                open: None,
+            }));
         let with_inodes = render(
             SnapshotMetrics {
                 snapshot: snap,

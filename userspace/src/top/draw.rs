@@ -253,6 +253,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         s.entries
             .iter()
             .find(|e| e.ino == row.ino && e.dev == row.dev && e.path == row.path)
+            .map(|e| &**e)
     });
     let Some(e) = entry else { return };
     let c = &e.counters;
@@ -431,14 +432,16 @@ mod tests {
         ];
         let mut snap = Snapshot {
             elapsed_secs: 1.0,
-            entries: vec![hot.clone(), entry("log", 10, 10, 0)],
+            entries: vec![hot.clone().into(), entry("log", 10, 10, 0).into()],
             ..Default::default()
         };
         snap.source.kernel = "6.12.117".into();
         snap.source.probe_mode = "fentry".into();
         app.on_snapshot(snap.clone());
         snap.elapsed_secs = 2.0;
-        snap.entries[0].counters.writes += 500;
+        std::sync::Arc::make_mut(&mut snap.entries[0])
+            .counters
+            .writes += 500;
         app.on_snapshot(snap);
         app
     }

@@ -297,12 +297,12 @@ mod tests {
         let mut app = App::new("test".into(), Duration::from_secs(1));
         app.on_snapshot(Snapshot {
             elapsed_secs: 1.0,
-            entries: entries.clone(),
+            entries: entries.iter().cloned().map(Into::into).collect(),
             ..Default::default()
         });
         app.on_snapshot(Snapshot {
             elapsed_secs: 2.0,
-            entries,
+            entries: entries.into_iter().map(Into::into).collect(),
             ..Default::default()
         });
         app
@@ -340,7 +340,7 @@ mod tests {
         app.on_key(key(KeyCode::Char('f')));
         app.on_snapshot(Snapshot {
             elapsed_secs: 3.0,
-            entries: vec![entry("f", 99, 0, 0)],
+            entries: vec![entry("f", 99, 0, 0).into()],
             ..Default::default()
         });
         assert_eq!(app.current.as_ref().map(|s| s.elapsed_secs), Some(2.0));
@@ -349,7 +349,7 @@ mod tests {
         app.on_key(key(KeyCode::Char('r')));
         app.on_snapshot(Snapshot {
             elapsed_secs: 3.0,
-            entries: vec![entry("f", 15, 0, 0)],
+            entries: vec![entry("f", 15, 0, 0).into()],
             ..Default::default()
         });
         assert_eq!(app.rows()[0].writes, 5.0);
