@@ -1,6 +1,7 @@
 //! `fuselock export`: Prometheus/OpenMetrics over HTTP.
 
 mod metrics;
+mod server;
 mod text;
 
 use std::{
@@ -127,15 +128,13 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
-            }
-        })
-        .await
-        .context("serving HTTP")?;
+    server::serve(listener, app, server::Limits::default(), async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    })
+    .await;
     drop(attached);
     Ok(0)
 }
