@@ -33,6 +33,10 @@ pub const MAP_OPENS: &str = "OPENS";
 pub const MAP_OPENS_INFLIGHT: &str = "OPENS_INFLIGHT";
 /// Capacity of the writers map.
 pub const MAX_WRITERS: u32 = 32_768;
+/// The per-CPU rings of recent writes (see [`DirtyRing`]).
+pub const MAP_DIRTY: &str = "DIRTY";
+/// Slots in each CPU's [`DirtyRing`] (a power of two).
+pub const DIRTY_SLOTS: usize = 1024;
 
 /// Default capacity of the per-inode maps.
 pub const DEFAULT_MAX_INODES: u32 = 16_384;
@@ -396,6 +400,27 @@ impl InodeName {
     }
 }
 
+/// Per CPU, the (inode, writer) of each of the latest writes: slot
+/// `i % DIRTY_SLOTS` holds write number `i`. Userspace looks up only the
+/// entries written since its last refresh (heads then and now); when more
+/// than half a ring went by on a CPU, it reads every entry instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirtyRing {
+    /// Writes recorded on this CPU since attach.
+    pub head: u64,
+    pub keys: [WriterKey; DIRTY_SLOTS],
+}
+
+impl Default for DirtyRing {
+    fn default() -> DirtyRing {
+        DirtyRing {
+            head: 0,
+            keys: [WriterKey::default(); DIRTY_SLOTS],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all): `#[repr(C)]` structs of integers and integer arrays laid
@@ -409,6 +434,7 @@ mod pod {
     unsafe impl aya::Pod for super::Histograms {}
     unsafe impl aya::Pod for super::WriterKey {}
     unsafe impl aya::Pod for super::WriterStats {}
+    unsafe impl aya::Pod for super::DirtyRing {}
     unsafe impl aya::Pod for super::OpenStats {}
     unsafe impl aya::Pod for super::OpenInFlight {}
 }
@@ -429,6 +455,10 @@ mod tests {
         assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
         assert_eq!(size_of::<WriterKey>(), 24);
         assert_eq!(size_of::<WriterStats>(), 24);
+        // A per-CPU map value may be at most 32 KiB.
+        assert_eq!(size_of::<DirtyRing>(), 8 + 24 * DIRTY_SLOTS);
+        assert!(size_of::<DirtyRing>() <= 32 * 1024);
+        assert!(DIRTY_SLOTS.is_power_of_two());
         assert_eq!(size_of::<OpenStats>(), 8 * 8);
         assert_eq!(size_of::<OpenInFlight>(), 16);
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use probes_common::{
     config::Config,
-    maps::{OpenInFlight, DEFAULT_MAX_INODES, MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS},
+    maps::{DirtyRing, OpenInFlight, DEFAULT_MAX_INODES, MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS},
     Health, Histograms, InFlight, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
 };
@@ -55,6 +55,10 @@ pub static PATH_HISTS: PerCpuArray<Histograms> =
 #[map]
 pub static WRITERS: LruHashMap<WriterKey, WriterStats> =
     LruHashMap::with_max_entries(MAX_WRITERS, 0);
+
+/// Per CPU: the latest writes, so userspace re-reads only what was written.
+#[map]
+pub static DIRTY: PerCpuArray<DirtyRing> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static OPENS: LruHashMap<InodeKey, OpenStats> =

@@ -10,7 +10,7 @@ use probes_common::{
     classify,
     config::{Config, FLAG_DEBUG_LOG},
     hist,
-    maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN},
+    maps::{DIRTY_SLOTS, INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN},
     Histograms, InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath,
     WriteStats, WriterKey, WriterStats,
 };
@@ -18,8 +18,8 @@ use probes_common::{
 use crate::{
     kernel::{inode_id, now_ns, pid_tgid, read},
     maps::{
-        atomic_add, config, health, DEV_TOTALS, INFLIGHT, INODE_HISTS, INODE_NAMES, INODE_STATS,
-        PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
+        atomic_add, config, health, DEV_TOTALS, DIRTY, INFLIGHT, INODE_HISTS, INODE_NAMES,
+        INODE_STATS, PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
     },
 };
 
@@ -221,7 +221,7 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
         // SAFETY: a map value; shared between CPUs, updated atomically.
         record_histograms(unsafe { &mut *h }, rec, now);
     }
-    count_writer(rec);
+    mark_dirty(count_writer(rec));
 }
 
 #[inline(always)]
@@ -332,7 +332,7 @@ fn record_histograms(h: &mut Histograms, rec: &InFlight, now: u64) {
 
 /// Counts the write against its process.
 #[inline(always)]
-fn count_writer(rec: &InFlight) {
+fn count_writer(rec: &InFlight) -> WriterKey {
     let key = WriterKey {
         ino: rec.key.ino,
         dev: rec.key.dev,
@@ -356,4 +356,21 @@ fn count_writer(rec: &InFlight) {
             atomic_add(unsafe { &mut (*w).writes }, 1);
         }
     }
+    key
+}
+
+/// Appends the write to this CPU's ring of recent writes, after every
+/// per-inode update it makes, so userspace that finds it there finds them.
+#[inline(always)]
+fn mark_dirty(key: WriterKey) {
+    let Some(ring) = DIRTY.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot, this CPU only.
+    let ring = unsafe { &mut *ring };
+    // `get_mut` with a masked index: no bounds-check panic path for the verifier.
+    if let Some(slot) = ring.keys.get_mut((ring.head as usize) & (DIRTY_SLOTS - 1)) {
+        *slot = key;
+    }
+    ring.head += 1;
 }

@@ -11,8 +11,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        MAP_DEV_TOTALS, MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS,
-        MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS, MAX_DEVICES, MAX_WRITERS,
+        DirtyRing, DIRTY_SLOTS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_HEALTH, MAP_INODE_HISTS,
+        MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
+        MAX_DEVICES, MAX_WRITERS,
     },
     Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -55,10 +56,12 @@ struct ChangeMarks {
     opens: u64,
 }
 
-/// An entry as last built, with the summed counters it was built from.
+/// An entry as last built, with what it was built from.
 struct Cached {
     stats: WriteStats,
     open: Option<OpenStats>,
+    /// Every writer of the entry by tgid (the entry shows the top ones).
+    writers: HashMap<u32, Writer>,
     entry: Arc<Entry>,
 }
 
@@ -85,6 +88,11 @@ pub struct Collector {
     open_cache: (Option<u64>, HashMap<InodeKey, OpenStats>),
     /// Entries of the last full read, reused while their counters stand still.
     inodes: InodeCache,
+    /// The rings of recent writes, and each CPU's head at the last refresh.
+    dirty: PerCpuArray<MapData, DirtyRing>,
+    dirty_heads: Option<Vec<u64>>,
+    /// Whether the open evidence was re-read since the entries were built.
+    opens_moved: bool,
     /// Live entries at the last totals-only read, and its marks.
     live_cache: Option<(ChangeMarks, u64)>,
     mounts: MountTable,
@@ -144,6 +152,26 @@ fn writer_of(k: &WriterKey, w: &WriterStats) -> Writer {
     }
 }
 
+/// The keys written since `last` (each CPU's head then), or `None` when a
+/// ring went more than half round since (its oldest slots may have been
+/// overwritten while they were read).
+fn written_since(rings: &[DirtyRing], last: &[u64]) -> Option<HashSet<WriterKey>> {
+    if rings.len() != last.len() {
+        return None;
+    }
+    let mut keys = HashSet::new();
+    for (ring, &from) in rings.iter().zip(last) {
+        let n = ring.head.checked_sub(from)?;
+        if n > (DIRTY_SLOTS / 2) as u64 {
+            return None;
+        }
+        for i in from..ring.head {
+            keys.insert(ring.keys[(i % DIRTY_SLOTS as u64) as usize]);
+        }
+    }
+    Some(keys)
+}
+
 impl Collector {
     /// Takes the maps out of `attached` (the programs stay attached there).
     pub fn new(attached: &mut Attached) -> Result<Collector> {
@@ -160,6 +188,9 @@ impl Collector {
             name_cache: HashMap::new(),
             open_cache: (None, HashMap::new()),
             inodes: InodeCache::default(),
+            dirty: take(attached, MAP_DIRTY)?,
+            dirty_heads: None,
+            opens_moved: false,
             live_cache: None,
             mounts: MountTable::read(),
             mounted_devs: HashSet::new(),
@@ -211,6 +242,7 @@ impl Collector {
             })
             .context("reading OPENS")?;
         self.open_cache.0 = Some(opens_mark);
+        self.opens_moved = true;
         Ok(())
     }
 
@@ -255,7 +287,10 @@ impl Collector {
         self.mounted_devs.retain(|d| !gone.contains(d));
         log::info!(
             "forgot the entries of unmounted device(s) {}",
-            gone.iter().map(|d| dev_name(*d)).collect::<Vec<_>>().join(", ")
+            gone.iter()
+                .map(|d| dev_name(*d))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         Ok(())
     }
@@ -280,17 +315,143 @@ impl Collector {
         Ok(live)
     }
 
-    /// Brings the entry cache up to date: reads `INODE_STATS`, and for the
-    /// entries whose counters or open evidence moved (only those) their
-    /// histograms, writers and names.
+    /// Brings the entry cache up to date. When the rings of recent writes
+    /// cover everything since the last refresh, only the entries written
+    /// since (and those whose open evidence moved) are looked up, key by
+    /// key; otherwise every entry is read.
     fn refresh_entries(&mut self, marks: ChangeMarks) -> Result<()> {
         if self.inodes.marks == Some(marks) {
             return Ok(());
         }
+        // Read after the marks: a write counted in them is in its ring.
+        let rings = self.dirty.get(&0, 0).context("reading DIRTY")?;
+        let heads: Vec<u64> = rings.iter().map(|r| r.head).collect();
+        let written = match (&self.inodes.marks, &self.dirty_heads) {
+            // An insert may have evicted an entry silently: read them all.
+            (Some(m), Some(last)) if m.inode_inserts == marks.inode_inserts => {
+                written_since(&rings, last)
+            }
+            _ => None,
+        };
+        let done = match written {
+            Some(keys) => self.refresh_written(&keys)?,
+            None => false,
+        };
+        if !done {
+            self.refresh_all()?;
+        }
+        self.dirty_heads = Some(heads);
+        self.inodes.marks = Some(marks);
+        self.opens_moved = false;
+        Ok(())
+    }
+
+    /// Looks up the entries in `written` and those whose open evidence
+    /// moved. `false` if one is not in the cache (the caller reads all).
+    fn refresh_written(&mut self, written: &HashSet<WriterKey>) -> Result<bool> {
+        let mut touched: BTreeMap<InodeKey, Vec<u32>> = BTreeMap::new();
+        for w in written {
+            let key = InodeKey {
+                ino: w.ino,
+                dev: w.dev,
+                path: w.path,
+            };
+            touched.entry(key).or_default().push(w.tgid);
+        }
+        if self.opens_moved {
+            for (key, cached) in &self.inodes.entries {
+                let open = self.open_cache.1.get(&InodeKey { path: 0, ..*key });
+                if cached.open.as_ref() != open {
+                    touched.entry(*key).or_default();
+                }
+            }
+        }
+        if touched.keys().any(|k| !self.inodes.entries.contains_key(k)) {
+            return Ok(false);
+        }
+        for (key, tgids) in touched {
+            let Some(values) = self.stats.lookup(&key).context("reading INODE_STATS")? else {
+                // Gone since (deleted): so is its entry.
+                self.inodes.entries.remove(&key);
+                continue;
+            };
+            let stats = sum_percpu(values);
+            let open = self.open_cache.1.get(&InodeKey { path: 0, ..key }).copied();
+            let Some(mut cached) = self.inodes.entries.remove(&key) else {
+                continue;
+            };
+            let mut writers_moved = false;
+            for tgid in tgids {
+                let wkey = WriterKey {
+                    ino: key.ino,
+                    dev: key.dev,
+                    path: key.path,
+                    tgid,
+                    _pad: 0,
+                };
+                if let Some(w) = self.writers.lookup(&wkey).context("reading WRITERS")? {
+                    let writer = writer_of(&wkey, &w[0]);
+                    if cached.writers.get(&tgid) != Some(&writer) {
+                        cached.writers.insert(tgid, writer);
+                        writers_moved = true;
+                    }
+                }
+            }
+            if stats != cached.stats || open != cached.open || writers_moved {
+                let hists = self
+                    .hists
+                    .lookup(&key)
+                    .context("reading INODE_HISTS")?
+                    .map(|h| h[0]);
+                cached.entry =
+                    Arc::new(self.build_entry(key, &stats, hists.as_ref(), &cached.writers, open));
+                cached.stats = stats;
+                cached.open = open;
+            }
+            self.inodes.entries.insert(key, cached);
+        }
+        Ok(true)
+    }
+
+    /// An entry from what the maps hold for it.
+    fn build_entry(
+        &self,
+        key: InodeKey,
+        stats: &WriteStats,
+        hists: Option<&Histograms>,
+        writers: &HashMap<u32, Writer>,
+        open: Option<OpenStats>,
+    ) -> Entry {
+        let dev = dev_name(key.dev);
+        let mut top: Vec<Writer> = writers.values().cloned().collect();
+        top.sort_by(|a, b| b.writes.cmp(&a.writes).then(a.pid.cmp(&b.pid)));
+        top.truncate(TOP_WRITERS);
+        Entry {
+            mount: self.mounts.mount_of(&dev).map(str::to_owned),
+            name: self.name_cache.get(&key).cloned().flatten(),
+            dev,
+            ino: key.ino,
+            path: WritePath::from_u32(key.path)
+                .map_or("unknown", WritePath::name)
+                .to_owned(),
+            counters: Counters::from(stats),
+            histograms: hists.map(Histos::from).unwrap_or_default(),
+            writers: top,
+            open: open.as_ref().map(OpenEvidence::from),
+        }
+    }
+
+    /// Reads `INODE_STATS` whole and rebuilds the entries whose counters or
+    /// open evidence moved, reading only their histograms and writers.
+    fn refresh_all(&mut self) -> Result<()> {
         let mut current: Vec<(InodeKey, WriteStats)> =
             Vec::with_capacity(self.inodes.entries.len());
         self.stats
-            .for_each(|k, v| current.push((*k, sum_percpu(v))))
+            .for_each(|k, v| {
+                if WritePath::from_u32(k.path).is_some() {
+                    current.push((*k, sum_percpu(v)));
+                }
+            })
             .context("reading INODE_STATS")?;
         current.sort_unstable_by_key(|(k, _)| *k);
 
@@ -306,80 +467,66 @@ impl Collector {
             .copied()
             .collect();
         // Entries gone from the map (evicted) leave the cache.
-        let mut entries = std::mem::take(&mut self.inodes.entries);
-        entries.retain(|k, _| current.binary_search_by_key(k, |(ck, _)| *ck).is_ok());
+        self.inodes
+            .entries
+            .retain(|k, _| current.binary_search_by_key(k, |(ck, _)| *ck).is_ok());
+        let entries = &self.inodes.entries;
         self.name_cache.retain(|k, _| entries.contains_key(k));
-
-        if !changed.is_empty() {
-            let keys: Vec<InodeKey> = changed.iter().map(|(k, _)| *k).collect();
-            self.refresh_names(&keys)?;
-            let is_changed = |k: &InodeKey| keys.binary_search(k).is_ok();
-            let mut hists: HashMap<InodeKey, Histograms> = HashMap::with_capacity(keys.len());
-            if keys.len() <= HIST_LOOKUPS_MAX {
-                for k in &keys {
-                    if let Some(h) = self.hists.lookup(k).context("reading INODE_HISTS")? {
-                        hists.insert(*k, h[0]);
-                    }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<InodeKey> = changed.iter().map(|(k, _)| *k).collect();
+        self.refresh_names(&keys)?;
+        let is_changed = |k: &InodeKey| keys.binary_search(k).is_ok();
+        let mut hists: HashMap<InodeKey, Histograms> = HashMap::with_capacity(keys.len());
+        if keys.len() <= HIST_LOOKUPS_MAX {
+            for k in &keys {
+                if let Some(h) = self.hists.lookup(k).context("reading INODE_HISTS")? {
+                    hists.insert(*k, h[0]);
                 }
-            } else {
-                self.hists
-                    .for_each(|k, v| {
-                        if is_changed(k) {
-                            hists.insert(*k, v[0]);
-                        }
-                    })
-                    .context("reading INODE_HISTS")?;
             }
-            let mut writers: HashMap<InodeKey, Vec<Writer>> = HashMap::new();
-            self.writers
+        } else {
+            self.hists
                 .for_each(|k, v| {
-                    let key = InodeKey {
-                        ino: k.ino,
-                        dev: k.dev,
-                        path: k.path,
-                    };
-                    if let (true, Some(w)) = (is_changed(&key), v.first()) {
-                        writers.entry(key).or_default().push(writer_of(k, w));
+                    if is_changed(k) {
+                        hists.insert(*k, v[0]);
                     }
                 })
-                .context("reading WRITERS")?;
-            for (key, stats) in changed {
-                let Some(path) = WritePath::from_u32(key.path) else {
-                    continue;
-                };
-                let dev = dev_name(key.dev);
-                if self.mounts.has(&dev) {
-                    self.mounted_devs.insert(key.dev);
-                }
-                let mut top = writers.remove(&key).unwrap_or_default();
-                top.sort_by(|a, b| b.writes.cmp(&a.writes).then(a.pid.cmp(&b.pid)));
-                top.truncate(TOP_WRITERS);
-                let open = self.open_cache.1.get(&InodeKey { path: 0, ..key }).copied();
-                let entry = Entry {
-                    mount: self.mounts.mount_of(&dev).map(str::to_owned),
-                    name: self.name_cache.get(&key).cloned().flatten(),
-                    dev,
-                    ino: key.ino,
-                    path: path.name().to_owned(),
-                    counters: Counters::from(&stats),
-                    histograms: hists.get(&key).map(Histos::from).unwrap_or_default(),
-                    writers: top,
-                    open: open.as_ref().map(OpenEvidence::from),
-                };
-                entries.insert(
-                    key,
-                    Cached {
-                        stats,
-                        open,
-                        entry: Arc::new(entry),
-                    },
-                );
-            }
+                .context("reading INODE_HISTS")?;
         }
-        self.inodes = InodeCache {
-            marks: Some(marks),
-            entries,
-        };
+        let mut writers: HashMap<InodeKey, HashMap<u32, Writer>> = HashMap::new();
+        self.writers
+            .for_each(|k, v| {
+                let key = InodeKey {
+                    ino: k.ino,
+                    dev: k.dev,
+                    path: k.path,
+                };
+                if let (true, Some(w)) = (is_changed(&key), v.first()) {
+                    writers
+                        .entry(key)
+                        .or_default()
+                        .insert(k.tgid, writer_of(k, w));
+                }
+            })
+            .context("reading WRITERS")?;
+        for (key, stats) in changed {
+            if self.mounts.has(&dev_name(key.dev)) {
+                self.mounted_devs.insert(key.dev);
+            }
+            let writers = writers.remove(&key).unwrap_or_default();
+            let open = self.open_cache.1.get(&InodeKey { path: 0, ..key }).copied();
+            let entry = self.build_entry(key, &stats, hists.get(&key), &writers, open);
+            self.inodes.entries.insert(
+                key,
+                Cached {
+                    stats,
+                    open,
+                    writers,
+                    entry: Arc::new(entry),
+                },
+            );
+        }
         Ok(())
     }
 
@@ -476,5 +623,57 @@ impl Collector {
             health: HealthReport::new(&health, live, self.max_inodes, self.deleted),
             ..Snapshot::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ino: u64, tgid: u32) -> WriterKey {
+        WriterKey {
+            ino,
+            dev: 45,
+            path: 0,
+            tgid,
+            _pad: 0,
+        }
+    }
+
+    fn ring(writes: &[WriterKey], head: u64) -> DirtyRing {
+        let mut r = DirtyRing {
+            head,
+            ..DirtyRing::default()
+        };
+        // The last `writes.len()` writes before `head`, in order.
+        for (i, k) in writes.iter().enumerate() {
+            let n = head - writes.len() as u64 + i as u64;
+            r.keys[(n % DIRTY_SLOTS as u64) as usize] = *k;
+        }
+        r
+    }
+
+    #[test]
+    fn written_since_takes_each_cpus_new_slots_once() {
+        // CPU 0 wrapped round the ring (slots 1020..1030), CPU 1 wrote twice.
+        let cpu0: Vec<WriterKey> = (0..10).map(|i| key(2 + i % 3, 7)).collect();
+        let rings = [ring(&cpu0, 1030), ring(&[key(9, 8), key(9, 8)], 2)];
+        let keys = written_since(&rings, &[1020, 0]).expect("within the rings");
+        let mut got: Vec<(u64, u32)> = keys.iter().map(|k| (k.ino, k.tgid)).collect();
+        got.sort_unstable();
+        assert_eq!(got, [(2, 7), (3, 7), (4, 7), (9, 8)]);
+        // Nothing new: nothing to look up.
+        assert_eq!(written_since(&rings, &[1030, 2]), Some(HashSet::new()));
+    }
+
+    #[test]
+    fn written_since_gives_up_past_half_a_ring_or_on_odd_heads() {
+        let rings = [ring(&[], (DIRTY_SLOTS / 2 + 1) as u64)];
+        assert_eq!(written_since(&rings, &[0]), None);
+        assert!(written_since(&rings, &[1]).is_some());
+        // A head behind the last one seen (the map was replaced) or another
+        // CPU count: read everything.
+        assert_eq!(written_since(&rings, &[600]), None);
+        assert_eq!(written_since(&rings, &[0, 0]), None);
     }
 }
