@@ -2,95 +2,13 @@
 //! (no kernel needed), keys are sent as a person would type them, and the
 //! screen is read back with capture-pane.
 
-use std::{process::Command, thread, time::Duration};
+use std::process::Command;
+
+mod common;
+use common::tmux::Tmux;
 
 const FUSELOCK: &str = env!("CARGO_BIN_EXE_fuselock");
 const REPLAY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/replay.jsonl");
-
-struct Tmux {
-    session: String,
-}
-
-impl Tmux {
-    fn start(cmd: &str, w: u16, h: u16) -> Option<Tmux> {
-        if !Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            eprintln!("SKIPPED: tmux not installed");
-            return None;
-        }
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = format!("fuselock-test-{}-{n}", std::process::id());
-        let ok = Command::new("tmux")
-            .args([
-                "-L",
-                &session,
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                &w.to_string(),
-                "-y",
-                &h.to_string(),
-                cmd,
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "tmux new-session failed");
-        Some(Tmux { session })
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            let ok = Command::new("tmux")
-                .args(["-L", &self.session, "send-keys", "-t", &self.session, k])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "send-keys {k}");
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args([
-                "-L",
-                &self.session,
-                "capture-pane",
-                "-p",
-                "-t",
-                &self.session,
-            ])
-            .output()
-            .expect("capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Waits until the screen contains `needle`.
-    fn wait_for(&self, needle: &str) -> String {
-        for _ in 0..50 {
-            let s = self.screen();
-            if s.contains(needle) {
-                return s;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        panic!("`{needle}` never appeared:\n{}", self.screen());
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        // Each test has its own tmux server (-L): parallel tests never share one.
-        let _ = Command::new("tmux")
-            .args(["-L", &self.session, "kill-server"])
-            .status();
-    }
-}
 
 fn top_cmd() -> String {
     // After top exits, print its status and keep the pane for inspection.

@@ -90,7 +90,7 @@ fn static_harness(command: &str, kind: &str, name: &str) -> Result<PathBuf> {
         .with_context(|| format!("cargo built no {kind} {name} executable"))
 }
 
-/// The VM end-to-end tests (`userspace/tests/vm.rs`).
+/// The VM end-to-end tests (`userspace/tests/vm/`).
 pub fn vm_tests_static() -> Result<PathBuf> {
     static_harness("test", "test", "vm")
 }

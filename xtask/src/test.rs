@@ -11,6 +11,15 @@ pub struct TestArgs {
     /// Skip the VM tests (host-only run).
     #[arg(long)]
     pub no_vm: bool,
+    /// Skip the host steps (fmt, clippy, host tests): VM tests only.
+    #[arg(long, conflicts_with = "no_vm")]
+    pub vm_only: bool,
+    /// Kernels to run the VM tests on (default: all three).
+    #[arg(long = "kernel", value_parser = ["stock", "patched", "unpatched"])]
+    pub kernels: Vec<String>,
+    /// Only VM tests whose name contains this (libtest's filter).
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -32,19 +41,29 @@ fn cargo(args: &[&str]) -> Result<()> {
 pub fn run(args: &TestArgs) -> Result<()> {
     let t = Instant::now();
     step("toolchain set-up", setup::ensure_all)?;
-    step("cargo fmt --check", || {
-        cargo(&["fmt", "--all", "--", "--check"])
-    })?;
-    step("cargo clippy", || {
-        cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
-    })?;
-    step("host tests", || cargo(&["test"]))?;
+    if !args.vm_only {
+        step("cargo fmt --check", || {
+            cargo(&["fmt", "--all", "--", "--check"])
+        })?;
+        step("cargo clippy", || {
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+        })?;
+        step("host tests", || cargo(&["test"]))?;
+    }
     if !args.no_vm {
         let fuselock = build::fuselock_static()?;
         let tests = build::vm_tests_static()?;
         // A real Prometheus scrapes `fuselock export` in the exporter test.
         let prometheus = vm::with_libraries("/usr/bin/prometheus")?;
-        for kernel in ["stock", "patched", "unpatched"] {
+        // tmux drives `fuselock top` in the VM as a person would.
+        let tmux = vm::tmux_files()?;
+        let all = ["stock", "patched", "unpatched"].map(str::to_owned);
+        let kernels = if args.kernels.is_empty() {
+            &all[..]
+        } else {
+            &args.kernels[..]
+        };
+        for kernel in kernels {
             let (image, kernel_name) = vm::resolve_kernel(kernel)?;
             step(&format!("VM end-to-end tests on {kernel_name}"), || {
                 let code = vm::run(&vm::VmSpec {
@@ -56,6 +75,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                             (tests.clone(), "/bin/vm-tests".into()),
                         ],
                         prometheus.clone(),
+                        tmux.clone(),
                     ]
                     .concat(),
                     mount: None,
@@ -66,8 +86,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
                         "--include-ignored",
                         "--test-threads=1",
                     ]
+                    .into_iter()
                     .map(str::to_owned)
-                    .to_vec(),
+                    .chain(args.filter.clone())
+                    .collect(),
                     cpus: 2,
                     memory_mb: 1024,
                     timeout: std::time::Duration::from_secs(1800),

@@ -8,7 +8,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -245,6 +245,7 @@ echo "vm: /mnt/fuse mounted ({kind:?})"
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts 2>/dev/null
 mount -t tmpfs tmp /tmp
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
@@ -391,6 +392,24 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
 
 /// A dynamically linked host binary with its libraries and loader, at the
 /// same paths in the guest.
+/// tmux with its libraries, the C.UTF-8 character map (without which it
+/// refuses to start: "need UTF-8 locale") and the terminfo entries of the
+/// console's TERM (xterm) and of its panes (screen).
+pub fn tmux_files() -> Result<Vec<(PathBuf, String)>> {
+    let mut files = with_libraries("/usr/bin/tmux")?;
+    for data in [
+        "/usr/lib/locale/C.utf8/LC_CTYPE",
+        "/lib/terminfo/x/xterm",
+        "/lib/terminfo/s/screen",
+    ] {
+        if !Path::new(data).is_file() {
+            bail!("{data} missing (from Debian's libc-bin and ncurses-base): tmux needs it");
+        }
+        files.push((PathBuf::from(data), data.to_owned()));
+    }
+    Ok(files)
+}
+
 pub fn with_libraries(binary: &str) -> Result<Vec<(PathBuf, String)>> {
     let out = Command::new("ldd")
         .arg(binary)

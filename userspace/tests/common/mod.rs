@@ -2,6 +2,8 @@
 //! a `fuselock testfs` mount that cleans up after itself.
 #![allow(dead_code)] // each user takes what it needs
 
+pub mod tmux;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -56,6 +58,13 @@ impl TestFs {
             mountpoint,
             backing,
         }
+    }
+
+    /// SIGKILLs the server mid-whatever: the kernel aborts the connection
+    /// and the mount stays until this is dropped.
+    pub fn kill_server(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 
     pub fn path(&self, name: &str) -> String {

@@ -9,7 +9,11 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+#[path = "../common/mod.rs"]
 mod common;
+mod faults;
+mod top;
+
 use common::{fuselock, TestFs};
 
 /// Which kernel the VM booted: `cargo xtask test` says so in
