@@ -254,7 +254,10 @@ mod tests {
         let mut enc = Encoder::new(Lines::Deltas);
         enc.encode(&snap(vec![a.clone(), b.clone()], false));
         let line = enc.encode(&snap(vec![b, entry(2, 1)], false));
-        assert!(line.entries.is_empty() && line.removed.is_empty(), "{line:?}");
+        assert!(
+            line.entries.is_empty() && line.removed.is_empty(),
+            "{line:?}"
+        );
     }
 
     #[test]
