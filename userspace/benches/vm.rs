@@ -4,9 +4,16 @@
 //! 1. Passthrough O_DIRECT overwrites (1, 2, 4 threads) with no tracer, with
 //!    `fuselock stat`, and with the equivalent bpftrace script; rounds are
 //!    interleaved so drift hits every configuration alike, and medians kept.
-//! 2. An unrelated lock-heavy workload (create/rename/unlink on tmpfs, mmap
-//!    churn) with and without fuselock: what the whole host pays.
-//! 3. fuselock's own CPU and RSS per refresh with 10,000 live inodes.
+//!    Then the kernel's own accounting of each tool's programs (bpf_stats:
+//!    run count and run time), per write: exact, and not at the mercy of
+//!    TCG's timing noise.
+//! 2. An unrelated lock-heavy workload (create/rename/unlink on tmpfs from
+//!    two threads in one directory, mmap churn) with and without fuselock:
+//!    what the whole host pays, as paired rounds and as the run count and
+//!    run time of fuselock's programs during it.
+//! 3. fuselock's own CPU and RSS per refresh with 10,000 live inodes, idle
+//!    and with one file busy, for `stat --json` (deltas and every entry) and
+//!    `export`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,6 +23,7 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::{FileExt as _, OpenOptionsExt as _},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -45,6 +53,8 @@ impl Tracer {
 struct Running {
     child: Child,
     last_line: Arc<Mutex<String>>,
+    /// Bytes it has written to stdout.
+    out_bytes: Arc<AtomicU64>,
 }
 
 impl Drop for Running {
@@ -64,11 +74,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Starts a tracer and waits until its probes are attached.
 fn start(tracer: Tracer, interval: &str) -> Option<Running> {
+    start_with(tracer, interval, &[])
+}
+
+fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running> {
     let mut cmd = match tracer {
         Tracer::None => return None,
         Tracer::Fuselock => {
             let mut c = Command::new(fuselock());
             c.args(["stat", "--json", "--interval", interval]);
+            c.args(extra);
             c
         }
         Tracer::Bpftrace => {
@@ -87,7 +102,8 @@ fn start(tracer: Tracer, interval: &str) -> Option<Running> {
     let stdout = child.stdout.take().expect("stdout");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let last_line = Arc::new(Mutex::new(String::new()));
-    let last = last_line.clone();
+    let out_bytes = Arc::new(AtomicU64::new(0));
+    let (last, bytes) = (last_line.clone(), out_bytes.clone());
     std::thread::spawn(move || {
         // fuselock prints its first snapshot once attached; bpftrace says
         // "Attaching N probes..." before it attaches, so wait a moment more.
@@ -96,6 +112,7 @@ fn start(tracer: Tracer, interval: &str) -> Option<Running> {
             if let Some(tx) = ready.take() {
                 let _ = tx.send(());
             }
+            bytes.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
             *last.lock().expect("lock") = line;
         }
     });
@@ -105,7 +122,11 @@ fn start(tracer: Tracer, interval: &str) -> Option<Running> {
     if tracer == Tracer::Bpftrace {
         std::thread::sleep(Duration::from_secs(3));
     }
-    Some(Running { child, last_line })
+    Some(Running {
+        child,
+        last_line,
+        out_bytes,
+    })
 }
 
 /// Runs `fuselock load` and returns writes per second.
@@ -135,37 +156,90 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Create/rename/unlink on tmpfs plus mmap/munmap churn: lock-heavy, and
-/// nothing to do with FUSE.
-fn churn(iterations: u64) -> Duration {
+/// Create/rename/unlink on tmpfs from `threads` threads in one directory
+/// (whose inode lock they fight over), plus mmap/munmap churn (mmap_lock):
+/// lock-heavy, and nothing to do with FUSE. The wall time of the whole.
+fn churn(threads: u64, iterations: u64) -> Duration {
     let dir = std::path::Path::new("/tmp/churn");
     std::fs::create_dir_all(dir).expect("churn dir");
     let start = Instant::now();
-    for i in 0..iterations {
-        let a = dir.join(format!("a{i}"));
-        let b = dir.join(format!("b{i}"));
-        std::fs::write(&a, b"x").expect("create");
-        std::fs::rename(&a, &b).expect("rename");
-        std::fs::remove_file(&b).expect("unlink");
-        // SAFETY: an anonymous private mapping we touch and unmap ourselves.
-        unsafe {
-            let len = 64 * 1024;
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            for page in (0..len).step_by(4096) {
-                *(p as *mut u8).add(page) = 1;
-            }
-            libc::munmap(p, len);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in 0..iterations {
+                    let a = dir.join(format!("a{t}-{i}"));
+                    let b = dir.join(format!("b{t}-{i}"));
+                    std::fs::write(&a, b"x").expect("create");
+                    std::fs::rename(&a, &b).expect("rename");
+                    std::fs::remove_file(&b).expect("unlink");
+                    // SAFETY: an anonymous private mapping we touch and
+                    // unmap ourselves.
+                    unsafe {
+                        let len = 64 * 1024;
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        );
+                        assert_ne!(p, libc::MAP_FAILED);
+                        for page in (0..len).step_by(4096) {
+                            *(p as *mut u8).add(page) = 1;
+                        }
+                        libc::munmap(p, len);
+                    }
+                }
+            });
         }
-    }
+    });
     start.elapsed()
+}
+
+/// The kernel's run-time accounting of BPF programs, on while it lives.
+struct BpfStats;
+
+impl BpfStats {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> BpfStats {
+        std::fs::write(Self::SYSCTL, "1").expect("enable bpf_stats");
+        BpfStats
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, "0");
+    }
+}
+
+/// Runs and run time (ns) summed over every BPF program `pid` holds an fd
+/// of, from /proc/PID/fdinfo (`run_cnt`, `run_time_ns`: counted by the
+/// kernel while bpf_stats is on).
+fn prog_stats(pid: u32) -> (u64, u64) {
+    let (mut runs, mut ns) = (0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    for fd in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        if !info.contains("prog_id:") {
+            continue;
+        }
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        runs += field("run_cnt:");
+        ns += field("run_time_ns:");
+    }
+    (runs, ns)
 }
 
 fn spawn_exporter() -> Running {
@@ -183,6 +257,7 @@ fn spawn_exporter() -> Running {
     Running {
         child,
         last_line: Arc::new(Mutex::new(String::new())),
+        out_bytes: Arc::new(AtomicU64::new(0)),
     }
 }
 
@@ -219,7 +294,6 @@ fn cpu_and_rss(pid: u32) -> (f64, u64) {
 fn main() {
     let writes = env_u64("FUSELOCK_BENCH_WRITES", 20_000);
     let rounds = env_u64("FUSELOCK_BENCH_ROUNDS", 3) as usize;
-    let churn_iterations = env_u64("FUSELOCK_BENCH_CHURN", 5_000);
     let inodes = env_u64("FUSELOCK_BENCH_INODES", 10_000);
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")
@@ -233,72 +307,248 @@ fn main() {
     };
     let sections = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "123".into());
     let fs = TestFs::mount(&[]);
-
-    // 1. Per-write overhead.
     if sections.contains('1') {
-        println!("\n1. passthrough O_DIRECT overwrites, {writes} per run, median of {rounds} interleaved rounds");
+        per_write(&fs, &tracers, writes, rounds);
+    }
+    if sections.contains('2') {
+        unrelated(env_u64("FUSELOCK_BENCH_CHURN", 2_000));
+    }
+    if sections.contains('3') {
+        userspace_cost(&fs, inodes);
+    }
+    println!("\nbench: done");
+}
+
+/// Section 1, per-write overhead: throughput, then the programs' own run
+/// time.
+fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
+    println!("\n1. passthrough O_DIRECT overwrites, {writes} per run, median of {rounds} interleaved rounds");
+    println!(
+        "{:>7}  {:>10}  {:>14}  {:>12}  {:>16}",
+        "threads", "tracer", "writes/s", "vs none", "mean latency us"
+    );
+    for threads in [1u32, 2, 4] {
+        let mut results: Vec<(Tracer, Vec<f64>)> =
+            tracers.iter().map(|t| (*t, Vec::new())).collect();
+        let _ = load(fs, threads, writes / 10); // warm-up
+        for _ in 0..rounds {
+            for (tracer, samples) in &mut results {
+                let running = start(*tracer, "3600");
+                samples.push(load(fs, threads, writes));
+                drop(running);
+            }
+        }
+        let base = median(results[0].1.clone());
+        for (tracer, samples) in results {
+            let rate = median(samples);
+            println!(
+                "{threads:>7}  {:>10}  {rate:>14.0}  {:>11.3}x  {:>16.1}",
+                tracer.name(),
+                rate / base,
+                f64::from(threads) * 1e6 / rate
+            );
+        }
+    }
+
+    println!("\n1b. BPF programs per write, from the kernel's bpf_stats (run_cnt, run_time_ns), {writes} writes");
+    println!(
+        "{:>7}  {:>10}  {:>14}  {:>16}",
+        "threads", "tracer", "runs/write", "BPF ns/write"
+    );
+    for threads in [1u32, 4] {
+        for tracer in tracers.iter().filter(|t| **t != Tracer::None) {
+            let running = start(*tracer, "3600").expect("tracer");
+            let pid = running.child.id();
+            let stats = BpfStats::enable();
+            let (runs0, ns0) = prog_stats(pid);
+            load(fs, threads, writes);
+            let (runs1, ns1) = prog_stats(pid);
+            drop(stats);
+            drop(running);
+            println!(
+                "{threads:>7}  {:>10}  {:>14.2}  {:>16.0}",
+                tracer.name(),
+                (runs1 - runs0) as f64 / writes as f64,
+                (ns1 - ns0) as f64 / writes as f64
+            );
+        }
+    }
+}
+
+/// Section 2: the host-wide cost on unrelated, lock-heavy work.
+fn unrelated(iterations: u64) {
+    const PAIRS: usize = 9;
+    const THREADS: u64 = 2;
+    println!("\n2. unrelated lock-heavy workload ({THREADS} threads x {iterations} x create/rename/unlink in one tmpfs directory + 64 KiB mmap churn), {PAIRS} pairs of runs");
+    let _ = churn(THREADS, iterations / 5);
+    let mut ratios = Vec::new();
+    for pair in 0..PAIRS {
+        // Alternate which goes first, so a drift within a pair cancels out.
+        let run = |traced: bool| {
+            let running = traced.then(|| start(Tracer::Fuselock, "3600"));
+            let t = churn(THREADS, iterations).as_secs_f64();
+            drop(running);
+            t
+        };
+        let (none, with) = if pair % 2 == 0 {
+            let n = run(false);
+            (n, run(true))
+        } else {
+            let w = run(true);
+            (run(false), w)
+        };
+        ratios.push(with / none);
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "   time with fuselock / without, per pair: {}",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "   median {:.3}, range {:.3} .. {:.3}",
+        median(ratios),
+        sorted[0],
+        sorted[PAIRS - 1]
+    );
+    let running = start(Tracer::Fuselock, "3600").expect("fuselock");
+    let pid = running.child.id();
+    let stats = BpfStats::enable();
+    let (runs0, ns0) = prog_stats(pid);
+    let wall = churn(THREADS, iterations);
+    let (runs1, ns1) = prog_stats(pid);
+    drop(stats);
+    drop(running);
+    let cpu_ns = wall.as_secs_f64() * 1e9 * THREADS as f64;
+    println!(
+        "   fuselock's programs during one run (bpf_stats): {} runs, {:.1} us in all = {:.4} % of the workload's {:.2} s x {THREADS} threads",
+        runs1 - runs0,
+        (ns1 - ns0) as f64 / 1e3,
+        (ns1 - ns0) as f64 / cpu_ns * 100.0,
+        wall.as_secs_f64()
+    );
+}
+
+/// A fuselock process to measure: its pid, and the bytes it has written to
+/// us (if it writes to us).
+struct Consumer<'a> {
+    name: &'a str,
+    pid: u32,
+    out_bytes: Option<&'a AtomicU64>,
+}
+
+impl<'a> Consumer<'a> {
+    fn of(name: &'a str, r: &'a Running) -> Consumer<'a> {
+        Consumer {
+            name,
+            pid: r.child.id(),
+            out_bytes: Some(&r.out_bytes),
+        }
+    }
+}
+
+/// Measures the consumers and `export` over `secs` seconds of wall time,
+/// scraping the exporter once a second.
+fn measure_consumers(label: &str, consumers: &[Consumer], exporter: &Running, secs: u32) {
+    let bytes = |c: &Consumer| c.out_bytes.map_or(0, |b| b.load(Ordering::Relaxed));
+    let before: Vec<(f64, u64)> = consumers
+        .iter()
+        .map(|c| (cpu_and_rss(c.pid).0, bytes(c)))
+        .collect();
+    let (exp0, _) = cpu_and_rss(exporter.child.id());
+    let t0 = Instant::now();
+    let mut scraped = 0;
+    for _ in 0..secs {
+        scraped = scrape("127.0.0.1:9948");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    println!("   {label} (window {wall:.1} s):");
+    for (c, (cpu0, bytes0)) in consumers.iter().zip(before) {
+        let (cpu1, rss) = cpu_and_rss(c.pid);
+        let out = match c.out_bytes {
+            Some(_) => format!(
+                "{:>9.0} bytes per refresh",
+                (bytes(c) - bytes0) as f64 / wall
+            ),
+            None => format!("{:>9} to a terminal    ", "screen"),
+        };
+        // Each refreshes once per second of wall time.
         println!(
-            "{:>7}  {:>10}  {:>14}  {:>12}  {:>16}",
-            "threads", "tracer", "writes/s", "vs none", "mean latency us"
+            "     {:<28} {:>8.1} ms CPU per refresh ({:>5.2} % of a core), {out}, RSS {rss} KiB",
+            c.name,
+            (cpu1 - cpu0) / wall * 1000.0,
+            (cpu1 - cpu0) / wall * 100.0,
         );
-        for threads in [1u32, 2, 4] {
-            let mut results: Vec<(Tracer, Vec<f64>)> =
-                tracers.iter().map(|t| (*t, Vec::new())).collect();
-            let _ = load(&fs, threads, writes / 10); // warm-up
-            for _ in 0..rounds {
-                for (tracer, samples) in &mut results {
-                    let running = start(*tracer, "3600");
-                    samples.push(load(&fs, threads, writes));
-                    drop(running);
+    }
+    let (exp1, exp_rss) = cpu_and_rss(exporter.child.id());
+    println!(
+        "     {:<28} {:>8.1} ms CPU per scrape   ({:>5.2} % of a core at 1 s), {scraped:>9} bytes per scrape, RSS {exp_rss} KiB",
+        "export, scraped every second",
+        (exp1 - exp0) / f64::from(secs) * 1000.0,
+        (exp1 - exp0) / wall * 100.0,
+    );
+}
+
+/// `fuselock top` in a detached tmux session (a real terminal), and its pid.
+struct Top {
+    pid: u32,
+}
+
+impl Top {
+    fn start() -> Option<Top> {
+        let ok = Command::new("tmux")
+            .args(["-L", "bench", "new-session", "-d", "-x", "160", "-y", "50"])
+            .arg(format!("{} top --interval 1", fuselock()))
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("bench: tmux unavailable; `top` not measured");
+            return None;
+        }
+        // Its pid: the process whose arguments are `fuselock top ...`.
+        for _ in 0..600 {
+            for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                if args.len() > 1 && args[0].ends_with(b"fuselock") && args[1] == b"top" {
+                    // Give it time to attach and draw.
+                    std::thread::sleep(Duration::from_secs(3));
+                    return Some(Top { pid });
                 }
             }
-            let base = median(results[0].1.clone());
-            for (tracer, samples) in results {
-                let rate = median(samples);
-                println!(
-                    "{threads:>7}  {:>10}  {rate:>14.0}  {:>11.3}x  {:>16.1}",
-                    tracer.name(),
-                    rate / base,
-                    f64::from(threads) * 1e6 / rate
-                );
-            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        eprintln!("bench: `fuselock top` did not start; not measured");
+        None
     }
+}
 
-    // 2. The host-wide cost on unrelated, lock-heavy work.
-    if sections.contains('2') {
-        println!("\n2. unrelated lock-heavy workload ({churn_iterations} x create/rename/unlink on tmpfs + 64 KiB mmap churn), median of 5 interleaved rounds");
-        let _ = churn(churn_iterations / 5);
-        let mut none = Vec::new();
-        let mut with = Vec::new();
-        for _ in 0..5 {
-            none.push(churn(churn_iterations).as_secs_f64());
-            let running = start(Tracer::Fuselock, "3600");
-            with.push(churn(churn_iterations).as_secs_f64());
-            drop(running);
-        }
-        let (none, with) = (median(none), median(with));
-        println!(
-            "   no tracer {:.3} s, fuselock {:.3} s: ratio {:.3}",
-            none,
-            with,
-            with / none
-        );
+impl Drop for Top {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", "bench", "kill-server"])
+            .status();
     }
-    if !sections.contains('3') {
-        println!("\nbench: done");
-        return;
-    }
+}
 
-    // 3. fuselock's own cost with many live inodes: the files are written
-    // once while `stat` watches, then both consumers are measured over
-    // 10 s: `stat --json` serialising every entry each second, and
-    // `export` scraped once a second (the production path).
+/// Section 3: fuselock's own cost with many live inodes. The files are written
+/// once while the consumers watch; then they are measured while every file
+/// is idle, and while one file is written continuously.
+fn userspace_cost(fs: &TestFs, inodes: u64) {
     println!("\n3. fuselock userspace with {inodes} live inodes, 1 s refresh");
     let _ = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status();
-    let stat = start(Tracer::Fuselock, "1").expect("fuselock");
+    let deltas = start(Tracer::Fuselock, "1").expect("fuselock");
+    let every = start_with(Tracer::Fuselock, "1", &["--every-entry"]).expect("fuselock");
     let exporter = spawn_exporter();
     let dir = fs.mountpoint.clone(); // flat file system: no mkdir
     let block = vec![7u8; 8192];
@@ -314,34 +564,48 @@ fn main() {
         f.write_at(aligned, 0).expect("write");
     }
     std::thread::sleep(Duration::from_secs(3));
-    let scrapes = 10u32;
-    let (stat0, _) = cpu_and_rss(stat.child.id());
-    let (exp0, _) = cpu_and_rss(exporter.child.id());
-    let t0 = Instant::now();
-    let mut scraped = 0;
-    for _ in 0..scrapes {
-        scraped = scrape("127.0.0.1:9948");
-        std::thread::sleep(Duration::from_secs(1));
+    let top = Top::start();
+    let mut consumers = vec![
+        Consumer::of("stat --json", &deltas),
+        Consumer::of("stat --json --every-entry", &every),
+    ];
+    if let Some(t) = &top {
+        consumers.push(Consumer {
+            name: "top (160x50 terminal)",
+            pid: t.pid,
+            out_bytes: None,
+        });
     }
-    let wall = t0.elapsed().as_secs_f64();
-    let (stat1, stat_rss) = cpu_and_rss(stat.child.id());
-    let (exp1, exp_rss) = cpu_and_rss(exporter.child.id());
+    measure_consumers("every file idle", &consumers, &exporter, 10);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (stop, path) = (stop.clone(), dir.join("many-0"));
+        std::thread::spawn(move || {
+            let block = vec![7u8; 8192];
+            let offset = block.as_ptr().align_offset(4096);
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .expect("open busy file");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_at(&block[offset..offset + 4096], 0).expect("write");
+                n += 1;
+            }
+            n
+        })
+    };
+    measure_consumers("one file busy, the others idle", &consumers, &exporter, 10);
+    stop.store(true, Ordering::Relaxed);
+    let busy_writes = busy.join().expect("busy writer");
     let last: serde_json::Value =
-        serde_json::from_str(&stat.last_line.lock().expect("lock")).expect("last snapshot");
+        serde_json::from_str(&deltas.last_line.lock().expect("lock")).expect("last snapshot");
     let live = last["health"]["live_inodes"].as_u64().unwrap_or(0);
-    // stat refreshes once per second of wall time; export once per scrape.
-    let stat_ms = (stat1 - stat0) / wall * 1000.0;
-    let exp_ms = (exp1 - exp0) / f64::from(scrapes) * 1000.0;
-    println!("   live inodes in the map: {live}; window {wall:.1} s");
-    println!(
-        "   stat --json (every entry, every second): {stat_ms:.1} ms CPU per refresh ({:.1} % of a core), RSS {stat_rss} KiB",
-        stat_ms / 10.0
-    );
-    println!(
-        "   export, scraped every second ({scraped} bytes): {exp_ms:.1} ms CPU per scrape ({:.1} % of a core at 1 s), RSS {exp_rss} KiB",
-        (exp1 - exp0) / wall * 100.0
-    );
+    println!("   live inodes in the map: {live}; busy file: {busy_writes} writes");
+    drop(top);
     drop(exporter);
-    drop(stat);
-    println!("\nbench: done");
+    drop(every);
+    drop(deltas);
 }

@@ -37,6 +37,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         (build::vm_bench_static()?, "/bin/vm-bench".to_owned()),
     ];
     files.extend(vm::with_libraries("/usr/bin/bpftrace")?);
+    // `top` is measured in a real terminal: tmux's.
+    files.extend(vm::tmux_files()?);
     let code = vm::run(&vm::VmSpec {
         kernel,
         kernel_name,
