@@ -134,15 +134,17 @@ impl Btf {
     ) -> Result<Option<Hit>, BtfError> {
         for member in container.members() {
             let bit_offset = base_bits.saturating_add(u64::from(member.bit_offset));
-            let member_name = self.str_at(member.name_off)?;
-            if member_name == name {
+            // Compared in place: a member name may point into a string far
+            // longer than `name`, and reading it all for every member would make
+            // the lookup quadratic.
+            if self.str_is(member.name_off, name)? {
                 return Ok(Some(Hit {
                     bit_offset,
                     type_id: member.type_id,
                     bitfield_size: member.bitfield_size,
                 }));
             }
-            if !member_name.is_empty() {
+            if !self.str_is(member.name_off, b"")? {
                 continue;
             }
             let inner = self.skip_modifiers(member.type_id)?;

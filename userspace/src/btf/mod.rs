@@ -58,7 +58,7 @@ use std::{
 };
 
 use self::{
-    parse::{lookup_str, Layer},
+    parse::{str_is, Layer},
     types::{Kind, Type},
 };
 
@@ -132,6 +132,11 @@ pub enum BtfError {
     TooManyStrings,
     #[error("BTF string offset {offset} is out of bounds")]
     StringOutOfBounds { offset: u32 },
+    #[error(
+        "BTF string at offset {offset} is longer than a name may be ({} bytes)",
+        parse::MAX_NAME_LEN
+    )]
+    NameTooLong { offset: u32 },
     #[error("BTF type id {id} is out of range")]
     TypeIdOutOfRange { id: u32 },
     #[error(
@@ -253,8 +258,19 @@ impl Btf {
     }
 
     /// The NUL-terminated string at `offset` of the combined string space.
+    #[cfg(test)]
     fn str_at(&self, offset: u32) -> Result<&[u8], BtfError> {
-        lookup_str(self.layers.iter().map(|layer| layer.str_section()), offset)
+        parse::lookup_str(self.layers.iter().map(|layer| layer.str_section()), offset)
+    }
+
+    /// Whether the string at `offset` of the combined string space is `name`, at
+    /// the cost of comparing `name` (a string may be far longer).
+    fn str_is(&self, offset: u32, name: &[u8]) -> Result<bool, BtfError> {
+        str_is(
+            self.layers.iter().map(|layer| layer.str_section()),
+            offset,
+            name,
+        )
     }
 
     /// The type with id `id`; id 0 is `void`.
@@ -276,7 +292,7 @@ impl Btf {
             .iter()
             .flat_map(move |layer| layer.candidates(name))
             .filter_map(|id| self.type_by_id(id).ok())
-            .filter(move |ty| self.str_at(ty.name_off).is_ok_and(|found| found == name))
+            .filter(move |ty| self.str_is(ty.name_off, name).unwrap_or(false))
     }
 
     /// Pointer size of the target the BTF describes.

@@ -1,9 +1,14 @@
 //! Tests: hand-built blobs for the format's corners and malformed input, then the
 //! host's own `/sys/kernel/btf`.
 
-use std::{path::Path, process::Command, sync::OnceLock, time::Instant};
+use std::{
+    path::Path,
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
-use super::{types::Kind, Btf, BtfError};
+use super::{parse::MAX_NAME_LEN, types::Kind, Btf, BtfError};
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
@@ -874,6 +879,52 @@ fn offset_overflow_is_an_error() {
     assert_eq!(btf.member_offset("s", &["a"]).unwrap(), (u32::MAX - 7) / 8);
     let err = btf.member_offset("s", &["a"; 9]).unwrap_err();
     assert!(matches!(err, BtfError::Overflow { .. }), "{err:?}");
+}
+
+// Lookups cost in proportion to the input, not to a product of its parts: these
+// inputs took minutes (about 1 MiB each, through the `btf` fuzz target) before.
+
+/// Thousands of member names pointing into one long string: comparing a name
+/// used to read the string to its end, once per member.
+#[test]
+fn long_member_names_cost_no_more_than_the_name() {
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    let long_name = b.str(&"a".repeat(1 << 20));
+    let name = b.str("file");
+    let members: Vec<u32> = (0..u32::from(u16::MAX))
+        .flat_map(|i| [long_name, int, 32 * i])
+        .collect();
+    b.raw(
+        name,
+        info(KIND_STRUCT, false, u32::from(u16::MAX)),
+        4 * u32::from(u16::MAX),
+        &members,
+    );
+    let btf = b.parse();
+    let started = Instant::now();
+    for _ in 0..4 {
+        let err = btf.member_offset("file", &["f_inode"]).unwrap_err();
+        assert!(matches!(err, BtfError::MemberNotFound { .. }), "{err:?}");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "4 lookups took {took:?}");
+}
+
+/// Reading a name is bounded too: the kernel allows names shorter than 512 bytes.
+#[test]
+fn names_longer_than_the_kernel_allows_are_errors() {
+    let mut b = Builder::new();
+    b.structure(&"s".repeat(MAX_NAME_LEN + 1), 0, &[]);
+    let err = Btf::parse(&b.build()).unwrap_err();
+    assert!(
+        matches!(err, BtfError::NameTooLong { offset: 1 }),
+        "{err:?}"
+    );
+    let mut b = Builder::new();
+    let longest = "s".repeat(MAX_NAME_LEN);
+    b.structure(&longest, 0, &[]);
+    assert!(b.parse().has_struct(&longest));
 }
 
 #[test]
