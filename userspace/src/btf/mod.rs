@@ -232,7 +232,9 @@ impl Btf {
     /// Bitfields and members not on a byte boundary are errors. If several structs
     /// share the name (BTF can carry more than one definition), the non-empty ones
     /// are tried first, in id order, and the first that has the path wins; if none
-    /// has it, the error is the one from the first tried. An empty path gives 0.
+    /// has it, the error is the one from the first tried. Only the first
+    /// [`MAX_DEFINITIONS`](lookup::MAX_DEFINITIONS) (16) are tried: kernel BTF has
+    /// a few at most, and each try may walk every member. An empty path gives 0.
     pub fn member_offset(&self, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
         Ok(self.resolve_path(struct_name, path)?.offset)
     }

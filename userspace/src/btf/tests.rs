@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{parse::MAX_NAME_LEN, types::Kind, Btf, BtfError};
+use super::{lookup::MAX_DEFINITIONS, parse::MAX_NAME_LEN, types::Kind, Btf, BtfError};
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
@@ -925,6 +925,35 @@ fn names_longer_than_the_kernel_allows_are_errors() {
     let longest = "s".repeat(MAX_NAME_LEN);
     b.structure(&longest, 0, &[]);
     assert!(b.parse().has_struct(&longest));
+}
+
+/// Many definitions of `struct file` sharing one anonymous member with many
+/// members: every definition was tried, and each walked all of them.
+#[test]
+fn many_definitions_of_one_struct_are_bounded() {
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    let shared = b.structure("", 4, &vec![("x", int, 0); 40_000]);
+    for _ in 0..40_000 {
+        b.structure("file", 4, &[("", shared, 0)]);
+    }
+    let btf = b.parse();
+    let started = Instant::now();
+    let err = btf.member_offset("file", &["f_inode"]).unwrap_err();
+    assert!(matches!(err, BtfError::MemberNotFound { .. }), "{err:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "lookup took {took:?}");
+    assert_eq!(btf.member_offset("file", &["x"]).unwrap(), 0);
+
+    // The bound: a member only a later definition has is not found.
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    for _ in 0..MAX_DEFINITIONS {
+        b.structure("dup", 4, &[("a", int, 0)]);
+    }
+    b.structure("dup", 8, &[("b", int, 32)]);
+    let err = b.parse().member_offset("dup", &["b"]).unwrap_err();
+    assert!(matches!(err, BtfError::MemberNotFound { .. }), "{err:?}");
 }
 
 #[test]
