@@ -114,11 +114,15 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
                 );
             }
             let list: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+            // Same flags and target directory as this run: no rebuild, same binary.
             bail!(
                 "fuzz target `{target}` found a crash; the input is {}\n  \
-                 reproduce: cargo +nightly fuzz run {target} {}\n  \
+                 reproduce: PATH={}:$PATH cargo +nightly fuzz run {} --target-dir {} {target} {}\n  \
                  then fix it, add a unit test, and copy the input into fuzz/corpus/{target}/",
                 list.join(", "),
+                tools.display(),
+                BUILD_FLAGS.join(" "),
+                target_dir.display(),
                 list[0],
             );
         }
