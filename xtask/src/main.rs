@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod cpio;
 mod debian_kernel;
+mod fuzz;
 mod kernel;
 mod setup;
 mod test;
@@ -38,7 +39,9 @@ enum Cmd {
     Man,
     /// Overhead benchmark in the VM: fuselock vs no tracer vs bpftrace, ratios.
     Bench(bench::BenchArgs),
-    /// The whole test suite: formatting, lints, host tests, VM tests.
+    /// Run each fuzz target for a bounded time from its committed corpus.
+    Fuzz(fuzz::FuzzArgs),
+    /// The whole test suite: formatting, lints, host tests, fuzzing, VM tests.
     Test(test::TestArgs),
 }
 
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             0
         }),
         Cmd::Bench(args) => bench::run(&args).map(|()| 0),
+        Cmd::Fuzz(args) => fuzz::run(&args).map(|()| 0),
         Cmd::Test(args) => test::run(&args).map(|()| 0),
     };
     match result {

@@ -11,6 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::cache;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Pinned so a CI run never picks up a release with different defaults.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: qemu runs the VM, busybox is its userland, prometheus
 /// brings promtool and a real scraper for the exporter tests. The kernel
 /// build tools are installed by `xtask kernel` when it first builds.
@@ -27,10 +29,11 @@ pub fn ensure_all() -> Result<()> {
     ensure_apt_packages(APT_PACKAGES)?;
     ensure_rustup()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     Ok(())
 }
 
-fn announce(msg: &str) {
+pub fn announce(msg: &str) {
     eprintln!("setup: {msg}");
 }
 
@@ -208,4 +211,31 @@ fn ensure_bpf_linker() -> Result<()> {
             .arg(&root)
             .env("LLVM_PREFIX", &prefix),
     )
+}
+
+/// cargo-fuzz (`cargo xtask fuzz`), installed beside bpf-linker in the cache; returns
+/// the directory holding the `cargo-fuzz` binary, to put on `PATH`.
+pub fn ensure_cargo_fuzz() -> Result<PathBuf> {
+    let root = cache::dir()?.join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let bin_dir = root.join("bin");
+    if bin_dir.join("cargo-fuzz").is_file() {
+        return Ok(bin_dir);
+    }
+    announce(&format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about 2 minutes, once)",
+        root.display()
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .arg("--root")
+            .arg(&root),
+    )?;
+    Ok(bin_dir)
 }

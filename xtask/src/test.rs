@@ -4,14 +4,14 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cache, setup, vm};
+use crate::{build, cache, fuzz, setup, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip the VM tests (host-only run).
     #[arg(long)]
     pub no_vm: bool,
-    /// Skip the host steps (fmt, clippy, host tests): VM tests only.
+    /// Skip the host steps (fmt, clippy, host tests, fuzzing): VM tests only.
     #[arg(long, conflicts_with = "no_vm")]
     pub vm_only: bool,
     /// Kernels to run the VM tests on (default: all three).
@@ -20,6 +20,9 @@ pub struct TestArgs {
     /// Only VM tests whose name contains this (libtest's filter).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Seconds to fuzz each fuzz target (0 skips fuzzing).
+    #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS, value_name = "N")]
+    pub fuzz_seconds: u64,
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -49,6 +52,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
         })?;
         step("host tests", || cargo(&["test"]))?;
+        if args.fuzz_seconds > 0 {
+            step(
+                &format!("fuzzing, {}s per target", args.fuzz_seconds),
+                || fuzz::fuzz(fuzz::TARGETS, args.fuzz_seconds),
+            )?;
+        }
     }
     if !args.no_vm {
         let fuselock = build::fuselock_static()?;

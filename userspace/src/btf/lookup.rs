@@ -16,6 +16,12 @@ pub(super) const MAX_RESOLVE_HOPS: usize = 32;
 /// them three or four deep; the bound keeps recursion off the stack limit.
 pub(super) const MAX_ANON_DEPTH: usize = 32;
 
+/// How many definitions of one struct name a lookup tries. A try can walk every
+/// member record of the BTF (through shared anonymous or nested members), so
+/// without a bound, many definitions of one name would make a lookup's cost the
+/// product of two input sizes. Deduplicated kernel BTF has one or two.
+pub(super) const MAX_DEFINITIONS: usize = 16;
+
 /// Where a member path leads.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Resolved<'n, 'p> {
@@ -66,15 +72,19 @@ impl Btf {
     }
 
     /// Structs and unions named `name`, the likeliest definition first: ones with a
-    /// non-zero size before empty ones, each group in id order.
+    /// non-zero size before empty ones, each group in id order; at most
+    /// [`MAX_DEFINITIONS`].
     fn composites_named<'s>(&'s self, name: &'s str) -> Vec<Type<'s>> {
-        let mut found: Vec<_> = self
-            .named(name)
-            .filter(|ty| ty.kind.is_composite())
-            .collect();
-        // Stable sort: keeps id order within each group.
-        found.sort_by_key(|ty| ty.size_or_type == 0);
-        found
+        // Two passes rather than collecting and sorting: the bound holds for
+        // memory too, however many definitions there are.
+        let composites = |sized: bool| {
+            self.named(name)
+                .filter(move |ty| ty.kind.is_composite() && (ty.size_or_type != 0) == sized)
+        };
+        composites(true)
+            .chain(composites(false))
+            .take(MAX_DEFINITIONS)
+            .collect()
     }
 
     fn resolve_in<'n, 'p>(
@@ -134,15 +144,17 @@ impl Btf {
     ) -> Result<Option<Hit>, BtfError> {
         for member in container.members() {
             let bit_offset = base_bits.saturating_add(u64::from(member.bit_offset));
-            let member_name = self.str_at(member.name_off)?;
-            if member_name == name {
+            // Compared in place: a member name may point into a string far
+            // longer than `name`, and reading it all for every member would make
+            // the lookup quadratic.
+            if self.str_is(member.name_off, name)? {
                 return Ok(Some(Hit {
                     bit_offset,
                     type_id: member.type_id,
                     bitfield_size: member.bitfield_size,
                 }));
             }
-            if !member_name.is_empty() {
+            if !self.str_is(member.name_off, b"")? {
                 continue;
             }
             let inner = self.skip_modifiers(member.type_id)?;

@@ -58,7 +58,7 @@ use std::{
 };
 
 use self::{
-    parse::{lookup_str, Layer},
+    parse::{str_is, Layer},
     types::{Kind, Type},
 };
 
@@ -132,6 +132,11 @@ pub enum BtfError {
     TooManyStrings,
     #[error("BTF string offset {offset} is out of bounds")]
     StringOutOfBounds { offset: u32 },
+    #[error(
+        "BTF string at offset {offset} is longer than a name may be ({} bytes)",
+        parse::MAX_NAME_LEN
+    )]
+    NameTooLong { offset: u32 },
     #[error("BTF type id {id} is out of range")]
     TypeIdOutOfRange { id: u32 },
     #[error(
@@ -227,7 +232,9 @@ impl Btf {
     /// Bitfields and members not on a byte boundary are errors. If several structs
     /// share the name (BTF can carry more than one definition), the non-empty ones
     /// are tried first, in id order, and the first that has the path wins; if none
-    /// has it, the error is the one from the first tried. An empty path gives 0.
+    /// has it, the error is the one from the first tried. Only the first
+    /// [`MAX_DEFINITIONS`](lookup::MAX_DEFINITIONS) (16) are tried: kernel BTF has
+    /// a few at most, and each try may walk every member. An empty path gives 0.
     pub fn member_offset(&self, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
         Ok(self.resolve_path(struct_name, path)?.offset)
     }
@@ -253,8 +260,19 @@ impl Btf {
     }
 
     /// The NUL-terminated string at `offset` of the combined string space.
+    #[cfg(test)]
     fn str_at(&self, offset: u32) -> Result<&[u8], BtfError> {
-        lookup_str(self.layers.iter().map(|layer| layer.str_section()), offset)
+        parse::lookup_str(self.layers.iter().map(|layer| layer.str_section()), offset)
+    }
+
+    /// Whether the string at `offset` of the combined string space is `name`, at
+    /// the cost of comparing `name` (a string may be far longer).
+    fn str_is(&self, offset: u32, name: &[u8]) -> Result<bool, BtfError> {
+        str_is(
+            self.layers.iter().map(|layer| layer.str_section()),
+            offset,
+            name,
+        )
     }
 
     /// The type with id `id`; id 0 is `void`.
@@ -276,7 +294,7 @@ impl Btf {
             .iter()
             .flat_map(move |layer| layer.candidates(name))
             .filter_map(|id| self.type_by_id(id).ok())
-            .filter(move |ty| self.str_at(ty.name_off).is_ok_and(|found| found == name))
+            .filter(move |ty| self.str_is(ty.name_off, name).unwrap_or(false))
     }
 
     /// Pointer size of the target the BTF describes.

@@ -306,10 +306,43 @@ fn pointer_size<'s>(
         .map(|header| header.size_or_type)
 }
 
+/// Longest name this reader reads, without its NUL. The kernel rejects BTF names of
+/// `KSYM_NAME_LEN` (512) bytes or more; bounding the search for a name's end keeps
+/// each string read short whatever the string section holds, where a scan to the
+/// NUL would make a lookup's cost the number of names times the longest string.
+pub(super) const MAX_NAME_LEN: usize = 511;
+
 /// The NUL-terminated string at `offset` of the combined string space made of
 /// `sections` (in increasing `start` order): an offset belongs to the last section
-/// starting at or before it.
+/// starting at or before it. Longer than [`MAX_NAME_LEN`] is an error.
 pub(super) fn lookup_str<'a>(
+    sections: impl DoubleEndedIterator<Item = StrSection<'a>>,
+    offset: u32,
+) -> Result<&'a [u8], BtfError> {
+    let tail = str_tail(sections, offset)?;
+    let window = tail.get(..=MAX_NAME_LEN).unwrap_or(tail);
+    match window.iter().position(|&b| b == 0) {
+        Some(len) => Ok(window.get(..len).unwrap_or_default()),
+        None if window.len() > MAX_NAME_LEN => Err(BtfError::NameTooLong { offset }),
+        // A section with no terminating NUL (only a test can build one).
+        None => Err(BtfError::StringOutOfBounds { offset }),
+    }
+}
+
+/// Whether the string at `offset` (as [`lookup_str`] finds it) is `name`; reads
+/// `name.len() + 1` bytes at most, so comparing costs no more than the name.
+pub(super) fn str_is<'a>(
+    sections: impl DoubleEndedIterator<Item = StrSection<'a>>,
+    offset: u32,
+    name: &[u8],
+) -> Result<bool, BtfError> {
+    let tail = str_tail(sections, offset)?;
+    Ok(tail.get(..name.len()) == Some(name) && tail.get(name.len()) == Some(&0))
+}
+
+/// The bytes from `offset` to the end of the section holding it; an offset at or
+/// past the end of its section is out of bounds.
+fn str_tail<'a>(
     mut sections: impl DoubleEndedIterator<Item = StrSection<'a>>,
     offset: u32,
 ) -> Result<&'a [u8], BtfError> {
@@ -318,11 +351,9 @@ pub(super) fn lookup_str<'a>(
         .rfind(|section| section.start <= offset)
         .ok_or_else(out_of_bounds)?;
     let local = usize::try_from(offset - section.start).unwrap_or(usize::MAX);
-    // Past the end, or in a section with no terminating NUL: out of bounds.
-    let tail = section.bytes.get(local..).unwrap_or_default();
-    let len = tail
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(out_of_bounds)?;
-    Ok(tail.get(..len).unwrap_or_default())
+    section
+        .bytes
+        .get(local..)
+        .filter(|tail| !tail.is_empty())
+        .ok_or_else(out_of_bounds)
 }
