@@ -161,6 +161,11 @@ fn bad_replay_files_are_one_line_errors() {
             "/nonexistent.jsonl".to_owned(),
             "--replay /nonexistent.jsonl: No such file",
         ),
+        // A recording cut at the front: its first line is a delta.
+        (
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/delta-first.jsonl").to_owned(),
+            "delta-first.jsonl:1: a delta line before any whole snapshot",
+        ),
     ] {
         // `script` gives top a terminal so it gets as far as reading the file.
         let out = Command::new("script")
