@@ -169,11 +169,11 @@ impl<K: Pod + Default, V: Pod + Default> BatchReader<K, V> {
         }
     }
 
-    /// Removes the entries whose key `doomed` picks; how many went.
-    pub fn delete_where(&mut self, doomed: impl Fn(&K) -> bool) -> io::Result<u64> {
+    /// Removes the entries `doomed` picks (by key and values); how many went.
+    pub fn delete_where(&mut self, doomed: impl Fn(&K, &[V]) -> bool) -> io::Result<u64> {
         let mut keys = Vec::new();
-        self.for_each(|k, _| {
-            if doomed(k) {
+        self.for_each(|k, v| {
+            if doomed(k, v) {
                 keys.push(*k);
             }
         })?;

@@ -100,6 +100,12 @@ pub struct ProbeArgs {
     /// Log every write from the kernel through aya-log (costly: debugging only).
     #[arg(long)]
     pub debug_probes: bool,
+    /// Seconds after which the record of a write still in flight is taken
+    /// for stale (its return probe was missed) and dropped; counted in
+    /// health.inflight_aged_out (1 to 86400).
+    #[arg(long, default_value_t = 300, value_name = "SECS",
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub inflight_max_age: u32,
 }
 
 #[derive(Debug, Args)]

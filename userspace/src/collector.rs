@@ -4,18 +4,18 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        DirtyRing, DIRTY_SLOTS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_HEALTH, MAP_INODE_HISTS,
-        MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
-        MAX_DEVICES, MAX_WRITERS,
+        DirtyRing, DIRTY_SLOTS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_HEALTH, MAP_INFLIGHT,
+        MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS,
+        MAP_PATH_TOTALS, MAP_WRITERS, MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS,
     },
-    Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
+    Health, Histograms, InFlight, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
 };
 
@@ -101,6 +101,10 @@ pub struct Collector {
     mounted_devs: HashSet<u32>,
     /// Entries fuselock deleted itself (for exact eviction counts).
     deleted: u64,
+    /// In-flight write records, aged out after `inflight_max_age`.
+    inflight: BatchReader<u64, InFlight>,
+    inflight_max_age: Duration,
+    inflight_aged_out: u64,
     source: Source,
     max_inodes: u64,
     started: Instant,
@@ -133,6 +137,18 @@ where
         .take_map(name)
         .with_context(|| format!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, which stamps
+/// the in-flight records.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 fn sum_percpu(values: &[WriteStats]) -> WriteStats {
@@ -195,6 +211,9 @@ impl Collector {
             mounts: MountTable::read(),
             mounted_devs: HashSet::new(),
             deleted: 0,
+            inflight: take_hash(attached, MAP_INFLIGHT, MAX_INFLIGHT)?,
+            inflight_max_age: attached.inflight_max_age,
+            inflight_aged_out: 0,
             source: Source {
                 kernel: attached.kernel.clone(),
                 probe_mode: attached.mode.to_string(),
@@ -265,19 +284,19 @@ impl Collector {
         let of_gone = |k: &InodeKey| gone.contains(&k.dev);
         self.deleted += self
             .stats
-            .delete_where(of_gone)
+            .delete_where(|k, _| of_gone(k))
             .context("deleting from INODE_STATS")?;
         self.names
-            .delete_where(of_gone)
+            .delete_where(|k, _| of_gone(k))
             .context("deleting from INODE_NAMES")?;
         self.hists
-            .delete_where(of_gone)
+            .delete_where(|k, _| of_gone(k))
             .context("deleting from INODE_HISTS")?;
         self.opens
-            .delete_where(of_gone)
+            .delete_where(|k, _| of_gone(k))
             .context("deleting from OPENS")?;
         self.writers
-            .delete_where(|k| gone.contains(&k.dev))
+            .delete_where(|k, _| gone.contains(&k.dev))
             .context("deleting from WRITERS")?;
         self.inodes.entries.retain(|k, _| !of_gone(k));
         self.inodes.marks = None;
@@ -292,6 +311,24 @@ impl Collector {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        Ok(())
+    }
+
+    /// Deletes in-flight records older than `inflight_max_age`: a write
+    /// whose return probe was missed (a kretprobe's `maxactive` exhausted by
+    /// many blocked writers) would otherwise hold its slot for ever, and
+    /// enough of them would fill `INFLIGHT`. A write that is really still
+    /// running then returns as `exit_unmatched`: counted, not silent.
+    fn age_out_inflight(&mut self) -> Result<()> {
+        let now = monotonic_ns();
+        let max_age = u64::try_from(self.inflight_max_age.as_nanos()).unwrap_or(u64::MAX);
+        self.inflight_aged_out += self
+            .inflight
+            .delete_where(|_, rec| {
+                rec.first()
+                    .is_some_and(|r| now.saturating_sub(r.start_ns) > max_age)
+            })
+            .context("ageing out INFLIGHT")?;
         Ok(())
     }
 
@@ -537,6 +574,7 @@ impl Collector {
     /// changed are rebuilt; the others are shared with the last snapshot.
     pub fn snapshot_with(&mut self, is_final: bool, detail: Detail) -> Result<Snapshot> {
         self.forget_unmounted()?;
+        self.age_out_inflight()?;
         let mut health = Health::default();
         for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
             health.merge(h);
@@ -620,7 +658,10 @@ impl Collector {
             totals,
             devices,
             opens: OpenEvidence::from(&open_totals),
-            health: HealthReport::new(&health, live, self.max_inodes, self.deleted),
+            health: HealthReport {
+                inflight_aged_out: self.inflight_aged_out,
+                ..HealthReport::new(&health, live, self.max_inodes, self.deleted)
+            },
             ..Snapshot::default()
         })
     }

@@ -115,6 +115,8 @@ pub struct AttachOptions {
     pub contention: bool,
     /// Log every write from the kernel (expensive; debugging only).
     pub debug_log: bool,
+    /// Age past which an in-flight record is dropped as stale.
+    pub inflight_max_age: std::time::Duration,
 }
 
 /// Attached programs. Dropping it detaches and unloads them all.
@@ -124,6 +126,7 @@ pub struct Attached {
     pub contention: bool,
     pub max_inodes: u32,
     pub kernel: String,
+    pub inflight_max_age: std::time::Duration,
 }
 
 /// Runs the checks, loads the programs with this kernel's offsets, and
@@ -208,6 +211,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         contention,
         max_inodes: opts.max_inodes,
         kernel: preflight::kernel_release(),
+        inflight_max_age: opts.inflight_max_age,
     })
 }
 

@@ -16,6 +16,7 @@ impl From<&ProbeArgs> for AttachOptions {
             max_inodes: a.max_inodes,
             contention: !a.no_contention,
             debug_log: a.debug_probes,
+            inflight_max_age: std::time::Duration::from_secs(u64::from(a.inflight_max_age)),
         }
     }
 }

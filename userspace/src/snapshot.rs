@@ -282,6 +282,10 @@ pub struct HealthReport {
     pub lock_state_unknown: u64,
     pub cached_path_writes: u64,
     pub dev_totals_full: u64,
+    /// In-flight records fuselock deleted as stale (older than
+    /// `--inflight-max-age`: a missed return probe).
+    #[serde(default)]
+    pub inflight_aged_out: u64,
 }
 
 impl HealthReport {
@@ -301,6 +305,7 @@ impl HealthReport {
             lock_state_unknown: h.lock_state_unknown,
             cached_path_writes: h.cached_path_writes,
             dev_totals_full: h.dev_totals_full,
+            inflight_aged_out: 0,
         }
     }
 }

@@ -31,6 +31,11 @@ fn bad_usage_exits_3_with_the_reason() {
         ),
         (&["stat", "--max-inodes", "0"][..], "--max-inodes"),
         (
+            &["stat", "--inflight-max-age", "0"][..],
+            "--inflight-max-age",
+        ),
+        (&["stat", "--every-entry"][..], "--json"),
+        (
             &["stat", "--probe-mode", "magic"][..],
             "invalid value 'magic'",
         ),
