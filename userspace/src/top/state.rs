@@ -96,6 +96,9 @@ pub struct App {
     pub quit: bool,
     /// Set when a replay has shown its last snapshot.
     pub finished: bool,
+    /// The table as shown: computed when a snapshot or a key changes it,
+    /// not on every redraw (5 a second, 10,000 rows each).
+    rows: Vec<Row>,
 }
 
 impl App {
@@ -118,6 +121,7 @@ impl App {
             interval,
             quit: false,
             finished: false,
+            rows: Vec::new(),
         }
     }
 
@@ -136,6 +140,8 @@ impl App {
             }
             self.contended_history.push_back(t.contended.round() as u64);
         }
+        self.rows = self.compute_rows();
+        self.move_selection(0);
     }
 
     fn base(&self) -> Option<&Snapshot> {
@@ -146,7 +152,11 @@ impl App {
     }
 
     /// Rows after filter and sort.
-    pub fn rows(&self) -> Vec<Row> {
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    fn compute_rows(&self) -> Vec<Row> {
         let Some(cur) = &self.current else {
             return Vec::new();
         };
@@ -195,8 +205,8 @@ impl App {
             .map(|c| decide(&Evidence::from_totals(c)).verdict)
     }
 
-    pub fn selected_row(&self) -> Option<Row> {
-        self.rows().into_iter().nth(self.selected)
+    pub fn selected_row(&self) -> Option<&Row> {
+        self.rows.get(self.selected)
     }
 
     fn move_selection(&mut self, by: isize) {
@@ -218,6 +228,13 @@ impl App {
     }
 
     pub fn on_key(&mut self, key: KeyEvent) {
+        self.handle_key(key);
+        // Sort, filter, mode and reset all change the table.
+        self.rows = self.compute_rows();
+        self.move_selection(0);
+    }
+
+    fn handle_key(&mut self, key: KeyEvent) {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             self.quit = true;
             return;
