@@ -37,6 +37,9 @@ pub const MAX_WRITERS: u32 = 32_768;
 pub const MAP_DIRTY: &str = "DIRTY";
 /// Slots in each CPU's [`DirtyRing`] (a power of two).
 pub const DIRTY_SLOTS: usize = 1024;
+/// One `u64` that userspace bumps at each refresh, before it reads the
+/// rings (see [`DirtyRing`]).
+pub const MAP_EPOCH: &str = "EPOCH";
 
 /// Default capacity of the per-inode maps.
 pub const DEFAULT_MAX_INODES: u32 = 16_384;
@@ -319,6 +322,9 @@ pub struct WriterStats {
     pub writes: u64,
     /// `comm` of the last thread of the process seen writing.
     pub comm: [u8; COMM_LEN],
+    /// The `EPOCH` in which this (entry, writer) was last put in a
+    /// [`DirtyRing`]: once per refresh is enough (bookkeeping, not a count).
+    pub dirty_epoch: u64,
 }
 
 /// What opens of one file asked for and what the kernel kept, read at the
@@ -400,10 +406,15 @@ impl InodeName {
     }
 }
 
-/// Per CPU, the (inode, writer) of each of the latest writes: slot
-/// `i % DIRTY_SLOTS` holds write number `i`. Userspace looks up only the
-/// entries written since its last refresh (heads then and now); when more
-/// than half a ring went by on a CPU, it reads every entry instead.
+/// Per CPU, the (inode, writer) pairs written lately: slot `i % DIRTY_SLOTS`
+/// holds push number `i`. A write pushes its pair only if the pair was not
+/// pushed yet in the current `EPOCH`, after all its per-inode updates; so a
+/// busy file costs one slot per refresh, not one per write. Userspace bumps
+/// the epoch, reads the rings, and looks up the pairs pushed since the
+/// refresh before last: a write that skipped its push did so because a push
+/// of its pair in its epoch came before it, and that push is in one of those
+/// two ranges. When more than half a ring went by on a CPU, userspace reads
+/// every entry instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirtyRing {
@@ -454,7 +465,7 @@ mod tests {
         assert_eq!(size_of::<crate::Config>(), 8 + 4 * 18 + 8);
         assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
         assert_eq!(size_of::<WriterKey>(), 24);
-        assert_eq!(size_of::<WriterStats>(), 24);
+        assert_eq!(size_of::<WriterStats>(), 32);
         // A per-CPU map value may be at most 32 KiB.
         assert_eq!(size_of::<DirtyRing>(), 8 + 24 * DIRTY_SLOTS);
         assert!(size_of::<DirtyRing>() <= 32 * 1024);

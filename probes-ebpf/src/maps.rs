@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     Global,
 };
 use probes_common::{
@@ -59,6 +59,10 @@ pub static WRITERS: LruHashMap<WriterKey, WriterStats> =
 /// Per CPU: the latest writes, so userspace re-reads only what was written.
 #[map]
 pub static DIRTY: PerCpuArray<DirtyRing> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bumped by userspace at each refresh (see `DirtyRing`).
+#[map]
+pub static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static OPENS: LruHashMap<InodeKey, OpenStats> =

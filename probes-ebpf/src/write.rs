@@ -18,7 +18,7 @@ use probes_common::{
 use crate::{
     kernel::{inode_id, now_ns, pid_tgid, read},
     maps::{
-        atomic_add, config, health, DEV_TOTALS, DIRTY, INFLIGHT, INODE_HISTS, INODE_NAMES,
+        atomic_add, config, health, DEV_TOTALS, DIRTY, EPOCH, INFLIGHT, INODE_HISTS, INODE_NAMES,
         INODE_STATS, PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
     },
 };
@@ -221,7 +221,8 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
         // SAFETY: a map value; shared between CPUs, updated atomically.
         record_histograms(unsafe { &mut *h }, rec, now);
     }
-    mark_dirty(count_writer(rec));
+    let (key, writer) = count_writer(rec);
+    mark_dirty(key, writer);
 }
 
 #[inline(always)]
@@ -330,9 +331,9 @@ fn record_histograms(h: &mut Histograms, rec: &InFlight, now: u64) {
     }
 }
 
-/// Counts the write against its process.
+/// Counts the write against its process; the writer's map value, if any.
 #[inline(always)]
-fn count_writer(rec: &InFlight) -> WriterKey {
+fn count_writer(rec: &InFlight) -> (WriterKey, Option<*mut WriterStats>) {
     let key = WriterKey {
         ino: rec.key.ino,
         dev: rec.key.dev,
@@ -343,26 +344,41 @@ fn count_writer(rec: &InFlight) -> WriterKey {
     let comm = bpf_get_current_comm().unwrap_or_default();
     if let Some(w) = WRITERS.get_ptr_mut(key) {
         // SAFETY: shared map value: atomic count; comm is best effort.
-        let w = unsafe { &mut *w };
-        atomic_add(&mut w.writes, 1);
-        w.comm = comm;
-    } else if WRITERS
-        .insert(key, WriterStats { writes: 1, comm }, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
+        let ws = unsafe { &mut *w };
+        atomic_add(&mut ws.writes, 1);
+        ws.comm = comm;
+        return (key, Some(w));
+    }
+    let fresh = WriterStats {
+        writes: 1,
+        comm,
+        dirty_epoch: 0,
+    };
+    if WRITERS.insert(key, fresh, u64::from(BPF_NOEXIST)).is_err() {
         // Raced with another CPU's insert: count into its entry.
         if let Some(w) = WRITERS.get_ptr_mut(key) {
             // SAFETY: as above.
             atomic_add(unsafe { &mut (*w).writes }, 1);
         }
     }
-    key
+    (key, WRITERS.get_ptr_mut(key))
 }
 
-/// Appends the write to this CPU's ring of recent writes, after every
-/// per-inode update it makes, so userspace that finds it there finds them.
+/// Puts the (entry, writer) pair in this CPU's ring of recent writes, once
+/// per epoch, after every per-inode update the write makes: userspace that
+/// finds the pair there finds those updates (see `DirtyRing`).
 #[inline(always)]
-fn mark_dirty(key: WriterKey) {
+fn mark_dirty(key: WriterKey, writer: Option<*mut WriterStats>) {
+    let epoch = EPOCH.get(0).copied().unwrap_or(0);
+    if let Some(w) = writer {
+        // SAFETY: a shared map value; a race between CPUs at worst pushes
+        // the pair twice.
+        let w = unsafe { &mut *w };
+        if w.dirty_epoch == epoch {
+            return;
+        }
+        w.dirty_epoch = epoch;
+    }
     let Some(ring) = DIRTY.get_ptr_mut(0) else {
         return;
     };

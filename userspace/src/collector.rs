@@ -8,10 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        DirtyRing, DIRTY_SLOTS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_HEALTH, MAP_INFLIGHT,
+        DirtyRing, DIRTY_SLOTS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_HEALTH, MAP_INFLIGHT,
         MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS,
         MAP_PATH_TOTALS, MAP_WRITERS, MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS,
     },
@@ -88,9 +88,14 @@ pub struct Collector {
     open_cache: (Option<u64>, HashMap<InodeKey, OpenStats>),
     /// Entries of the last full read, reused while their counters stand still.
     inodes: InodeCache,
-    /// The rings of recent writes, and each CPU's head at the last refresh.
+    /// The rings of recent writes, each CPU's head at the last refresh, and
+    /// the pairs pushed in the range read then (`None`: not known).
     dirty: PerCpuArray<MapData, DirtyRing>,
     dirty_heads: Option<Vec<u64>>,
+    last_range: Option<HashSet<WriterKey>>,
+    /// The epoch the rings dedup against, bumped before each ring read.
+    epoch: Array<MapData, u64>,
+    epoch_value: u64,
     /// Whether the open evidence was re-read since the entries were built.
     opens_moved: bool,
     /// Live entries at the last totals-only read, and its marks.
@@ -206,6 +211,9 @@ impl Collector {
             inodes: InodeCache::default(),
             dirty: take(attached, MAP_DIRTY)?,
             dirty_heads: None,
+            last_range: None,
+            epoch: take(attached, MAP_EPOCH)?,
+            epoch_value: 0,
             opens_moved: false,
             live_cache: None,
             mounts: MountTable::read(),
@@ -300,6 +308,7 @@ impl Collector {
             .context("deleting from WRITERS")?;
         self.inodes.entries.retain(|k, _| !of_gone(k));
         self.inodes.marks = None;
+        self.last_range = None;
         self.live_cache = None;
         self.open_cache.0 = None;
         self.name_cache.retain(|k, _| !of_gone(k));
@@ -338,7 +347,14 @@ impl Collector {
     }
 
     /// Live entries, counted: all the exporter needs of the per-inode maps.
+    /// The count moves only on an insert (which may evict) or a delete of
+    /// ours, so writes to known files cost no read.
     fn count_live(&mut self, marks: ChangeMarks) -> Result<u64> {
+        let marks = ChangeMarks {
+            writes: 0,
+            opens: 0,
+            ..marks
+        };
         if let Some((m, live)) = self.live_cache {
             if m == marks {
                 return Ok(live);
@@ -360,13 +376,24 @@ impl Collector {
         if self.inodes.marks == Some(marks) {
             return Ok(());
         }
-        // Read after the marks: a write counted in them is in its ring.
+        // A new epoch first, then the rings (read after the marks: a write
+        // counted in them has pushed its pair, or a push in its epoch came
+        // before it).
+        self.epoch_value += 1;
+        self.epoch
+            .set(0, self.epoch_value, 0)
+            .context("writing EPOCH")?;
         let rings = self.dirty.get(&0, 0).context("reading DIRTY")?;
         let heads: Vec<u64> = rings.iter().map(|r| r.head).collect();
-        let written = match (&self.inodes.marks, &self.dirty_heads) {
-            // An insert may have evicted an entry silently: read them all.
-            (Some(m), Some(last)) if m.inode_inserts == marks.inode_inserts => {
-                written_since(&rings, last)
+        let range = self
+            .dirty_heads
+            .as_ref()
+            .and_then(|last| written_since(&rings, last));
+        // The pairs pushed since the refresh before last. An insert may have
+        // evicted an entry silently: then read them all.
+        let written = match (&self.inodes.marks, &range, &self.last_range) {
+            (Some(m), Some(now), Some(before)) if m.inode_inserts == marks.inode_inserts => {
+                Some(now.union(before).copied().collect::<HashSet<_>>())
             }
             _ => None,
         };
@@ -378,6 +405,7 @@ impl Collector {
             self.refresh_all()?;
         }
         self.dirty_heads = Some(heads);
+        self.last_range = range;
         self.inodes.marks = Some(marks);
         self.opens_moved = false;
         Ok(())
