@@ -311,7 +311,7 @@ fn main() {
         per_write(&fs, &tracers, writes, rounds);
     }
     if sections.contains('2') {
-        unrelated(env_u64("FUSELOCK_BENCH_CHURN", 2_000));
+        unrelated(env_u64("FUSELOCK_BENCH_CHURN", 5_000));
     }
     if sections.contains('3') {
         userspace_cost(&fs, inodes);
@@ -379,43 +379,56 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
 fn unrelated(iterations: u64) {
     const PAIRS: usize = 9;
     const THREADS: u64 = 2;
-    println!("\n2. unrelated lock-heavy workload ({THREADS} threads x {iterations} x create/rename/unlink in one tmpfs directory + 64 KiB mmap churn), {PAIRS} pairs of runs");
+    println!("\n2. unrelated lock-heavy workload ({THREADS} threads x {iterations} x create/rename/unlink in one tmpfs directory + 64 KiB mmap churn), {PAIRS} rounds");
     let _ = churn(THREADS, iterations / 5);
-    let mut ratios = Vec::new();
-    for pair in 0..PAIRS {
-        // Alternate which goes first, so a drift within a pair cancels out.
-        let run = |traced: bool| {
-            let running = traced.then(|| start(Tracer::Fuselock, "3600"));
-            let t = churn(THREADS, iterations).as_secs_f64();
+    // Per round: no tracer, fuselock, fuselock --contention, in an
+    // order that rotates so drift within a round cancels out.
+    let configs: [(&str, Option<&[&str]>); 3] = [
+        ("no tracer", None),
+        ("fuselock", Some(&[])),
+        ("fuselock --contention", Some(&["--contention"])),
+    ];
+    let mut ratios = [Vec::new(), Vec::new()];
+    for round in 0..PAIRS {
+        // Attaching and detaching patch kernel text, and TCG then throws
+        // away its translated code: let that settle and warm up untimed
+        // before each timed run, or the first run after it pays for TCG.
+        let settle = || {
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = churn(THREADS, iterations / 4);
+        };
+        let mut times = [0.0f64; 3];
+        for k in 0..3 {
+            let c = (round + k) % 3;
+            let running = configs[c]
+                .1
+                .map(|extra| start_with(Tracer::Fuselock, "3600", extra));
+            settle();
+            times[c] = churn(THREADS, iterations).as_secs_f64();
             drop(running);
-            t
-        };
-        let (none, with) = if pair % 2 == 0 {
-            let n = run(false);
-            (n, run(true))
-        } else {
-            let w = run(true);
-            (run(false), w)
-        };
-        ratios.push(with / none);
+        }
+        ratios[0].push(times[1] / times[0]);
+        ratios[1].push(times[2] / times[0]);
     }
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
-    println!(
-        "   time with fuselock / without, per pair: {}",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "   median {:.3}, range {:.3} .. {:.3}",
-        median(ratios),
-        sorted[0],
-        sorted[PAIRS - 1]
-    );
-    let running = start(Tracer::Fuselock, "3600").expect("fuselock");
+    for (name, r) in [configs[1].0, configs[2].0].iter().zip(ratios) {
+        let mut sorted = r.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "   {name} / no tracer, time per round: {}",
+            r.iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        println!(
+            "     median {:.3}, range {:.3} .. {:.3}",
+            median(r),
+            sorted[0],
+            sorted[PAIRS - 1]
+        );
+    }
+    // The opt-in hook's own cost, from the kernel's accounting.
+    let running = start_with(Tracer::Fuselock, "3600", &["--contention"]).expect("fuselock");
     let pid = running.child.id();
     let stats = BpfStats::enable();
     let (runs0, ns0) = prog_stats(pid);
@@ -425,7 +438,7 @@ fn unrelated(iterations: u64) {
     drop(running);
     let cpu_ns = wall.as_secs_f64() * 1e9 * THREADS as f64;
     println!(
-        "   fuselock's programs during one run (bpf_stats): {} runs, {:.1} us in all = {:.4} % of the workload's {:.2} s x {THREADS} threads",
+        "   fuselock --contention's programs during one run (bpf_stats): {} runs, {:.1} us in all = {:.4} % of the workload's {:.2} s x {THREADS} threads",
         runs1 - runs0,
         (ns1 - ns0) as f64 / 1e3,
         (ns1 - ns0) as f64 / cpu_ns * 100.0,
@@ -550,6 +563,9 @@ fn userspace_cost(fs: &TestFs, inodes: u64) {
     let deltas = start(Tracer::Fuselock, "1").expect("fuselock");
     let every = start_with(Tracer::Fuselock, "1", &["--every-entry"]).expect("fuselock");
     let exporter = spawn_exporter();
+    // Every consumer starts before the files exist, as on a host where
+    // fuselock was already running: its start-up is not in the windows.
+    let top = Top::start();
     let dir = fs.mountpoint.clone(); // flat file system: no mkdir
     let block = vec![7u8; 8192];
     let offset = block.as_ptr().align_offset(4096);
@@ -563,8 +579,12 @@ fn userspace_cost(fs: &TestFs, inodes: u64) {
             .expect("create");
         f.write_at(aligned, 0).expect("write");
     }
-    std::thread::sleep(Duration::from_secs(3));
-    let top = Top::start();
+    // Each consumer's first look at 10,000 new entries reads them all: let
+    // that pass (and the exporter's first scrapes) before measuring.
+    std::thread::sleep(Duration::from_secs(5));
+    for _ in 0..2 {
+        scrape("127.0.0.1:9948");
+    }
     let mut consumers = vec![
         Consumer::of("stat --json", &deltas),
         Consumer::of("stat --json --every-entry", &every),

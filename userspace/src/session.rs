@@ -14,7 +14,7 @@ impl From<&ProbeArgs> for AttachOptions {
         AttachOptions {
             mode: a.probe_mode,
             max_inodes: a.max_inodes,
-            contention: !a.no_contention,
+            contention: a.contention,
             debug_log: a.debug_probes,
             inflight_max_age: std::time::Duration::from_secs(u64::from(a.inflight_max_age)),
         }

@@ -163,7 +163,11 @@ fn bad_replay_files_are_one_line_errors() {
         ),
         // A recording cut at the front: its first line is a delta.
         (
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/delta-first.jsonl").to_owned(),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/delta-first.jsonl"
+            )
+            .to_owned(),
             "delta-first.jsonl:1: a delta line before any whole snapshot",
         ),
     ] {

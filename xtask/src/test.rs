@@ -20,6 +20,10 @@ pub struct TestArgs {
     /// Only VM tests whose name contains this (libtest's filter).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Also run the long tests (a million writes from 16 threads), which CI
+    /// leaves out for their length.
+    #[arg(long)]
+    pub heavy: bool,
     /// Seconds to fuzz each fuzz target (0 skips fuzzing).
     #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS, value_name = "N")]
     pub fuzz_seconds: u64,
@@ -91,6 +95,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     command: [
                         "env",
                         &format!("FUSELOCK_TEST_KERNEL={kernel}"),
+                        &format!("FUSELOCK_TEST_HEAVY={}", u8::from(args.heavy)),
                         "vm-tests",
                         "--include-ignored",
                         "--test-threads=1",

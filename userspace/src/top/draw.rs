@@ -117,8 +117,12 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
             Style::default().fg(Color::Cyan),
         ));
     }
+    let waits = match &app.current {
+        Some(s) if !s.source.contention => "  no wait times (--contention)",
+        _ => "",
+    };
     first.push(Span::raw(format!(
-        "  kernel {kernel}  {probes} probes  up {uptime}  refresh {:.1}s  {}",
+        "  kernel {kernel}  {probes} probes{waits}  up {uptime}  refresh {:.1}s  {}",
         app.interval.as_secs_f64(),
         app.source
     )));

@@ -60,10 +60,17 @@ impl Load<'_> {
 /// Runs `loads` one after another under `fuselock stat --json` and returns
 /// its final snapshot.
 fn stat_of(fs: &TestFs, loads: &[Load]) -> Value {
+    stat_with(fs, loads, &["--contention"])
+}
+
+/// [`stat_of`] with these flags for `fuselock stat`.
+fn stat_with(fs: &TestFs, loads: &[Load], flags: &[&str]) -> Value {
     let script: Vec<String> = loads.iter().map(|l| l.shell(fs)).collect();
     let script = format!("set -e; {}", script.join("; "));
     let out = Command::new(fuselock())
-        .args(["stat", "--json", "--", "sh", "-c", &script])
+        .args(["stat", "--json"])
+        .args(flags)
+        .args(["--", "sh", "-c", &script])
         .stderr(Stdio::inherit())
         .output()
         .expect("run fuselock stat");
@@ -433,7 +440,7 @@ fn concurrent_writers_are_counted_exactly() {
         .collect();
     let script = format!("{} wait", script.join(" "));
     let out = Command::new(fuselock())
-        .args(["stat", "--json", "--", "sh", "-c", &script])
+        .args(["stat", "--json", "--contention", "--", "sh", "-c", &script])
         .output()
         .expect("run fuselock stat");
     assert!(out.status.success());
@@ -1084,7 +1091,7 @@ fn map_pressure_counts_evictions_and_keeps_totals_exact() {
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn a_million_writes_are_counted_exactly() {
-    if std::env::var("FUSELOCK_TEST_HEAVY").is_err() {
+    if std::env::var("FUSELOCK_TEST_HEAVY").as_deref() != Ok("1") {
         eprintln!("SKIPPED: set FUSELOCK_TEST_HEAVY=1 (about 2 minutes per mount in the VM)");
         return;
     }
@@ -1160,4 +1167,30 @@ fn a_million_writes_are_counted_exactly() {
             started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// Lock waits are opt-in: without `--contention` the tracepoints stay
+/// unattached (the snapshot says so) and nothing is counted as contended,
+/// on a workload that contends.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn contention_tracepoints_are_opt_in() {
+    let fs = TestFs::mount(&[]);
+    let load = [Load {
+        file: "queued",
+        kind: "overwrite",
+        writes: 2000,
+        threads: 4,
+    }];
+    let off = stat_with(&fs, &load, &[]);
+    assert_eq!(off["source"]["contention"], false, "{}", off["source"]);
+    let e = entry(&off, "queued");
+    assert_eq!(e["writes"], 2000);
+    assert_eq!(e["contended"]["exclusive"], 0, "{e}");
+    let on = stat_with(&fs, &load, &["--contention"]);
+    assert_eq!(on["source"]["contention"], true, "{}", on["source"]);
+    assert!(
+        entry(&on, "queued")["contended"]["exclusive"].as_u64() > Some(0),
+        "4 threads on one file never waited with --contention"
+    );
 }

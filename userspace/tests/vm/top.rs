@@ -71,7 +71,11 @@ fn top_on_live_writes_every_key_works() {
         .with_patience(Duration::from_secs(60));
     // Live: the header names the kernel's probes, and both files show up.
     let s = t.wait_for("journal.log");
-    assert!(s.contains("probes  up"), "{s}");
+    // Started without --contention: the header says waits are not measured.
+    assert!(
+        s.contains("probes  no wait times (--contention)  up"),
+        "{s}"
+    );
     let s = t.wait_for("hot.db");
     assert!(s.contains("[rates]"), "{s}");
     assert!(t.alternate_screen(), "top runs on the alternate screen");
@@ -81,6 +85,7 @@ fn top_on_live_writes_every_key_works() {
         rate != "0" && rate != "-",
         "writes/s of hot.db: {rate}\n{s}"
     );
+    println!("main view, live:\n{s}");
 
     // Sort: s moves to the next column, S flips the order.
     t.keys(&["s"]);
@@ -157,6 +162,7 @@ fn top_on_live_writes_every_key_works() {
     // Detail of the selected row (j/k move; the busy file sorts first).
     t.keys(&["k", "j", "k", "Enter"]);
     let s = t.wait_for("detail (Esc: back)");
+    println!("detail view, live:\n{s}");
     assert!(s.contains("open-time evidence"), "{s}");
     assert!(s.contains("acquisitions by reason"), "{s}");
     t.keys(&["Escape"]);
