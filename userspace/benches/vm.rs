@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fuselock, TestFs};
+use common::{fuselock, prog_stats, BpfStats, TestFs};
 
 const BPFTRACE_SCRIPT: &str = include_str!("fuselock-equivalent.bt");
 
@@ -195,51 +195,6 @@ fn churn(threads: u64, iterations: u64) -> Duration {
         }
     });
     start.elapsed()
-}
-
-/// The kernel's run-time accounting of BPF programs, on while it lives.
-struct BpfStats;
-
-impl BpfStats {
-    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn enable() -> BpfStats {
-        std::fs::write(Self::SYSCTL, "1").expect("enable bpf_stats");
-        BpfStats
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::SYSCTL, "0");
-    }
-}
-
-/// Runs and run time (ns) summed over every BPF program `pid` holds an fd
-/// of, from /proc/PID/fdinfo (`run_cnt`, `run_time_ns`: counted by the
-/// kernel while bpf_stats is on).
-fn prog_stats(pid: u32) -> (u64, u64) {
-    let (mut runs, mut ns) = (0, 0);
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return (0, 0);
-    };
-    for fd in dir.flatten() {
-        let Ok(info) = std::fs::read_to_string(fd.path()) else {
-            continue;
-        };
-        if !info.contains("prog_id:") {
-            continue;
-        }
-        let field = |name: &str| -> u64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        runs += field("run_cnt:");
-        ns += field("run_time_ns:");
-    }
-    (runs, ns)
 }
 
 fn spawn_exporter() -> Running {

@@ -114,6 +114,10 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
          {exe} load {m}/append.log --kind append --writes {n} >/dev/null & \
          {exe} load {m}/grow --kind past-eof --writes {n} --threads 2 >/dev/null & wait"
     );
+    // A demo shows everything, lock waits included (opt-in elsewhere for
+    // their host-wide cost, which a throwaway VM does not mind).
+    let mut args = args;
+    args.probes.contention = true;
     if args.top {
         return run_top(args, &script, mount);
     }

@@ -86,3 +86,48 @@ impl Drop for TestFs {
         let _ = std::fs::remove_dir_all(&self.backing);
     }
 }
+
+/// The kernel's run-time accounting of BPF programs, on while it lives.
+pub struct BpfStats;
+
+impl BpfStats {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    pub fn enable() -> BpfStats {
+        std::fs::write(Self::SYSCTL, "1").expect("enable bpf_stats");
+        BpfStats
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, "0");
+    }
+}
+
+/// Runs and run time (ns) summed over every BPF program `pid` holds an fd
+/// of, from /proc/PID/fdinfo (`run_cnt`, `run_time_ns`: counted by the
+/// kernel while bpf_stats is on).
+pub fn prog_stats(pid: u32) -> (u64, u64) {
+    let (mut runs, mut ns) = (0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    for fd in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        if !info.contains("prog_id:") {
+            continue;
+        }
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        runs += field("run_cnt:");
+        ns += field("run_time_ns:");
+    }
+    (runs, ns)
+}

@@ -14,7 +14,7 @@ mod common;
 mod faults;
 mod top;
 
-use common::{fuselock, TestFs};
+use common::{fuselock, prog_stats, BpfStats, TestFs};
 
 /// Which kernel the VM booted: `cargo xtask test` says so in
 /// `FUSELOCK_TEST_KERNEL`, since the expected lock modes differ.
@@ -1193,4 +1193,64 @@ fn contention_tracepoints_are_opt_in() {
         entry(&on, "queued")["contended"]["exclusive"].as_u64() > Some(0),
         "4 threads on one file never waited with --contention"
     );
+}
+
+/// By default fuselock hooks only FUSE functions: on an unrelated,
+/// lock-heavy workload (two threads renaming in one tmpfs directory, so its
+/// inode lock is contended) its programs run not once, by the kernel's own
+/// count. With `--contention` they run on those waits.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn by_default_nothing_runs_on_unrelated_work() {
+    let churn = || {
+        let dir = std::path::Path::new("/tmp/unrelated");
+        std::fs::create_dir_all(dir).expect("dir");
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                s.spawn(move || {
+                    for i in 0..3000 {
+                        let a = dir.join(format!("a{t}-{i}"));
+                        let b = dir.join(format!("b{t}-{i}"));
+                        std::fs::write(&a, b"x").expect("create");
+                        std::fs::rename(&a, &b).expect("rename");
+                        std::fs::remove_file(&b).expect("unlink");
+                    }
+                });
+            }
+        });
+    };
+    for (flags, expect_runs) in [(&[][..], false), (&["--contention"][..], true)] {
+        let mut stat = Command::new(fuselock())
+            .args(["stat", "--json", "--interval", "3600"])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("fuselock stat");
+        // The first snapshot line: attached.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stat.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("first snapshot");
+        let stats = BpfStats::enable();
+        let (runs0, _) = prog_stats(stat.id());
+        churn();
+        let (runs1, ns) = prog_stats(stat.id());
+        drop(stats);
+        let _ = stat.kill();
+        let _ = stat.wait();
+        println!(
+            "{flags:?}: fuselock's programs ran {} times ({ns} ns in all)",
+            runs1 - runs0
+        );
+        if expect_runs {
+            assert!(
+                runs1 > runs0,
+                "--contention: no program ran on contended renames"
+            );
+        } else {
+            assert_eq!(runs1, runs0, "by default a program ran on unrelated work");
+        }
+    }
 }
