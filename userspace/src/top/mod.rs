@@ -123,11 +123,26 @@ fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
             .terminal
             .draw(|f| draw::draw(f, &app))
             .context("drawing")?;
-        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+        let mut ev = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(ev) => Some(ev),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        // Snapshots queued behind this one make it stale: skip to the
+        // newest, so a slow frame never builds a backlog (rates use the
+        // snapshots' own timestamps, so skipping one only widens a period).
+        while matches!(ev, Some(Event::Snapshot(_))) {
+            match rx.try_recv() {
+                Ok(next @ Event::Snapshot(_)) => ev = Some(next),
+                Ok(other) => {
+                    if let Some(Event::Snapshot(s)) = ev.take() {
+                        app.on_snapshot(*s);
+                    }
+                    ev = Some(other);
+                }
+                Err(_) => break,
+            }
+        }
         match ev {
             Some(Event::Key(k)) => app.on_key(k),
             Some(Event::Snapshot(s)) => app.on_snapshot(*s),

@@ -1,7 +1,10 @@
 //! What `top` shows, computed from snapshots: pure functions with
 //! zero-period guards, tested without a terminal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use probes_common::{LockMode, Reason};
 
@@ -16,7 +19,7 @@ pub const EXCLUSIVE_REASONS: [Reason; 4] = [
 ];
 
 /// Numbers over the refresh interval (per second) or since start/reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     Rates,
     Totals,
@@ -112,100 +115,112 @@ pub fn p99(buckets: &BTreeMap<u64, u64>) -> Option<u64> {
     buckets.keys().last().copied()
 }
 
-/// The rows for `cur`, relative to `base` (the previous snapshot in rates
-/// mode, the reset point in totals mode).
-pub fn rows(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> Vec<Row> {
-    let dt = match (mode, base) {
+/// The period rates are over: the refresh interval in rates mode, 1 in
+/// totals mode. Zero or negative periods (a replay restarting, clock
+/// oddities) give no rates rather than infinities (see [`row`]).
+pub fn period(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> f64 {
+    match (mode, base) {
         (Mode::Rates, Some(b)) => cur.elapsed_secs - b.elapsed_secs,
         (Mode::Rates, None) => cur.elapsed_secs,
         (Mode::Totals, _) => 1.0,
-    };
-    // Zero or negative periods (a replay restarting, clock oddities) give
-    // no rates rather than infinities.
-    let per = |n: u64| if dt > 0.0 { n as f64 / dt } else { 0.0 };
-    // Indexed once: a search per entry would be quadratic, 50 million key
-    // comparisons a refresh at 10,000 inodes.
-    let previous: HashMap<(&str, u64, &str), &Entry> = base
-        .map(|b| {
-            b.entries
-                .iter()
-                .map(|p| ((p.dev.as_str(), p.ino, p.path.as_str()), &**p))
-                .collect()
-        })
-        .unwrap_or_default();
+    }
+}
+
+/// `base`'s entries by key. Indexed once: a search per entry would be
+/// quadratic, 50 million key comparisons a refresh at 10,000 inodes.
+pub fn index(base: Option<&Snapshot>) -> HashMap<(&str, u64, &str), &Arc<Entry>> {
+    base.map(|b| {
+        b.entries
+            .iter()
+            .map(|p| ((p.dev.as_str(), p.ino, p.path.as_str()), p))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The rows for `cur`, relative to `base` (the previous snapshot in rates
+/// mode, the reset point in totals mode). `App` does the same through its
+/// row cache.
+#[cfg(test)]
+pub fn rows(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> Vec<Row> {
+    let dt = period(cur, base, mode);
+    let previous = index(base);
     cur.entries
         .iter()
         .map(|e| {
-            let prev = previous
-                .get(&(e.dev.as_str(), e.ino, e.path.as_str()))
-                .copied();
-            let d = delta(&e.counters, prev.map(|p| &p.counters));
-            let waits = d.contended.shared + d.contended.exclusive;
-            let wait_ns = d.wait_ns_total.shared + d.wait_ns_total.exclusive;
-            let mut wait_hist = hist_delta(
-                &e.histograms.wait_hist.shared,
-                prev.map(|p| &p.histograms.wait_hist.shared),
-            );
-            for (le, n) in hist_delta(
-                &e.histograms.wait_hist.exclusive,
-                prev.map(|p| &p.histograms.wait_hist.exclusive),
-            ) {
-                *wait_hist.entry(le).or_default() += n;
-            }
-            let name = e.name.clone().unwrap_or_else(|| format!("ino {}", e.ino));
-            let mount = e.mount.clone().unwrap_or_else(|| format!("dev {}", e.dev));
-            let top_writer = e.writers.first().map(|w| format!("{}[{}]", w.comm, w.pid));
-            let haystack = format!(
-                "{name} {mount} {} {}",
-                e.writers
-                    .iter()
-                    .map(|w| w.comm.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                e.writers
-                    .iter()
-                    .map(|w| w.pid.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
-            .to_lowercase();
-            Row {
-                dev: e.dev.clone(),
-                ino: e.ino,
-                path: e.path.clone(),
-                writes: per(d.writes),
-                bytes: per(d.bytes),
-                shared: per(d.shared),
-                exclusive: per(d.exclusive),
-                exclusive_by_reason: EXCLUSIVE_REASONS
-                    .map(|r| per(d.acquired_for(LockMode::Exclusive, r))),
-                contended: per(waits),
-                wait_avg_ns: (waits > 0).then(|| wait_ns as f64 / waits as f64),
-                // A bucket bound can exceed the largest wait seen: cap it.
-                wait_p99_ns: p99(&wait_hist).map(|p| {
-                    let max = e
-                        .counters
-                        .wait_ns_max
-                        .shared
-                        .max(e.counters.wait_ns_max.exclusive);
-                    if max > 0 {
-                        p.min(max)
-                    } else {
-                        p
-                    }
-                }),
-                wait_max_ns: e
-                    .counters
-                    .wait_ns_max
-                    .shared
-                    .max(e.counters.wait_ns_max.exclusive),
-                top_writer,
-                haystack,
-                name,
-                mount,
-            }
+            let prev = previous.get(&(e.dev.as_str(), e.ino, e.path.as_str()));
+            row(e, prev.map(|p| &***p), dt)
         })
         .collect()
+}
+
+/// One entry's row, relative to `prev` (its base), over `dt` seconds.
+pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
+    let per = |n: u64| if dt > 0.0 { n as f64 / dt } else { 0.0 };
+    let d = delta(&e.counters, prev.map(|p| &p.counters));
+    let waits = d.contended.shared + d.contended.exclusive;
+    let wait_ns = d.wait_ns_total.shared + d.wait_ns_total.exclusive;
+    let mut wait_hist = hist_delta(
+        &e.histograms.wait_hist.shared,
+        prev.map(|p| &p.histograms.wait_hist.shared),
+    );
+    for (le, n) in hist_delta(
+        &e.histograms.wait_hist.exclusive,
+        prev.map(|p| &p.histograms.wait_hist.exclusive),
+    ) {
+        *wait_hist.entry(le).or_default() += n;
+    }
+    let name = e.name.clone().unwrap_or_else(|| format!("ino {}", e.ino));
+    let mount = e.mount.clone().unwrap_or_else(|| format!("dev {}", e.dev));
+    let top_writer = e.writers.first().map(|w| format!("{}[{}]", w.comm, w.pid));
+    let haystack = format!(
+        "{name} {mount} {} {}",
+        e.writers
+            .iter()
+            .map(|w| w.comm.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        e.writers
+            .iter()
+            .map(|w| w.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+    .to_lowercase();
+    Row {
+        dev: e.dev.clone(),
+        ino: e.ino,
+        path: e.path.clone(),
+        writes: per(d.writes),
+        bytes: per(d.bytes),
+        shared: per(d.shared),
+        exclusive: per(d.exclusive),
+        exclusive_by_reason: EXCLUSIVE_REASONS.map(|r| per(d.acquired_for(LockMode::Exclusive, r))),
+        contended: per(waits),
+        wait_avg_ns: (waits > 0).then(|| wait_ns as f64 / waits as f64),
+        // A bucket bound can exceed the largest wait seen: cap it.
+        wait_p99_ns: p99(&wait_hist).map(|p| {
+            let max = e
+                .counters
+                .wait_ns_max
+                .shared
+                .max(e.counters.wait_ns_max.exclusive);
+            if max > 0 {
+                p.min(max)
+            } else {
+                p
+            }
+        }),
+        wait_max_ns: e
+            .counters
+            .wait_ns_max
+            .shared
+            .max(e.counters.wait_ns_max.exclusive),
+        top_writer,
+        haystack,
+        name,
+        mount,
+    }
 }
 
 /// Header numbers: all paths together.

@@ -1,12 +1,16 @@
 //! The UI's state and what each key does to it: no terminal, no I/O.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::model::{self, Mode, Row};
 use crate::{
-    snapshot::Snapshot,
+    snapshot::{Entry, Snapshot},
     verdict::{decide, Evidence, Verdict},
 };
 
@@ -98,7 +102,20 @@ pub struct App {
     pub finished: bool,
     /// The table as shown: computed when a snapshot or a key changes it,
     /// not on every redraw (5 a second, 10,000 rows each).
-    rows: Vec<Row>,
+    rows: Vec<Arc<Row>>,
+    /// Each row by the allocations of its entry and base entry, which it
+    /// holds (so neither address can be reused while cached): an entry that
+    /// did not move keeps its row from one refresh to the next.
+    row_cache: HashMap<RowKey, CachedRow>,
+}
+
+/// (entry, base entry, mode), by address.
+type RowKey = (usize, usize, Mode);
+
+struct CachedRow {
+    _entry: Arc<Entry>,
+    _base: Option<Arc<Entry>>,
+    row: Arc<Row>,
 }
 
 impl App {
@@ -122,6 +139,7 @@ impl App {
             quit: false,
             finished: false,
             rows: Vec::new(),
+            row_cache: HashMap::new(),
         }
     }
 
@@ -152,16 +170,62 @@ impl App {
     }
 
     /// Rows after filter and sort.
-    pub fn rows(&self) -> &[Row] {
+    pub fn rows(&self) -> &[Arc<Row>] {
         &self.rows
     }
 
-    fn compute_rows(&self) -> Vec<Row> {
+    /// Rows for every entry, from the cache where entry and base are the
+    /// allocations they were last time.
+    fn all_rows(&mut self) -> Vec<Arc<Row>> {
         let Some(cur) = &self.current else {
             return Vec::new();
         };
+        let base = match self.mode {
+            Mode::Rates => self.previous.as_ref(),
+            Mode::Totals => self.baseline.as_ref(),
+        };
+        let dt = model::period(cur, base, self.mode);
+        let previous = model::index(base);
+        let mut cache = HashMap::with_capacity(cur.entries.len());
+        let rows = cur
+            .entries
+            .iter()
+            .map(|e| {
+                let prev = previous
+                    .get(&(e.dev.as_str(), e.ino, e.path.as_str()))
+                    .copied();
+                let key = (
+                    Arc::as_ptr(e) as usize,
+                    prev.map_or(0, |p| Arc::as_ptr(p) as usize),
+                    self.mode,
+                );
+                // Same entry, same base, same mode: the same row. Such a pair
+                // recurs within one pair of snapshots (the same period) or
+                // for an entry that did not move (its delta is 0 over any
+                // period).
+                let row = match self.row_cache.remove(&key) {
+                    Some(c) => c.row,
+                    None => Arc::new(model::row(e, prev.map(|p| &**p), dt)),
+                };
+                cache.insert(
+                    key,
+                    CachedRow {
+                        _entry: e.clone(),
+                        _base: prev.cloned(),
+                        row: row.clone(),
+                    },
+                );
+                row
+            })
+            .collect();
+        self.row_cache = cache;
+        rows
+    }
+
+    fn compute_rows(&mut self) -> Vec<Arc<Row>> {
         let needle = self.filter.to_lowercase();
-        let mut rows: Vec<Row> = model::rows(cur, self.base(), self.mode)
+        let mut rows: Vec<Arc<Row>> = self
+            .all_rows()
             .into_iter()
             .filter(|r| r.haystack.contains(&needle))
             .collect();
@@ -206,7 +270,7 @@ impl App {
     }
 
     pub fn selected_row(&self) -> Option<&Row> {
-        self.rows.get(self.selected)
+        self.rows.get(self.selected).map(|r| &**r)
     }
 
     fn move_selection(&mut self, by: isize) {
@@ -385,5 +449,32 @@ mod tests {
         assert_eq!(app.view, View::Help);
         app.on_key(key(KeyCode::Esc));
         assert_eq!(app.view, View::Main);
+    }
+
+    #[test]
+    fn an_entry_that_did_not_move_keeps_its_row() {
+        let idle: Arc<Entry> = Arc::new(entry("idle", 7, 0, 0));
+        let mut app = App::new("test".into(), Duration::from_secs(1));
+        let snap = |t: f64, busy: u64| Snapshot {
+            elapsed_secs: t,
+            // Names of other lengths: the helper numbers inodes by name length.
+            entries: vec![idle.clone(), Arc::new(entry("busy.db", busy, 0, 0))],
+            ..Default::default()
+        };
+        app.on_snapshot(snap(1.0, 10));
+        app.on_snapshot(snap(2.0, 20));
+        let row_of = |app: &App, name: &str| {
+            app.rows()
+                .iter()
+                .find(|r| r.name == name)
+                .cloned()
+                .expect("row")
+        };
+        let (idle_before, busy_before) = (row_of(&app, "idle"), row_of(&app, "busy.db"));
+        app.on_snapshot(snap(3.0, 50));
+        let (idle_after, busy_after) = (row_of(&app, "idle"), row_of(&app, "busy.db"));
+        assert!(Arc::ptr_eq(&idle_before, &idle_after), "idle row rebuilt");
+        assert_eq!(idle_after.writes, 0.0);
+        assert_eq!((busy_before.writes, busy_after.writes), (10.0, 30.0));
     }
 }
