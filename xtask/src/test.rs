@@ -20,6 +20,9 @@ pub struct TestArgs {
     /// Only VM tests whose name contains this (libtest's filter).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Show the VM tests' own output (libtest's --nocapture).
+    #[arg(long)]
+    pub nocapture: bool,
     /// Also run the long tests (a million writes from 16 threads), which CI
     /// leaves out for their length.
     #[arg(long)]
@@ -102,6 +105,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     ]
                     .into_iter()
                     .map(str::to_owned)
+                    .chain(args.nocapture.then(|| "--nocapture".to_owned()))
                     .chain(args.filter.clone())
                     .collect(),
                     cpus: 2,
