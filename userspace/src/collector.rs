@@ -98,8 +98,9 @@ pub struct Collector {
     epoch_value: u64,
     /// Whether the open evidence was re-read since the entries were built.
     opens_moved: bool,
-    /// Live entries at the last totals-only read, and its marks.
-    live_cache: Option<(ChangeMarks, u64)>,
+    /// Live entries counted at the last totals-only read, with the
+    /// `inode_inserts` they were counted at.
+    live_cache: Option<(u64, u64)>,
     mounts: MountTable,
     /// Devices whose entries were seen while they were mounted here: when
     /// one leaves the mount table, its entries are dropped from the maps.
@@ -349,14 +350,9 @@ impl Collector {
     /// Live entries, counted: all the exporter needs of the per-inode maps.
     /// The count moves only on an insert (which may evict) or a delete of
     /// ours, so writes to known files cost no read.
-    fn count_live(&mut self, marks: ChangeMarks) -> Result<u64> {
-        let marks = ChangeMarks {
-            writes: 0,
-            opens: 0,
-            ..marks
-        };
-        if let Some((m, live)) = self.live_cache {
-            if m == marks {
+    fn count_live(&mut self, inode_inserts: u64) -> Result<u64> {
+        if let Some((at, live)) = self.live_cache {
+            if at == inode_inserts {
                 return Ok(live);
             }
         }
@@ -364,7 +360,7 @@ impl Collector {
         self.stats
             .for_each(|_, _| live += 1)
             .context("reading INODE_STATS")?;
-        self.live_cache = Some((marks, live));
+        self.live_cache = Some((inode_inserts, live));
         Ok(live)
     }
 
@@ -650,7 +646,7 @@ impl Collector {
                 let live = entries.len() as u64;
                 (entries, live)
             }
-            Detail::Totals => (Vec::new(), self.count_live(marks)?),
+            Detail::Totals => (Vec::new(), self.count_live(marks.inode_inserts)?),
         };
 
         let mut devices = Vec::new();

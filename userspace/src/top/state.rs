@@ -177,13 +177,11 @@ impl App {
     /// Rows for every entry, from the cache where entry and base are the
     /// allocations they were last time.
     fn all_rows(&mut self) -> Vec<Arc<Row>> {
+        let mut old = std::mem::take(&mut self.row_cache);
         let Some(cur) = &self.current else {
             return Vec::new();
         };
-        let base = match self.mode {
-            Mode::Rates => self.previous.as_ref(),
-            Mode::Totals => self.baseline.as_ref(),
-        };
+        let base = self.base();
         let dt = model::period(cur, base, self.mode);
         let previous = model::index(base);
         let mut cache = HashMap::with_capacity(cur.entries.len());
@@ -203,7 +201,7 @@ impl App {
                 // recurs within one pair of snapshots (the same period) or
                 // for an entry that did not move (its delta is 0 over any
                 // period).
-                let row = match self.row_cache.remove(&key) {
+                let row = match old.remove(&key) {
                     Some(c) => c.row,
                     None => Arc::new(model::row(e, prev.map(|p| &**p), dt)),
                 };

@@ -131,3 +131,44 @@ pub fn prog_stats(pid: u32) -> (u64, u64) {
     }
     (runs, ns)
 }
+
+/// Create/rename/unlink on tmpfs from `threads` threads in one directory
+/// (whose inode lock they fight over), plus mmap/munmap churn (mmap_lock):
+/// lock-heavy, and nothing to do with FUSE. The wall time of the whole.
+pub fn churn(threads: u64, iterations: u64) -> Duration {
+    let dir = std::path::Path::new("/tmp/churn");
+    std::fs::create_dir_all(dir).expect("churn dir");
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in 0..iterations {
+                    let a = dir.join(format!("a{t}-{i}"));
+                    let b = dir.join(format!("b{t}-{i}"));
+                    std::fs::write(&a, b"x").expect("create");
+                    std::fs::rename(&a, &b).expect("rename");
+                    std::fs::remove_file(&b).expect("unlink");
+                    // SAFETY: an anonymous private mapping we touch and
+                    // unmap ourselves.
+                    unsafe {
+                        let len = 64 * 1024;
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        );
+                        assert_ne!(p, libc::MAP_FAILED);
+                        for page in (0..len).step_by(4096) {
+                            *(p as *mut u8).add(page) = 1;
+                        }
+                        libc::munmap(p, len);
+                    }
+                }
+            });
+        }
+    });
+    start.elapsed()
+}

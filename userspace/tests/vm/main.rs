@@ -14,7 +14,7 @@ mod common;
 mod faults;
 mod top;
 
-use common::{fuselock, prog_stats, BpfStats, TestFs};
+use common::{churn, fuselock, prog_stats, BpfStats, TestFs};
 
 /// Which kernel the VM booted: `cargo xtask test` says so in
 /// `FUSELOCK_TEST_KERNEL`, since the expected lock modes differ.
@@ -1196,29 +1196,12 @@ fn contention_tracepoints_are_opt_in() {
 }
 
 /// By default fuselock hooks only FUSE functions: on an unrelated,
-/// lock-heavy workload (two threads renaming in one tmpfs directory, so its
-/// inode lock is contended) its programs run not once, by the kernel's own
-/// count. With `--contention` they run on those waits.
+/// lock-heavy workload (the bench's: two threads renaming in one tmpfs
+/// directory, so its inode lock is contended, plus mmap churn) its programs
+/// run not once, by the kernel's own count. With `--contention` they run on those waits.
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn by_default_nothing_runs_on_unrelated_work() {
-    let churn = || {
-        let dir = std::path::Path::new("/tmp/unrelated");
-        std::fs::create_dir_all(dir).expect("dir");
-        std::thread::scope(|s| {
-            for t in 0..2 {
-                s.spawn(move || {
-                    for i in 0..3000 {
-                        let a = dir.join(format!("a{t}-{i}"));
-                        let b = dir.join(format!("b{t}-{i}"));
-                        std::fs::write(&a, b"x").expect("create");
-                        std::fs::rename(&a, &b).expect("rename");
-                        std::fs::remove_file(&b).expect("unlink");
-                    }
-                });
-            }
-        });
-    };
     for (flags, expect_runs) in [(&[][..], false), (&["--contention"][..], true)] {
         let mut stat = Command::new(fuselock())
             .args(["stat", "--json", "--interval", "3600"])
@@ -1235,7 +1218,7 @@ fn by_default_nothing_runs_on_unrelated_work() {
         .expect("first snapshot");
         let stats = BpfStats::enable();
         let (runs0, _) = prog_stats(stat.id());
-        churn();
+        churn(2, 3000);
         let (runs1, ns) = prog_stats(stat.id());
         drop(stats);
         let _ = stat.kill();
