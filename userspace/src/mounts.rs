@@ -1,6 +1,6 @@
 //! Device number to mount point, from `/proc/self/mountinfo`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _};
 
 /// `"MAJ:MIN"` → mount point of the first mount of that device.
 #[derive(Debug, Default, Clone)]
@@ -47,6 +47,46 @@ impl MountTable {
     }
 }
 
+/// Says when the mount table may have changed, so that it is read again only
+/// then (a host with hundreds of container mounts would otherwise parse them
+/// every refresh). The kernel flags an open mountinfo file with `POLLPRI`
+/// after each mount or unmount in its namespace (proc(5)); where the file
+/// cannot be opened, every call says "changed".
+pub struct MountWatch {
+    file: Option<File>,
+}
+
+impl MountWatch {
+    /// Watches from now: open it before reading the table it guards.
+    pub fn new() -> MountWatch {
+        MountWatch {
+            file: File::open("/proc/self/mountinfo").ok(),
+        }
+    }
+
+    /// Whether a mount or unmount happened since the last call (or since
+    /// [`MountWatch::new`]). Polling clears the flag.
+    pub fn changed(&mut self) -> bool {
+        let Some(file) = &self.file else {
+            return true;
+        };
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, no wait.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n < 0 || pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0
+    }
+}
+
+impl Default for MountWatch {
+    fn default() -> MountWatch {
+        MountWatch::new()
+    }
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -87,6 +127,39 @@ mod tests {
         assert_eq!(t.mount_of("0:45"), Some("/mnt/fuse"));
         assert_eq!(t.mount_of("0:46"), Some("/mnt/with space"));
         assert_eq!(t.mount_of("9:9"), None);
+    }
+
+    #[test]
+    fn watch_sees_a_mount_and_an_unmount() {
+        let dir = std::env::temp_dir().join(format!("fuselock-mountwatch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let target = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("path");
+        let mut watch = MountWatch::new();
+        assert!(!watch.changed(), "nothing mounted since the watch began");
+        // SAFETY: NUL-terminated strings we own.
+        let mounted = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if mounted != 0 {
+            eprintln!(
+                "skipped: cannot mount a tmpfs here ({})",
+                std::io::Error::last_os_error()
+            );
+            let _ = std::fs::remove_dir(&dir);
+            return;
+        }
+        assert!(watch.changed(), "a mount");
+        assert!(!watch.changed(), "polling cleared the flag");
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::umount(target.as_ptr()) }, 0);
+        assert!(watch.changed(), "an unmount");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]
