@@ -21,11 +21,11 @@ use probes_common::{
 
 use crate::{
     batch::BatchReader,
-    mounts::MountTable,
+    mounts::{MountTable, MountWatch},
     probes::Attached,
     snapshot::{
-        dev_name, Counters, DeviceTotals, Entry, HealthReport, Histos, OpenEvidence, PathTotals,
-        Snapshot, Source, Totals, Writer,
+        dev_name, Counters, DeviceTotals, Entries, Entry, HealthReport, Histos, OpenEvidence,
+        PathTotals, Snapshot, Source, Totals, Writer,
     },
 };
 
@@ -65,11 +65,60 @@ struct Cached {
     entry: Arc<Entry>,
 }
 
+/// Per-file open evidence as last read, and its sum.
+#[derive(Default)]
+struct OpenCache {
+    /// `Health::opens` when read; `None`: read again.
+    mark: Option<u64>,
+    by_file: HashMap<InodeKey, OpenStats>,
+    totals: OpenStats,
+}
+
+impl OpenCache {
+    /// The open evidence of an entry (keyed without the write path).
+    fn of(&self, key: &InodeKey) -> Option<&OpenStats> {
+        self.by_file.get(&InodeKey { path: 0, ..*key })
+    }
+}
+
 /// What the last full read of the per-inode maps found.
 #[derive(Default)]
 struct InodeCache {
     marks: Option<ChangeMarks>,
     entries: BTreeMap<InodeKey, Cached>,
+    /// `entries` as the list snapshots share; `None` once `entries` changed.
+    list: Option<Entries>,
+}
+
+impl InodeCache {
+    fn insert(&mut self, key: InodeKey, cached: Cached) {
+        self.entries.insert(key, cached);
+        self.list = None;
+    }
+
+    fn remove(&mut self, key: &InodeKey) -> Option<Cached> {
+        let removed = self.entries.remove(key);
+        if removed.is_some() {
+            self.list = None;
+        }
+        removed
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&InodeKey) -> bool) {
+        let before = self.entries.len();
+        self.entries.retain(|k, _| keep(k));
+        if self.entries.len() != before {
+            self.list = None;
+        }
+    }
+
+    /// The entries in key order: the same list as last time if none changed.
+    fn list(&mut self) -> Entries {
+        let entries = &self.entries;
+        self.list
+            .get_or_insert_with(|| entries.values().map(|c| c.entry.clone()).collect())
+            .clone()
+    }
 }
 
 pub struct Collector {
@@ -85,7 +134,7 @@ pub struct Collector {
     /// Names already read, so each is fetched from the kernel once.
     name_cache: HashMap<InodeKey, Option<String>>,
     /// Per-file open evidence, re-read only when `Health::opens` moved.
-    open_cache: (Option<u64>, HashMap<InodeKey, OpenStats>),
+    opens_cache: OpenCache,
     /// Entries of the last full read, reused while their counters stand still.
     inodes: InodeCache,
     /// The rings of recent writes, each CPU's head at the last refresh, and
@@ -102,6 +151,7 @@ pub struct Collector {
     /// `inode_inserts` they were counted at.
     live_cache: Option<(u64, u64)>,
     mounts: MountTable,
+    mounts_watch: MountWatch,
     /// Devices whose entries were seen while they were mounted here: when
     /// one leaves the mount table, its entries are dropped from the maps.
     mounted_devs: HashSet<u32>,
@@ -111,6 +161,10 @@ pub struct Collector {
     inflight: BatchReader<u64, InFlight>,
     inflight_max_age: Duration,
     inflight_aged_out: u64,
+    /// When `INFLIGHT` is next scanned: an eighth of the max age apart, so
+    /// a record is gone at most 12.5 % past its age, and a refresh on an
+    /// idle host usually scans nothing.
+    inflight_next_scan: Instant,
     source: Source,
     max_inodes: u64,
     started: Instant,
@@ -208,7 +262,7 @@ impl Collector {
             writers: take_hash(attached, MAP_WRITERS, MAX_WRITERS)?,
             opens: take_hash(attached, MAP_OPENS, attached.max_inodes)?,
             name_cache: HashMap::new(),
-            open_cache: (None, HashMap::new()),
+            opens_cache: OpenCache::default(),
             inodes: InodeCache::default(),
             dirty: take(attached, MAP_DIRTY)?,
             dirty_heads: None,
@@ -217,12 +271,15 @@ impl Collector {
             epoch_value: 0,
             opens_moved: false,
             live_cache: None,
+            // The watch first: a mount between the two is then seen.
+            mounts_watch: MountWatch::new(),
             mounts: MountTable::read(),
             mounted_devs: HashSet::new(),
             deleted: 0,
             inflight: take_hash(attached, MAP_INFLIGHT, MAX_INFLIGHT)?,
             inflight_max_age: attached.inflight_max_age,
             inflight_aged_out: 0,
+            inflight_next_scan: Instant::now(),
             source: Source {
                 kernel: attached.kernel.clone(),
                 probe_mode: attached.mode.to_string(),
@@ -257,19 +314,21 @@ impl Collector {
 
     /// Per-file open evidence, read again only if an open was counted since.
     fn refresh_opens(&mut self, opens_mark: u64) -> Result<()> {
-        if self.open_cache.0 == Some(opens_mark) {
+        if self.opens_cache.mark == Some(opens_mark) {
             return Ok(());
         }
-        let cache = &mut self.open_cache.1;
-        cache.clear();
+        let cache = &mut self.opens_cache;
+        cache.by_file.clear();
+        cache.totals = OpenStats::default();
         self.opens
             .for_each(|k, v| {
                 if let Some(o) = v.first() {
-                    cache.insert(*k, *o);
+                    cache.by_file.insert(*k, *o);
+                    cache.totals.merge(o);
                 }
             })
             .context("reading OPENS")?;
-        self.open_cache.0 = Some(opens_mark);
+        cache.mark = Some(opens_mark);
         self.opens_moved = true;
         Ok(())
     }
@@ -280,6 +339,9 @@ impl Collector {
     /// unmounted one's. The never-evicted totals keep counting both. (An
     /// unmount and a remount within one refresh are not told apart.)
     fn forget_unmounted(&mut self) -> Result<()> {
+        if !self.mounts_watch.changed() {
+            return Ok(());
+        }
         self.mounts = MountTable::read();
         let gone: HashSet<u32> = self
             .mounted_devs
@@ -307,11 +369,11 @@ impl Collector {
         self.writers
             .delete_where(|k, _| gone.contains(&k.dev))
             .context("deleting from WRITERS")?;
-        self.inodes.entries.retain(|k, _| !of_gone(k));
+        self.inodes.retain(|k| !of_gone(k));
         self.inodes.marks = None;
         self.last_range = None;
         self.live_cache = None;
-        self.open_cache.0 = None;
+        self.opens_cache.mark = None;
         self.name_cache.retain(|k, _| !of_gone(k));
         self.mounted_devs.retain(|d| !gone.contains(d));
         log::info!(
@@ -330,6 +392,10 @@ impl Collector {
     /// enough of them would fill `INFLIGHT`. A write that is really still
     /// running then returns as `exit_unmatched`: counted, not silent.
     fn age_out_inflight(&mut self) -> Result<()> {
+        if Instant::now() < self.inflight_next_scan {
+            return Ok(());
+        }
+        self.inflight_next_scan = Instant::now() + self.inflight_max_age / 8;
         let now = monotonic_ns();
         let max_age = u64::try_from(self.inflight_max_age.as_nanos()).unwrap_or(u64::MAX);
         self.inflight_aged_out += self
@@ -421,7 +487,7 @@ impl Collector {
         }
         if self.opens_moved {
             for (key, cached) in &self.inodes.entries {
-                let open = self.open_cache.1.get(&InodeKey { path: 0, ..*key });
+                let open = self.opens_cache.of(key);
                 if cached.open.as_ref() != open {
                     touched.entry(*key).or_default();
                 }
@@ -433,14 +499,15 @@ impl Collector {
         for (key, tgids) in touched {
             let Some(values) = self.stats.lookup(&key).context("reading INODE_STATS")? else {
                 // Gone since (deleted): so is its entry.
-                self.inodes.entries.remove(&key);
+                self.inodes.remove(&key);
                 continue;
             };
             let stats = sum_percpu(values);
-            let open = self.open_cache.1.get(&InodeKey { path: 0, ..key }).copied();
+            let open = self.opens_cache.of(&key).copied();
             let Some(mut cached) = self.inodes.entries.remove(&key) else {
                 continue;
             };
+            let entry_before = cached.entry.clone();
             let mut writers_moved = false;
             for tgid in tgids {
                 let wkey = WriterKey {
@@ -469,7 +536,11 @@ impl Collector {
                 cached.stats = stats;
                 cached.open = open;
             }
-            self.inodes.entries.insert(key, cached);
+            if Arc::ptr_eq(&entry_before, &cached.entry) {
+                self.inodes.entries.insert(key, cached);
+            } else {
+                self.inodes.insert(key, cached);
+            }
         }
         Ok(true)
     }
@@ -519,7 +590,7 @@ impl Collector {
         let changed: Vec<(InodeKey, WriteStats)> = current
             .iter()
             .filter(|(k, stats)| {
-                let open = self.open_cache.1.get(&InodeKey { path: 0, ..*k });
+                let open = self.opens_cache.of(k);
                 self.inodes
                     .entries
                     .get(k)
@@ -529,8 +600,7 @@ impl Collector {
             .collect();
         // Entries gone from the map (evicted) leave the cache.
         self.inodes
-            .entries
-            .retain(|k, _| current.binary_search_by_key(k, |(ck, _)| *ck).is_ok());
+            .retain(|k| current.binary_search_by_key(k, |(ck, _)| *ck).is_ok());
         let entries = &self.inodes.entries;
         self.name_cache.retain(|k, _| entries.contains_key(k));
         if changed.is_empty() {
@@ -576,9 +646,9 @@ impl Collector {
                 self.mounted_devs.insert(key.dev);
             }
             let writers = writers.remove(&key).unwrap_or_default();
-            let open = self.open_cache.1.get(&InodeKey { path: 0, ..key }).copied();
+            let open = self.opens_cache.of(&key).copied();
             let entry = self.build_entry(key, &stats, hists.get(&key), &writers, open);
-            self.inodes.entries.insert(
+            self.inodes.insert(
                 key,
                 Cached {
                     stats,
@@ -637,16 +707,11 @@ impl Collector {
         let (entries, live) = match detail {
             Detail::Full => {
                 self.refresh_entries(marks)?;
-                let entries: Vec<Arc<Entry>> = self
-                    .inodes
-                    .entries
-                    .values()
-                    .map(|c| c.entry.clone())
-                    .collect();
+                let entries = self.inodes.list();
                 let live = entries.len() as u64;
                 (entries, live)
             }
-            Detail::Totals => (Vec::new(), self.count_live(marks.inode_inserts)?),
+            Detail::Totals => (Entries::default(), self.count_live(marks.inode_inserts)?),
         };
 
         let mut devices = Vec::new();
@@ -666,10 +731,6 @@ impl Collector {
             });
         }
         devices.sort_by(|a, b| (&a.dev, &a.path).cmp(&(&b.dev, &b.path)));
-        let mut open_totals = OpenStats::default();
-        for o in self.open_cache.1.values() {
-            open_totals.merge(o);
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -681,7 +742,7 @@ impl Collector {
             entries,
             totals,
             devices,
-            opens: OpenEvidence::from(&open_totals),
+            opens: OpenEvidence::from(&self.opens_cache.totals),
             health: HealthReport {
                 inflight_aged_out: self.inflight_aged_out,
                 ..HealthReport::new(&health, live, self.max_inodes, self.deleted)
@@ -716,6 +777,49 @@ mod tests {
             r.keys[(n % DIRTY_SLOTS as u64) as usize] = *k;
         }
         r
+    }
+
+    fn cached(ino: u64) -> Cached {
+        Cached {
+            stats: WriteStats::default(),
+            open: None,
+            writers: HashMap::new(),
+            entry: Arc::new(Entry {
+                dev: "0:45".into(),
+                ino,
+                name: None,
+                mount: None,
+                path: "passthrough".into(),
+                counters: Counters::default(),
+                histograms: Histos::default(),
+                writers: vec![],
+                open: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_entry_list_is_shared_until_an_entry_changes() {
+        let k = |ino| InodeKey {
+            ino,
+            dev: 45,
+            path: 0,
+        };
+        let mut cache = InodeCache::default();
+        cache.insert(k(2), cached(2));
+        cache.insert(k(3), cached(3));
+        let first = cache.list();
+        assert_eq!(first.iter().map(|e| e.ino).collect::<Vec<_>>(), [2, 3]);
+        assert!(cache.list().same_as(&first), "nothing changed");
+        cache.retain(|_| true);
+        assert!(cache.list().same_as(&first), "nothing removed");
+        assert!(cache.remove(&k(9)).is_none());
+        assert!(cache.list().same_as(&first), "nothing to remove");
+        cache.insert(k(3), cached(3));
+        let second = cache.list();
+        assert!(!second.same_as(&first), "an entry was replaced");
+        cache.retain(|key| key.ino != 2);
+        assert_eq!(cache.list().iter().map(|e| e.ino).collect::<Vec<_>>(), [3]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::snapshot::{Entry, EntryKey, Snapshot};
+use crate::snapshot::{Entries, Entry, EntryKey, Snapshot};
 
 /// Which lines of a stream list every entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub enum Lines {
 pub struct Encoder {
     lines: Lines,
     /// The entries of the previous line; `None` before the first.
-    previous: Option<Vec<Arc<Entry>>>,
+    previous: Option<Entries>,
 }
 
 impl Encoder {
@@ -51,10 +51,15 @@ impl Encoder {
                 ..snap.clone()
             };
         };
-        let (entries, removed) = changes(&previous, &snap.entries);
+        // The same list: nothing changed, and nothing needs comparing.
+        let (entries, removed) = if previous.same_as(&snap.entries) {
+            (Vec::new(), Vec::new())
+        } else {
+            changes(&previous, &snap.entries)
+        };
         Snapshot {
             delta: true,
-            entries,
+            entries: entries.into(),
             removed,
             ..snap.clone_without_entries()
         }
@@ -106,8 +111,9 @@ fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>,
 /// Turns stream lines back into whole snapshots.
 #[derive(Default)]
 pub struct Decoder {
-    /// The entries as of the last line; `None` before the first whole one.
-    current: Option<BTreeMap<EntryKey, Arc<Entry>>>,
+    /// The entries as of the last line by key, and as the list last handed
+    /// out; `None` before the first whole one.
+    current: Option<(BTreeMap<EntryKey, Arc<Entry>>, Entries)>,
 }
 
 impl Decoder {
@@ -117,24 +123,29 @@ impl Decoder {
             if !line.removed.is_empty() {
                 return Err("a whole snapshot with `removed` entries");
             }
-            self.current = Some(line.entries.iter().map(|e| (e.key(), e.clone())).collect());
+            let by_key = line.entries.iter().map(|e| (e.key(), e.clone())).collect();
+            self.current = Some((by_key, line.entries.clone()));
             return Ok(line);
         }
-        let Some(current) = self.current.as_mut() else {
+        let Some((by_key, list)) = self.current.as_mut() else {
             return Err(
                 "a delta line before any whole snapshot (is the start of the file missing?)",
             );
         };
-        for k in &line.removed {
-            current.remove(k);
-        }
-        for e in &line.entries {
-            current.insert(e.key(), e.clone());
+        // An empty delta keeps the list, as the live collector does.
+        if !line.removed.is_empty() || !line.entries.is_empty() {
+            for k in &line.removed {
+                by_key.remove(k);
+            }
+            for e in line.entries.iter() {
+                by_key.insert(e.key(), e.clone());
+            }
+            *list = by_key.values().cloned().collect();
         }
         Ok(Snapshot {
             delta: false,
             removed: Vec::new(),
-            entries: current.values().cloned().collect(),
+            entries: list.clone(),
             ..line.clone_without_entries()
         })
     }
@@ -149,7 +160,7 @@ impl Snapshot {
             source: self.source.clone(),
             is_final: self.is_final,
             delta: self.delta,
-            entries: Vec::new(),
+            entries: Entries::default(),
             removed: self.removed.clone(),
             totals: self.totals.clone(),
             devices: self.devices.clone(),
@@ -185,13 +196,14 @@ mod tests {
 
     fn snap(entries: Vec<Arc<Entry>>, is_final: bool) -> Snapshot {
         Snapshot {
-            entries,
+            entries: entries.into(),
             is_final,
             ..Snapshot::default()
         }
     }
 
-    fn sorted(mut v: Vec<Arc<Entry>>) -> Vec<Entry> {
+    fn sorted(v: &[Arc<Entry>]) -> Vec<Entry> {
+        let mut v = v.to_vec();
         v.sort_by_key(|e| e.key());
         v.into_iter().map(|e| (*e).clone()).collect()
     }
@@ -227,10 +239,7 @@ mod tests {
         assert!(!lines[0].delta);
         assert_eq!(lines[0].entries.len(), 3);
         assert!(lines[1].delta);
-        let inos: Vec<u64> = sorted(lines[1].entries.clone())
-            .iter()
-            .map(|e| e.ino)
-            .collect();
+        let inos: Vec<u64> = sorted(&lines[1].entries).iter().map(|e| e.ino).collect();
         assert_eq!(inos, [3, 5]);
         assert_eq!(lines[1].removed.len(), 1);
         assert_eq!(lines[1].removed[0].ino, 4);
@@ -244,8 +253,25 @@ mod tests {
         let decoded = round_trip(&lines);
         for (d, s) in decoded.iter().zip(&snaps) {
             assert!(!d.delta && d.removed.is_empty());
-            assert_eq!(sorted(d.entries.clone()), sorted(s.entries.clone()));
+            assert_eq!(sorted(&d.entries), sorted(&s.entries));
         }
+    }
+
+    #[test]
+    fn the_same_list_is_an_empty_delta_and_decodes_to_the_same_list() {
+        let list: Entries = vec![entry(2, 1), entry(3, 1)].into();
+        let line = |final_: bool| Snapshot {
+            entries: list.clone(),
+            is_final: final_,
+            ..Snapshot::default()
+        };
+        let mut enc = Encoder::new(Lines::Deltas);
+        let lines = [enc.encode(&line(false)), enc.encode(&line(false))];
+        assert!(lines[1].delta && lines[1].entries.is_empty() && lines[1].removed.is_empty());
+        let decoded = round_trip(&lines);
+        assert_eq!(decoded[1].entries.len(), 2);
+        // The list is shared, as the collector's is while nothing changes.
+        assert!(decoded[1].entries.same_as(&decoded[0].entries));
     }
 
     #[test]

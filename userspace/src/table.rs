@@ -145,7 +145,8 @@ mod tests {
                 histograms: Default::default(),
                 writers: vec![],
                 open: None,
-            })],
+            })]
+            .into(),
             ..Default::default()
         };
         let mut out = Vec::new();

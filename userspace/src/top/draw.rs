@@ -443,16 +443,16 @@ mod tests {
         ];
         let mut snap = Snapshot {
             elapsed_secs: 1.0,
-            entries: vec![hot.clone().into(), entry("log", 10, 10, 0).into()],
+            entries: vec![hot.clone().into(), entry("log", 10, 10, 0).into()].into(),
             ..Default::default()
         };
         snap.source.kernel = "6.12.117".into();
         snap.source.probe_mode = "fentry".into();
         app.on_snapshot(snap.clone());
         snap.elapsed_secs = 2.0;
-        std::sync::Arc::make_mut(&mut snap.entries[0])
-            .counters
-            .writes += 500;
+        let mut entries = snap.entries.to_vec();
+        std::sync::Arc::make_mut(&mut entries[0]).counters.writes += 500;
+        snap.entries = entries.into();
         app.on_snapshot(snap);
         app
     }
