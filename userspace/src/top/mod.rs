@@ -118,16 +118,22 @@ pub fn run(args: TopArgs) -> Result<i32> {
 fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
     let mut guard = TerminalGuard::enter().context("setting up the terminal")?;
     let mut failure = None;
+    // The screen shows nothing that moves by itself: it is drawn again only
+    // after something happened, not on every wake-up.
+    let mut stale = true;
     loop {
-        guard
-            .terminal
-            .draw(|f| draw::draw(f, &app))
-            .context("drawing")?;
+        if stale {
+            guard
+                .terminal
+                .draw(|f| draw::draw(f, &app))
+                .context("drawing")?;
+        }
         let mut ev = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(ev) => Some(ev),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        stale = ev.is_some();
         // Snapshots queued behind this one make it stale: skip to the
         // newest, so a slow frame never builds a backlog (rates use the
         // snapshots' own timestamps, so skipping one only widens a period).
