@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use axum::{
+    body::Bytes,
     extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -26,6 +27,7 @@ use crate::{
     collector::{Collector, Detail},
     probes::{self, AttachOptions},
     session,
+    snapshot::Snapshot,
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -33,7 +35,55 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct AppState {
     collector: Mutex<Collector>,
+    bodies: Mutex<BodyCache>,
     per_inode_top: usize,
+}
+
+/// The bodies last served, and the counts they show. No series carries a
+/// time, so equal counts give an equal body: a scrape of a host where
+/// nothing moved sends the last one again instead of encoding it anew.
+#[derive(Default)]
+struct BodyCache {
+    /// The snapshot rendered, with its clocks zeroed.
+    counts: Option<Snapshot>,
+    openmetrics: Option<Bytes>,
+    prometheus: Option<Bytes>,
+}
+
+impl BodyCache {
+    fn body(
+        &mut self,
+        snapshot: Snapshot,
+        openmetrics: bool,
+        per_inode_top: usize,
+    ) -> Result<Bytes> {
+        let counts = Snapshot {
+            timestamp: 0.0,
+            elapsed_secs: 0.0,
+            ..snapshot
+        };
+        if self.counts.as_ref() != Some(&counts) {
+            *self = BodyCache {
+                counts: Some(counts.clone()),
+                ..BodyCache::default()
+            };
+        }
+        let slot = if openmetrics {
+            &mut self.openmetrics
+        } else {
+            &mut self.prometheus
+        };
+        if let Some(body) = slot {
+            return Ok(body.clone());
+        }
+        let metrics = SnapshotMetrics {
+            snapshot: counts,
+            per_inode_top,
+        };
+        let body = Bytes::from(render(metrics, openmetrics)?);
+        *slot = Some(body.clone());
+        Ok(body)
+    }
 }
 
 /// Renders a scrape: OpenMetrics when the client asks for it, else the
@@ -76,13 +126,13 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 .into_response()
         }
     };
-    match render(
-        SnapshotMetrics {
-            snapshot,
-            per_inode_top: state.per_inode_top,
-        },
-        wants_openmetrics,
-    ) {
+    let body = match state.bodies.lock() {
+        Ok(mut bodies) => bodies.body(snapshot, wants_openmetrics, state.per_inode_top),
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "body cache poisoned\n").into_response()
+        }
+    };
+    match body {
         Ok(body) => {
             let ct = if wants_openmetrics {
                 OPENMETRICS
@@ -115,6 +165,7 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     crate::privileges::drop_all_but_bpf()?;
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),
+        bodies: Mutex::new(BodyCache::default()),
         per_inode_top: usize::from(args.per_inode_top),
     });
     // Only GET: axum answers 405 to other methods and 404 to other paths.
@@ -195,6 +246,30 @@ mod tests {
     }
 
     #[test]
+    fn equal_counts_are_served_from_the_last_body() {
+        let mut cache = BodyCache::default();
+        let at = |t: f64| Snapshot {
+            timestamp: t,
+            elapsed_secs: t,
+            ..sample()
+        };
+        let first = cache.body(at(1.0), false, 0).expect("render");
+        let again = cache.body(at(2.0), false, 0).expect("render");
+        assert_eq!(first.as_ptr(), again.as_ptr(), "encoded again");
+        let om = cache.body(at(3.0), true, 0).expect("render");
+        assert!(om.ends_with(b"# EOF\n"), "each format has its body");
+        let mut moved = at(4.0);
+        moved.devices[0].counters.writes += 1;
+        let fresh = cache.body(moved, false, 0).expect("render");
+        let text = std::str::from_utf8(&fresh).expect("utf-8");
+        assert!(
+            text.lines()
+                .any(|l| l == "fuselock_writes_total{mount=\"/mnt/fuse\",path=\"passthrough\"} 121"),
+            "a moved count was served from the old body"
+        );
+    }
+
+    #[test]
     fn openmetrics_ends_with_eof() {
         let om = render(
             SnapshotMetrics {
@@ -221,21 +296,22 @@ mod tests {
         )
         .expect("render");
         let mut snap = sample();
-        snap.entries
-            .push(std::sync::Arc::new(crate::snapshot::Entry {
-                dev: "0:45".into(),
-                ino: 2,
-                name: Some("f".into()),
-                mount: None,
-                path: "passthrough".into(),
-                counters: Counters::from(&WriteStats {
-                    writes: 1,
-                    ..Default::default()
-                }),
-                histograms: Default::default(),
-                writers: vec![],
-                open: None,
-            }));
+        let mut entries = snap.entries.to_vec();
+        entries.push(std::sync::Arc::new(crate::snapshot::Entry {
+            dev: "0:45".into(),
+            ino: 2,
+            name: Some("f".into()),
+            mount: None,
+            path: "passthrough".into(),
+            counters: Counters::from(&WriteStats {
+                writes: 1,
+                ..Default::default()
+            }),
+            histograms: Default::default(),
+            writers: vec![],
+            open: None,
+        }));
+        snap.entries = entries.into();
         let with_inodes = render(
             SnapshotMetrics {
                 snapshot: snap,
