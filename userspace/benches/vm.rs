@@ -378,24 +378,46 @@ impl<'a> Consumer<'a> {
     }
 }
 
-/// Measures the consumers and `export` over `secs` seconds of wall time,
-/// scraping the exporter once a second.
+fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Measures each consumer, and then `export` (scraped once a second), over
+/// `secs` seconds of wall time each, alone: the others are stopped
+/// (SIGSTOP) meanwhile. Run side by side on two emulated CPUs, with a
+/// busy writer on one, they would slow each other down and each would be
+/// charged for the wait (`--every-entry` alone takes most of a core).
 fn measure_consumers(label: &str, consumers: &[Consumer], exporter: &Running, secs: u32) {
     let bytes = |c: &Consumer| c.out_bytes.map_or(0, |b| b.load(Ordering::Relaxed));
-    let before: Vec<(f64, u64)> = consumers
+    let exporter_pid = exporter.child.id();
+    let everyone: Vec<u32> = consumers
         .iter()
-        .map(|c| (cpu_and_rss(c.pid).0, bytes(c)))
+        .map(|c| c.pid)
+        .chain([exporter_pid])
         .collect();
-    let (exp0, _) = cpu_and_rss(exporter.child.id());
-    let t0 = Instant::now();
-    let mut scraped = 0;
-    for _ in 0..secs {
-        scraped = scrape("127.0.0.1:9948");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    println!("   {label} (window {wall:.1} s):");
-    for (c, (cpu0, bytes0)) in consumers.iter().zip(before) {
+    // Only `pid` runs, after a settle in which it catches up on what
+    // happened while it was stopped.
+    let alone = |pid: u32| {
+        for &other in &everyone {
+            send_signal(
+                other,
+                if other == pid {
+                    libc::SIGCONT
+                } else {
+                    libc::SIGSTOP
+                },
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    println!("   {label} (each alone for {secs} s, the others stopped):");
+    for c in consumers {
+        alone(c.pid);
+        let (cpu0, bytes0) = (cpu_and_rss(c.pid).0, bytes(c));
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(u64::from(secs)));
+        let wall = t0.elapsed().as_secs_f64();
         let (cpu1, rss) = cpu_and_rss(c.pid);
         let out = match c.out_bytes {
             Some(_) => format!(
@@ -412,13 +434,25 @@ fn measure_consumers(label: &str, consumers: &[Consumer], exporter: &Running, se
             (cpu1 - cpu0) / wall * 100.0,
         );
     }
-    let (exp1, exp_rss) = cpu_and_rss(exporter.child.id());
+    alone(exporter_pid);
+    let (exp0, _) = cpu_and_rss(exporter_pid);
+    let t0 = Instant::now();
+    let mut scraped = 0;
+    for _ in 0..secs {
+        scraped = scrape("127.0.0.1:9948");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (exp1, exp_rss) = cpu_and_rss(exporter_pid);
     println!(
         "     {:<28} {:>8.1} ms CPU per scrape   ({:>5.2} % of a core at 1 s), {scraped:>9} bytes per scrape, RSS {exp_rss} KiB",
         "export, scraped every second",
         (exp1 - exp0) / f64::from(secs) * 1000.0,
         (exp1 - exp0) / wall * 100.0,
     );
+    for &pid in &everyone {
+        send_signal(pid, libc::SIGCONT);
+    }
 }
 
 /// `fuselock top` in a detached tmux session (a real terminal), and its pid.
@@ -510,7 +544,7 @@ fn userspace_cost(fs: &TestFs, inodes: u64) {
             out_bytes: None,
         });
     }
-    measure_consumers("every file idle", &consumers, &exporter, 10);
+    measure_consumers("every file idle", &consumers, &exporter, 20);
 
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
@@ -531,7 +565,7 @@ fn userspace_cost(fs: &TestFs, inodes: u64) {
             n
         })
     };
-    measure_consumers("one file busy, the others idle", &consumers, &exporter, 10);
+    measure_consumers("one file busy, the others idle", &consumers, &exporter, 20);
     stop.store(true, Ordering::Relaxed);
     let busy_writes = busy.join().expect("busy writer");
     let last: serde_json::Value =

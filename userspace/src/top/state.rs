@@ -115,6 +115,10 @@ pub struct App {
     /// Entry indices in table order (before the filter), as last sorted:
     /// the next sort starts from it and finds the rows nearly in order.
     order: Vec<usize>,
+    /// Each entry's place in (mount, name) order, in entry order: ranked
+    /// when the files change, so that a refresh's sort breaks ties between
+    /// idle files by comparing numbers, not strings.
+    name_rank: Vec<u32>,
 }
 
 struct CachedRow {
@@ -184,6 +188,7 @@ impl App {
             row_cache: Vec::new(),
             row_cache_mode: Mode::Rates,
             order: Vec::new(),
+            name_rank: Vec::new(),
         }
     }
 
@@ -219,7 +224,8 @@ impl App {
 
     /// Rows for every entry, in entry order, from the cache where entry
     /// and base entry are the allocations they were last time; and whether
-    /// the entries are the files, in the order, of the last call.
+    /// the entries are the files, in the order and with the names, of the
+    /// last call.
     fn all_rows(&mut self) -> (Vec<Arc<Row>>, bool) {
         let mut old = std::mem::take(&mut self.row_cache);
         if self.row_cache_mode != self.mode {
@@ -291,6 +297,14 @@ impl App {
                     base: prev.cloned(),
                     row: Arc::new(model::row(e, prev.map(|p| &**p), dt)),
                 });
+                // A rebuilt row in place of the same file's: a name learnt
+                // since, or a new mount point, changes the name order.
+                if let Some(c) = old.get(i).and_then(Option::as_ref) {
+                    if aligned && (c.row.name != cached.row.name || c.row.mount != cached.row.mount)
+                    {
+                        aligned = false;
+                    }
+                }
                 let row = cached.row.clone();
                 cache.push(Some(cached));
                 row
@@ -342,20 +356,16 @@ impl App {
                 SortBy::Name => 0.0,
             }
         };
-        let cmp = |a: &Row, b: &Row| {
-            let ord = if self.sort == SortBy::Name {
-                (&a.mount, &a.name).cmp(&(&b.mount, &b.name))
-            } else {
-                key(a)
-                    .total_cmp(&key(b))
-                    .then_with(|| (&b.mount, &b.name).cmp(&(&a.mount, &a.name)))
-            };
-            if self.descending {
-                ord.reverse()
-            } else {
-                ord
+        if !aligned || self.name_rank.len() != all.len() {
+            let mut by_name: Vec<usize> = (0..all.len()).collect();
+            by_name.sort_by(|&a, &b| {
+                (&all[a].mount, &all[a].name).cmp(&(&all[b].mount, &all[b].name))
+            });
+            self.name_rank = vec![0; all.len()];
+            for (rank, &i) in by_name.iter().enumerate() {
+                self.name_rank[i] = rank as u32;
             }
-        };
+        }
         // Start from the last order when the files are the same: between two
         // refreshes few rows move, and the (stable) sort then runs in about
         // one pass instead of n log n comparisons.
@@ -363,7 +373,27 @@ impl App {
         if !aligned || order.len() != all.len() {
             order = (0..all.len()).collect();
         }
-        order.sort_by(|&a, &b| cmp(&all[a], &all[b]));
+        // The keys side by side: a comparison touches no row.
+        let mut keyed: Vec<(f64, u32, usize)> = order
+            .iter()
+            .map(|&i| (key(&all[i]), self.name_rank[i], i))
+            .collect();
+        let (by_name, descending) = (self.sort == SortBy::Name, self.descending);
+        keyed.sort_by(|a, b| {
+            // Ties between numbers go by name, A first when descending.
+            let ord = if by_name {
+                a.1.cmp(&b.1)
+            } else {
+                a.0.total_cmp(&b.0).then_with(|| b.1.cmp(&a.1))
+            };
+            if descending {
+                ord.reverse()
+            } else {
+                ord
+            }
+        });
+        order.clear();
+        order.extend(keyed.iter().map(|k| k.2));
         let needle = self.filter.to_lowercase();
         let rows = order
             .iter()
