@@ -9,6 +9,8 @@ mod doctor;
 mod exercise;
 mod export;
 mod mounts;
+#[cfg(test)]
+mod native;
 mod offsets;
 mod preflight;
 mod privileges;

@@ -150,12 +150,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         return Err(anyhow!("--max-inodes must be at least 1"));
     }
 
-    let mut ebpf = EbpfLoader::new()
-        .override_global(CONFIG_GLOBAL, &config, true)
-        .map_max_entries(MAP_INODE_STATS, opts.max_inodes)
-        .map_max_entries(MAP_INODE_NAMES, opts.max_inodes)
-        .load(PROBES_OBJECT)
-        .context("loading fuselock's eBPF object")?;
+    let mut ebpf = load_object(&config, opts.max_inodes)?;
 
     // fentry attaches by BTF id: every hooked function must be a BTF FUNC.
     let missing_in_btf: Vec<&str> = required_functions()
@@ -212,6 +207,30 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         max_inodes: opts.max_inodes,
         kernel: preflight::kernel_release(),
         inflight_max_age: opts.inflight_max_age,
+    })
+}
+
+/// The object with its maps created and its programs not yet loaded.
+fn load_object(config: &Config, max_inodes: u32) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global(CONFIG_GLOBAL, config, true)
+        .map_max_entries(MAP_INODE_STATS, max_inodes)
+        .map_max_entries(MAP_INODE_NAMES, max_inodes)
+        .load(PROBES_OBJECT)
+        .context("loading fuselock's eBPF object")
+}
+
+/// The maps alone, no program loaded: for exercising the collector on a
+/// kernel that can create maps but attach no probes (see `native`).
+#[cfg(test)]
+pub fn maps_only(max_inodes: u32) -> Result<Attached> {
+    Ok(Attached {
+        ebpf: load_object(&Config::UNSET, max_inodes)?,
+        mode: ProbeMode::Fentry,
+        contention: false,
+        max_inodes,
+        kernel: preflight::kernel_release(),
+        inflight_max_age: std::time::Duration::from_secs(300),
     })
 }
 

@@ -2,11 +2,11 @@
 //! kernel, next to bpftrace (Debian's package, copied into the initramfs with
 //! the libraries it links).
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
-use crate::{build, setup, vm};
+use crate::{build, cache, setup, vm};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -20,8 +20,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub inodes: u64,
     /// Which parts to run: 1 per-write overhead, 2 unrelated workload,
-    /// 3 userspace cost.
-    #[arg(long, default_value = "123")]
+    /// 3 userspace cost in the VM, 4 the same refresh work natively.
+    #[arg(long, default_value = "1234")]
     pub sections: String,
     /// `stock`, `patched`, `unpatched` or a bzImage path.
     #[arg(long, default_value = "stock")]
@@ -30,6 +30,51 @@ pub struct BenchArgs {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     setup::ensure_all()?;
+    if args.sections.chars().any(|c| "123".contains(c)) {
+        in_vm(args)?;
+    }
+    if args.sections.contains('4') {
+        native()?;
+    }
+    Ok(())
+}
+
+/// Section 4: the collector and consumers on real BPF maps on this machine
+/// (which can create maps but not attach probes), timed by a test of the
+/// `native` module. After the VM, so that nothing else runs meanwhile.
+fn native() -> Result<()> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "fuselock",
+            "--bin",
+            "fuselock",
+            "--",
+            "--ignored",
+            "--exact",
+            "native::tests::refresh_cost_natively",
+            "--nocapture",
+        ])
+        .current_dir(cache::workspace_root())
+        .output()
+        .context("running the native refresh benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Only the benchmark's own lines, not the test harness's.
+    for line in text.lines() {
+        if !(line.starts_with("running ") || line.starts_with("test ") || line.is_empty()) {
+            println!("{line}");
+        }
+    }
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("the native refresh benchmark failed");
+    }
+    Ok(())
+}
+
+fn in_vm(args: &BenchArgs) -> Result<()> {
     setup::ensure_apt_packages(&["bpftrace"])?;
     let (kernel, kernel_name) = vm::resolve_kernel(&args.kernel)?;
     let mut files = vec![

@@ -43,7 +43,7 @@ struct AppState {
 /// time, so equal counts give an equal body: a scrape of a host where
 /// nothing moved sends the last one again instead of encoding it anew.
 #[derive(Default)]
-struct BodyCache {
+pub(crate) struct BodyCache {
     /// The snapshot rendered, with its clocks zeroed.
     counts: Option<Snapshot>,
     openmetrics: Option<Bytes>,
@@ -51,7 +51,7 @@ struct BodyCache {
 }
 
 impl BodyCache {
-    fn body(
+    pub(crate) fn body(
         &mut self,
         snapshot: Snapshot,
         openmetrics: bool,

@@ -18,6 +18,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use ratatui::crossterm::event::{MouseButton, MouseEventKind};
 
+#[cfg(test)]
+pub(crate) use self::{draw::draw as draw_frame, state::App as TopApp};
 use self::{event::Event, state::App, terminal::TerminalGuard};
 use crate::{
     cli::TopArgs,
