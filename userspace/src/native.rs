@@ -457,4 +457,43 @@ mod tests {
             assert_eq!(live, INODES, "every inode live");
         }
     }
+
+    /// A `stat --json` stream of 10,000 live inodes, for timing the real
+    /// `top --replay` process (`cargo xtask bench`, section 4): a whole first
+    /// line, 20 lines with every file idle, 20 with one file written 1,000
+    /// times between lines, and a whole final line; clocks one second apart.
+    /// Written to `$FUSELOCK_NATIVE_RECORDING`.
+    #[test]
+    #[ignore]
+    fn recording_for_replay() {
+        let Ok(path) = std::env::var("FUSELOCK_NATIVE_RECORDING") else {
+            println!("   skipped: FUSELOCK_NATIVE_RECORDING not set");
+            return;
+        };
+        let Some((mut attached, mut kernel)) = rig_or_skip(16_384) else {
+            return;
+        };
+        let mut collector = Collector::new(&mut attached).expect("collector");
+        for ino in 0..10_000 {
+            kernel
+                .write(key(ino), &format!("many-{ino}"), 1000, "fio", 4096)
+                .expect("write");
+        }
+        let mut encoder = crate::stream::Encoder::new(crate::stream::Lines::Deltas);
+        let mut out = io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        for second in 0..42u32 {
+            if (21..41).contains(&second) {
+                for _ in 0..1000 {
+                    kernel
+                        .write(key(0), "many-0", 1000, "fio", 4096)
+                        .expect("write");
+                }
+            }
+            let mut snap = collector.snapshot(second == 41).expect("snapshot");
+            snap.elapsed_secs = f64::from(second);
+            serde_json::to_writer(&mut out, &encoder.encode(&snap)).expect("json");
+            writeln!(out).expect("write");
+        }
+        out.flush().expect("flush");
+    }
 }

@@ -41,8 +41,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Section 4: the collector and consumers on real BPF maps on this machine
 /// (which can create maps but not attach probes), timed by a test of the
-/// `native` module. After the VM, so that nothing else runs meanwhile.
+/// `native` module; then the real `top` process replaying a stream recorded
+/// from those maps, in a tmux terminal. After the VM, so that nothing else
+/// runs meanwhile.
 fn native() -> Result<()> {
+    let recording = std::env::temp_dir().join("fuselock-bench-replay.jsonl");
     let out = Command::new(env!("CARGO"))
         .args([
             "test",
@@ -53,17 +56,20 @@ fn native() -> Result<()> {
             "fuselock",
             "--",
             "--ignored",
-            "--exact",
-            "native::tests::refresh_cost_natively",
+            "--test-threads",
+            "1",
+            "native::tests::",
             "--nocapture",
         ])
+        .env("FUSELOCK_NATIVE_RECORDING", &recording)
         .current_dir(cache::workspace_root())
         .output()
         .context("running the native refresh benchmark")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // Only the benchmark's own lines, not the test harness's.
     for line in text.lines() {
-        if !(line.starts_with("running ") || line.starts_with("test ") || line.is_empty()) {
+        let harness = line.starts_with("running ") || line.starts_with("test ") || line == "ok";
+        if !(harness || line.is_empty()) {
             println!("{line}");
         }
     }
@@ -71,6 +77,109 @@ fn native() -> Result<()> {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
         bail!("the native refresh benchmark failed");
     }
+    if recording.is_file() {
+        let result = replay_top(&recording);
+        let _ = std::fs::remove_file(&recording);
+        result?;
+    }
+    Ok(())
+}
+
+/// CPU time of `pid`'s threads, in seconds: the sum of their scheduler
+/// run times (nanoseconds; utime and stime count 10 ms ticks, too coarse
+/// for a process that runs a millisecond a second).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing /proc/{pid}/task"))?
+        .flatten()
+    {
+        // A thread that just ended has no file any more: it ran nothing since.
+        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += s
+                .split(' ')
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .context("odd schedstat")?;
+        }
+    }
+    Ok(ns as f64 * 1e-9)
+}
+
+/// The pid of the process whose arguments start with `fuselock top`.
+fn find_top() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: u32 = p.file_name().to_string_lossy().parse().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.len() > 2 && args[0].ends_with(b"fuselock") && args[1] == b"top").then_some(pid)
+    })
+}
+
+/// The whole `fuselock top` process, natively, replaying `recording` (one
+/// line a second: 20 s idle, then 20 s with one busy file) in a 160x50
+/// tmux terminal; CPU over 15 s of each phase.
+fn replay_top(recording: &std::path::Path) -> Result<()> {
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "fuselock"])
+        .current_dir(cache::workspace_root())
+        .output()
+        .context("building fuselock for this machine")?;
+    if !built.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&built.stderr));
+        bail!("cargo build --release -p fuselock failed");
+    }
+    let binary = cache::workspace_root().join("target/release/fuselock");
+    setup::ensure_apt_packages(&["tmux"])?;
+    let socket = "fuselock-bench-native";
+    let started = Command::new("tmux")
+        .args(["-L", socket, "new-session", "-d", "-x", "160", "-y", "50"])
+        .arg(format!(
+            "{} top --replay {} --interval 1",
+            binary.display(),
+            recording.display()
+        ))
+        .status()
+        .context("starting tmux")?;
+    if !started.success() {
+        bail!("tmux would not start `fuselock top`");
+    }
+    let kill = || {
+        let _ = Command::new("tmux")
+            .args(["-L", socket, "kill-server"])
+            .status();
+    };
+    let t0 = std::time::Instant::now();
+    let pid = loop {
+        if let Some(pid) = find_top() {
+            break pid;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            kill();
+            bail!("`fuselock top --replay` did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let window = |from: u64, to: u64| -> Result<f64> {
+        std::thread::sleep(Duration::from_secs(from).saturating_sub(t0.elapsed()));
+        let (c0, w0) = (cpu_seconds(pid)?, t0.elapsed());
+        std::thread::sleep(Duration::from_secs(to).saturating_sub(t0.elapsed()));
+        Ok((cpu_seconds(pid)? - c0) / (t0.elapsed() - w0).as_secs_f64())
+    };
+    let idle = window(3, 18);
+    let busy = window(24, 39);
+    kill();
+    let (idle, busy) = (idle?, busy?);
+    let ms = |s: f64| format!("{:.3} ms", s * 1e3);
+    println!(
+        "   {:<30} {:>14} {:>14} {:>22}   ({:.3} % / {:.3} % of a core at 1 s)",
+        "top --replay, whole process",
+        "-",
+        ms(idle),
+        ms(busy),
+        idle * 100.0,
+        busy * 100.0
+    );
     Ok(())
 }
 
