@@ -149,25 +149,43 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `demo --top`: the workload in a loop in its own process group, `top` on
-/// it, and everything stopped when `top` returns.
+/// The demo workload in a loop, in its own process group: stopped (and
+/// waited for) when dropped.
+struct Workload(std::process::Child);
+
+impl Workload {
+    fn start(script: &str) -> Result<Workload> {
+        use std::os::unix::process::CommandExt as _;
+        Command::new("sh")
+            .args(["-c", &format!("while :; do {script}; done")])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Workload)
+            .context("starting the demo workload")
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// `demo --top`: `top` on the mount, the workload running from when the
+/// probes are attached until just before they detach.
 fn run_top(args: DemoArgs, script: &str, mount: DemoMount) -> Result<i32> {
-    use std::os::unix::process::CommandExt as _;
-    let mut workload = Command::new("sh")
-        .args(["-c", &format!("while :; do {script}; done")])
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the demo workload")?;
-    let result = crate::top::run(crate::cli::TopArgs {
-        probes: args.probes,
-        interval: Duration::from_secs(1),
-        replay: None,
-    });
-    // SAFETY: kill(2) on the process group we created.
-    unsafe { libc::kill(-(workload.id() as i32), libc::SIGTERM) };
-    let _ = workload.wait();
+    let result = crate::top::run_with(
+        crate::cli::TopArgs {
+            probes: args.probes,
+            interval: Duration::from_secs(1),
+            replay: None,
+        },
+        || Workload::start(script),
+    );
     drop(mount);
     result
 }

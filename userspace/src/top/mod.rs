@@ -78,6 +78,14 @@ fn spawn_live(mut collector: Collector, interval: Duration, tx: mpsc::Sender<Eve
 }
 
 pub fn run(args: TopArgs) -> Result<i32> {
+    run_with(args, || Ok(()))
+}
+
+/// [`run`], with `during` started once the probes are attached and what it
+/// returns dropped before they detach: `demo --top`'s workload, whose
+/// writes should neither miss the probes nor race their patching in and
+/// out of kernel text.
+pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<i32> {
     if !std::io::stdout().is_terminal() {
         return Err(UsageError(
             "fuselock top draws a terminal UI but stdout is not a terminal; use `fuselock stat` (or `stat --json`) for scripts and logs"
@@ -109,11 +117,14 @@ pub fn run(args: TopArgs) -> Result<i32> {
         }
     };
     install_signal_handlers();
+    // Declared after `_attached`, so dropped before it.
+    let guest = during()?;
     let stop = Arc::new(AtomicBool::new(false));
     let input = event::spawn_input(tx, stop.clone());
     let result = ui_loop(App::new(source, args.interval), &rx);
     stop.store(true, Ordering::Relaxed);
     let _ = input.join();
+    drop(guest);
     result
 }
 

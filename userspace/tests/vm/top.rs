@@ -188,3 +188,56 @@ fn top_on_live_writes_every_key_works() {
     assert!(!s.contains("files, sorted by"), "UI still on screen:\n{s}");
     assert!(!t.alternate_screen(), "alternate screen left on");
 }
+
+/// Pids of the processes running `fuselock SUBCOMMAND`.
+fn running(subcommand: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = args.len() > 1
+                && args[0].ends_with(b"fuselock")
+                && args[1] == subcommand.as_bytes();
+            ours.then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn demo_top_runs_its_workload_while_attached_and_cleans_up() {
+    if !std::path::Path::new("/dev/pts/ptmx").exists() {
+        eprintln!("SKIPPED: this kernel has no ptys (no /dev/pts/ptmx) for tmux");
+        return;
+    }
+    let cmd = format!(
+        "sh -c '{} demo --top --writes 200; echo EXITED $?; sleep 600'",
+        fuselock()
+    );
+    let t = Tmux::start(&cmd, 120, 32)
+        .expect("tmux is in the VM image")
+        .with_patience(Duration::from_secs(90));
+    // Every kind of the demo's workload shows up, live.
+    let mut s = String::new();
+    for file in ["overwrite", "buffered", "append.log", "grow"] {
+        s = t.wait_for(file);
+    }
+    println!("demo --top:\n{s}");
+    // The demo turns lock-wait times on.
+    assert!(!s.contains("no wait times"), "{s}");
+    assert!(!running("load").is_empty(), "the workload is not running");
+    // q stops the workload before the probes detach, then unmounts.
+    t.keys(&["q"]);
+    t.wait_for("EXITED 0");
+    assert_eq!(running("load"), Vec::<u32>::new(), "workload left running");
+    assert_eq!(running("testfs"), Vec::<u32>::new(), "server left running");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(
+        !mounts.contains("fuselock-demo-"),
+        "demo mount left:\n{mounts}"
+    );
+}
