@@ -314,6 +314,30 @@ pub struct WriterKey {
     pub _pad: u32,
 }
 
+impl WriterKey {
+    /// Process `tgid` writing the entry `key`.
+    #[inline(always)]
+    pub const fn new(key: InodeKey, tgid: u32) -> WriterKey {
+        WriterKey {
+            ino: key.ino,
+            dev: key.dev,
+            path: key.path,
+            tgid,
+            _pad: 0,
+        }
+    }
+
+    /// The entry written.
+    #[inline(always)]
+    pub const fn inode(&self) -> InodeKey {
+        InodeKey {
+            ino: self.ino,
+            dev: self.dev,
+            path: self.path,
+        }
+    }
+}
+
 pub const COMM_LEN: usize = 16;
 
 #[repr(C)]

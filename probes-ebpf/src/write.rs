@@ -334,13 +334,7 @@ fn record_histograms(h: &mut Histograms, rec: &InFlight, now: u64) {
 /// Counts the write against its process; the writer's map value, if any.
 #[inline(always)]
 fn count_writer(rec: &InFlight) -> (WriterKey, Option<*mut WriterStats>) {
-    let key = WriterKey {
-        ino: rec.key.ino,
-        dev: rec.key.dev,
-        path: rec.key.path,
-        tgid: (pid_tgid() >> 32) as u32,
-        _pad: 0,
-    };
+    let key = WriterKey::new(rec.key, (pid_tgid() >> 32) as u32);
     let comm = bpf_get_current_comm().unwrap_or_default();
     if let Some(w) = WRITERS.get_ptr_mut(key) {
         // SAFETY: shared map value: atomic count; comm is best effort.
