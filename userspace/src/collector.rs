@@ -478,11 +478,7 @@ impl Collector {
     fn refresh_written(&mut self, written: &HashSet<WriterKey>) -> Result<bool> {
         let mut touched: BTreeMap<InodeKey, Vec<u32>> = BTreeMap::new();
         for w in written {
-            let key = InodeKey {
-                ino: w.ino,
-                dev: w.dev,
-                path: w.path,
-            };
+            let key = w.inode();
             touched.entry(key).or_default().push(w.tgid);
         }
         if self.opens_moved {
@@ -510,13 +506,7 @@ impl Collector {
             let entry_before = cached.entry.clone();
             let mut writers_moved = false;
             for tgid in tgids {
-                let wkey = WriterKey {
-                    ino: key.ino,
-                    dev: key.dev,
-                    path: key.path,
-                    tgid,
-                    _pad: 0,
-                };
+                let wkey = WriterKey::new(key, tgid);
                 if let Some(w) = self.writers.lookup(&wkey).context("reading WRITERS")? {
                     let writer = writer_of(&wkey, &w[0]);
                     if cached.writers.get(&tgid) != Some(&writer) {
@@ -628,11 +618,7 @@ impl Collector {
         let mut writers: HashMap<InodeKey, HashMap<u32, Writer>> = HashMap::new();
         self.writers
             .for_each(|k, v| {
-                let key = InodeKey {
-                    ino: k.ino,
-                    dev: k.dev,
-                    path: k.path,
-                };
+                let key = k.inode();
                 if let (true, Some(w)) = (is_changed(&key), v.first()) {
                     writers
                         .entry(key)

@@ -158,13 +158,7 @@ impl Kernel {
         h.hold[LockMode::Exclusive as usize][hist::bucket(500)] += 1;
         self.hists.insert(key, h, 0).context("INODE_HISTS")?;
 
-        let wkey = WriterKey {
-            ino: key.ino,
-            dev: key.dev,
-            path: key.path,
-            tgid,
-            _pad: 0,
-        };
+        let wkey = WriterKey::new(key, tgid);
         let mut w = self.writers.get(&wkey, 0).unwrap_or(WriterStats {
             writes: 0,
             comm: [0; probes_common::maps::COMM_LEN],
