@@ -77,6 +77,13 @@ pub enum Command {
         after_help = "Example:\n  fuselock testfs --backing /srv/data --mountpoint /mnt/fuse --parallel"
     )]
     Testfs(TestfsArgs),
+    /// Deletes a return probe's tracefs event once stdin ends (started by
+    /// fuselock itself, so that a killed fuselock leaves no event behind).
+    #[command(hide = true)]
+    ReapProbeEvents {
+        tracefs: std::path::PathBuf,
+        event: String,
+    },
     /// Issue N writes of one kind to a file from T threads.
     #[command(
         after_help = "Example:\n  fuselock load /mnt/fuse/f --kind overwrite --writes 8000 --threads 4"

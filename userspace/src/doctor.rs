@@ -158,7 +158,12 @@ fn checks() -> Vec<Check> {
         v.push(if mounted {
             ok(format!("{what} mounted at {path}"))
         } else {
-            info(format!("{what} not mounted at {path} (not required)"))
+            let why = if what == "tracefs" {
+                "without it, kprobe mode's return probes get the kernel's default maxactive"
+            } else {
+                "not required"
+            };
+            info(format!("{what} not mounted at {path} ({why})"))
         });
     }
     // The real test: load and attach, then detach (ebpf_exporter's --config.check).

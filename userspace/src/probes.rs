@@ -14,7 +14,7 @@ use probes_common::{
     maps::{MAP_INODE_NAMES, MAP_INODE_STATS},
 };
 
-use crate::{offsets, preflight};
+use crate::{kretprobe::RetProbe, offsets, preflight};
 
 /// The compiled programs, built by build.rs.
 static PROBES_OBJECT: &[u8] =
@@ -122,6 +122,9 @@ pub struct AttachOptions {
 /// Attached programs. Dropping it detaches and unloads them all.
 pub struct Attached {
     pub ebpf: Ebpf,
+    /// kprobe mode: the return probes with their own tracefs events, held
+    /// until detach (their drop deletes the events).
+    _retprobes: Vec<RetProbe>,
     pub mode: ProbeMode,
     pub contention: bool,
     pub max_inodes: u32,
@@ -173,6 +176,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             ))
         }
     };
+    let mut retprobes = Vec::new();
     let mode = match opts.mode {
         ProbeMode::Fentry => {
             fentry_possible()?;
@@ -180,7 +184,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             ProbeMode::Fentry
         }
         ProbeMode::Kprobe => {
-            attach_kprobes(&mut ebpf)?;
+            retprobes = attach_kprobes(&mut ebpf)?;
             ProbeMode::Kprobe
         }
         ProbeMode::Auto => match fentry_possible().and_then(|()| attach_fentry(&mut ebpf)) {
@@ -188,7 +192,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             Err(fentry_err) => {
                 info!("fentry unavailable ({fentry_err:#}); falling back to kprobes");
                 detach_fentry(&mut ebpf);
-                attach_kprobes(&mut ebpf).map_err(|kprobe_err| {
+                retprobes = attach_kprobes(&mut ebpf).map_err(|kprobe_err| {
                     anyhow!(
                         "cannot attach probes: fentry failed ({fentry_err:#}) and kprobes failed \
                          ({kprobe_err:#}); fuselock needs a kernel with BPF trampolines or kprobes"
@@ -202,6 +206,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     let contention = opts.contention && attach_contention(&mut ebpf);
     Ok(Attached {
         ebpf,
+        _retprobes: retprobes,
         mode,
         contention,
         max_inodes: opts.max_inodes,
@@ -226,6 +231,7 @@ fn load_object(config: &Config, max_inodes: u32) -> Result<Ebpf> {
 pub fn maps_only(max_inodes: u32) -> Result<Attached> {
     Ok(Attached {
         ebpf: load_object(&Config::UNSET, max_inodes)?,
+        _retprobes: Vec::new(),
         mode: ProbeMode::Fentry,
         contention: false,
         max_inodes,
@@ -282,13 +288,17 @@ fn detach_fentry(ebpf: &mut Ebpf) {
     }
 }
 
-fn attach_kprobes(ebpf: &mut Ebpf) -> Result<()> {
+/// Attaches the kprobe programs; the return probes come back, each with its
+/// own tracefs event (room for `kretprobe::MAXACTIVE` concurrent writers)
+/// where tracefs allows, else attached by aya with the kernel's default.
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Vec<RetProbe>> {
     if !preflight::kprobes_available() {
         return Err(anyhow!(
             "this kernel has no kprobe support (no /sys/bus/event_source/devices/kprobe); \
              run fuselock on a kernel with CONFIG_KPROBES=y, or try it in the VM: cargo xtask vm"
         ));
     }
+    let mut retprobes = Vec::new();
     for p in PROBES {
         let prog: &mut KProbe = ebpf
             .program_mut(p.kprobe_program)
@@ -296,11 +306,31 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<()> {
             .try_into()?;
         prog.load()
             .map_err(program_err(p.function, p.kprobe_program))?;
+        if p.hook == Hook::Exit {
+            match RetProbe::attach(prog, p.function) {
+                Ok(r) => {
+                    retprobes.push(r);
+                    debug!(
+                        "attached {} to the return of {} (maxactive {})",
+                        p.kprobe_program,
+                        p.function,
+                        crate::kretprobe::MAXACTIVE
+                    );
+                    continue;
+                }
+                Err(e) => warn!(
+                    "return probe on {} with the kernel's default maxactive ({e:#}): with more \
+                     writers inside it at once than max(10, 2 x CPUs), returns are missed and \
+                     show in health as inflight_replaced or inflight_aged_out",
+                    p.function
+                ),
+            }
+        }
         prog.attach(p.function, 0)
             .map_err(program_err(p.function, p.kprobe_program))?;
         debug!("attached {} to {}", p.kprobe_program, p.function);
     }
-    Ok(())
+    Ok(retprobes)
 }
 
 /// The contention tracepoints are optional: without them there are no wait

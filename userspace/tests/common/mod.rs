@@ -67,6 +67,12 @@ impl TestFs {
         let _ = self.server.wait();
     }
 
+    /// Sends `signal` to the server (SIGSTOP: requests wait unanswered).
+    pub fn signal_server(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.server.id() as i32, signal) };
+    }
+
     pub fn path(&self, name: &str) -> String {
         self.mountpoint.join(name).display().to_string()
     }

@@ -950,11 +950,18 @@ fn nothing_is_left_attached_after_any_exit() {
         let _ = child.wait();
         // Program teardown can trail the process exit by an RCU grace period.
         wait_for("the programs to go", 10, || fuselock_programs().is_empty());
+        // kprobe mode's return probes are tracefs events, which a reaper
+        // process deletes once fuselock is gone, even after SIGKILL.
         let kprobes =
-            std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+            || std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !kprobes().trim().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         assert!(
-            kprobes.trim().is_empty(),
-            "leftover kprobe events after signal {signal}: {kprobes}"
+            kprobes().trim().is_empty(),
+            "leftover kprobe events after signal {signal}: {}",
+            kprobes()
         );
         let status = Command::new(fuselock())
             .args(["load", &fs.path("after"), "--writes", "10"])

@@ -1,0 +1,282 @@
+//! Kretprobes with room for many tasks at once. aya attaches kprobes
+//! through the perf `kprobe` PMU, where a kretprobe gets the kernel's
+//! default `maxactive`, max(10, 2 × CPUs): with more tasks than that inside
+//! the hooked function at once (writers queued on one file's lock), the
+//! extra returns are missed and their writes go uncounted. A probe event
+//! defined in tracefs (`r4096:…`) can have as many as the kernel allows.
+//! aya has no API for attaching a program to an event it did not define,
+//! so this is done by hand: perf_event_open on the event's tracepoint id,
+//! then `PERF_EVENT_IOC_SET_BPF`.
+//!
+//! Unlike a PMU kprobe, such an event outlives the process that defined
+//! it. So each is handed to a reaper, a child process (`fuselock
+//! reap-probe-events`) that waits for the end of a pipe from fuselock and
+//! then deletes it: on a normal exit, and on SIGKILL alike.
+
+use std::{
+    fs::OpenOptions,
+    io::{Read as _, Write as _},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::KProbe;
+use log::debug;
+
+/// Concurrent returns a kretprobe can track: the kernel's maximum
+/// (`KRETPROBE_MAXACTIVE_MAX`).
+pub const MAXACTIVE: u32 = 4096;
+
+/// Where our events live in tracefs: `events/fuselock/…`.
+const GROUP: &str = "fuselock";
+
+/// A return probe on a kernel function, with its own tracefs event: on
+/// drop the program detaches and the reaper deletes the event.
+pub struct RetProbe {
+    perf: Option<OwnedFd>,
+    reaper: Option<Child>,
+}
+
+/// tracefs, where it is mounted.
+fn tracefs() -> Option<PathBuf> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("kprobe_events").exists())
+}
+
+fn append(file: &Path, line: &str) -> std::io::Result<()> {
+    OpenOptions::new()
+        .append(true)
+        .open(file)?
+        .write_all(line.as_bytes())
+}
+
+/// The event of process `pid` on `function`.
+fn event_name(pid: u32, function: &str) -> String {
+    format!("r{pid}_{function}")
+}
+
+/// The events in `defined` (kprobe_events' text) that a fuselock no longer
+/// `alive` left behind.
+fn stale_events(defined: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+    let prefix = format!("{GROUP}/");
+    defined
+        .lines()
+        .filter_map(|line| {
+            // r4096:fuselock/r1234_fuse_file_write_iter fuse_file_write_iter
+            let (_, name) = line.split_whitespace().next()?.split_once(':')?;
+            let event = name.strip_prefix(&prefix)?;
+            let (pid, _) = event.strip_prefix('r')?.split_once('_')?;
+            let pid: u32 = pid.parse().ok()?;
+            (!alive(pid)).then(|| event.to_owned())
+        })
+        .collect()
+}
+
+/// Deletes events of ours left by a fuselock that was killed: an event
+/// stays defined until deleted, and each holds memory for `MAXACTIVE`
+/// returns.
+fn delete_stale(tracefs: &Path) {
+    let events = tracefs.join("kprobe_events");
+    let Ok(defined) = std::fs::read_to_string(&events) else {
+        return;
+    };
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    for event in stale_events(&defined, alive) {
+        if append(&events, &format!("-:{GROUP}/{event}\n")).is_ok() {
+            debug!("deleted the stale probe event {GROUP}/{event}");
+        }
+    }
+}
+
+impl RetProbe {
+    /// Attaches the loaded program `prog` to the return of `function`.
+    pub fn attach(prog: &KProbe, function: &str) -> Result<RetProbe> {
+        let Some(tracefs) = tracefs() else {
+            bail!("tracefs is not mounted (no /sys/kernel/tracing/kprobe_events)");
+        };
+        delete_stale(&tracefs);
+        let event = event_name(std::process::id(), function);
+        // The reaper first: from the moment the event exists, it goes when
+        // we do, however we go.
+        let reaper = spawn_reaper(&tracefs, &event)?;
+        let mut probe = RetProbe {
+            perf: None,
+            reaper: Some(reaper),
+        };
+        let events = tracefs.join("kprobe_events");
+        append(
+            &events,
+            &format!("r{MAXACTIVE}:{GROUP}/{event} {function}\n"),
+        )
+        .with_context(|| format!("defining a return probe in {}", events.display()))?;
+        let id_file = tracefs.join("events").join(GROUP).join(&event).join("id");
+        let id: u64 = std::fs::read_to_string(&id_file)
+            .with_context(|| format!("reading {}", id_file.display()))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is not a number", id_file.display()))?;
+        let perf = open_tracepoint(id).context("perf_event_open on the probe event")?;
+        let prog_fd = prog.fd().context("the program is not loaded")?;
+        // SAFETY: ioctls on a perf event fd we own, with a program fd that
+        // outlives the call.
+        let attached = unsafe {
+            libc::ioctl(
+                perf.as_raw_fd(),
+                PERF_EVENT_IOC_SET_BPF,
+                prog_fd.as_fd().as_raw_fd(),
+            ) == 0
+                && libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) == 0
+        };
+        if !attached {
+            return Err(std::io::Error::last_os_error())
+                .context("attaching the program to the probe event");
+        }
+        probe.perf = Some(perf);
+        Ok(probe)
+    }
+}
+
+impl Drop for RetProbe {
+    fn drop(&mut self) {
+        // Detach first: an event in use cannot be deleted.
+        drop(self.perf.take());
+        if let Some(mut reaper) = self.reaper.take() {
+            // Closing its stdin is the signal; wait until the event is gone.
+            drop(reaper.stdin.take());
+            let _ = reaper.wait();
+        }
+    }
+}
+
+/// `fuselock reap-probe-events TRACEFS EVENT`, holding the write end of a
+/// pipe to its stdin.
+fn spawn_reaper(tracefs: &Path, event: &str) -> Result<Child> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("finding the fuselock executable")?;
+    Command::new(exe)
+        .arg("reap-probe-events")
+        .arg(tracefs)
+        .arg(event)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        // Its own process group: a Ctrl-C for fuselock is not for it.
+        .process_group(0)
+        .spawn()
+        .context("starting the probe-event reaper")
+}
+
+/// The reaper: waits for the end of stdin (fuselock gone, or done with
+/// the event), then deletes `event`, retrying while the kernel still has
+/// it in use (a dying fuselock's perf events are released as it exits).
+pub fn reap(tracefs: &Path, event: &str) -> i32 {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: ignoring a signal has no preconditions.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    let events = tracefs.join("kprobe_events");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match append(&events, &format!("-:{GROUP}/{event}\n")) {
+            Ok(()) => return 0,
+            // Never defined (fuselock failed before), or gone already.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return 0,
+            Err(e) if Instant::now() < deadline => {
+                debug!("deleting {GROUP}/{event}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                eprintln!("fuselock: cannot delete the probe event {GROUP}/{event}: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+// From <linux/perf_event.h>: _IOW('$', 8, __u32) and _IO('$', 0).
+const PERF_EVENT_IOC_SET_BPF: libc::Ioctl = 0x4004_2408;
+const PERF_EVENT_IOC_ENABLE: libc::Ioctl = 0x2400;
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+/// The perf event of tracepoint `id`, on every CPU of every task.
+fn open_tracepoint(id: u64) -> std::io::Result<OwnedFd> {
+    // struct perf_event_attr: type, size, config, sample_period, then
+    // fields left zero; the kernel accepts any size from
+    // PERF_ATTR_SIZE_VER0 (64) up.
+    #[repr(C)]
+    struct Attr {
+        kind: u32,
+        size: u32,
+        config: u64,
+        sample_period: u64,
+        sample_type: u64,
+        read_format: u64,
+        flags: u64,
+        wakeup_events: u32,
+        bp_type: u32,
+        config1: u64,
+    }
+    let attr = Attr {
+        kind: PERF_TYPE_TRACEPOINT,
+        size: std::mem::size_of::<Attr>() as u32,
+        config: id,
+        sample_period: 1,
+        sample_type: 0,
+        read_format: 0,
+        flags: 0,
+        wakeup_events: 1,
+        bp_type: 0,
+        config1: 0,
+    };
+    // SAFETY: perf_event_open reads `attr`, which outlives the call; pid -1
+    // with cpu 0 is "every task, and the event fires on any CPU" for a
+    // tracepoint attached to a BPF program.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const Attr,
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_events_of_gone_fuselocks_are_stale() {
+        let defined = "\
+r4096:fuselock/r12_fuse_file_write_iter fuse_file_write_iter
+r4096:fuselock/r99_fuse_file_io_open fuse_file_io_open
+p:kprobes/aya_12_p_fuse_direct_io_0x0_3 fuse_direct_io
+r:other/r12_x x
+garbage
+";
+        let alive = |pid: u32| pid == 99;
+        assert_eq!(
+            stale_events(defined, alive),
+            ["r12_fuse_file_write_iter"],
+            "ours, and dead"
+        );
+        assert_eq!(
+            event_name(12, "fuse_file_write_iter"),
+            "r12_fuse_file_write_iter"
+        );
+    }
+}
