@@ -66,11 +66,25 @@ fn stat_of(fs: &TestFs, loads: &[Load]) -> Value {
 /// [`stat_of`] with these flags for `fuselock stat`.
 fn stat_with(fs: &TestFs, loads: &[Load], flags: &[&str]) -> Value {
     let script: Vec<String> = loads.iter().map(|l| l.shell(fs)).collect();
-    let script = format!("set -e; {}", script.join("; "));
+    stat_of_script(&format!("set -e; {}", script.join("; ")), flags)
+}
+
+/// Runs `loads` all at once, each with `load_flags` added, under `fuselock
+/// stat --json` with `flags`, and returns its final snapshot.
+fn stat_concurrently(fs: &TestFs, loads: &[Load], load_flags: &str, flags: &[&str]) -> Value {
+    let script: Vec<String> = loads
+        .iter()
+        .map(|l| format!("{} {load_flags} &", l.shell(fs)))
+        .collect();
+    stat_of_script(&format!("{} wait", script.join(" ")), flags)
+}
+
+/// Runs the shell `script` under `fuselock stat --json` with `flags`.
+fn stat_of_script(script: &str, flags: &[&str]) -> Value {
     let out = Command::new(fuselock())
         .args(["stat", "--json"])
         .args(flags)
-        .args(["--", "sh", "-c", &script])
+        .args(["--", "sh", "-c", script])
         .stderr(Stdio::inherit())
         .output()
         .expect("run fuselock stat");
@@ -433,20 +447,7 @@ fn concurrent_writers_are_counted_exactly() {
             threads: 2,
         },
     ];
-    // Run the three concurrently.
-    let script: Vec<String> = loads
-        .iter()
-        .map(|l| format!("{} &", l.shell(&fs)))
-        .collect();
-    let script = format!("{} wait", script.join(" "));
-    let out = Command::new(fuselock())
-        .args(["stat", "--json", "--contention", "--", "sh", "-c", &script])
-        .output()
-        .expect("run fuselock stat");
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let snap: Value = serde_json::from_str(stdout.lines().last().expect("line")).expect("json");
-    println!("snapshot: {snap}");
+    let snap = stat_concurrently(&fs, &loads, "", &["--contention"]);
     let p = "passthrough";
     for (name, n) in [("hot", 1003), ("f1", 101), ("f2", 103)] {
         let want = if kernel() == Kernel::Patched {
@@ -1132,19 +1133,8 @@ fn a_million_writes_are_counted_exactly() {
         ];
         // 512-byte writes: a million 4 KiB appends and past-EOF writes would
         // not fit the VM's tmpfs.
-        let script: Vec<String> = loads
-            .iter()
-            .map(|l| format!("{} --block-size 512 >/dev/null &", l.shell(&fs)))
-            .collect();
-        let script = format!("{} wait", script.join(" "));
         let started = std::time::Instant::now();
-        let out = Command::new(fuselock())
-            .args(["stat", "--json", "--", "sh", "-c", &script])
-            .output()
-            .expect("stat");
-        assert!(out.status.success());
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let snap: Value = serde_json::from_str(stdout.lines().last().expect("line")).expect("json");
+        let snap = stat_concurrently(&fs, &loads, "--block-size 512 >/dev/null", &[]);
         let mut total = 0;
         for l in &loads {
             let e = entry(&snap, l.file);
