@@ -86,20 +86,41 @@ impl OpenCache {
 struct InodeCache {
     marks: Option<ChangeMarks>,
     entries: BTreeMap<InodeKey, Cached>,
-    /// `entries` as the list snapshots share; `None` once `entries` changed.
-    list: Option<Entries>,
+    /// `entries` as last handed out; `None` once an entry came or went.
+    listed: Option<Listed>,
+}
+
+/// The list snapshots share, its keys in the same order, and the keys whose
+/// entries were replaced since: a busy file among 10,000 idle ones then
+/// costs a copy of the list with one slot changed, not a walk of the map.
+struct Listed {
+    entries: Entries,
+    keys: Vec<InodeKey>,
+    replaced: Vec<InodeKey>,
 }
 
 impl InodeCache {
     fn insert(&mut self, key: InodeKey, cached: Cached) {
+        let replaced = self.entries.insert(key, cached).is_some();
+        match (&mut self.listed, replaced) {
+            (Some(listed), true) => listed.replaced.push(key),
+            _ => self.listed = None,
+        }
+    }
+
+    /// Returns an entry taken out of `entries` to be updated (so the key
+    /// set is as the list has it); `replaced` if its entry is a new one.
+    fn put_back(&mut self, key: InodeKey, cached: Cached, replaced: bool) {
         self.entries.insert(key, cached);
-        self.list = None;
+        if let (Some(listed), true) = (&mut self.listed, replaced) {
+            listed.replaced.push(key);
+        }
     }
 
     fn remove(&mut self, key: &InodeKey) -> Option<Cached> {
         let removed = self.entries.remove(key);
         if removed.is_some() {
-            self.list = None;
+            self.listed = None;
         }
         removed
     }
@@ -108,16 +129,37 @@ impl InodeCache {
         let before = self.entries.len();
         self.entries.retain(|k, _| keep(k));
         if self.entries.len() != before {
-            self.list = None;
+            self.listed = None;
         }
     }
 
     /// The entries in key order: the same list as last time if none changed.
     fn list(&mut self) -> Entries {
-        let entries = &self.entries;
-        self.list
-            .get_or_insert_with(|| entries.values().map(|c| c.entry.clone()).collect())
-            .clone()
+        if let Some(listed) = &mut self.listed {
+            if listed.replaced.is_empty() {
+                return listed.entries.clone();
+            }
+            let mut entries = listed.entries.to_vec();
+            let mut in_place = true;
+            for key in listed.replaced.drain(..) {
+                match (listed.keys.binary_search(&key), self.entries.get(&key)) {
+                    (Ok(i), Some(cached)) => entries[i] = cached.entry.clone(),
+                    _ => in_place = false,
+                }
+            }
+            if in_place {
+                listed.entries = entries.into();
+                return listed.entries.clone();
+            }
+        }
+        let listed = Listed {
+            entries: self.entries.values().map(|c| c.entry.clone()).collect(),
+            keys: self.entries.keys().copied().collect(),
+            replaced: Vec::new(),
+        };
+        let entries = listed.entries.clone();
+        self.listed = Some(listed);
+        entries
     }
 }
 
@@ -526,11 +568,8 @@ impl Collector {
                 cached.stats = stats;
                 cached.open = open;
             }
-            if Arc::ptr_eq(&entry_before, &cached.entry) {
-                self.inodes.entries.insert(key, cached);
-            } else {
-                self.inodes.insert(key, cached);
-            }
+            let replaced = !Arc::ptr_eq(&entry_before, &cached.entry);
+            self.inodes.put_back(key, cached, replaced);
         }
         Ok(true)
     }
@@ -804,8 +843,21 @@ mod tests {
         cache.insert(k(3), cached(3));
         let second = cache.list();
         assert!(!second.same_as(&first), "an entry was replaced");
+        // Patched in place: the other entry is the same allocation, the
+        // replaced one is the cache's new one.
+        assert!(Arc::ptr_eq(&second[0], &first[0]));
+        assert!(!Arc::ptr_eq(&second[1], &first[1]));
+        assert!(Arc::ptr_eq(&second[1], &cache.entries[&k(3)].entry));
+        cache.insert(k(1), cached(1));
+        assert_eq!(
+            cache.list().iter().map(|e| e.ino).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         cache.retain(|key| key.ino != 2);
-        assert_eq!(cache.list().iter().map(|e| e.ino).collect::<Vec<_>>(), [3]);
+        assert_eq!(
+            cache.list().iter().map(|e| e.ino).collect::<Vec<_>>(),
+            [1, 3]
+        );
     }
 
     #[test]
