@@ -77,12 +77,12 @@ pub enum Command {
         after_help = "Example:\n  fuselock testfs --backing /srv/data --mountpoint /mnt/fuse --parallel"
     )]
     Testfs(TestfsArgs),
-    /// Deletes a return probe's tracefs event once stdin ends (started by
+    /// Deletes return probes' tracefs events once stdin ends (started by
     /// fuselock itself, so that a killed fuselock leaves no event behind).
     #[command(hide = true)]
     ReapProbeEvents {
         tracefs: std::path::PathBuf,
-        event: String,
+        events: Vec<String>,
     },
     /// Issue N writes of one kind to a file from T threads.
     #[command(

@@ -9,9 +9,9 @@
 //! then `PERF_EVENT_IOC_SET_BPF`.
 //!
 //! Unlike a PMU kprobe, such an event outlives the process that defined
-//! it. So each is handed to a reaper, a child process (`fuselock
+//! it. So the events are handed to a reaper, a child process (`fuselock
 //! reap-probe-events`) that waits for the end of a pipe from fuselock and
-//! then deletes it: on a normal exit, and on SIGKILL alike.
+//! then deletes them: on a normal exit, and on SIGKILL alike.
 
 use std::{
     fs::OpenOptions,
@@ -33,11 +33,13 @@ pub const MAXACTIVE: u32 = 4096;
 /// Where our events live in tracefs: `events/fuselock/…`.
 const GROUP: &str = "fuselock";
 
-/// A return probe on a kernel function, with its own tracefs event: on
-/// drop the program detaches and the reaper deletes the event.
-pub struct RetProbe {
-    perf: Option<OwnedFd>,
-    reaper: Option<Child>,
+/// Return probes on kernel functions, each with its own tracefs event, and
+/// the one reaper that deletes them all. Drop detaches the programs, then
+/// lets the reaper delete the events and waits for it.
+pub struct RetProbes {
+    tracefs: PathBuf,
+    perf: Vec<OwnedFd>,
+    reaper: Child,
 }
 
 /// tracefs, where it is mounted.
@@ -93,28 +95,43 @@ fn delete_stale(tracefs: &Path) {
     }
 }
 
-impl RetProbe {
-    /// Attaches the loaded program `prog` to the return of `function`.
-    pub fn attach(prog: &KProbe, function: &str) -> Result<RetProbe> {
+impl RetProbes {
+    /// Ready to attach return probes on `functions`: stale events deleted,
+    /// and the reaper for this process's events started before any exists,
+    /// so that from the moment one does it goes when we do, however we go.
+    pub fn new(functions: &[&str]) -> Result<RetProbes> {
         let Some(tracefs) = tracefs() else {
             bail!("tracefs is not mounted (no /sys/kernel/tracing/kprobe_events)");
         };
         delete_stale(&tracefs);
+        let events: Vec<String> = functions
+            .iter()
+            .map(|f| event_name(std::process::id(), f))
+            .collect();
+        let reaper = spawn_reaper(&tracefs, &events)?;
+        Ok(RetProbes {
+            tracefs,
+            perf: Vec::new(),
+            reaper,
+        })
+    }
+
+    /// Attaches the loaded program `prog` to the return of `function` (one
+    /// of those given to [`RetProbes::new`]).
+    pub fn attach(&mut self, prog: &KProbe, function: &str) -> Result<()> {
         let event = event_name(std::process::id(), function);
-        // The reaper first: from the moment the event exists, it goes when
-        // we do, however we go.
-        let reaper = spawn_reaper(&tracefs, &event)?;
-        let mut probe = RetProbe {
-            perf: None,
-            reaper: Some(reaper),
-        };
-        let events = tracefs.join("kprobe_events");
+        let events = self.tracefs.join("kprobe_events");
         append(
             &events,
             &format!("r{MAXACTIVE}:{GROUP}/{event} {function}\n"),
         )
         .with_context(|| format!("defining a return probe in {}", events.display()))?;
-        let id_file = tracefs.join("events").join(GROUP).join(&event).join("id");
+        let id_file = self
+            .tracefs
+            .join("events")
+            .join(GROUP)
+            .join(&event)
+            .join("id");
         let id: u64 = std::fs::read_to_string(&id_file)
             .with_context(|| format!("reading {}", id_file.display()))?
             .trim()
@@ -136,32 +153,30 @@ impl RetProbe {
             return Err(std::io::Error::last_os_error())
                 .context("attaching the program to the probe event");
         }
-        probe.perf = Some(perf);
-        Ok(probe)
+        self.perf.push(perf);
+        Ok(())
     }
 }
 
-impl Drop for RetProbe {
+impl Drop for RetProbes {
     fn drop(&mut self) {
         // Detach first: an event in use cannot be deleted.
-        drop(self.perf.take());
-        if let Some(mut reaper) = self.reaper.take() {
-            // Closing its stdin is the signal; wait until the event is gone.
-            drop(reaper.stdin.take());
-            let _ = reaper.wait();
-        }
+        self.perf.clear();
+        // Closing its stdin is the signal; wait until the events are gone.
+        drop(self.reaper.stdin.take());
+        let _ = self.reaper.wait();
     }
 }
 
-/// `fuselock reap-probe-events TRACEFS EVENT`, holding the write end of a
-/// pipe to its stdin.
-fn spawn_reaper(tracefs: &Path, event: &str) -> Result<Child> {
+/// `fuselock reap-probe-events TRACEFS EVENT...`, holding the write end of
+/// a pipe to its stdin.
+fn spawn_reaper(tracefs: &Path, events: &[String]) -> Result<Child> {
     use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("finding the fuselock executable")?;
     Command::new(exe)
         .arg("reap-probe-events")
         .arg(tracefs)
-        .arg(event)
+        .args(events)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         // Its own process group: a Ctrl-C for fuselock is not for it.
@@ -171,32 +186,37 @@ fn spawn_reaper(tracefs: &Path, event: &str) -> Result<Child> {
 }
 
 /// The reaper: waits for the end of stdin (fuselock gone, or done with
-/// the event), then deletes `event`, retrying while the kernel still has
-/// it in use (a dying fuselock's perf events are released as it exits).
-pub fn reap(tracefs: &Path, event: &str) -> i32 {
+/// the events), then deletes `events`, retrying while the kernel still has
+/// one in use (a dying fuselock's perf events are released as it exits).
+/// An event never defined (fuselock stopped before it) is already gone.
+pub fn reap(tracefs: &Path, events: &[String]) -> i32 {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: ignoring a signal has no preconditions.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
     let mut rest = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut rest);
-    let events = tracefs.join("kprobe_events");
+    let file = tracefs.join("kprobe_events");
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match append(&events, &format!("-:{GROUP}/{event}\n")) {
-            Ok(()) => return 0,
-            // Never defined (fuselock failed before), or gone already.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return 0,
-            Err(e) if Instant::now() < deadline => {
-                debug!("deleting {GROUP}/{event}: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                eprintln!("fuselock: cannot delete the probe event {GROUP}/{event}: {e}");
-                return 1;
+    let mut failed = 0;
+    for event in events {
+        loop {
+            match append(&file, &format!("-:{GROUP}/{event}\n")) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) if Instant::now() < deadline => {
+                    debug!("deleting {GROUP}/{event}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    eprintln!("fuselock: cannot delete the probe event {GROUP}/{event}: {e}");
+                    failed += 1;
+                    break;
+                }
             }
         }
     }
+    i32::from(failed > 0)
 }
 
 // From <linux/perf_event.h>: _IOW('$', 8, __u32) and _IO('$', 0).

@@ -94,7 +94,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Export(args) => runtime()?.block_on(export::run(args)),
         Command::Verify(args) => runtime()?.block_on(verify::run(args)).map(i32::from),
         Command::Testfs(args) => testfs::run(&args).map(|()| 0),
-        Command::ReapProbeEvents { tracefs, event } => Ok(kretprobe::reap(&tracefs, &event)),
+        Command::ReapProbeEvents { tracefs, events } => Ok(kretprobe::reap(&tracefs, &events)),
         Command::Load(args) => {
             let report = workload::run(&args)?;
             Ok(if report.errors == 0 { 0 } else { 1 })

@@ -14,7 +14,7 @@ use probes_common::{
     maps::{MAP_INODE_NAMES, MAP_INODE_STATS},
 };
 
-use crate::{kretprobe::RetProbe, offsets, preflight};
+use crate::{kretprobe::RetProbes, offsets, preflight};
 
 /// The compiled programs, built by build.rs.
 static PROBES_OBJECT: &[u8] =
@@ -124,7 +124,7 @@ pub struct Attached {
     pub ebpf: Ebpf,
     /// kprobe mode: the return probes with their own tracefs events, held
     /// until detach (their drop deletes the events).
-    _retprobes: Vec<RetProbe>,
+    _retprobes: Option<RetProbes>,
     pub mode: ProbeMode,
     pub contention: bool,
     pub max_inodes: u32,
@@ -176,7 +176,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             ))
         }
     };
-    let mut retprobes = Vec::new();
+    let mut retprobes = None;
     let mode = match opts.mode {
         ProbeMode::Fentry => {
             fentry_possible()?;
@@ -231,7 +231,7 @@ fn load_object(config: &Config, max_inodes: u32) -> Result<Ebpf> {
 pub fn maps_only(max_inodes: u32) -> Result<Attached> {
     Ok(Attached {
         ebpf: load_object(&Config::UNSET, max_inodes)?,
-        _retprobes: Vec::new(),
+        _retprobes: None,
         mode: ProbeMode::Fentry,
         contention: false,
         max_inodes,
@@ -288,17 +288,30 @@ fn detach_fentry(ebpf: &mut Ebpf) {
     }
 }
 
-/// Attaches the kprobe programs; the return probes come back, each with its
-/// own tracefs event (room for `kretprobe::MAXACTIVE` concurrent writers)
+/// Attaches the kprobe programs; the return probes come back, with their
+/// own tracefs events (room for `kretprobe::MAXACTIVE` concurrent writers)
 /// where tracefs allows, else attached by aya with the kernel's default.
-fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Vec<RetProbe>> {
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Option<RetProbes>> {
     if !preflight::kprobes_available() {
         return Err(anyhow!(
             "this kernel has no kprobe support (no /sys/bus/event_source/devices/kprobe); \
              run fuselock on a kernel with CONFIG_KPROBES=y, or try it in the VM: cargo xtask vm"
         ));
     }
-    let mut retprobes = Vec::new();
+    let returns: Vec<&str> = PROBES
+        .iter()
+        .filter(|p| p.hook == Hook::Exit)
+        .map(|p| p.function)
+        .collect();
+    let mut retprobes = RetProbes::new(&returns)
+        .map_err(|e| {
+            warn!(
+                "return probes with the kernel's default maxactive ({e:#}): with more writers \
+                 inside a hooked function at once than max(10, 2 x CPUs), returns are missed \
+                 and show in health as inflight_replaced or inflight_aged_out"
+            )
+        })
+        .ok();
     for p in PROBES {
         let prog: &mut KProbe = ebpf
             .program_mut(p.kprobe_program)
@@ -306,10 +319,9 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Vec<RetProbe>> {
             .try_into()?;
         prog.load()
             .map_err(program_err(p.function, p.kprobe_program))?;
-        if p.hook == Hook::Exit {
-            match RetProbe::attach(prog, p.function) {
-                Ok(r) => {
-                    retprobes.push(r);
+        if let (Some(r), Hook::Exit) = (&mut retprobes, p.hook) {
+            match r.attach(prog, p.function) {
+                Ok(()) => {
                     debug!(
                         "attached {} to the return of {} (maxactive {})",
                         p.kprobe_program,
@@ -319,9 +331,7 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Vec<RetProbe>> {
                     continue;
                 }
                 Err(e) => warn!(
-                    "return probe on {} with the kernel's default maxactive ({e:#}): with more \
-                     writers inside it at once than max(10, 2 x CPUs), returns are missed and \
-                     show in health as inflight_replaced or inflight_aged_out",
+                    "return probe on {} with the kernel's default maxactive ({e:#})",
                     p.function
                 ),
             }
