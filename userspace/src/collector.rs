@@ -429,10 +429,11 @@ impl Collector {
     }
 
     /// Deletes in-flight records older than `inflight_max_age`: a write
-    /// whose return probe was missed (a kretprobe's `maxactive` exhausted by
-    /// many blocked writers) would otherwise hold its slot for ever, and
-    /// enough of them would fill `INFLIGHT`. A write that is really still
-    /// running then returns as `exit_unmatched`: counted, not silent.
+    /// whose return probe was missed would otherwise hold its slot for ever,
+    /// and enough of them would fill `INFLIGHT`. Each is counted in
+    /// `inflight_aged_out`; a write that was really still running finds no
+    /// record when it returns and counts nothing more (not `exit_unmatched`,
+    /// which is a record of another call).
     fn age_out_inflight(&mut self) -> Result<()> {
         if Instant::now() < self.inflight_next_scan {
             return Ok(());

@@ -152,18 +152,20 @@ fn checks() -> Vec<Check> {
     } else {
         v.push(info("kprobes: not available (fentry may still work)"));
     }
-    for (path, what) in [("/sys/fs/bpf", "bpffs"), ("/sys/kernel/tracing", "tracefs")] {
+    for (path, what, without) in [
+        ("/sys/fs/bpf", "bpffs", "not required"),
+        (
+            "/sys/kernel/tracing",
+            "tracefs",
+            "without it, kprobe mode's return probes get the kernel's default maxactive",
+        ),
+    ] {
         let mounted =
             fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.contains(&format!(" {path} ")));
         v.push(if mounted {
             ok(format!("{what} mounted at {path}"))
         } else {
-            let why = if what == "tracefs" {
-                "without it, kprobe mode's return probes get the kernel's default maxactive"
-            } else {
-                "not required"
-            };
-            info(format!("{what} not mounted at {path} ({why})"))
+            info(format!("{what} not mounted at {path} ({without})"))
         });
     }
     // The real test: load and attach, then detach (ebpf_exporter's --config.check).
