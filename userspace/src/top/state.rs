@@ -141,15 +141,19 @@ struct TableInputs {
     filter: String,
 }
 
+/// Whether `a` and `b` are both absent, or both there and `same`.
+fn both_or_neither<T>(a: Option<&T>, b: Option<&T>, same: impl Fn(&T, &T) -> bool) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 impl TableInputs {
     fn same_as(&self, other: &TableInputs) -> bool {
-        let same_base = match (&self.base, &other.base) {
-            (Some(a), Some(b)) => a.same_as(b),
-            (None, None) => true,
-            _ => false,
-        };
         self.current.same_as(&other.current)
-            && same_base
+            && both_or_neither(self.base.as_ref(), other.base.as_ref(), Entries::same_as)
             && self.period == other.period
             && self.mode == other.mode
             && self.sort == other.sort
@@ -280,18 +284,13 @@ impl App {
                 // recurs within one pair of snapshots (the same period) or
                 // for an entry that did not move (its delta is 0 over any
                 // period).
-                let reused = slot.and_then(|j| old.get_mut(j)).and_then(|c| {
-                    let same_base = match (&c.as_ref()?.base, prev) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if same_base {
-                        c.take()
-                    } else {
-                        None
-                    }
-                });
+                let reused = slot
+                    .and_then(|j| old.get_mut(j))
+                    .filter(|c| {
+                        c.as_ref()
+                            .is_some_and(|c| both_or_neither(c.base.as_ref(), prev, Arc::ptr_eq))
+                    })
+                    .and_then(Option::take);
                 let cached = reused.unwrap_or_else(|| CachedRow {
                     entry: e.clone(),
                     base: prev.cloned(),
