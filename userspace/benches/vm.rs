@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{churn, fuselock, prog_stats, BpfStats, TestFs};
+use common::{churn, fuselock, prog_stats, running, BpfStats, TestFs};
 
 const BPFTRACE_SCRIPT: &str = include_str!("fuselock-equivalent.bt");
 
@@ -473,17 +473,10 @@ impl Top {
         }
         // Its pid: the process whose arguments are `fuselock top ...`.
         for _ in 0..600 {
-            for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                if args.len() > 1 && args[0].ends_with(b"fuselock") && args[1] == b"top" {
-                    // Give it time to attach and draw.
-                    std::thread::sleep(Duration::from_secs(3));
-                    return Some(Top { pid });
-                }
+            if let Some(&pid) = running("top").first() {
+                // Give it time to attach and draw.
+                std::thread::sleep(Duration::from_secs(3));
+                return Some(Top { pid });
             }
             std::thread::sleep(Duration::from_millis(100));
         }

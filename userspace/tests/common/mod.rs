@@ -93,6 +93,24 @@ impl Drop for TestFs {
     }
 }
 
+/// Pids of the processes running `fuselock SUBCOMMAND`.
+pub fn running(subcommand: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = args.len() > 1
+                && args[0].ends_with(b"fuselock")
+                && args[1] == subcommand.as_bytes();
+            ours.then_some(pid)
+        })
+        .collect()
+}
+
 /// The kernel's run-time accounting of BPF programs, on while it lives.
 pub struct BpfStats;
 

@@ -105,6 +105,25 @@ fn stat_of_script(script: &str, flags: &[&str]) -> Value {
     snap
 }
 
+/// `fuselock stat --json` with `flags`, refreshing once an hour, once it
+/// has printed its first snapshot (its probes are attached).
+fn stat_attached(flags: &[&str]) -> std::process::Child {
+    let mut child = Command::new(fuselock())
+        .args(["stat", "--json", "--interval", "3600"])
+        .args(flags)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fuselock stat");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("first snapshot");
+    assert!(line.starts_with('{'), "{line}");
+    child
+}
+
 fn entry<'a>(snap: &'a Value, name: &str) -> &'a Value {
     snap["entries"]
         .as_array()
@@ -922,26 +941,7 @@ fn nothing_is_left_attached_after_any_exit() {
         (libc::SIGKILL, "auto"),
         (libc::SIGKILL, "kprobe"),
     ] {
-        let mut child = Command::new(fuselock())
-            .args([
-                "stat",
-                "--json",
-                "--interval",
-                "3600",
-                "--probe-mode",
-                probe_mode,
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start stat");
-        // The first snapshot means the probes are attached.
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("first snapshot");
-        assert!(line.starts_with('{'), "{line}");
+        let mut child = stat_attached(&["--probe-mode", probe_mode]);
         assert!(
             !fuselock_programs().is_empty(),
             "attached programs are visible"
@@ -1200,19 +1200,7 @@ fn contention_tracepoints_are_opt_in() {
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn by_default_nothing_runs_on_unrelated_work() {
     for (flags, expect_runs) in [(&[][..], false), (&["--contention"][..], true)] {
-        let mut stat = Command::new(fuselock())
-            .args(["stat", "--json", "--interval", "3600"])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("fuselock stat");
-        // The first snapshot line: attached.
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(stat.stdout.as_mut().expect("stdout")),
-            &mut line,
-        )
-        .expect("first snapshot");
+        let mut stat = stat_attached(flags);
         let stats = BpfStats::enable();
         let (runs0, _) = prog_stats(stat.id());
         churn(2, 3000);

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{fuselock, tmux::Tmux, TestFs};
+use crate::common::{fuselock, running, tmux::Tmux, TestFs};
 
 /// Writers that keep going until dropped: a busy overwriter with two
 /// threads, and an appender.
@@ -52,22 +52,26 @@ fn writes_of(screen: &str, file: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `fuselock ARGS` in a 120x32 tmux terminal, its exit status printed
+/// after it as `EXITED N`; `None` (and a loud SKIPPED) on a kernel
+/// without ptys, like the tiny test kernels.
+fn in_terminal(args: &str, patience: Duration) -> Option<Tmux> {
+    if !std::path::Path::new("/dev/pts/ptmx").exists() {
+        eprintln!("SKIPPED: this kernel has no ptys (no /dev/pts/ptmx) for tmux");
+        return None;
+    }
+    let cmd = format!("sh -c '{} {args}; echo EXITED $?; sleep 600'", fuselock());
+    let t = Tmux::start(&cmd, 120, 32).expect("tmux is in the VM image");
+    Some(t.with_patience(patience))
+}
+
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn top_on_live_writes_every_key_works() {
-    if !std::path::Path::new("/dev/pts/ptmx").exists() {
-        // The tiny test kernels are built without Unix98 ptys.
-        eprintln!("SKIPPED: this kernel has no ptys (no /dev/pts/ptmx) for tmux");
-        return;
-    }
     let fs = TestFs::mount(&["--parallel"]);
-    let cmd = format!(
-        "sh -c '{} top --interval 0.5; echo EXITED $?; sleep 600'",
-        fuselock()
-    );
-    let t = Tmux::start(&cmd, 120, 32)
-        .expect("tmux is in the VM image")
-        .with_patience(Duration::from_secs(60));
+    let Some(t) = in_terminal("top --interval 0.5", Duration::from_secs(60)) else {
+        return;
+    };
     // Attached (the header names the probes) before the writers start, and
     // detached after they stop: attaching patches the hooked functions'
     // text, and under TCG doing that while another vCPU runs them has
@@ -189,38 +193,12 @@ fn top_on_live_writes_every_key_works() {
     assert!(!t.alternate_screen(), "alternate screen left on");
 }
 
-/// Pids of the processes running `fuselock SUBCOMMAND`.
-fn running(subcommand: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|p| {
-            let pid: u32 = p.file_name().to_string_lossy().parse().ok()?;
-            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let ours = args.len() > 1
-                && args[0].ends_with(b"fuselock")
-                && args[1] == subcommand.as_bytes();
-            ours.then_some(pid)
-        })
-        .collect()
-}
-
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn demo_top_runs_its_workload_while_attached_and_cleans_up() {
-    if !std::path::Path::new("/dev/pts/ptmx").exists() {
-        eprintln!("SKIPPED: this kernel has no ptys (no /dev/pts/ptmx) for tmux");
+    let Some(t) = in_terminal("demo --top --writes 200", Duration::from_secs(90)) else {
         return;
-    }
-    let cmd = format!(
-        "sh -c '{} demo --top --writes 200; echo EXITED $?; sleep 600'",
-        fuselock()
-    );
-    let t = Tmux::start(&cmd, 120, 32)
-        .expect("tmux is in the VM image")
-        .with_patience(Duration::from_secs(90));
+    };
     // Every kind of the demo's workload shows up, live.
     let mut s = String::new();
     for file in ["overwrite", "buffered", "append.log", "grow"] {
