@@ -8,12 +8,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cache;
+use crate::{cache, setup};
 
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Runs a cargo build with JSON messages and returns the executables built.
 fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+    setup::ensure_build_tools()?;
     let mut child = Command::new(env!("CARGO"))
         .args(args)
         .args([
@@ -102,6 +103,7 @@ pub fn vm_bench_static() -> Result<PathBuf> {
 
 /// The man page, rendered by the binary itself from its clap definition.
 pub fn man_page() -> Result<PathBuf> {
+    setup::ensure_build_tools()?;
     let out = Command::new(env!("CARGO"))
         .args(["run", "--quiet", "--package", "fuselock", "--", "manpage"])
         .current_dir(cache::workspace_root())

@@ -17,6 +17,8 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// brings promtool and a real scraper for the exporter tests. The kernel
 /// build tools are installed by `xtask kernel` when it first builds.
 const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "tmux"];
+/// What booting the VM needs: qemu, and busybox for the guest's userland.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 
 #[derive(clap::Args)]
 pub struct SetupArgs {}
@@ -27,10 +29,22 @@ pub fn run(_args: &SetupArgs) -> Result<()> {
 
 pub fn ensure_all() -> Result<()> {
     ensure_apt_packages(APT_PACKAGES)?;
-    ensure_rustup()?;
-    ensure_bpf_linker()?;
+    ensure_build_tools()?;
     ensure_cargo_fuzz()?;
     Ok(())
+}
+
+/// What any build of fuselock needs: nightly's `rust-src`, the musl target
+/// and bpf-linker. Every build step calls this itself, so no command
+/// depends on another having run set-up first.
+pub fn ensure_build_tools() -> Result<()> {
+    ensure_rustup()?;
+    ensure_bpf_linker()
+}
+
+/// What booting the VM needs.
+pub fn ensure_vm_tools() -> Result<()> {
+    ensure_apt_packages(VM_PACKAGES)
 }
 
 pub fn announce(msg: &str) {

@@ -313,6 +313,7 @@ fn initramfs(spec: &VmSpec) -> Result<PathBuf> {
 
 /// Boots, streams the console to stdout, returns the guest command's status.
 pub fn run(spec: &VmSpec) -> Result<i32> {
+    crate::setup::ensure_vm_tools()?;
     let initrd = initramfs(spec)?;
     eprintln!(
         "vm: booting {} (qemu TCG, {} CPUs, {} MiB)",
