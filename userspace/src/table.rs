@@ -4,7 +4,10 @@ use std::io::{self, Write};
 
 use probes_common::{LockMode, Reason, WritePath};
 
-use crate::snapshot::{Entry, Snapshot};
+use crate::{
+    escape,
+    snapshot::{Entry, Snapshot},
+};
 
 const EXCLUSIVE_REASONS: [Reason; 4] = [
     Reason::NoParallelFlag,
@@ -13,11 +16,13 @@ const EXCLUSIVE_REASONS: [Reason; 4] = [
     Reason::PastEof,
 ];
 
+/// The file's path as the table shows it: mount point and name, escaped
+/// (any user can name a file on a FUSE mount of their own).
 fn display_name(e: &Entry) -> String {
-    let name = e.name.as_deref().unwrap_or("?");
+    let name = escape::text(e.name.as_deref().unwrap_or("?"));
     match e.mount.as_deref() {
-        Some(m) => format!("{}/{name}", m.trim_end_matches('/')),
-        None => name.to_owned(),
+        Some(m) => format!("{}/{name}", escape::text(m.trim_end_matches('/'))),
+        None => name.into_owned(),
     }
 }
 
@@ -158,5 +163,35 @@ mod tests {
         // The WRITES column ends where its header ends.
         let header_end = lines[1].find("WRITES").expect("WRITES") + "WRITES".len();
         assert_eq!(&lines[2][header_end - 2..header_end], "12", "{text}");
+    }
+
+    #[test]
+    fn names_cannot_reach_the_terminal_raw() {
+        let entry = |name: &str, mount: &str| {
+            std::sync::Arc::new(Entry {
+                dev: "0:45".into(),
+                ino: 7,
+                name: Some(name.into()),
+                mount: Some(mount.into()),
+                path: "passthrough".into(),
+                counters: Counters::default(),
+                histograms: Default::default(),
+                writers: vec![],
+                open: None,
+            })
+        };
+        let snap = Snapshot {
+            entries: vec![entry("\u{1b}]52;c;aGk=\u{7}x", "/mnt/a\nb")].into(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_table(&mut out, &snap).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("/mnt/a\\nb/\\x1b]52;c;aGk=\\x07x"), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }
