@@ -6,6 +6,7 @@ mod cli;
 mod collector;
 mod demo;
 mod doctor;
+mod escape;
 mod exercise;
 mod export;
 mod kretprobe;
@@ -70,6 +71,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    preflight::check_not_setuid()?;
     match cli.command {
         Command::Stat(args) => runtime()?.block_on(stat::run(args)),
         Command::Record(args) => runtime()?.block_on(stat::record(args)),

@@ -34,12 +34,24 @@ pub fn check_privileges() -> Result<()> {
     bail!("fuselock needs root (or CAP_BPF and CAP_PERFMON) to load its probes: run it with sudo")
 }
 
-/// Refuses to run setuid: a setuid fuselock would hand kernel probes to any user.
+/// Refuses to run setuid or setgid: a setuid fuselock would hand kernel
+/// probes, root's file writes (`load`, `record`) and mounts (`testfs`) to
+/// any user. Checked before any command runs.
 pub fn check_not_setuid() -> Result<()> {
-    // SAFETY: getuid/geteuid cannot fail.
-    let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+    // SAFETY: these calls cannot fail.
+    let (uid, euid, gid, egid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    };
     if uid != euid {
         bail!("fuselock refuses to run setuid (uid {uid}, euid {euid}); run it as root instead");
+    }
+    if gid != egid {
+        bail!("fuselock refuses to run setgid (gid {gid}, egid {egid}); run it as root instead");
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     let mut attached = probes::attach(&opts)?;
     let _logs = session::forward_probe_logs(&mut attached);
     let collector = Collector::new(&mut attached)?;
-    crate::privileges::drop_all_but_bpf()?;
+    crate::privileges::drop_to_bpf_only()?;
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),
         bodies: Mutex::new(BodyCache::default()),
