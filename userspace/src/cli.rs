@@ -44,7 +44,7 @@ pub enum Command {
     /// Does the parallel-direct-writes patch take effect? Prints ACTIVE (exit 0),
     /// NOT ACTIVE (1) or INCONCLUSIVE (2) with the evidence.
     #[command(after_help = "Examples:\n  \
-        fuselock verify --exercise /mnt/fuse/somefile\n  \
+        fuselock verify --exercise /mnt/fuse/somedir\n  \
         fuselock verify --duration 60 --json\n  \
         fuselock verify -- fio --name=w --rw=randwrite --direct=1 --filename=/mnt/fuse/f --size=64m\n\n\
         Exit status: 0 ACTIVE, 1 NOT ACTIVE, 2 INCONCLUSIVE, 3 bad usage, 4 cannot run,\n\
@@ -158,8 +158,11 @@ pub struct TopArgs {
 pub struct RecordArgs {
     #[command(flatten)]
     pub probes: ProbeArgs,
-    /// The file to write (JSON lines).
+    /// The file to write (JSON lines, mode 0600). It must not exist yet.
     pub file: std::path::PathBuf,
+    /// Replace FILE if it exists (a regular file; never through a symlink).
+    #[arg(long)]
+    pub force: bool,
     /// Seconds between snapshots (0.1 to 3600).
     #[arg(long, default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
@@ -186,9 +189,11 @@ pub struct ExportArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub probes: ProbeArgs,
-    /// Drive a short workload on FILE (on a FUSE passthrough mount) and decide
-    /// on its writes alone. FILE's contents and size are restored.
-    #[arg(long, value_name = "FILE", conflicts_with = "command")]
+    /// Drive a short workload on a scratch file of fuselock's own, created
+    /// in PATH (a directory on a FUSE passthrough mount) or beside PATH (a
+    /// file there), and decide on its writes alone. Nothing of the user's is
+    /// written; the scratch file is removed afterwards.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
     pub exercise: Option<std::path::PathBuf>,
     /// Seconds to watch real traffic when neither --exercise nor COMMAND is given.
     #[arg(long, default_value = "10", value_parser = parse_interval)]

@@ -451,6 +451,15 @@ impl Collector {
         Ok(())
     }
 
+    /// The open evidence of the file `(dev, ino)` (`dev` in the kernel's
+    /// encoding), as of the last snapshot: a file only opened, never
+    /// written, has no entry to carry it.
+    pub fn open_evidence_of(&self, dev: u32, ino: u64) -> Option<OpenEvidence> {
+        self.opens_cache
+            .of(&InodeKey { ino, dev, path: 0 })
+            .map(OpenEvidence::from)
+    }
+
     /// Reads every counter now.
     pub fn snapshot(&mut self, is_final: bool) -> Result<Snapshot> {
         self.snapshot_with(is_final, Detail::Full)

@@ -1,4 +1,5 @@
-//! Pieces every attached command shares.
+//! Pieces every attached command shares: one attached session, its
+//! collector and its log forwarder.
 
 use aya_log::EbpfLogger;
 use log::warn;
@@ -6,8 +7,34 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 use crate::{
     cli::ProbeArgs,
-    probes::{AttachOptions, Attached},
+    collector::Collector,
+    probes::{self, AttachOptions, Attached},
 };
+
+/// Probes attached once, and the collector reading their maps. A command
+/// made of several steps (`demo`) runs them all on one session, so it
+/// attaches once and can drop its privileges after that one attach.
+pub struct Session {
+    pub collector: Collector,
+    /// The log forwarder, running while the programs are attached.
+    _logs: Option<JoinHandle<()>>,
+    /// The programs: dropping them detaches.
+    _attached: Attached,
+}
+
+impl Session {
+    /// Loads and attaches the probes (needs a tokio runtime for the logs).
+    pub fn start(args: &ProbeArgs) -> anyhow::Result<Session> {
+        let mut attached = probes::attach(&AttachOptions::from(args))?;
+        let logs = forward_probe_logs(&mut attached);
+        let collector = Collector::new(&mut attached)?;
+        Ok(Session {
+            collector,
+            _logs: logs,
+            _attached: attached,
+        })
+    }
+}
 
 impl From<&ProbeArgs> for AttachOptions {
     fn from(a: &ProbeArgs) -> AttachOptions {

@@ -13,10 +13,8 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cli::{ProbeArgs, RecordArgs, StatArgs},
-    collector::Collector,
-    probes::{self, AttachOptions},
-    session,
+    cli::{RecordArgs, StatArgs},
+    session::Session,
     snapshot::Snapshot,
     stream::{Encoder, Lines},
     table,
@@ -51,7 +49,6 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 
 /// One observation run.
 struct Observe {
-    probes: ProbeArgs,
     interval: Duration,
     command: Vec<OsString>,
     /// Emit every interval even while a command runs (record does; stat
@@ -60,10 +57,8 @@ struct Observe {
     sink: Sink,
 }
 
-async fn observe(mut o: Observe) -> Result<i32> {
-    let mut attached = probes::attach(&AttachOptions::from(&o.probes))?;
-    let _logs = session::forward_probe_logs(&mut attached);
-    let mut collector = Collector::new(&mut attached)?;
+async fn observe(session: &mut Session, mut o: Observe) -> Result<i32> {
+    let collector = &mut session.collector;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut ticker = tokio::time::interval(o.interval);
@@ -75,7 +70,11 @@ async fn observe(mut o: Observe) -> Result<i32> {
             .spawn()
             .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
         // The command keeps the caller's privileges; fuselock does not need them.
-        crate::privileges::drop_all_but_bpf()?;
+        if let Err(e) = crate::privileges::drop_to_bpf_only() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for the command")?,
@@ -90,7 +89,7 @@ async fn observe(mut o: Observe) -> Result<i32> {
         return Ok(exit_code(status));
     }
 
-    crate::privileges::drop_all_but_bpf()?;
+    crate::privileges::drop_to_bpf_only()?;
     // The first tick is immediate: a snapshot right after attaching tells
     // scripts (and people) that fuselock is live.
     loop {
@@ -105,38 +104,85 @@ async fn observe(mut o: Observe) -> Result<i32> {
 }
 
 pub async fn run(args: StatArgs) -> Result<i32> {
-    observe(Observe {
-        probes: args.probes,
-        interval: args.interval,
-        command: args.command,
-        periodic_with_command: false,
-        sink: Sink {
-            out: Box::new(io::stdout()),
-            json: args.json.then(|| {
-                Encoder::new(if args.every_entry {
-                    Lines::Whole
-                } else {
-                    Lines::Deltas
-                })
-            }),
+    let mut session = Session::start(&args.probes)?;
+    observe(
+        &mut session,
+        Observe {
+            interval: args.interval,
+            command: args.command,
+            periodic_with_command: false,
+            sink: Sink {
+                out: Box::new(io::stdout()),
+                json: args.json.then(|| {
+                    Encoder::new(if args.every_entry {
+                        Lines::Whole
+                    } else {
+                        Lines::Deltas
+                    })
+                }),
+            },
         },
-    })
+    )
     .await
 }
 
 /// `record FILE`: the `stat --json` stream into a file, for `top --replay`.
+/// The probes attach first, so a run that cannot attach leaves no file; the
+/// file is new (or, with `--force`, an existing regular file), never reached
+/// through a symlink, and private (0600): it names processes and files.
 pub async fn record(args: RecordArgs) -> Result<i32> {
-    let file = std::fs::File::create(&args.file)
-        .map_err(|e| crate::UsageError(format!("cannot create {}: {e}", args.file.display())))?;
-    observe(Observe {
-        probes: args.probes,
-        interval: args.interval,
-        command: args.command,
-        periodic_with_command: true,
-        sink: Sink {
-            out: Box::new(io::BufWriter::new(file)),
-            json: Some(Encoder::new(Lines::Deltas)),
+    let mut session = Session::start(&args.probes)?;
+    let file = create_private(&args.file, args.force)?;
+    observe(
+        &mut session,
+        Observe {
+            interval: args.interval,
+            command: args.command,
+            periodic_with_command: true,
+            sink: Sink {
+                out: Box::new(io::BufWriter::new(file)),
+                json: Some(Encoder::new(Lines::Deltas)),
+            },
         },
-    })
+    )
     .await
+}
+
+/// Creates `path` for writing, mode 0600, without following a symlink in its
+/// last component; an existing file is refused unless `force`, and then only
+/// a regular file is truncated.
+fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let shown = crate::escape::path(path);
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .write(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO planted at PATH fails instead of hanging.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    if force {
+        options.create(true);
+    } else {
+        options.create_new(true);
+    }
+    let file = options.open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::EEXIST) => crate::UsageError(format!(
+            "{shown} exists: name a new file, or pass --force to replace it"
+        )),
+        Some(libc::ELOOP) => crate::UsageError(format!(
+            "{shown} is a symbolic link: fuselock does not write through one"
+        )),
+        _ => crate::UsageError(format!("cannot create {shown}: {e}")),
+    })?;
+    let meta = file.metadata().with_context(|| format!("stat {shown}"))?;
+    if !meta.is_file() {
+        return Err(crate::UsageError(format!("{shown} is not a regular file")).into());
+    }
+    // Truncate only now that it is known to be a regular file of our choosing,
+    // and make a replaced file private too.
+    file.set_len(0)
+        .with_context(|| format!("truncating {shown}"))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {shown} private"))?;
+    Ok(file)
 }

@@ -1,6 +1,13 @@
 //! `fuselock verify`: does the parallel-direct-writes patch take effect here?
 
-use std::{io::IsTerminal as _, os::unix::fs::MetadataExt as _, path::PathBuf};
+use std::{
+    io::IsTerminal as _,
+    os::unix::fs::MetadataExt as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::{Context as _, Result};
 use probes_common::{LockMode, Reason};
@@ -9,10 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     cli::VerifyArgs,
-    collector::Collector,
     exercise,
-    probes::{self, AttachOptions},
-    session,
+    session::Session,
     snapshot::{OpenEvidence, Snapshot},
     verdict::{decide, Decision, Evidence},
     UsageError,
@@ -30,38 +35,64 @@ struct Report<'a> {
     scope: String,
     exercise: Option<exercise::ExerciseReport>,
     evidence: &'a Evidence,
+    /// Set when the user's file was opened with other flags than the scratch file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
 }
 
-/// The evidence of one exercised file: its passthrough entry and its opens.
-fn file_evidence(snap: &Snapshot, path: &PathBuf) -> Result<Evidence> {
-    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
-    let dev = format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev()));
-    let ino = meta.ino();
+/// The kernel's encoding of a userspace `dev_t` (20 minor bits).
+fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
+/// The evidence of the exercised scratch file: its passthrough entry and
+/// its opens.
+fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<Evidence> {
+    let dev = crate::snapshot::dev_name(kernel_dev(report.scratch_dev));
+    let shown = crate::escape::path(&report.scratch_file);
     let mine: Vec<_> = snap
         .entries
         .iter()
-        .filter(|e| e.dev == dev && e.ino == ino)
+        .filter(|e| e.dev == dev && e.ino == report.scratch_ino)
         .collect();
     let passthrough = mine.iter().find(|e| e.path == "passthrough");
     let Some(entry) = passthrough else {
         if mine.iter().any(|e| e.path == "direct_io") {
             return Err(UsageError(format!(
-                "{}: its writes took the FUSE direct-io path (the server replies FOPEN_DIRECT_IO), \
-                 not passthrough; verify checks passthrough files",
-                path.display()
+                "{shown}: its writes took the FUSE direct-io path (the server replies FOPEN_DIRECT_IO), \
+                 not passthrough; verify checks passthrough files"
             ))
             .into());
         }
         return Err(UsageError(format!(
-            "{}: no passthrough writes were seen for it: the server does not open it with \
-             FOPEN_PASSTHROUGH (writes went through the page cache)",
-            path.display()
+            "{shown}: no passthrough writes were seen for it: the server does not open it with \
+             FOPEN_PASSTHROUGH (writes went through the page cache)"
         ))
         .into());
     };
     Ok(Evidence {
         passthrough: entry.counters.clone(),
         opens: entry.open.clone().unwrap_or_else(OpenEvidence::default),
+    })
+}
+
+/// Whether the server opened the user's file as it opened the scratch file:
+/// a line saying how they differ, if they do.
+fn flags_differ(
+    named: &OpenEvidence,
+    scratch: &OpenEvidence,
+    path: &std::path::Path,
+) -> Option<String> {
+    let kind = |o: &OpenEvidence| (o.passthrough > 0, o.direct_io > 0, o.parallel_asked > 0);
+    (kind(named) != kind(scratch)).then(|| {
+        format!(
+            "the server opened {} with open_flags {}, the scratch file with {}: the verdict is the \
+             scratch file's, and may not hold for {}",
+            crate::escape::path(path),
+            named.last_flags_asked,
+            scratch.last_flags_asked,
+            crate::escape::path(path),
+        )
     })
 }
 
@@ -85,7 +116,8 @@ fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
         }
     };
     println!(
-        "  passthrough writes ({scope}): {} - shared {}{}, exclusive {}{}",
+        "  passthrough writes ({}): {} - shared {}{}, exclusive {}{}",
+        crate::escape::text(scope),
         p.writes,
         p.shared,
         by_reason(LockMode::Shared),
@@ -116,71 +148,150 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         .as_deref()
         .map(exercise::check_target)
         .transpose()?;
-    let opts = AttachOptions::from(&args.probes);
-    let mut attached = probes::attach(&opts)?;
-    let _logs = session::forward_probe_logs(&mut attached);
-    let mut collector = Collector::new(&mut attached)?;
+    let mut session = Session::start(&args.probes)?;
+    let how = match target {
+        Some(target) => Watch::Exercise {
+            target,
+            progress: std::io::stderr().is_terminal() || args.progress,
+        },
+        None if !args.command.is_empty() => Watch::Command(args.command),
+        None => Watch::For(args.duration),
+    };
+    let outcome = decide_on(&mut session, how).await?;
+    crate::privileges::drop_to_bpf_only()?;
+    outcome.print(args.json)?;
+    Ok(outcome.decision.exit_code())
+}
+
+/// What the verdict is decided on.
+pub enum Watch {
+    /// A short workload on a scratch file beside the target.
+    Exercise {
+        target: exercise::Target,
+        progress: bool,
+    },
+    /// The writes made while a command runs.
+    Command(Vec<std::ffi::OsString>),
+    /// Every FUSE write for a while.
+    For(std::time::Duration),
+}
+
+/// A verdict and what it was decided on.
+pub struct Outcome {
+    pub decision: Decision,
+    evidence: Evidence,
+    snap: Snapshot,
+    scope: String,
+    exercised: Option<exercise::ExerciseReport>,
+    /// How the user's file was opened differently from the scratch file.
+    note: Option<String>,
+}
+
+impl Outcome {
+    /// Prints the verdict as text or one JSON object.
+    pub fn print(&self, json: bool) -> Result<()> {
+        if json {
+            let report = Report {
+                decision: &self.decision,
+                exit_code: self.decision.exit_code(),
+                kernel: &self.snap.source.kernel,
+                probe_mode: &self.snap.source.probe_mode,
+                scope: self.scope.clone(),
+                exercise: self.exercised.clone(),
+                evidence: &self.evidence,
+                note: self.note.as_deref(),
+            };
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_human(&self.decision, &self.evidence, &self.snap, &self.scope);
+            if let Some(note) = &self.note {
+                println!("  note: {note}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Watches (or drives) writes on an attached session and decides.
+pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
 
     let mut exercised = None;
-    if let Some(path) = target.clone() {
-        let show = std::io::stderr().is_terminal() || args.progress;
-        eprintln!("verify: exercising {} ({} O_DIRECT overwrites from {} threads, then one buffered, one append, one past EOF)",
-            path.display(), exercise::THREADS * exercise::OVERWRITES_PER_THREAD, exercise::THREADS);
-        let report = tokio::task::spawn_blocking(move || {
-            exercise::run(&path, &|done, total| {
-                if show {
-                    eprintln!("verify: {done}/{total} writes");
+    let mut named = None;
+    match how {
+        Watch::Exercise { target, progress } => {
+            named.clone_from(&target.named_file);
+            let cancel = Arc::new(AtomicBool::new(false));
+            let mut task = tokio::task::spawn_blocking({
+                let cancel = Arc::clone(&cancel);
+                move || {
+                    exercise::run(&target, &cancel, &|done, total| {
+                        if progress {
+                            eprintln!("verify: {done}/{total} writes");
+                        }
+                    })
                 }
-            })
-        })
-        .await
-        .context("the exercise thread")??;
-        exercised = Some(report);
-    } else if let Some((program, rest)) = args.command.split_first() {
-        let mut child = tokio::process::Command::new(program)
-            .args(rest)
-            .spawn()
-            .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
-        loop {
-            tokio::select! {
-                status = child.wait() => { status.context("waiting for the command")?; break; }
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => { let _ = child.start_kill(); }
+            });
+            // A signal stops the writes; the scratch file is removed either way.
+            let report = loop {
+                tokio::select! {
+                    r = &mut task => break r.context("the exercise thread")??,
+                    _ = sigint.recv() => cancel.store(true, Ordering::Relaxed),
+                    _ = sigterm.recv() => cancel.store(true, Ordering::Relaxed),
+                }
+            };
+            exercised = Some(report);
+        }
+        Watch::Command(command) => {
+            let (program, rest) = command.split_first().context("an empty command")?;
+            let mut child = tokio::process::Command::new(program)
+                .args(rest)
+                .spawn()
+                .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
+            loop {
+                tokio::select! {
+                    status = child.wait() => { status.context("waiting for the command")?; break; }
+                    _ = sigint.recv() => {}
+                    _ = sigterm.recv() => { let _ = child.start_kill(); }
+                }
             }
         }
-    } else {
-        eprintln!(
-            "verify: watching FUSE writes for {}s (Ctrl-C to decide sooner)",
-            args.duration.as_secs_f64()
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(args.duration) => {}
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
+        Watch::For(duration) => {
+            eprintln!(
+                "verify: watching FUSE writes for {}s (Ctrl-C to decide sooner)",
+                duration.as_secs_f64()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => {}
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
         }
     }
 
-    let snap = collector.snapshot(true)?;
-    let (evidence, scope) = match &target {
-        Some(path) => (file_evidence(&snap, path)?, path.display().to_string()),
-        None => (Evidence::from_totals(&snap), "all".to_owned()),
+    let snap = session.collector.snapshot(true)?;
+    let (evidence, scope, note) = match &exercised {
+        Some(report) => {
+            let evidence = file_evidence(&snap, report)?;
+            let note = named.as_deref().and_then(|path| {
+                let meta = std::fs::symlink_metadata(path).ok()?;
+                let theirs = session
+                    .collector
+                    .open_evidence_of(kernel_dev(meta.dev()), meta.ino())?;
+                flags_differ(&theirs, &evidence.opens, path)
+            });
+            (evidence, report.scratch_file.display().to_string(), note)
+        }
+        None => (Evidence::from_totals(&snap), "all".to_owned(), None),
     };
     let decision = decide(&evidence);
-    if args.json {
-        let report = Report {
-            decision: &decision,
-            exit_code: decision.exit_code(),
-            kernel: &snap.source.kernel,
-            probe_mode: &snap.source.probe_mode,
-            scope,
-            exercise: exercised,
-            evidence: &evidence,
-        };
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_human(&decision, &evidence, &snap, &scope);
-    }
-    Ok(decision.exit_code())
+    Ok(Outcome {
+        decision,
+        evidence,
+        snap,
+        scope,
+        exercised,
+        note,
+    })
 }

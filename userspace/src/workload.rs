@@ -9,6 +9,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -94,6 +95,37 @@ pub struct LoadArgs {
     /// Print a JSON summary line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Write even if PATH is not on a FUSE file system (it is refused
+    /// otherwise: `load` overwrites what it finds there).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `FUSE_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// The file system type of what `fd` refers to.
+fn fs_type(fd: &impl AsRawFd) -> std::io::Result<i64> {
+    // SAFETY: fstatfs(2) on a live descriptor into a zeroed out-struct.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fs.f_type)
+}
+
+/// Refuses `what` (an open file or directory) unless it is on FUSE.
+fn require_fuse(fd: &impl AsRawFd, path: &Path) -> anyhow::Result<()> {
+    let f_type = fs_type(fd).with_context(|| format!("fstatfs {}", crate::escape::path(path)))?;
+    if f_type != FUSE_SUPER_MAGIC {
+        return Err(crate::UsageError(format!(
+            "{} is not on a FUSE file system (f_type {f_type:#x}): `fuselock load` overwrites \
+             what it finds there; pass --force to write to it anyway",
+            crate::escape::path(path)
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// What a run issued. `writes` is the number of write system calls made, whatever their result,
@@ -181,8 +213,8 @@ impl fmt::Display for LoadReport {
 pub fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     // A bad argument is the user's to fix (exit 3), not a failure (4).
     let plan = Plan::new(args).map_err(|e| crate::UsageError(format!("{e:#}")))?;
-    let placement = prepare_file(&args.path, &plan)?;
-    let files = open_writers(&args.path, plan.kind, plan.threads)?;
+    let placement = prepare_file(&args.path, &plan, args.force)?;
+    let files = open_writers(&args.path, plan.kind, plan.threads, args.force)?;
     let buffers = (0..plan.threads)
         .map(|t| AlignedBuf::new(plan.block_size, b'a' + (t % 26) as u8))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -289,13 +321,28 @@ enum Placement {
 }
 
 /// Creates the file if needed and brings it to the state the kind needs.
-fn prepare_file(path: &Path, plan: &Plan) -> anyhow::Result<Placement> {
+fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placement> {
+    if !force {
+        // Before creating anything: the directory the file goes in.
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir_fd =
+            File::open(dir).with_context(|| format!("cannot open {}", crate::escape::path(dir)))?;
+        require_fuse(&dir_fd, path)?;
+    }
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot open or create {}", path.display()))?;
+    if !force {
+        // And the file itself, before its size or contents change.
+        require_fuse(&file, path)?;
+    }
     let md = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?;
@@ -337,26 +384,37 @@ fn prepare_file(path: &Path, plan: &Plan) -> anyhow::Result<Placement> {
 }
 
 /// One descriptor per thread, all opened before any write so a failure leaves the file alone.
-fn open_writers(path: &Path, kind: WriteKind, threads: u32) -> anyhow::Result<Vec<File>> {
+fn open_writers(
+    path: &Path,
+    kind: WriteKind,
+    threads: u32,
+    force: bool,
+) -> anyhow::Result<Vec<File>> {
     let mut options = OpenOptions::new();
     options.write(true).append(kind == WriteKind::Append);
-    if kind.direct() {
-        options.custom_flags(libc::O_DIRECT);
-    }
+    options.custom_flags(libc::O_NOFOLLOW | if kind.direct() { libc::O_DIRECT } else { 0 });
     (0..threads)
         .map(|_| {
-            options.open(path).map_err(|err| {
-                let context = if kind.direct() && err.raw_os_error() == Some(libc::EINVAL) {
-                    format!(
+            options
+                .open(path)
+                .map_err(|err| {
+                    let context = if kind.direct() && err.raw_os_error() == Some(libc::EINVAL) {
+                        format!(
                         "the filesystem of {} does not support O_DIRECT (open returned EINVAL); \
                          use --kind buffered",
                         path.display()
                     )
-                } else {
-                    format!("cannot open {} for {kind} writes", path.display())
-                };
-                anyhow::Error::new(err).context(context)
-            })
+                    } else {
+                        format!("cannot open {} for {kind} writes", path.display())
+                    };
+                    anyhow::Error::new(err).context(context)
+                })
+                .and_then(|file| {
+                    if !force {
+                        require_fuse(&file, path)?;
+                    }
+                    Ok(file)
+                })
         })
         .collect()
 }
@@ -770,7 +828,31 @@ mod tests {
             block_size: 4096,
             file_size: None,
             json: false,
+            // These run on the host's /tmp, not on FUSE.
+            force: true,
         }
+    }
+
+    #[test]
+    fn refuses_files_not_on_fuse_and_leaves_them_alone() {
+        let dir = scratch_dir("not-fuse");
+        let precious = dir.join("precious");
+        std::fs::write(&precious, b"keep me").expect("write");
+        for kind in [WriteKind::Overwrite, WriteKind::PastEof, WriteKind::Append] {
+            let mut a = args(precious.clone(), kind);
+            a.force = false;
+            let err = run(&a).expect_err("not FUSE");
+            assert!(
+                format!("{err:#}").contains("not on a FUSE file system"),
+                "{err:#}"
+            );
+        }
+        assert_eq!(std::fs::read(&precious).expect("read"), b"keep me");
+        // Nothing is created either.
+        let mut a = args(dir.join("new"), WriteKind::Overwrite);
+        a.force = false;
+        run(&a).expect_err("not FUSE");
+        assert!(!dir.join("new").exists());
     }
 
     #[test]

@@ -61,7 +61,14 @@ fn bad_usage_exits_3_with_the_reason() {
             &["verify", "--exercise", "/proc/version"][..],
             "not on a FUSE file system",
         ),
-        (&["verify", "--exercise", "/tmp"][..], "not a regular file"),
+        (
+            &["verify", "--exercise", "/tmp"][..],
+            "not on a FUSE file system",
+        ),
+        (
+            &["verify", "--exercise", "/dev/null"][..],
+            "neither a regular file nor a directory",
+        ),
         (&["load", "/tmp/x", "--threads", "0"][..], "thread"),
         (
             &["load", "/tmp/x", "--kind", "sideways"][..],
@@ -176,4 +183,83 @@ fn completions_and_man_page_are_generated() {
         "{}",
         &out[..out.len().min(200)]
     );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// A setuid (or setgid) copy refuses every command before doing anything:
+/// `load` would otherwise write any file, `testfs` mount anywhere.
+#[test]
+fn setuid_copies_refuse_every_command() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to make a setuid copy");
+        return;
+    }
+    // Not /tmp, which may be mounted nosuid.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("setuid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"untouched").expect("write");
+    for (bit, id) in [(0o4755, "uid"), (0o2755, "gid")] {
+        let copy = dir.join(format!("fuselock-set{id}"));
+        std::fs::copy(FUSELOCK, &copy).expect("copy");
+        let c = std::ffi::CString::new(copy.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: chown(2) with a valid C string.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0, "chown");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(bit)).expect("chmod");
+        let victim = victim.to_str().expect("utf8");
+        for args in [
+            &["load", victim, "--force", "--writes", "1"][..],
+            &["testfs", "--backing", "/tmp", "--mountpoint", "/mnt"][..],
+            &["record", victim, "--force"][..],
+            &["stat", "--", "true"][..],
+            &["doctor"][..],
+            &["export"][..],
+            &["verify", "--exercise", "/tmp"][..],
+        ] {
+            let out = Command::new(&copy).args(args).output().expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(4), "set{id} {args:?}: {err}");
+            assert!(
+                err.contains(&format!("fuselock refuses to run set{id}")),
+                "set{id} {args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read(&victim).expect("read"), b"untouched");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// `record` attaches before it creates its file: a run that cannot attach
+/// (this host has no kprobes) neither creates nor empties FILE.
+#[test]
+fn record_touches_no_file_when_it_cannot_attach() {
+    if !is_root() || Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("SKIPPED: needs root on a kernel without kprobes");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let existing = dir.join("existing.jsonl");
+    std::fs::write(&existing, b"precious\n").expect("write");
+    for force in [false, true] {
+        let mut args = vec!["record", existing.to_str().expect("utf8")];
+        if force {
+            args.push("--force");
+        }
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 4, "{err}");
+    }
+    assert_eq!(std::fs::read(&existing).expect("read"), b"precious\n");
+    let new = dir.join("new.jsonl");
+    let (code, _, err) = run(&["record", new.to_str().expect("utf8")]);
+    assert_eq!(code, 4, "{err}");
+    assert!(!new.exists(), "record created its file before attaching");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
