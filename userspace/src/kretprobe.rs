@@ -14,6 +14,7 @@
 //! then deletes them: on a normal exit, and on SIGKILL alike.
 
 use std::{
+    collections::HashSet,
     fs::OpenOptions,
     io::{Read as _, Write as _},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -38,6 +39,7 @@ const GROUP: &str = "fuselock";
 /// lets the reaper delete the events and waits for it.
 pub struct RetProbes {
     tracefs: PathBuf,
+    me: Owner,
     perf: Vec<OwnedFd>,
     reaper: Child,
 }
@@ -57,24 +59,101 @@ fn append(file: &Path, line: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
-/// The event of process `pid` on `function`.
-fn event_name(pid: u32, function: &str) -> String {
-    format!("r{pid}_{function}")
+/// The initial PID namespace's inode (`PROC_PID_INIT_INO`): from there
+/// every process on the host is visible.
+const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// Who defined an event: a process, named by its PID namespace and its pid
+/// there. kprobe_events is host-wide while pids are per namespace, so a
+/// pid alone would let fuselocks in two containers take each other's
+/// events for their own, or for stale ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    pidns: u64,
+    pid: u32,
 }
 
-/// The events in `defined` (kprobe_events' text) that a fuselock no longer
-/// `alive` left behind.
-fn stale_events(defined: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+impl Owner {
+    fn me() -> Owner {
+        Owner {
+            pidns: pid_namespace_of("self").unwrap_or(INIT_PID_NAMESPACE),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// The PID namespace inode of `/proc/<pid>`.
+fn pid_namespace_of(pid: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
+    // "pid:[4026531836]"
+    link.to_str()?
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Every PID namespace some process is in, where all processes are
+/// visible (from the initial namespace); `None` elsewhere.
+fn live_pid_namespaces(me: Owner) -> Option<HashSet<u64>> {
+    if me.pidns != INIT_PID_NAMESPACE {
+        return None;
+    }
+    let entries = std::fs::read_dir("/proc").ok()?;
+    Some(
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(pid_namespace_of))
+            .collect(),
+    )
+}
+
+/// The event of `owner` on `function`.
+fn event_name(owner: Owner, function: &str) -> String {
+    format!("r{}_{}_{function}", owner.pidns, owner.pid)
+}
+
+/// The owner of one of our events, from its name (`r<pidns>_<pid>_<fn>`;
+/// fuselocks before namespaced names wrote `r<pid>_<fn>` from the initial
+/// namespace).
+fn owner_of(event: &str) -> Option<Owner> {
+    let (first, rest) = event.strip_prefix('r')?.split_once('_')?;
+    let first: u64 = first.parse().ok()?;
+    let second = rest
+        .split_once('_')
+        .and_then(|(p, _)| p.parse::<u32>().ok());
+    Some(match second {
+        Some(pid) => Owner { pidns: first, pid },
+        None => Owner {
+            pidns: INIT_PID_NAMESPACE,
+            pid: u32::try_from(first).ok()?,
+        },
+    })
+}
+
+/// The events in `defined` (kprobe_events' text) that fuselocks no longer
+/// there left behind: those of a dead process of our own namespace, and,
+/// seen from the initial namespace, those of a namespace no process is in.
+fn stale_events(
+    defined: &str,
+    me: Owner,
+    alive: impl Fn(u32) -> bool,
+    live_namespaces: Option<&HashSet<u64>>,
+) -> Vec<String> {
     let prefix = format!("{GROUP}/");
     defined
         .lines()
         .filter_map(|line| {
-            // r4096:fuselock/r1234_fuse_file_write_iter fuse_file_write_iter
+            // r4096:fuselock/r4026531836_1234_fuse_file_write_iter fuse_file_write_iter
             let (_, name) = line.split_whitespace().next()?.split_once(':')?;
             let event = name.strip_prefix(&prefix)?;
-            let (pid, _) = event.strip_prefix('r')?.split_once('_')?;
-            let pid: u32 = pid.parse().ok()?;
-            (!alive(pid)).then(|| event.to_owned())
+            let owner = owner_of(event)?;
+            let stale = if owner.pidns == me.pidns {
+                owner.pid != me.pid && !alive(owner.pid)
+            } else {
+                live_namespaces.is_some_and(|live| !live.contains(&owner.pidns))
+            };
+            stale.then(|| event.to_owned())
         })
         .collect()
 }
@@ -82,13 +161,14 @@ fn stale_events(defined: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
 /// Deletes events of ours left by a fuselock that was killed: an event
 /// stays defined until deleted, and each holds memory for `MAXACTIVE`
 /// returns.
-fn delete_stale(tracefs: &Path) {
+fn delete_stale(tracefs: &Path, me: Owner) {
     let events = tracefs.join("kprobe_events");
     let Ok(defined) = std::fs::read_to_string(&events) else {
         return;
     };
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
-    for event in stale_events(&defined, alive) {
+    let live = live_pid_namespaces(me);
+    for event in stale_events(&defined, me, alive, live.as_ref()) {
         if append(&events, &format!("-:{GROUP}/{event}\n")).is_ok() {
             debug!("deleted the stale probe event {GROUP}/{event}");
         }
@@ -103,14 +183,13 @@ impl RetProbes {
         let Some(tracefs) = tracefs() else {
             bail!("tracefs is not mounted (no /sys/kernel/tracing/kprobe_events)");
         };
-        delete_stale(&tracefs);
-        let events: Vec<String> = functions
-            .iter()
-            .map(|f| event_name(std::process::id(), f))
-            .collect();
+        let me = Owner::me();
+        delete_stale(&tracefs, me);
+        let events: Vec<String> = functions.iter().map(|f| event_name(me, f)).collect();
         let reaper = spawn_reaper(&tracefs, &events)?;
         Ok(RetProbes {
             tracefs,
+            me,
             perf: Vec::new(),
             reaper,
         })
@@ -119,7 +198,7 @@ impl RetProbes {
     /// Attaches the loaded program `prog` to the return of `function` (one
     /// of those given to [`RetProbes::new`]).
     pub fn attach(&mut self, prog: &KProbe, function: &str) -> Result<()> {
-        let event = event_name(std::process::id(), function);
+        let event = event_name(self.me, function);
         let events = self.tracefs.join("kprobe_events");
         append(
             &events,
@@ -279,24 +358,66 @@ fn open_tracepoint(id: u64) -> std::io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
+    const INIT: u64 = INIT_PID_NAMESPACE;
+    const CONTAINER: u64 = 4_026_532_999;
+
     #[test]
     fn only_events_of_gone_fuselocks_are_stale() {
-        let defined = "\
-r4096:fuselock/r12_fuse_file_write_iter fuse_file_write_iter
-r4096:fuselock/r99_fuse_file_io_open fuse_file_io_open
+        let defined = format!(
+            "\
+r4096:fuselock/r{INIT}_12_fuse_file_write_iter fuse_file_write_iter
+r4096:fuselock/r{INIT}_99_fuse_file_io_open fuse_file_io_open
+r4096:fuselock/r{INIT}_7_fuse_file_io_open fuse_file_io_open
+r4096:fuselock/r{CONTAINER}_12_fuse_file_write_iter fuse_file_write_iter
+r4096:fuselock/r34_fuse_file_write_iter fuse_file_write_iter
 p:kprobes/aya_12_p_fuse_direct_io_0x0_3 fuse_direct_io
 r:other/r12_x x
 garbage
-";
+"
+        );
+        let me = Owner {
+            pidns: INIT,
+            pid: 7,
+        };
         let alive = |pid: u32| pid == 99;
+        // From the initial namespace, with the container still running: its
+        // pid 12 is not our pid 12.
+        let live: HashSet<u64> = [INIT, CONTAINER].into();
         assert_eq!(
-            stale_events(defined, alive),
-            ["r12_fuse_file_write_iter"],
-            "ours, and dead"
+            stale_events(&defined, me, alive, Some(&live)),
+            [
+                format!("r{INIT}_12_fuse_file_write_iter"),
+                "r34_fuse_file_write_iter".to_owned()
+            ],
+        );
+        // The container is gone: its events too.
+        let live: HashSet<u64> = [INIT].into();
+        assert_eq!(stale_events(&defined, me, alive, Some(&live)).len(), 3);
+        // Inside the container, only its own dead pids count; the host's
+        // events are not its business.
+        let inside = Owner {
+            pidns: CONTAINER,
+            pid: 5,
+        };
+        assert_eq!(
+            stale_events(&defined, inside, |_| false, None),
+            [format!("r{CONTAINER}_12_fuse_file_write_iter")]
         );
         assert_eq!(
-            event_name(12, "fuse_file_write_iter"),
-            "r12_fuse_file_write_iter"
+            event_name(me, "fuse_file_write_iter"),
+            format!("r{INIT}_7_fuse_file_write_iter")
         );
+    }
+
+    #[test]
+    fn names_fit_tracefs() {
+        // MAX_EVENT_NAME_LEN is 64.
+        let widest = Owner {
+            pidns: u64::from(u32::MAX),
+            pid: 4_194_304,
+        };
+        for f in crate::probes::required_functions() {
+            assert!(event_name(widest, f).len() < 64, "{f}");
+        }
     }
 }

@@ -285,8 +285,8 @@ impl Plan {
         ensure!(
             parent.is_dir(),
             "directory {} (for {}) does not exist",
-            parent.display(),
-            args.path.display()
+            crate::escape::path(parent),
+            crate::escape::path(&args.path)
         );
         Ok(Self {
             kind: args.kind,
@@ -338,15 +338,19 @@ fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placeme
         .truncate(false)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("cannot open or create {}", path.display()))?;
+        .with_context(|| format!("cannot open or create {}", crate::escape::path(path)))?;
     if !force {
         // And the file itself, before its size or contents change.
         require_fuse(&file, path)?;
     }
     let md = file
         .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?;
-    ensure!(md.is_file(), "{} is not a regular file", path.display());
+        .with_context(|| format!("cannot stat {}", crate::escape::path(path)))?;
+    ensure!(
+        md.is_file(),
+        "{} is not a regular file",
+        crate::escape::path(path)
+    );
     let block = plan.block_size as u64;
     match plan.kind {
         WriteKind::Overwrite | WriteKind::Buffered => {
@@ -354,7 +358,7 @@ fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placeme
                 file.set_len(plan.file_size).with_context(|| {
                     format!(
                         "cannot extend {} to {} bytes",
-                        path.display(),
+                        crate::escape::path(path),
                         plan.file_size
                     )
                 })?;
@@ -402,10 +406,13 @@ fn open_writers(
                         format!(
                         "the filesystem of {} does not support O_DIRECT (open returned EINVAL); \
                          use --kind buffered",
-                        path.display()
+                        crate::escape::path(path)
                     )
                     } else {
-                        format!("cannot open {} for {kind} writes", path.display())
+                        format!(
+                            "cannot open {} for {kind} writes",
+                            crate::escape::path(path)
+                        )
                     };
                     anyhow::Error::new(err).context(context)
                 })

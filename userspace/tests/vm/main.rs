@@ -12,6 +12,7 @@ use serde_json::Value;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
+mod safety;
 mod top;
 
 use common::{churn, fuselock, prog_stats, BpfStats, TestFs};

@@ -1,0 +1,415 @@
+//! Safe to run as root on a shared host: nothing of the user's is written,
+//! no file is reached through a name someone else controls, privileges
+//! really drop, and names cannot reach the terminal raw.
+
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::{http_get, kernel, verify, wait_for, Guard, Kernel};
+use crate::common::{fuselock, TestFs};
+
+/// Scratch files `verify --exercise` left in `dir`.
+fn scratch_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".fuselock-exercise."))
+        .collect()
+}
+
+fn assert_kernels_verdict(code: i32, report: &Value) {
+    match kernel() {
+        Kernel::Patched => assert_eq!(
+            (code, report["verdict"].as_str()),
+            (0, Some("ACTIVE")),
+            "{report}"
+        ),
+        Kernel::Stock | Kernel::Unpatched => assert_eq!(
+            (code, report["verdict"].as_str()),
+            (1, Some("NOT_ACTIVE")),
+            "{report}"
+        ),
+    }
+    assert_eq!(report["evidence"]["passthrough"]["writes"], 256 + 3);
+}
+
+/// An application appends numbered lines to a file while `verify
+/// --exercise` is pointed at that very file: every line it wrote is there,
+/// in order, and the verdict is the one the kernel deserves.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn exercise_leaves_an_applications_writes_alone() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let log = fs.path("app.log");
+    std::fs::write(&log, b"").expect("create the log");
+    let stop = "/tmp/app-stop";
+    let _ = std::fs::remove_file(stop);
+    let mut app = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "i=0; while [ ! -e {stop} ]; do echo line-$i >> {log}; i=$((i+1)); done; echo $i"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the application");
+    wait_for("the application's first lines", 30, || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 100)
+    });
+    let (code, report) = verify(&["--exercise", &log]);
+    assert!(
+        app.try_wait().expect("try_wait").is_none(),
+        "the application stopped before the exercise ended: the test proves nothing"
+    );
+    std::fs::write(stop, b"").expect("stop the application");
+    let out = app.wait_with_output().expect("application");
+    let lines: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("line count");
+    let expected: String = (0..lines).map(|i| format!("line-{i}\n")).collect();
+    let content = std::fs::read_to_string(&log).expect("read the log");
+    assert!(
+        content == expected,
+        "the application's {lines} lines were changed ({} bytes, expected {})",
+        content.len(),
+        expected.len()
+    );
+    println!("the application wrote {lines} lines during the exercise, all intact");
+    assert_kernels_verdict(code, &report);
+    assert!(
+        report["note"].is_null(),
+        "same flags for both files: {report}"
+    );
+    assert!(report["exercise"]["scratch_file"]
+        .as_str()
+        .is_some_and(|s| s.contains("/.fuselock-exercise.")));
+    assert_eq!(scratch_files(&fs.mountpoint), Vec::<String>::new());
+}
+
+/// `kill -9` in the middle of an exercise leaves the scratch file; the next
+/// run removes it, and leaves none of its own.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn a_killed_exercise_leaves_its_scratch_file_to_the_next_run() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let dir = fs.mountpoint.to_str().expect("utf8").to_owned();
+    let mut victim = Command::new(fuselock())
+        .args(["verify", "--exercise", &dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start verify");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while scratch_files(&fs.mountpoint).is_empty() {
+        assert!(Instant::now() < deadline, "no scratch file appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    victim.kill().expect("kill -9");
+    victim.wait().expect("wait");
+    let left = scratch_files(&fs.mountpoint);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let out = Command::new(fuselock())
+        .args(["verify", "--json", "--exercise", &dir])
+        .output()
+        .expect("verify again");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("removed {dir}/{}", left[0])),
+        "the stale file was not removed: {err}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_kernels_verdict(out.status.code().expect("status"), &report);
+    assert_eq!(scratch_files(&fs.mountpoint), Vec::<String>::new());
+}
+
+/// The README's first command: the table and the verdict, exit 0, and
+/// nothing left behind.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn plain_demo_prints_its_table_and_verdict() {
+    let out = Command::new(fuselock())
+        .args(["demo", "--writes", "120"])
+        .output()
+        .expect("demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for (file, excl_reason_column) in [
+        ("overwrite", None),
+        ("buffered", Some(7)),
+        ("append.log", Some(8)),
+        ("grow", Some(9)),
+    ] {
+        let row: Vec<&str> = stdout
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|f| f.ends_with(&format!("/mnt/{file}")))
+            })
+            .unwrap_or_else(|| panic!("no row for {file}:\n{stdout}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(row[2], "passthrough", "{row:?}");
+        assert_eq!(row[3], "120", "WRITES of {file}: {row:?}");
+        if let Some(column) = excl_reason_column {
+            assert_eq!(row[5], "120", "every {file} write is exclusive: {row:?}");
+            assert_eq!(row[column], "120", "{file}'s reason: {row:?}");
+        }
+    }
+    let verdict = stdout
+        .lines()
+        .find(|l| l.contains("ACTIVE"))
+        .unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
+    match kernel() {
+        Kernel::Patched => assert_eq!(
+            verdict,
+            "ACTIVE: 256 eligible direct overwrites took the shared lock"
+        ),
+        Kernel::Stock | Kernel::Unpatched => {
+            assert!(verdict.starts_with("NOT ACTIVE: "), "{verdict}");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("fuselock-demo-")
+        })
+        .collect();
+    assert!(left.is_empty(), "demo left {left:?}");
+}
+
+/// A file name with a terminal escape and a newline, written on a real
+/// mount: `stat`'s table shows it escaped.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn names_are_escaped_in_the_table() {
+    let fs = TestFs::mount(&[]);
+    let evil = "evil\u{1b}]52;c;aGk=\u{7}\nFORGED 0:0:0 passthrough 999";
+    let path = fs.path(evil);
+    let out = Command::new(fuselock())
+        .args(["stat", "--", &fuselock(), "load", &path, "--writes", "3"])
+        .output()
+        .expect("stat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+        "raw control characters reached the terminal: {stdout:?}"
+    );
+    assert!(
+        stdout.contains("evil\\x1b]52;c;aGk=\\x07\\nFORGED 0:0:0 passthrough 999"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("FORGED")),
+        "a forged row: {stdout}"
+    );
+}
+
+/// `record`: an existing file or a symlink is refused and left alone; the
+/// file it makes is private.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn record_refuses_existing_files_and_symlinks() {
+    let dir = Path::new("/tmp/record-safety");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("dir");
+    let existing = dir.join("existing");
+    std::fs::write(&existing, b"precious").expect("write");
+    let target = dir.join("target");
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let record = |file: &Path, extra: &[&str]| {
+        Command::new(fuselock())
+            .arg("record")
+            .arg(file)
+            .args(extra)
+            .args(["--", "true"])
+            .output()
+            .expect("record")
+    };
+    let out = record(&existing, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert_eq!(std::fs::read(&existing).expect("read"), b"precious");
+    for extra in [&[][..], &["--force"][..]] {
+        let out = record(&link, extra);
+        assert_eq!(out.status.code(), Some(3), "{extra:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+        assert!(!target.exists(), "written through the symlink");
+    }
+    let new = dir.join("new.jsonl");
+    assert!(record(&new, &[]).status.success());
+    let replaced = record(&existing, &["--force"]);
+    assert!(replaced.status.success());
+    for file in [&new, &existing] {
+        let meta = std::fs::metadata(file).expect("stat");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            file.display()
+        );
+        let text = std::fs::read_to_string(file).expect("read");
+        assert!(text.starts_with('{'), "{text}");
+    }
+}
+
+const CAP_PERFMON: u64 = 38;
+const CAP_BPF: u64 = 39;
+const CAP_SYS_RESOURCE: u64 = 24;
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes on passthrough, as `/metrics` says.
+fn exported_writes(port: u16) -> Option<u64> {
+    let text = http_get(&format!("http://127.0.0.1:{port}/metrics"))?;
+    text.lines()
+        .filter(|l| l.starts_with("fuselock_writes_total{") && l.contains("path=\"passthrough\""))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<Option<f64>>()
+        .map(|v| v as u64)
+}
+
+fn load(fs: &TestFs, file: &str, writes: u32) {
+    let status = Command::new(fuselock())
+        .args(["load", &fs.path(file), "--writes", &writes.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("load");
+    assert!(status.success());
+}
+
+/// `export` with exactly what the shipped systemd unit gives it: a
+/// non-root user, CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE as ambient
+/// capabilities and as the bounding set, no CAP_SETPCAP. It serves exact
+/// counts for a minute.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn export_keeps_serving_with_the_shipped_units_capabilities() {
+    let fs = TestFs::mount(&[]);
+    let port = 9951;
+    let unit_caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_RESOURCE);
+    let mut cmd = Command::new(fuselock());
+    cmd.args(["export", "--listen", &format!("127.0.0.1:{port}")]);
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || as_the_unit(unit_caps));
+    }
+    let exporter = Guard(cmd.spawn().expect("start export"));
+    let pid = exporter.0.id();
+    wait_for("the exporter", 60, || exported_writes(port).is_some());
+    assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "CapEff:"), "0000008000000000");
+    assert_eq!(status_field(pid, "CapPrm:"), "0000008000000000");
+    let started = Instant::now();
+    let mut expected = 0;
+    for (round, writes) in [(0, 111), (1, 222), (2, 333)] {
+        load(&fs, &format!("f{round}"), writes);
+        expected += u64::from(writes);
+        wait_for(&format!("{expected} writes exported"), 30, || {
+            exported_writes(port) == Some(expected)
+        });
+        let until = Duration::from_secs(25 * (round + 1));
+        std::thread::sleep(until.saturating_sub(started.elapsed()));
+    }
+    assert!(started.elapsed() >= Duration::from_secs(60));
+    assert_eq!(exported_writes(port), Some(expected));
+    assert_eq!(
+        http_get(&format!("http://127.0.0.1:{port}/healthz")).as_deref(),
+        Some("ok\n")
+    );
+}
+
+/// In the child: become uid/gid 65534 holding `caps` as permitted,
+/// effective, inheritable and ambient capabilities, with `caps` as the
+/// bounding set (what systemd does for `DynamicUser=yes` with
+/// `AmbientCapabilities=` and `CapabilityBoundingSet=`).
+fn as_the_unit(caps: u64) -> std::io::Result<()> {
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: raw system calls with integer arguments or our own buffers.
+    unsafe {
+        for cap in 0..64u64 {
+            if caps & (1 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                break; // EINVAL: past the last capability the kernel knows
+            }
+        }
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
+        check(libc::setgroups(0, std::ptr::null()).into())?;
+        check(libc::setresgid(65534, 65534, 65534).into())?;
+        check(libc::setresuid(65534, 65534, 65534).into())?;
+        let header = [0x2008_0522u32, 0];
+        let (lo, hi) = (caps as u32, (caps >> 32) as u32);
+        let data = [lo, lo, lo, hi, hi, hi];
+        check(libc::syscall(
+            libc::SYS_capset,
+            header.as_ptr(),
+            data.as_ptr(),
+        ))?;
+        for cap in 0..64u64 {
+            if caps & (1 << cap) != 0 {
+                check(
+                    libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0).into(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run by root, a long-running fuselock becomes `nobody` with CAP_BPF
+/// alone, and still serves.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn root_export_runs_as_nobody_with_cap_bpf_only() {
+    let fs = TestFs::mount(&[]);
+    let port = 9952;
+    let exporter = Guard(
+        Command::new(fuselock())
+            .args(["export", "--listen", &format!("127.0.0.1:{port}")])
+            .spawn()
+            .expect("start export"),
+    );
+    wait_for("the exporter", 60, || exported_writes(port).is_some());
+    let pid = exporter.0.id();
+    assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "Groups:"), "");
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(status_field(pid, field), "0000008000000000", "{field}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    load(&fs, "g", 77);
+    wait_for("77 writes exported", 30, || {
+        exported_writes(port) == Some(77)
+    });
+}
