@@ -15,6 +15,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -369,8 +370,8 @@ enum Opened {
 }
 
 struct TestFs {
-    /// Canonical path of the backing directory.
-    backing: PathBuf,
+    /// The backing directory, every path resolved beneath it.
+    backing: Beneath,
     policy: OpenPolicy,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HandleTable<BackingId>>,
@@ -379,8 +380,10 @@ struct TestFs {
 
 impl TestFs {
     fn new(backing: PathBuf, policy: OpenPolicy) -> anyhow::Result<Self> {
-        let root = std::fs::metadata(&backing)
-            .with_context(|| format!("cannot stat {}", backing.display()))?;
+        let backing = Beneath::root(backing)?;
+        let root = backing
+            .lstat(Path::new(""))
+            .with_context(|| format!("cannot stat {}", backing.path.display()))?;
         Ok(Self {
             backing,
             policy,
@@ -390,35 +393,29 @@ impl TestFs {
         })
     }
 
-    /// The node of `ino` and its absolute backing path.
-    fn node(&self, ino: INodeNo) -> Result<(Node, PathBuf), Errno> {
-        let node = lock(&self.inodes)
-            .node(ino.0)
-            .cloned()
-            .ok_or(Errno::ENOENT)?;
-        let path = self.backing.join(&node.rel);
-        Ok((node, path))
+    /// The node of `ino`; its path is relative to the backing directory.
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
+        lock(&self.inodes).node(ino.0).cloned().ok_or(Errno::ENOENT)
     }
 
     /// `lstat` of `ino`'s path, refused if the name now refers to another backing inode.
     fn stat_node(&self, ino: INodeNo) -> Result<(Node, PathBuf, Metadata), Errno> {
-        let (node, path) = self.node(ino)?;
-        let md = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
+        let node = self.node(ino)?;
+        let md = self.backing.lstat(&node.rel).map_err(Errno::from)?;
         if BackingKey::of(&md) != node.key {
             return Err(Errno::ENOENT);
         }
-        Ok((node, path, md))
+        let rel = node.rel.clone();
+        Ok((node, rel, md))
     }
 
-    /// Path (relative and absolute) of the entry `name` in directory `parent`.
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(PathBuf, PathBuf), Errno> {
-        let (node, _path, md) = self.stat_node(parent)?;
+    /// Path, relative to the backing directory, of the entry `name` in directory `parent`.
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        let (node, _rel, md) = self.stat_node(parent)?;
         if !md.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let rel = node.rel.join(name);
-        let abs = self.backing.join(&rel);
-        Ok((rel, abs))
+        Ok(node.rel.join(name))
     }
 
     fn handle_file(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
@@ -426,8 +423,8 @@ impl TestFs {
     }
 
     fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
-        let (rel, abs) = self.child(parent, name)?;
-        let md = std::fs::symlink_metadata(&abs).map_err(Errno::from)?;
+        let rel = self.child(parent, name)?;
+        let md = self.backing.lstat(&rel).map_err(Errno::from)?;
         let kind = exposed_kind(&md).ok_or(Errno::ENOENT)?;
         let ino = lock(&self.inodes).intern(BackingKey::of(&md), rel);
         Ok(file_attr(ino, kind, &md))
@@ -490,7 +487,10 @@ impl TestFs {
         } else {
             libc::O_RDONLY
         };
-        let file = open_path(&path, access | libc::O_NOFOLLOW, 0).map_err(Errno::from)?;
+        let file = self
+            .backing
+            .open(&path, access | libc::O_NOFOLLOW, 0)
+            .map_err(Errno::from)?;
         let md = file.metadata().map_err(Errno::from)?;
         if BackingKey::of(&md) != node.key {
             return Err(Errno::ENOENT);
@@ -507,13 +507,12 @@ impl TestFs {
         let parent_ino = match node.rel.parent() {
             None => INodeNo::ROOT.0,
             Some(parent_rel) => {
-                let parent_md = std::fs::symlink_metadata(self.backing.join(parent_rel))
-                    .map_err(Errno::from)?;
+                let parent_md = self.backing.lstat(parent_rel).map_err(Errno::from)?;
                 lock(&self.inodes).intern(BackingKey::of(&parent_md), parent_rel.to_path_buf())
             }
         };
         let mut children = Vec::new();
-        for entry in std::fs::read_dir(&path).map_err(Errno::from)? {
+        for entry in self.backing.read_dir(&path).map_err(Errno::from)? {
             let entry = entry.map_err(Errno::from)?;
             // Entries may vanish while we list them; skip those, and anything not exposed.
             let Ok(child_md) = entry.metadata() else {
@@ -545,10 +544,17 @@ impl TestFs {
         if !md.is_file() {
             return Err(Errno::EISDIR);
         }
-        let file = open_path(&path, backing_open_flags(flags), 0).map_err(Errno::from)?;
+        // Truncate only once the file is known to be the node's.
+        let file = self
+            .backing
+            .open(&path, backing_open_flags(flags) & !libc::O_TRUNC, 0)
+            .map_err(Errno::from)?;
         let opened = file.metadata().map_err(Errno::from)?;
         if BackingKey::of(&opened) != node.key {
             return Err(Errno::ENOENT);
+        }
+        if flags & libc::O_TRUNC != 0 {
+            file.set_len(0).map_err(Errno::from)?;
         }
         Ok(file)
     }
@@ -594,10 +600,10 @@ impl TestFs {
         umask: u32,
         flags: i32,
     ) -> Result<(FileAttr, File), Errno> {
-        let (rel, abs) = self.child(parent, name)?;
+        let rel = self.child(parent, name)?;
         let owner = (req.uid(), req.gid());
-        let file =
-            create_backing(&abs, flags, mode & !umask & 0o7777, owner).map_err(Errno::from)?;
+        let file = create_backing(&self.backing, &rel, flags, mode & !umask & 0o7777, owner)
+            .map_err(Errno::from)?;
         let md = file.metadata().map_err(Errno::from)?;
         let kind = exposed_kind(&md).ok_or(Errno::EIO)?;
         let ino = lock(&self.inodes).intern(BackingKey::of(&md), rel);
@@ -605,12 +611,12 @@ impl TestFs {
     }
 
     fn remove_file(&self, parent: INodeNo, name: &OsStr) -> Result<(), Errno> {
-        let (_rel, abs) = self.child(parent, name)?;
-        let md = std::fs::symlink_metadata(&abs).map_err(Errno::from)?;
+        let rel = self.child(parent, name)?;
+        let md = self.backing.lstat(&rel).map_err(Errno::from)?;
         if md.is_dir() {
             return Err(Errno::EISDIR);
         }
-        std::fs::remove_file(&abs).map_err(Errno::from)?;
+        self.backing.unlink(&rel).map_err(Errno::from)?;
         if md.nlink() <= 1 {
             lock(&self.inodes).retire(BackingKey::of(&md));
         }
@@ -888,7 +894,7 @@ impl Filesystem for TestFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match statvfs(&self.backing) {
+        match statvfs(&self.backing.path) {
             Ok(st) => reply.statfs(
                 st.f_blocks,
                 st.f_bfree,
@@ -981,18 +987,91 @@ fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
-/// `open(2)` of `path` with raw flags, through `OpenOptions` (which adds `O_CLOEXEC`).
-fn open_path(path: &Path, flags: i32, mode: u32) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    match flags & libc::O_ACCMODE {
-        libc::O_RDONLY => options.read(true),
-        libc::O_WRONLY => options.write(true),
-        _ => options.read(true).write(true),
-    };
-    options
-        .custom_flags(flags & !libc::O_ACCMODE)
-        .mode(mode)
-        .open(path)
+/// The backing directory, held open: every backing path is resolved beneath
+/// it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a symlink
+/// or `..` planted anywhere in a path (the server runs as root, the files
+/// belong to users) cannot lead a write, a truncate or an unlink outside.
+struct Beneath {
+    root: OwnedFd,
+    /// For messages and statvfs only; never opened again.
+    path: PathBuf,
+}
+
+impl Beneath {
+    fn root(path: PathBuf) -> anyhow::Result<Beneath> {
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&path)
+            .with_context(|| format!("opening the backing directory {}", path.display()))?;
+        Ok(Beneath {
+            root: dir.into(),
+            path,
+        })
+    }
+
+    /// `openat2(2)` of `rel` beneath the root, with raw flags (plus `O_CLOEXEC`).
+    fn open(&self, rel: &Path, flags: i32, mode: u32) -> io::Result<File> {
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let c = CString::new(rel.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: open_how is plain integers; zero is "no flags" for each.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.mode = u64::from(mode);
+        how.resolve =
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2(2) on a live directory fd, a valid C string and an
+        // open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        Ok(unsafe { File::from_raw_fd(fd as i32) })
+    }
+
+    /// `lstat` of `rel` (a final symlink is reported, not followed).
+    fn lstat(&self, rel: &Path) -> io::Result<Metadata> {
+        self.open(rel, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+            .metadata()
+    }
+
+    /// The entries of directory `rel`.
+    fn read_dir(&self, rel: &Path) -> io::Result<std::fs::ReadDir> {
+        let dir = self.open(rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        // The descriptor's own magic link: the directory already resolved
+        // beneath the root, not its name again.
+        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+    }
+
+    /// Removes the file `rel`.
+    fn unlink(&self, rel: &Path) -> io::Result<()> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let dir = self.open(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: unlinkat(2) on a live directory fd with a valid C string.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Creates (or, unless `O_EXCL` was asked for, opens) a backing file for CREATE.
@@ -1000,13 +1079,14 @@ fn open_path(path: &Path, flags: i32, mode: u32) -> io::Result<File> {
 /// Creating with `O_EXCL` first tells whether this call made the file; only then are its mode
 /// (our own umask would otherwise narrow it) and owner (the caller, not the root server) set.
 fn create_backing(
+    backing: &Beneath,
     path: &Path,
     kernel_flags: i32,
     mode: u32,
     owner: (u32, u32),
 ) -> io::Result<File> {
     let base = backing_open_flags(kernel_flags);
-    match open_path(path, base | libc::O_CREAT | libc::O_EXCL, mode) {
+    match backing.open(path, base | libc::O_CREAT | libc::O_EXCL, mode) {
         Ok(file) => {
             file.set_permissions(Permissions::from_mode(mode))?;
             std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1))?;
@@ -1015,7 +1095,15 @@ fn create_backing(
         Err(err)
             if err.kind() == io::ErrorKind::AlreadyExists && kernel_flags & libc::O_EXCL == 0 =>
         {
-            open_path(path, base, 0)
+            // An existing file: truncated (O_TRUNC) only once opened beneath the root.
+            let file = backing.open(path, base & !libc::O_TRUNC, 0)?;
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR));
+            }
+            if base & libc::O_TRUNC != 0 {
+                file.set_len(0)?;
+            }
+            Ok(file)
         }
         Err(err) => Err(err),
     }
@@ -1451,6 +1539,45 @@ mod tests {
         drop(last);
         let fresh = table.backing_for(5, || Ok(FakeBacking(2))).expect("create");
         assert_eq!(fresh.0, 2);
+    }
+
+    #[test]
+    fn backing_paths_never_leave_the_backing_directory() {
+        let base = std::env::temp_dir().join(format!("beneath-{}", std::process::id()));
+        let backing = base.join("backing");
+        std::fs::create_dir_all(backing.join("dir")).expect("mkdir");
+        let outside = base.join("outside");
+        std::fs::write(&outside, b"keep").expect("write");
+        std::fs::write(backing.join("dir/file"), b"in").expect("write");
+        std::os::unix::fs::symlink(&outside, backing.join("dir/link")).expect("symlink");
+        std::os::unix::fs::symlink(&base, backing.join("up")).expect("symlink");
+        let b = Beneath::root(backing.clone()).expect("open backing");
+        let rw = libc::O_RDWR | libc::O_TRUNC;
+        assert!(b.open(Path::new("dir/file"), libc::O_RDONLY, 0).is_ok());
+        for escape in ["dir/link", "up/outside", "../outside", "dir/../../outside"] {
+            let err = b.open(Path::new(escape), rw, 0).expect_err(escape);
+            assert!(
+                matches!(err.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)),
+                "{escape}: {err}"
+            );
+        }
+        assert!(b.unlink(Path::new("up/outside")).is_err());
+        let created = create_backing(&b, Path::new("up/new"), libc::O_WRONLY, 0o644, (0, 0));
+        assert!(created.is_err());
+        assert_eq!(std::fs::read(&outside).expect("read"), b"keep");
+        assert!(!base.join("new").exists());
+        // An existing file opened with O_TRUNC by CREATE is truncated only
+        // after it is found beneath the root.
+        let f = create_backing(
+            &b,
+            Path::new("dir/file"),
+            libc::O_WRONLY | libc::O_TRUNC,
+            0o644,
+            (0, 0),
+        )
+        .expect("existing");
+        assert_eq!(f.metadata().expect("stat").len(), 0);
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 
     #[test]
