@@ -110,7 +110,9 @@ fn fs_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<i64> {
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(fs.f_type)
+    // f_type is i64 on glibc and u64 on musl; FUSE_SUPER_MAGIC fits both.
+    #[allow(clippy::cast_possible_wrap)]
+    Ok(fs.f_type as i64)
 }
 
 /// Checks `path` (a FUSE directory, or a regular file in one) and holds its

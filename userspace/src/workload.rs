@@ -111,7 +111,9 @@ fn fs_type(fd: &impl AsRawFd) -> std::io::Result<i64> {
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(fs.f_type)
+    // f_type is i64 on glibc and u64 on musl; FUSE_SUPER_MAGIC fits both.
+    #[allow(clippy::cast_possible_wrap)]
+    Ok(fs.f_type as i64)
 }
 
 /// Refuses `what` (an open file or directory) unless it is on FUSE.

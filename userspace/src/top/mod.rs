@@ -78,11 +78,19 @@ fn spawn_live(mut collector: Collector, interval: Duration, tx: mpsc::Sender<Eve
 }
 
 pub fn run(args: TopArgs) -> Result<i32> {
-    run_with(args, || Ok(()))
+    let live = args.replay.is_none();
+    // Nothing after the attach needs more than CAP_BPF.
+    run_with(args, || {
+        if live {
+            crate::privileges::drop_to_bpf_only()?;
+        }
+        Ok(())
+    })
 }
 
-/// [`run`], with `during` started once the probes are attached and what it
-/// returns dropped before they detach: `demo --top`'s workload, whose
+/// [`run`], with `during` started once the probes are attached (and before
+/// the terminal is taken over) and what it returns dropped before they
+/// detach: `demo --top`'s workload, whose
 /// writes should neither miss the probes nor race their patching in and
 /// out of kernel text.
 pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<i32> {
