@@ -20,7 +20,7 @@ pub fn fuselock() -> String {
 pub struct TestFs {
     server: Child,
     pub mountpoint: PathBuf,
-    backing: PathBuf,
+    pub backing: PathBuf,
 }
 
 static MOUNTS: AtomicU32 = AtomicU32::new(0);

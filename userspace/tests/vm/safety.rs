@@ -14,7 +14,8 @@ use serde_json::Value;
 use super::{http_get, kernel, verify, wait_for, Guard, Kernel};
 use crate::common::{fuselock, TestFs};
 
-/// Scratch files `verify --exercise` left in `dir`.
+/// Scratch files `verify --exercise` left in `dir`: read in the backing
+/// directory, where no FUSE directory cache can hide a new entry.
 fn scratch_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .expect("read_dir")
@@ -92,7 +93,7 @@ fn exercise_leaves_an_applications_writes_alone() {
     assert!(report["exercise"]["scratch_file"]
         .as_str()
         .is_some_and(|s| s.contains("/.fuselock-exercise.")));
-    assert_eq!(scratch_files(&fs.mountpoint), Vec::<String>::new());
+    assert_eq!(scratch_files(&fs.backing), Vec::<String>::new());
 }
 
 /// `kill -9` in the middle of an exercise leaves the scratch file; the next
@@ -105,17 +106,16 @@ fn a_killed_exercise_leaves_its_scratch_file_to_the_next_run() {
     let mut victim = Command::new(fuselock())
         .args(["verify", "--exercise", &dir])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start verify");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while scratch_files(&fs.mountpoint).is_empty() {
+    while scratch_files(&fs.backing).is_empty() {
         assert!(Instant::now() < deadline, "no scratch file appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
     victim.kill().expect("kill -9");
     victim.wait().expect("wait");
-    let left = scratch_files(&fs.mountpoint);
+    let left = scratch_files(&fs.backing);
     assert_eq!(left.len(), 1, "{left:?}");
     let out = Command::new(fuselock())
         .args(["verify", "--json", "--exercise", &dir])
@@ -128,7 +128,7 @@ fn a_killed_exercise_leaves_its_scratch_file_to_the_next_run() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_kernels_verdict(out.status.code().expect("status"), &report);
-    assert_eq!(scratch_files(&fs.mountpoint), Vec::<String>::new());
+    assert_eq!(scratch_files(&fs.backing), Vec::<String>::new());
 }
 
 /// The README's first command: the table and the verdict, exit 0, and
