@@ -10,7 +10,7 @@ use crate::{probes::ProbeMode, testfs::TestfsArgs, workload::LoadArgs};
 #[derive(Debug, Parser)]
 #[command(
     name = "fuselock",
-    version,
+    version = crate::version::VERSION,
     about = "Shows which inode lock Linux takes for FUSE passthrough writes - shared or exclusive - and why",
     long_about = None,
 )]
