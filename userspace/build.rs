@@ -4,7 +4,12 @@
 //! aya-build needs `bpf-linker` on PATH. `cargo xtask setup` builds it into the
 //! fuselock cache; we put that directory on PATH so a plain `cargo build`
 //! works after setup without touching the user's shell.
-use std::{env, path::PathBuf};
+//!
+//! It also stamps what `fuselock --version` reports, so a bug report names
+//! exactly what ran: the git commit and a hash of the embedded eBPF object.
+use std::{env, fs, path::PathBuf, process::Command};
+
+use sha2::{Digest as _, Sha256};
 
 use anyhow::{bail, Context as _};
 
@@ -55,5 +60,71 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::default(),
-    )
+    )?;
+    stamp_version()
+}
+
+/// Sets `FUSELOCK_VERSION` (what `--version` prints) and
+/// `FUSELOCK_EBPF_SHA256`. `FUSELOCK_GIT_COMMIT` in the environment names the
+/// commit where git cannot (a build from a source tarball).
+fn stamp_version() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=FUSELOCK_GIT_COMMIT");
+    let commit = match env::var("FUSELOCK_GIT_COMMIT") {
+        Ok(commit) => format!("commit {commit}"),
+        Err(_) => {
+            git_commit().map_or_else(|| "unknown commit".to_owned(), |c| format!("commit {c}"))
+        }
+    };
+
+    // The very file probes.rs embeds with include_bytes_aligned!.
+    let object = PathBuf::from(env::var("OUT_DIR")?).join("fuselock-probes");
+    let bytes = match fs::read(&object) {
+        Ok(bytes) => bytes,
+        // AYA_BUILD_SKIP (clippy without bpf-linker) leaves no object.
+        Err(_) if env::var_os("AYA_BUILD_SKIP").is_some() => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", object.display())),
+    };
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    println!("cargo:rustc-env=FUSELOCK_EBPF_SHA256={hex}");
+    println!(
+        "cargo:rustc-env=FUSELOCK_VERSION={} ({commit}, eBPF object sha256 {})",
+        env::var("CARGO_PKG_VERSION")?,
+        &hex[..12]
+    );
+    Ok(())
+}
+
+/// The checkout's commit (12 hex digits), or `None` outside a git checkout (a
+/// source tarball) or without git. No `-dirty` mark: this script does not
+/// rerun on every source edit, so such a mark would go stale.
+fn git_commit() -> Option<String> {
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").ok()?;
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&manifest_dir)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+    // Rebuild when HEAD moves: HEAD itself (a checkout) and the branch it
+    // names (a commit), wherever this worktree keeps them.
+    if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    // A missing path would make cargo rerun this script on every build.
+    let mut refs = vec!["packed-refs".to_owned()];
+    refs.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for r in &refs {
+        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", r]) {
+            if PathBuf::from(&p).exists() {
+                println!("cargo:rerun-if-changed={p}");
+            }
+        }
+    }
+    Some(commit)
 }

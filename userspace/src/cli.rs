@@ -10,7 +10,7 @@ use crate::{probes::ProbeMode, testfs::TestfsArgs, workload::LoadArgs};
 #[derive(Debug, Parser)]
 #[command(
     name = "fuselock",
-    version,
+    version = crate::version::VERSION,
     about = "Shows which inode lock Linux takes for FUSE passthrough writes - shared or exclusive - and why",
     long_about = None,
 )]
@@ -124,7 +124,7 @@ pub struct ProbeArgs {
 pub struct StatArgs {
     #[command(flatten)]
     pub probes: ProbeArgs,
-    /// One JSON object per line per snapshot (schema in the README). After
+    /// One JSON object per line per snapshot (schema in docs/json.md). After
     /// the first line, a line lists only the entries that changed
     /// (`"delta": true`); the final line lists every entry.
     #[arg(long)]

@@ -27,6 +27,7 @@ mod testfs;
 mod top;
 mod verdict;
 mod verify;
+mod version;
 mod workload;
 
 use std::process::ExitCode;

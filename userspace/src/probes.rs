@@ -17,7 +17,7 @@ use probes_common::{
 use crate::{kretprobe::RetProbes, offsets, preflight};
 
 /// The compiled programs, built by build.rs.
-static PROBES_OBJECT: &[u8] =
+pub(crate) static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fuselock-probes"));
 
 /// How the function hooks attach.

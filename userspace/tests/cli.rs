@@ -262,4 +262,25 @@ fn record_touches_no_file_when_it_cannot_attach() {
     assert_eq!(code, 4, "{err}");
     assert!(!new.exists(), "record created its file before attaching");
     std::fs::remove_dir_all(&dir).expect("cleanup");
+
+/// `--version` names the version, the commit and the eBPF object's hash, so
+/// a bug report says exactly what ran.
+#[test]
+fn version_names_commit_and_ebpf_hash() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    let line = out.trim_end();
+    let rest = line
+        .strip_prefix(concat!("fuselock ", env!("CARGO_PKG_VERSION"), " ("))
+        .unwrap_or_else(|| panic!("{line}"));
+    let (commit, hash) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", eBPF object sha256 "))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        commit == "unknown commit" || commit.starts_with("commit "),
+        "{line}"
+    );
+    assert_eq!(hash.len(), 12, "{line}");
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
 }

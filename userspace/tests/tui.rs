@@ -185,3 +185,79 @@ fn bad_replay_files_are_one_line_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Words of a screen line, borders aside.
+fn words(line: &str) -> Vec<&str> {
+    line.split(|c: char| c.is_whitespace() || c == '│')
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Columns use the room they have: at 140 and 200 columns the demo's long
+/// mount path is whole and every column shows; at 80 whole columns are
+/// dropped instead of cutting values, and a cut path keeps its end.
+#[test]
+fn columns_fit_80_140_and_200_columns() {
+    const MOUNT: &str = "/tmp/fuselock-demo-114/mnt";
+    let replay =
+        std::env::temp_dir().join(format!("fuselock-demo-mount-{}.jsonl", std::process::id()));
+    let text = std::fs::read_to_string(REPLAY).expect("fixture");
+    std::fs::write(
+        &replay,
+        text.replace("\"/mnt/fuse\"", &format!("\"{MOUNT}\"")),
+    )
+    .expect("write");
+    let screen_at = |w: u16| -> Option<String> {
+        let cmd = format!(
+            "sh -c '{FUSELOCK} top --replay {} --interval 0.2; sleep 60'",
+            replay.display()
+        );
+        let t = Tmux::start(&cmd, w, 30)?;
+        let s = t.wait_for("(replay finished)");
+        t.keys(&["q"]);
+        Some(s)
+    };
+    let screens = (screen_at(200), screen_at(140), screen_at(80));
+    let _ = std::fs::remove_file(&replay);
+    let (Some(wide), Some(mid), Some(narrow)) = screens else {
+        return;
+    };
+    let row = |s: &str| -> String {
+        s.lines()
+            .find(|l| l.contains("data.db"))
+            .expect("data.db row")
+            .to_owned()
+    };
+    let header = |s: &str| -> String {
+        s.lines()
+            .find(|l| l.contains("FILE"))
+            .expect("header")
+            .to_owned()
+    };
+    for s in [&wide, &mid] {
+        assert!(row(s).contains(MOUNT), "{s}");
+        for h in ["PATH", "BYTES", "WAIT avg/p99/max", "TOP WRITER"] {
+            assert!(header(s).contains(h), "{h}: {s}");
+        }
+    }
+    let wide_words = words(&row(&wide))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    let narrow_row = row(&narrow);
+    for word in words(&narrow_row) {
+        if let Some(tail) = word.strip_prefix('…') {
+            assert!(
+                MOUNT.ends_with(tail),
+                "{word:?} is not the end of {MOUNT}: {narrow}"
+            );
+        } else {
+            assert!(
+                wide_words.iter().any(|w| w == word),
+                "{word:?} is cut at 80: {narrow}"
+            );
+        }
+    }
+    assert!(!header(&narrow).contains("TOP WRITER"), "{narrow}");
+    assert!(header(&narrow).contains("WRITES"), "{narrow}");
+}

@@ -7,7 +7,9 @@ mod build;
 mod cache;
 mod cpio;
 mod debian_kernel;
+mod dist;
 mod fuzz;
+mod install_test;
 mod kernel;
 mod setup;
 mod test;
@@ -37,6 +39,9 @@ enum Cmd {
     Vm(vm::VmArgs),
     /// Write the man page to target/man/fuselock.1.
     Man,
+    /// Build what a user installs: a static stripped binary in a tarball with
+    /// the man page, completions and systemd unit, a .deb, and SHA256SUMS.
+    Dist(dist::DistArgs),
     /// Overhead benchmark in the VM: fuselock vs no tracer vs bpftrace, ratios.
     Bench(bench::BenchArgs),
     /// Run each fuzz target for a bounded time from its committed corpus.
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             println!("{}", p.display());
             0
         }),
+        Cmd::Dist(args) => dist::run_cli(&args).map(|()| 0),
         Cmd::Bench(args) => bench::run(&args).map(|()| 0),
         Cmd::Fuzz(args) => fuzz::run(&args).map(|()| 0),
         Cmd::Test(args) => test::run(&args).map(|()| 0),

@@ -13,6 +13,7 @@ use crate::cache;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Pinned so a CI run never picks up a release with different defaults.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages: qemu runs the VM, busybox is its userland, prometheus
 /// brings promtool and a real scraper for the exporter tests. The kernel
 /// build tools are installed by `xtask kernel` when it first builds.
@@ -31,6 +32,7 @@ pub fn ensure_all() -> Result<()> {
     ensure_apt_packages(APT_PACKAGES)?;
     ensure_build_tools()?;
     ensure_cargo_fuzz()?;
+    ensure_cargo_deb()?;
     Ok(())
 }
 
@@ -117,7 +119,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn ensure_rustup() -> Result<()> {
+pub fn ensure_rustup() -> Result<()> {
     let components = output(Command::new("rustup").args([
         "component",
         "list",
@@ -166,7 +168,7 @@ pub fn bpf_linker_root() -> Result<PathBuf> {
 
 /// bpf-linker's default feature wants a system LLVM that Debian lacks; build it
 /// against the LLVM shared library nightly rustc ships instead.
-fn ensure_bpf_linker() -> Result<()> {
+pub fn ensure_bpf_linker() -> Result<()> {
     let root = bpf_linker_root()?;
     let bin = root.join("bin/bpf-linker");
     if bin.is_file() {
@@ -252,4 +254,31 @@ pub fn ensure_cargo_fuzz() -> Result<PathBuf> {
             .arg(&root),
     )?;
     Ok(bin_dir)
+}
+
+/// cargo-deb (`cargo xtask dist` makes the `.deb` with it), installed beside
+/// cargo-fuzz in the cache; returns the path of the `cargo-deb` binary.
+pub fn ensure_cargo_deb() -> Result<PathBuf> {
+    let root = cache::dir()?.join(format!("cargo-deb-{CARGO_DEB_VERSION}"));
+    let bin = root.join("bin/cargo-deb");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    announce(&format!(
+        "installing cargo-deb {CARGO_DEB_VERSION} into {} (about 2 minutes, once)",
+        root.display()
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB_VERSION,
+            ])
+            .arg("--root")
+            .arg(&root),
+    )?;
+    Ok(bin)
 }

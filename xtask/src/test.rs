@@ -4,7 +4,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cache, fuzz, setup, vm};
+use crate::{build, cache, dist, fuzz, install_test, setup, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -59,6 +59,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
         })?;
         step("host tests", || cargo(&["test"]))?;
+        step("install path: cargo xtask dist, dpkg -i, dpkg -r", || {
+            install_test::run(&dist::run()?)
+        })?;
         if args.fuzz_seconds > 0 {
             step(
                 &format!("fuzzing, {}s per target", args.fuzz_seconds),

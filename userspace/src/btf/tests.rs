@@ -1203,7 +1203,7 @@ fn offsets_like() -> (Builder, Builder) {
 
 /// Writes the seed inputs of the `btf` fuzz target (see `fuzz/fuzz_targets/btf.rs`:
 /// a base blob, then split blobs stacked on it) into `fuzz/corpus/btf/`. Run it
-/// after changing the builders above, then minimise the corpus (README, "Fuzzing"):
+/// after changing the builders above, then minimise the corpus (docs/development.md, "Fuzzing"):
 /// `cargo test -p fuselock write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore = "writes files into fuzz/corpus"]

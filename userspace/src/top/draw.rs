@@ -10,6 +10,7 @@ use ratatui::{
 };
 
 use super::{
+    columns::{self, Column},
     model::{Mode, Row},
     state::{App, View, KEYS},
 };
@@ -144,23 +145,31 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
     );
 }
 
-fn header_cells(app: &App) -> Vec<&'static str> {
-    let _ = app;
-    vec![
-        "FILE",
-        "MOUNT",
-        "PATH",
-        "WRITES",
-        "BYTES",
-        "SHARED",
-        "EXCL np/buf/app/eof",
-        "CONT",
-        "WAIT avg/p99/max",
-        "TOP WRITER",
-    ]
+/// The file table's columns, most important first to last; `drop_order`
+/// says which go first on a narrow terminal (see columns.rs).
+const COLUMNS: [Column; 10] = [
+    col("FILE", None, Some(12)),
+    col("MOUNT", Some(6), Some(14)),
+    col("PATH", Some(1), None),
+    col("WRITES", Some(8), None),
+    col("BYTES", Some(2), None),
+    col("SHARED", Some(7), None),
+    col("EXCL np/buf/app/eof", Some(5), None),
+    col("CONT", Some(4), None),
+    col("WAIT avg/p99/max", Some(3), None),
+    col("TOP WRITER", Some(0), None),
+];
+
+const fn col(header: &'static str, drop_order: Option<u8>, min_cut: Option<usize>) -> Column {
+    Column {
+        header,
+        drop_order,
+        min_cut,
+    }
 }
 
-fn table_row(r: &Row, mode: Mode) -> TableRow<'static> {
+/// One row's values, in `COLUMNS` order.
+fn row_cells(r: &Row, mode: Mode) -> Vec<String> {
     let excl = r.exclusive_by_reason.map(|v| rate(v, mode)).join("/");
     let wait = format!(
         "{}/{}/{}",
@@ -176,18 +185,18 @@ fn table_row(r: &Row, mode: Mode) -> TableRow<'static> {
             duration(r.wait_max_ns as f64)
         },
     );
-    TableRow::new(vec![
-        Cell::from(r.name.clone()),
-        Cell::from(r.mount.clone()),
-        Cell::from(if r.path == "passthrough" { "pt" } else { "dio" }),
-        Cell::from(rate(r.writes, mode)),
-        Cell::from(bytes(r.bytes)),
-        Cell::from(r.shared_pct().map_or("-".into(), |p| format!("{p:.0}%"))),
-        Cell::from(excl),
-        Cell::from(r.contended_pct().map_or("-".into(), |p| format!("{p:.0}%"))),
-        Cell::from(wait),
-        Cell::from(r.top_writer.clone().unwrap_or_default()),
-    ])
+    vec![
+        r.name.clone(),
+        r.mount.clone(),
+        (if r.path == "passthrough" { "pt" } else { "dio" }).to_owned(),
+        rate(r.writes, mode),
+        bytes(r.bytes),
+        r.shared_pct().map_or("-".into(), |p| format!("{p:.0}%")),
+        excl,
+        r.contended_pct().map_or("-".into(), |p| format!("{p:.0}%")),
+        wait,
+        r.top_writer.clone().unwrap_or_default(),
+    ]
 }
 
 fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
@@ -203,27 +212,41 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
             format!("- filter \"{}\" ", app.filter)
         }
     );
-    let widths = [
-        Constraint::Min(10),
-        Constraint::Min(8),
-        Constraint::Length(3),
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(19),
-        Constraint::Length(5),
-        Constraint::Length(21),
-        Constraint::Min(10),
-    ];
     // Only the rows that fit are formatted: with 10,000 files, building
     // every row on every redraw (5 a second) was most of top's CPU. The
     // window keeps the selection in view, as ratatui's own scrolling would.
     let visible = usize::from(area.height.saturating_sub(3)).max(1);
     let first = app.selected.saturating_sub(visible - 1);
-    let window = rows.iter().skip(first).take(visible);
-    let table = Table::new(window.map(|r| table_row(r, app.mode)), widths)
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .skip(first)
+        .take(visible)
+        .map(|r| row_cells(r, app.mode))
+        .collect();
+    // Inside the border; the table draws no highlight symbol.
+    let room = usize::from(area.width.saturating_sub(2));
+    let fitted = columns::fit(&COLUMNS, &cells, room);
+    let shown: Vec<(usize, usize)> = fitted
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.map(|w| (i, w)))
+        .collect();
+    let widths = shown
+        .iter()
+        .map(|&(_, w)| Constraint::Length(u16::try_from(w).unwrap_or(u16::MAX)));
+    let header = shown.iter().map(|&(i, _)| Cell::from(COLUMNS[i].header));
+    let body = cells.into_iter().map(|row| {
+        TableRow::new(
+            shown
+                .iter()
+                .map(|&(i, w)| Cell::from(columns::cut_left(&row[i], w)))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let table = Table::new(body, widths)
+        .column_spacing(u16::try_from(columns::SPACING).unwrap_or(1))
         .header(
-            TableRow::new(header_cells(app))
+            TableRow::new(header)
                 .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)),
         )
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
@@ -474,6 +497,87 @@ mod tests {
         let s = screen(&app(), 80, 24);
         assert!(s.contains("hot.dat"), "{s}");
         assert!(s.contains("q quit"), "{s}");
+    }
+
+    /// The demo's mount: long enough to need cutting on a narrow terminal.
+    fn demo_app() -> App {
+        let mut app = app();
+        let mut snap = Snapshot {
+            elapsed_secs: 3.0,
+            ..Default::default()
+        };
+        let mut hot = entry("overwrite", 25_700, 0, 166);
+        hot.mount = Some("/tmp/fuselock-demo-114/mnt".into());
+        hot.histograms.wait_hist.exclusive = vec![Bucket {
+            le_ns: Some(8_388_607),
+            count: 166,
+        }];
+        hot.writers[0].comm = "load-3".into();
+        let mut log = entry("append.log", 400, 400, 0);
+        log.mount = hot.mount.clone();
+        snap.entries = vec![hot.into(), log.into()].into();
+        app.on_snapshot(snap);
+        app
+    }
+
+    /// The table's header line and the row of `name`.
+    fn table_lines(s: &str, name: &str) -> (String, String) {
+        let header = s.lines().find(|l| l.contains("FILE")).expect("header");
+        let row = s.lines().find(|l| l.contains(name)).expect("row");
+        (header.to_owned(), row.to_owned())
+    }
+
+    fn words(line: &str) -> impl Iterator<Item = &str> {
+        line.split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|w| !w.is_empty())
+    }
+
+    #[test]
+    fn columns_grow_with_the_terminal() {
+        for w in [140, 200] {
+            let s = screen(&demo_app(), w, 30);
+            let (header, row) = table_lines(&s, "overwrite");
+            assert!(row.contains("/tmp/fuselock-demo-114/mnt"), "{w}: {s}");
+            for h in ["PATH", "WAIT avg/p99/max", "TOP WRITER"] {
+                assert!(header.contains(h), "{w} lacks {h}: {s}");
+            }
+            assert!(row.contains("load-3[4242]"), "{w}: {s}");
+        }
+    }
+
+    #[test]
+    fn a_narrow_terminal_drops_columns_and_cuts_paths_at_the_front() {
+        let wide = screen(&demo_app(), 200, 30);
+        let (_, wide_row) = table_lines(&wide, "overwrite");
+        for w in [80, 64] {
+            let s = screen(&demo_app(), w, 24);
+            let (header, row) = table_lines(&s, "overwrite");
+            assert!(
+                header.contains("WRITES") && header.contains("SHARED"),
+                "{s}"
+            );
+            assert!(!header.contains("TOP WRITER"), "{s}");
+            // Every value shown is whole: each word of the row (a cut mount
+            // aside) appears in the 200-column row too.
+            for word in words(&row) {
+                if !word.starts_with('…') {
+                    assert!(
+                        words(&wide_row).any(|w| w == word),
+                        "{word:?} is cut at {w} columns: {s}"
+                    );
+                }
+            }
+            // And so is every header shown: nothing is left once the whole
+            // headers are taken out.
+            let rest = COLUMNS
+                .iter()
+                .fold(header.clone(), |h, c| h.replacen(c.header, "", 1));
+            assert_eq!(words(&rest).count(), 0, "cut header at {w} columns: {s}");
+        }
+        // Where the mount must be cut, it keeps the end that tells it apart.
+        let s = screen(&demo_app(), 64, 24);
+        let (_, row) = table_lines(&s, "overwrite");
+        assert!(row.contains("…ock-demo-114/mnt"), "{s}");
     }
 
     #[test]

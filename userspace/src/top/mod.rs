@@ -1,5 +1,6 @@
 //! `fuselock top`: the live terminal UI, or a recorded run played back.
 
+mod columns;
 mod draw;
 mod event;
 mod model;

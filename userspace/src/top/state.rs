@@ -61,7 +61,7 @@ impl SortBy {
     }
 }
 
-/// Every key, for the help view and the README.
+/// Every key, for the help view and docs/top.md.
 pub const KEYS: &[(&str, &str)] = &[
     ("↑/↓ j/k", "move the selection"),
     ("s / S", "next sort column / flip sort order"),

@@ -44,12 +44,18 @@ impl Drop for Writers {
 
 /// The WRITES cell of the row naming `file` (rates or totals).
 fn writes_of(screen: &str, file: &str) -> Option<String> {
+    let words = |l: &str| -> Vec<String> {
+        l.split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    // Narrow terminals drop columns, so find WRITES in the header; the
+    // headers before it are one word each.
+    let header = screen.lines().find(|l| l.contains("FILE"))?;
+    let column = words(header).iter().position(|w| w == "WRITES")?;
     let row = screen.lines().find(|l| l.contains(file))?;
-    // FILE MOUNT PAT WRITES ...: the fourth column.
-    row.trim_start_matches('│')
-        .split_whitespace()
-        .nth(3)
-        .map(str::to_owned)
+    words(row).get(column).cloned()
 }
 
 /// `fuselock ARGS` in a 120x32 tmux terminal, its exit status printed
