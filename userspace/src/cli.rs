@@ -180,6 +180,11 @@ pub struct ExportArgs {
     /// (labels dev, ino, name: keep K small, cardinality grows with it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub per_inode_top: u16,
+    /// TLS, basic auth and response headers from FILE, in the web config
+    /// format of Prometheus' exporter-toolkit (as node_exporter reads it).
+    /// Loaded again when it or a file it names changes, and on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

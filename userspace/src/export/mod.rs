@@ -1,12 +1,16 @@
 //! `fuselock export`: Prometheus/OpenMetrics over HTTP.
 
+mod access;
 mod metrics;
+mod reload;
 mod server;
 mod text;
+mod web_config;
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -19,8 +23,12 @@ use axum::{
     Router,
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
 
+use self::web_config::WebConfig;
 pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
 use crate::{
     cli::ExportArgs,
@@ -149,42 +157,84 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// The exporter's routes over `state`. Only GET: axum answers 405 to other
+/// methods and 404 to other paths.
+fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
 pub async fn run(args: ExportArgs) -> Result<i32> {
     let listen: SocketAddr = args.listen;
+    // A web config that cannot be used is a usage error found before
+    // anything is attached, like a taken port.
+    let web = match &args.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(|e| crate::UsageError(e.to_string()))?,
+        None => WebConfig::plain(),
+    };
     // Bind before attaching: a taken port is a usage error that should cost nothing.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| crate::UsageError(format!("--listen {listen}: {e}")))?;
-    if !listen.ip().is_loopback() {
-        log::warn!("serving metrics on {listen}, reachable beyond this host");
+    if let Some(warning) = access::exposure_warning(listen, &web) {
+        log::warn!("{warning}");
     }
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let (web_tx, web_rx) = watch::channel(Arc::new(web));
+    // SIGHUP loads the web config again; caught from now on, so that one
+    // arriving while the probes attach does not end the exporter.
+    let reload = match &args.web_config_file {
+        Some(path) => {
+            let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+            let (kick, kicked) = mpsc::channel(1);
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = kick.try_send(());
+                }
+            });
+            Some((path.clone(), kicked))
+        }
+        None => None,
+    };
     let opts = AttachOptions::from(&args.probes);
     let mut attached = probes::attach(&opts)?;
     let _logs = session::forward_probe_logs(&mut attached);
     let collector = Collector::new(&mut attached)?;
     crate::privileges::drop_all_but_bpf()?;
+    if let Some((path, kicked)) = reload {
+        // Loaded again without the capabilities just dropped: files only
+        // root's capabilities could read would fail at the next rotation.
+        if let Err(e) = WebConfig::load(&path) {
+            log::warn!("{e} (after dropping privileges): changes to it will not be picked up");
+        }
+        tokio::spawn(reload::reload(path, web_tx, kicked, Duration::from_secs(1)));
+    }
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),
         bodies: Mutex::new(BodyCache::default()),
         per_inode_top: usize::from(args.per_inode_top),
     });
-    // Only GET: axum answers 405 to other methods and 404 to other paths.
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .with_state(state);
+    let app = access::protect(app(state), web_rx.clone());
     eprintln!(
-        "fuselock: serving http://{listen}/metrics (kernel {}, {} probes)",
+        "fuselock: serving {scheme}://{listen}/metrics (kernel {}, {} probes)",
         attached.kernel, attached.mode
     );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    server::serve(listener, app, server::Limits::default(), async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-    })
+    server::serve(
+        listener,
+        app,
+        server::Limits::default(),
+        web_rx,
+        async move {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+        },
+    )
     .await;
     drop(attached);
     Ok(0)
