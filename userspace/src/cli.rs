@@ -53,10 +53,11 @@ pub enum Command {
     /// Check whether fuselock can run on this host, one line per requirement.
     #[command(after_help = "Example:\n  sudo fuselock doctor && sudo fuselock export")]
     Doctor,
-    /// Serve the counters to Prometheus (OpenMetrics or text format) over HTTP.
+    /// Serve the counters to Prometheus (OpenMetrics or text format) over HTTP or HTTPS.
     #[command(after_help = "Examples:\n  \
         fuselock export                               # http://127.0.0.1:9948/metrics\n  \
-        fuselock export --listen 0.0.0.0:9948 --per-inode-top 20")]
+        fuselock export --listen 0.0.0.0:9948 --web.config.file /etc/fuselock/web.yml\n\n\
+        A web config (TLS, basic auth; deploy/web.yml) protects an address beyond loopback.")]
     Export(ExportArgs),
     /// Mount the built-in passthrough test file system, run a mixed workload,
     /// show the counts and the verdict, clean up.
