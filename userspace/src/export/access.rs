@@ -93,7 +93,7 @@ pub fn exposure_warning(listen: SocketAddr, config: &WebConfig) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::web_config::tests::{hash, Pki, GOOD};
+    use crate::export::web_config::tests::{checked, hash, Pki, GOOD};
 
     #[test]
     fn basic_credentials_are_parsed() {
@@ -124,11 +124,12 @@ mod tests {
         assert!(
             line.contains("without TLS or authentication") && line.contains("--web.config.file")
         );
-        let tls = WebConfig::load(&pki.config("tls.yml", GOOD)).expect("tls");
+        let tls = WebConfig::load(&checked(&pki, "tls.yml", GOOD)).expect("tls");
         let line = exposure_warning(wide, &tls).expect("warned");
         println!("{line}");
         assert!(line.contains("over TLS but without authentication"));
-        let auth = WebConfig::load(&pki.config(
+        let auth = WebConfig::load(&checked(
+            &pki,
             "auth.yml",
             &format!("basic_auth_users:\n  prometheus: {}\n", hash()),
         ))
@@ -136,7 +137,8 @@ mod tests {
         let line = exposure_warning(wide, &auth).expect("warned");
         println!("{line}");
         assert!(line.contains("clear text"));
-        let both = WebConfig::load(&pki.config(
+        let both = WebConfig::load(&checked(
+            &pki,
             "both.yml",
             &format!("{GOOD}basic_auth_users:\n  prometheus: {}\n", hash()),
         ))

@@ -97,7 +97,7 @@ fn load_into(path: &Path, current: &watch::Sender<Arc<WebConfig>>, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::web_config::tests::{hash, Pki, GOOD};
+    use crate::export::web_config::tests::{checked, hash, Pki, GOOD};
 
     async fn until(what: &str, mut ok: impl FnMut() -> bool) {
         for _ in 0..100 {
@@ -112,7 +112,7 @@ mod tests {
     #[tokio::test]
     async fn changes_and_sighup_load_the_config_again_and_bad_files_keep_the_old() {
         let pki = Pki::new("reload");
-        let path = pki.config("web.yml", GOOD);
+        let path = checked(&pki, "web.yml", GOOD);
         let first = Arc::new(WebConfig::load(&path).expect("loads"));
         let (tx, rx) = watch::channel(first.clone());
         let (kick, kicked) = mpsc::channel(1);
@@ -135,7 +135,8 @@ mod tests {
 
         // Fixed, and basic auth added; then SIGHUP loads it at once.
         std::fs::copy(other.path("server.key"), pki.path("server.key")).expect("copy");
-        pki.config(
+        checked(
+            &pki,
             "web.yml",
             &format!("{GOOD}basic_auth_users:\n  prometheus: {}\n", hash()),
         );

@@ -150,7 +150,7 @@ mod tests {
     use crate::export::{
         access::protect,
         web_config::{
-            tests::{hash, promtool_accepts, Pki, GOOD, PASSWORD},
+            tests::{checked, hash, Pki, GOOD, PASSWORD},
             WebConfig,
         },
     };
@@ -185,12 +185,7 @@ mod tests {
     /// Writes a web config beside the test PKI, checks that promtool
     /// accepts it too, and loads it.
     fn web(pki: &Pki, name: &str, yaml: &str) -> WebConfig {
-        let path = pki.config(name, yaml);
-        match promtool_accepts(&path) {
-            Some(r) => r.unwrap_or_else(|e| panic!("promtool rejects {name}: {e}")),
-            None => eprintln!("SKIPPED promtool check of {name}: promtool missing"),
-        }
-        WebConfig::load(&path).expect("web config")
+        WebConfig::load(&checked(pki, name, yaml)).expect("web config")
     }
 
     /// A TLS client trusting the test CA, with the client certificate if asked.

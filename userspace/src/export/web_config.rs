@@ -583,6 +583,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Writes a config meant to be good and checks that Prometheus' own
+    /// checker accepts it too (when promtool is installed).
+    pub fn checked(pki: &Pki, name: &str, yaml: &str) -> PathBuf {
+        let path = pki.config(name, yaml);
+        match promtool_accepts(&path) {
+            Some(r) => r.unwrap_or_else(|e| panic!("promtool rejects {name}: {e}")),
+            None => eprintln!("SKIPPED promtool check of {name}: promtool missing"),
+        }
+        path
+    }
+
     impl Drop for Pki {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.dir);
@@ -736,7 +747,7 @@ pub(crate) mod tests {
     #[test]
     fn an_empty_file_means_plain_http() {
         let pki = Pki::new("empty");
-        let config = WebConfig::load(&pki.config("web.yml", "")).expect("loads");
+        let config = WebConfig::load(&checked(&pki, "web.yml", "")).expect("loads");
         assert!(config.tls.is_none() && config.auth.is_none());
         assert!(config.open_to_anyone());
     }
