@@ -209,7 +209,13 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
         if let Err(e) = WebConfig::load(&path) {
             log::warn!("{e} (after dropping privileges): changes to it will not be picked up");
         }
-        tokio::spawn(reload::reload(path, web_tx, kicked, Duration::from_secs(1)));
+        tokio::spawn(reload::reload(
+            path,
+            listen,
+            web_tx,
+            kicked,
+            Duration::from_secs(1),
+        ));
     }
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),

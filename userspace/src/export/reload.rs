@@ -3,6 +3,7 @@
 //! loads leaves the config in force as it was, and the log says why.
 
 use std::{
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -11,7 +12,7 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use super::web_config::WebConfig;
+use super::{access::exposure_warning, web_config::WebConfig};
 
 /// What identifies a file's contents without reading it. A Kubernetes
 /// secret update swaps a symlink: following it changes the inode.
@@ -50,6 +51,7 @@ pub fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
 /// closes.
 pub async fn reload(
     path: PathBuf,
+    listen: SocketAddr,
     current: watch::Sender<Arc<WebConfig>>,
     mut kick: mpsc::Receiver<()>,
     every: Duration,
@@ -73,17 +75,18 @@ pub async fn reload(
             continue;
         }
         loaded = now;
-        load_into(
-            &path,
-            &current,
-            if forced { "SIGHUP" } else { "a file changed" },
-        );
+        let why = if forced { "SIGHUP" } else { "a file changed" };
+        load_into(&path, listen, &current, why);
     }
 }
 
-fn load_into(path: &Path, current: &watch::Sender<Arc<WebConfig>>, why: &str) {
+fn load_into(path: &Path, listen: SocketAddr, current: &watch::Sender<Arc<WebConfig>>, why: &str) {
     match WebConfig::load(path) {
         Ok(config) => {
+            // The new file may protect the port less than the old one did.
+            if let Some(warning) = exposure_warning(listen, &config) {
+                log::warn!("{warning}");
+            }
             eprintln!(
                 "fuselock: web config loaded again from {} ({why})",
                 path.display()
@@ -116,7 +119,14 @@ mod tests {
         let first = Arc::new(WebConfig::load(&path).expect("loads"));
         let (tx, rx) = watch::channel(first.clone());
         let (kick, kicked) = mpsc::channel(1);
-        let task = tokio::spawn(reload(path.clone(), tx, kicked, Duration::from_millis(50)));
+        let listen = "127.0.0.1:9948".parse().expect("addr");
+        let task = tokio::spawn(reload(
+            path.clone(),
+            listen,
+            tx,
+            kicked,
+            Duration::from_millis(50),
+        ));
 
         // A new certificate and key (another CA's): picked up by itself.
         let other = Pki::new("reload-new");
