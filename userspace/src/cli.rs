@@ -53,10 +53,11 @@ pub enum Command {
     /// Check whether fuselock can run on this host, one line per requirement.
     #[command(after_help = "Example:\n  sudo fuselock doctor && sudo fuselock export")]
     Doctor,
-    /// Serve the counters to Prometheus (OpenMetrics or text format) over HTTP.
+    /// Serve the counters to Prometheus (OpenMetrics or text format) over HTTP or HTTPS.
     #[command(after_help = "Examples:\n  \
         fuselock export                               # http://127.0.0.1:9948/metrics\n  \
-        fuselock export --listen 0.0.0.0:9948 --per-inode-top 20")]
+        fuselock export --listen 0.0.0.0:9948 --web.config.file /etc/fuselock/web.yml\n\n\
+        A web config (TLS, basic auth; deploy/web.yml) protects an address beyond loopback.")]
     Export(ExportArgs),
     /// Mount the built-in passthrough test file system, run a mixed workload,
     /// show the counts and the verdict, clean up.
@@ -183,6 +184,11 @@ pub struct ExportArgs {
     /// (labels dev, ino, name: keep K small, cardinality grows with it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub per_inode_top: u16,
+    /// TLS, basic auth and response headers from FILE, in the web config
+    /// format of Prometheus' exporter-toolkit (as node_exporter reads it).
+    /// Loaded again when it or a file it names changes, and on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -211,7 +211,7 @@ fn root_dev() -> u32 {
     (major << 20) | minor
 }
 
-fn key(ino: u64) -> InodeKey {
+pub fn key(ino: u64) -> InodeKey {
     InodeKey {
         ino,
         dev: root_dev(),

@@ -283,4 +283,100 @@ fn version_names_commit_and_ebpf_hash() {
     );
     assert_eq!(hash.len(), 12, "{line}");
     assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+
+/// A web config that cannot be used stops `export` before anything is
+/// attached (here attaching would fail with exit 4): exit 3 and one line.
+/// The lines are printed: they are what a user sees.
+#[test]
+fn a_bad_web_config_exits_3_before_attaching() {
+    let dir = std::env::temp_dir().join(format!("fuselock-cli-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let other = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("other.key"), other.serialize_pem()).expect("write");
+    let tls = |cert: &str, key: &str| {
+        format!("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    };
+    for (what, yaml, needle) in [
+        (
+            "missing certificate",
+            tls("missing.crt", "server.key"),
+            "missing.crt: No such file or directory",
+        ),
+        ("unreadable key", tls("server.crt", "."), "Is a directory"),
+        (
+            "key not matching the certificate",
+            tls("server.crt", "other.key"),
+            "does not match the certificate",
+        ),
+        (
+            "unknown field",
+            format!(
+                "{}  client_ca_files: ca.crt\n",
+                tls("server.crt", "server.key")
+            ),
+            "unknown field `client_ca_files`",
+        ),
+        (
+            "plain-text password",
+            "basic_auth_users:\n  prometheus: hunter2\n".to_owned(),
+            "is not a bcrypt hash",
+        ),
+    ] {
+        let path = dir.join("web.yml");
+        std::fs::write(&path, yaml).expect("write config");
+        let (code, _, err) = run(&[
+            "export",
+            "--listen",
+            "127.0.0.1:0",
+            "--web.config.file",
+            path.to_str().expect("utf-8"),
+        ]);
+        println!("{what}: {}", err.trim_end());
+        assert_eq!(code, 3, "{what}: exited {code}: {err}");
+        assert!(err.contains(needle), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(
+            err.starts_with("fuselock: --web.config.file "),
+            "{what}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Beyond loopback without a web config: one warning line naming what is
+/// exposed and the flag that protects it, before anything is attached.
+#[test]
+fn an_unprotected_wide_listen_address_is_warned_about() {
+    let (_, _, err) = run(&["export", "--listen", "0.0.0.0:0", "--max-inodes", "0"]);
+    assert!(
+        !err.contains("serving metrics"),
+        "warned before a usage error: {err}"
+    );
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root || Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("SKIPPED: needs root on a kernel without kprobes (the exporter would run)");
+        return;
+    }
+    let (code, _, err) = run(&["export", "--listen", "0.0.0.0:0"]);
+    println!("{err}");
+    assert_eq!(code, 4, "{err}");
+    let warning: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("without TLS or authentication"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(
+        warning[0].contains("mount points") && warning[0].contains("--web.config.file"),
+        "{err}"
+    );
 }

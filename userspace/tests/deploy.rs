@@ -151,3 +151,36 @@ fn daemonset_is_valid_yaml_with_least_privilege() {
         Err(_) => eprintln!("SKIPPED: no python3 for the YAML parse check"),
     }
 }
+
+/// The shipped web config is one Prometheus' own checker accepts (with a
+/// certificate and key made here under the names it gives), and the unit,
+/// the DaemonSet and the scrape config all use the protected setup.
+#[test]
+fn web_config_passes_promtool_and_every_deploy_file_uses_it() {
+    let unit = std::fs::read_to_string(deploy("systemd/fuselock-exporter.service")).expect("unit");
+    assert!(unit.contains("--web.config.file %d/web.yml"), "{unit}");
+    let daemonset = std::fs::read_to_string(deploy("kubernetes/daemonset.yaml")).expect("ds");
+    assert!(daemonset.contains("\"--web.config.file\", \"/etc/fuselock/web.yml\""));
+    assert!(daemonset.contains("scheme: HTTPS"));
+    let prometheus = std::fs::read_to_string(deploy("prometheus/prometheus.yml")).expect("prom");
+    assert!(prometheus.contains("scheme: https") && prometheus.contains("password_file:"));
+
+    if !tool("promtool") {
+        eprintln!("SKIPPED: promtool missing (cargo xtask setup installs it)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fuselock-deploy-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    std::fs::write(dir.join("web.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("web.key"), key.serialize_pem()).expect("write");
+    std::fs::copy(deploy("web.yml"), dir.join("web.yml")).expect("copy");
+    ok(Command::new("promtool")
+        .args(["check", "web-config"])
+        .arg(dir.join("web.yml")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

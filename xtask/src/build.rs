@@ -11,11 +11,14 @@ use anyhow::{bail, Context as _, Result};
 use crate::{cache, setup};
 
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The C compiler cc-rs uses for [`MUSL_TARGET`].
+const MUSL_CC: &str = "CC_x86_64_unknown_linux_musl";
 
 /// Runs a cargo build with JSON messages and returns the executables built.
 fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
     setup::ensure_build_tools()?;
-    let mut child = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
         .args(args)
         .args([
             "--target",
@@ -23,9 +26,14 @@ fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
             "--message-format=json-render-diagnostics",
         ])
         .current_dir(cache::workspace_root())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cargo")?;
+        .stdout(Stdio::piped());
+    // ring (the exporter's TLS crypto) compiles C and assembly, and for musl
+    // the cc crate looks for an `x86_64-linux-musl-gcc` that Debian does not
+    // ship. ring needs nothing from libc, so the system compiler does.
+    if std::env::var_os(MUSL_CC).is_none() {
+        cargo.env(MUSL_CC, "cc");
+    }
+    let mut child = cargo.spawn().context("running cargo")?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut exes = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {

@@ -1,12 +1,16 @@
 //! `fuselock export`: Prometheus/OpenMetrics over HTTP.
 
+mod access;
 mod metrics;
+mod reload;
 mod server;
 mod text;
+mod web_config;
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -19,8 +23,12 @@ use axum::{
     Router,
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
 
+use self::web_config::WebConfig;
 pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
 use crate::{
     cli::ExportArgs,
@@ -149,42 +157,90 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// The exporter's routes over `state`. Only GET: axum answers 405 to other
+/// methods and 404 to other paths.
+fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
 pub async fn run(args: ExportArgs) -> Result<i32> {
     let listen: SocketAddr = args.listen;
+    // A web config that cannot be used is a usage error found before
+    // anything is attached, like a taken port.
+    let web = match &args.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(|e| crate::UsageError(e.to_string()))?,
+        None => WebConfig::plain(),
+    };
     // Bind before attaching: a taken port is a usage error that should cost nothing.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| crate::UsageError(format!("--listen {listen}: {e}")))?;
-    if !listen.ip().is_loopback() {
-        log::warn!("serving metrics on {listen}, reachable beyond this host");
+    if let Some(warning) = access::exposure_warning(listen, &web) {
+        log::warn!("{warning}");
     }
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let (web_tx, web_rx) = watch::channel(Arc::new(web));
+    // SIGHUP loads the web config again; caught from now on, so that one
+    // arriving while the probes attach does not end the exporter.
+    let reload = match &args.web_config_file {
+        Some(path) => {
+            let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+            let (kick, kicked) = mpsc::channel(1);
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = kick.try_send(());
+                }
+            });
+            Some((path.clone(), kicked))
+        }
+        None => None,
+    };
     let opts = AttachOptions::from(&args.probes);
     let mut attached = probes::attach(&opts)?;
     let _logs = session::forward_probe_logs(&mut attached);
     let collector = Collector::new(&mut attached)?;
     crate::privileges::drop_to_bpf_only()?;
+    if let Some((path, kicked)) = reload {
+        // Loaded again without the capabilities just dropped: files only
+        // root's capabilities could read would fail at the next rotation.
+        if let Err(e) = WebConfig::load(&path) {
+            log::warn!("{e} (after dropping privileges): changes to it will not be picked up");
+        }
+        tokio::spawn(reload::reload(
+            path,
+            listen,
+            web_tx,
+            kicked,
+            Duration::from_secs(1),
+        ));
+    }
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),
         bodies: Mutex::new(BodyCache::default()),
         per_inode_top: usize::from(args.per_inode_top),
     });
-    // Only GET: axum answers 405 to other methods and 404 to other paths.
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .with_state(state);
+    let app = access::protect(app(state), web_rx.clone());
     eprintln!(
-        "fuselock: serving http://{listen}/metrics (kernel {}, {} probes)",
+        "fuselock: serving {scheme}://{listen}/metrics (kernel {}, {} probes)",
         attached.kernel, attached.mode
     );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    server::serve(listener, app, server::Limits::default(), async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-    })
+    server::serve(
+        listener,
+        app,
+        server::Limits::default(),
+        web_rx,
+        async move {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+        },
+    )
     .await;
     drop(attached);
     Ok(0)
@@ -193,7 +249,10 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Counters, DeviceTotals, Snapshot};
+    use crate::{
+        collector::Collector,
+        snapshot::{Counters, DeviceTotals, Snapshot},
+    };
     use probes_common::{LockMode, Reason, WriteStats};
 
     /// A snapshot like a run on stock 6.12 with the flag requested.
@@ -336,6 +395,183 @@ mod tests {
             .filter_map(|l| l.split('`').next())
             .collect();
         assert_eq!(served, listed);
+    }
+
+    /// Kills and reaps a child on drop.
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// GET `path` from 127.0.0.1:`port` over plain HTTP/1.0: the body.
+    async fn http_get(port: u16, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    }
+
+    /// The first value of an instant query, from Prometheus' HTTP API.
+    async fn query(port: u16, promql: &str) -> Option<String> {
+        let mut encoded = String::new();
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let body = http_get(port, &format!("/api/v1/query?query={encoded}")).await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !ok().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A real Prometheus scrapes the exporter — the real collector on real
+    /// BPF maps, filled the way the probes fill them (see `native`) — over
+    /// TLS with basic auth from a web config, and its query API reports the
+    /// exact number of writes. A second job with a wrong password is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_real_prometheus_scrapes_over_tls_with_basic_auth_and_counts_exactly() {
+        use crate::export::web_config::tests::{checked, hash, Pki, GOOD, PASSWORD};
+        if std::process::Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: prometheus not installed (cargo xtask setup installs it)");
+            return;
+        }
+        let (mut attached, mut kernel) = match crate::native::rig(4096) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SKIPPED: {e:#}");
+                return;
+            }
+        };
+        let pki = Pki::new("prometheus");
+        let web_path = checked(
+            &pki,
+            "web.yml",
+            &format!("{GOOD}basic_auth_users:\n  prometheus: {}\n", hash()),
+        );
+        let web = WebConfig::load(&web_path).expect("web config");
+        let (_web_tx, web_rx) = watch::channel(Arc::new(web));
+
+        let collector = Collector::new(&mut attached).expect("collector");
+        for i in 0..333u64 {
+            kernel
+                .write(crate::native::key(1 + i % 3), "scraped", 100, "load", 4096)
+                .expect("write");
+        }
+        let state = Arc::new(AppState {
+            collector: Mutex::new(collector),
+            bodies: Mutex::new(BodyCache::default()),
+            per_inode_top: 0,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = access::protect(app(state), web_rx.clone());
+        let server = tokio::spawn(server::serve(
+            listener,
+            app,
+            server::Limits::default(),
+            web_rx,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        let prom_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        std::fs::write(pki.path("password"), PASSWORD).expect("password file");
+        std::fs::write(pki.path("wrong"), "not the password").expect("password file");
+        let job = |name: &str, password_file: &str| {
+            format!(
+                "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      server_name: localhost\n    basic_auth:\n      username: prometheus\n      password_file: {pw}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+                ca = pki.path("ca.crt").display(),
+                pw = pki.path(password_file).display(),
+            )
+        };
+        let config = pki.config(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
+                job("fuselock", "password"),
+                job("wrong", "wrong")
+            ),
+        );
+        let _prometheus = Child(
+            std::process::Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    pki.path("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start prometheus"),
+        );
+        let total = "sum(fuselock_writes_total{job=\"fuselock\",path=\"passthrough\"})";
+        wait_for("Prometheus to count 333 writes", 90, async || {
+            query(prom_port, total).await.as_deref() == Some("333")
+        })
+        .await;
+        // The counter follows new writes.
+        for _ in 0..111 {
+            kernel
+                .write(crate::native::key(2), "scraped", 100, "load", 4096)
+                .expect("write");
+        }
+        wait_for("Prometheus to count 444 writes", 30, async || {
+            query(prom_port, total).await.as_deref() == Some("444")
+        })
+        .await;
+        println!("prometheus over TLS + basic auth: {total} = 444");
+        let up = |job: &str| format!("up{{job=\"{job}\"}}");
+        assert_eq!(
+            query(prom_port, &up("fuselock")).await.as_deref(),
+            Some("1")
+        );
+        wait_for("the wrong password's scrapes to fail", 30, async || {
+            query(prom_port, &up("wrong")).await.as_deref() == Some("0")
+        })
+        .await;
+        let wrong = http_get(prom_port, "/api/v1/targets")
+            .await
+            .unwrap_or_default();
+        assert!(wrong.contains("401"), "{wrong}");
+        let _ = stop.send(());
+        server.await.expect("server");
     }
 
     /// promtool, Prometheus' own linter, accepts both formats when present.
