@@ -183,6 +183,17 @@ fn leave_root() -> io::Result<u32> {
 /// process is not allowed to take is reported (logged) and skipped; only a
 /// failure to shed the capabilities themselves is an error.
 pub fn drop_to_bpf_only() -> Result<Dropped> {
+    drop_privileges(true)
+}
+
+/// [`drop_to_bpf_only`] without leaving uid 0: for a command that must
+/// still signal and clean up after root children of its own (`demo`'s
+/// FUSE server and its private directory), which `nobody` may not.
+pub fn drop_capabilities_keeping_uid() -> Result<Dropped> {
+    drop_privileges(false)
+}
+
+fn drop_privileges(leave_uid_0: bool) -> Result<Dropped> {
     let mut dropped = Dropped::default();
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1).context("setting no_new_privs")?;
     if let Err(e) = prctl(
@@ -211,7 +222,7 @@ pub fn drop_to_bpf_only() -> Result<Dropped> {
             .push("bounding set left as it is (no CAP_SETPCAP)".to_owned());
     }
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if leave_uid_0 && unsafe { libc::geteuid() } == 0 {
         match leave_root() {
             Ok(uid) => dropped.now_uid = Some(uid),
             Err(e) => dropped

@@ -262,6 +262,7 @@ fn record_touches_no_file_when_it_cannot_attach() {
     assert_eq!(code, 4, "{err}");
     assert!(!new.exists(), "record created its file before attaching");
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
 
 /// `--version` names the version, the commit and the eBPF object's hash, so
 /// a bug report says exactly what ran.
@@ -283,6 +284,7 @@ fn version_names_commit_and_ebpf_hash() {
     );
     assert_eq!(hash.len(), 12, "{line}");
     assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+}
 
 /// A web config that cannot be used stops `export` before anything is
 /// attached (here attaching would fail with exit 4): exit 3 and one line.

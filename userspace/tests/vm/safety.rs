@@ -284,9 +284,27 @@ fn status_field(pid: u32, field: &str) -> String {
         .join(" ")
 }
 
+/// `/metrics` of the exporter on `port`, or what went wrong.
+fn scrape(port: u16) -> Result<String, String> {
+    let out = Command::new("wget")
+        .args(["-qO-", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "wget {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    }
+}
+
 /// Writes on passthrough, as `/metrics` says.
 fn exported_writes(port: u16) -> Option<u64> {
-    let text = http_get(&format!("http://127.0.0.1:{port}/metrics"))?;
+    let text = scrape(port).map_err(|e| println!("scrape: {e}")).ok()?;
     text.lines()
         .filter(|l| l.starts_with("fuselock_writes_total{") && l.contains("path=\"passthrough\""))
         .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
