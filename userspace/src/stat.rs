@@ -165,14 +165,17 @@ fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> 
     } else {
         options.create_new(true);
     }
-    let file = options.open(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::EEXIST) => crate::UsageError(format!(
-            "{shown} exists: name a new file, or pass --force to replace it"
-        )),
-        Some(libc::ELOOP) => crate::UsageError(format!(
-            "{shown} is a symbolic link: fuselock does not write through one"
-        )),
-        _ => crate::UsageError(format!("cannot create {shown}: {e}")),
+    let file = options.open(path).map_err(|e| {
+        let is_symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        match e.raw_os_error() {
+            Some(libc::EEXIST | libc::ELOOP) if is_symlink => crate::UsageError(format!(
+                "{shown} is a symbolic link: fuselock does not write through one"
+            )),
+            Some(libc::EEXIST) => crate::UsageError(format!(
+                "{shown} exists: name a new file, or pass --force to replace it"
+            )),
+            _ => crate::UsageError(format!("cannot create {shown}: {e}")),
+        }
     })?;
     let meta = file.metadata().with_context(|| format!("stat {shown}"))?;
     if !meta.is_file() {

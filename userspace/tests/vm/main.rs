@@ -747,6 +747,13 @@ fn contention_with_and_without_the_patch() {
 }
 
 /// `wget -qO-` from busybox: the guest has no other HTTP client.
+/// The VM boots with `lo` down.
+fn loopback_up() {
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+}
+
 fn http_get(url: &str) -> Option<String> {
     let out = Command::new("wget").args(["-qO-", url]).output().ok()?;
     out.status
@@ -788,9 +795,7 @@ fn prometheus_counts_exactly_the_writes_issued() {
         );
         return;
     }
-    let _ = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status();
+    loopback_up();
     let fs = TestFs::mount(&[]);
     let exporter = Guard(
         Command::new(fuselock())

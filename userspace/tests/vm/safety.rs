@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{http_get, kernel, verify, wait_for, Guard, Kernel};
+use super::{http_get, kernel, loopback_up, verify, wait_for, Guard, Kernel};
 use crate::common::{fuselock, TestFs};
 
 /// Scratch files `verify --exercise` left in `dir`: read in the backing
@@ -328,6 +328,14 @@ fn load(fs: &TestFs, file: &str, writes: u32) {
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn export_keeps_serving_with_the_shipped_units_capabilities() {
+    if kernel() != Kernel::Stock {
+        eprintln!(
+            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
+            kernel()
+        );
+        return;
+    }
+    loopback_up();
     let fs = TestFs::mount(&[]);
     let port = 9951;
     let unit_caps = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_RESOURCE);
@@ -409,6 +417,14 @@ fn as_the_unit(caps: u64) -> std::io::Result<()> {
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn root_export_runs_as_nobody_with_cap_bpf_only() {
+    if kernel() != Kernel::Stock {
+        eprintln!(
+            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
+            kernel()
+        );
+        return;
+    }
+    loopback_up();
     let fs = TestFs::mount(&[]);
     let port = 9952;
     let exporter = Guard(
