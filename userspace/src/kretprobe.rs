@@ -158,6 +158,31 @@ impl RetProbes {
     }
 }
 
+/// Missed hits of this process's return probes (`kprobe_profile`'s third
+/// column): returns past `maxactive`. 0 when tracefs is not there.
+pub fn missed_returns() -> u64 {
+    let Some(profile) =
+        tracefs().and_then(|t| std::fs::read_to_string(t.join("kprobe_profile")).ok())
+    else {
+        return 0;
+    };
+    missed_in_profile(&profile, std::process::id())
+}
+
+fn missed_in_profile(profile: &str, pid: u32) -> u64 {
+    let mine = format!("{GROUP}/r{pid}_");
+    profile
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (event, _hits, missed) = (f.next()?, f.next()?, f.next()?);
+            event
+                .starts_with(&mine)
+                .then(|| missed.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 impl Drop for RetProbes {
     fn drop(&mut self) {
         // Detach first: an event in use cannot be deleted.
@@ -278,6 +303,15 @@ fn open_tracepoint(id: u64) -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_return_probes_misses_are_summed() {
+        let profile = "  fuselock/r42_fuse_file_write_iter    1600    3\n\
+                       \x20 fuselock/r42_fuse_file_io_open          7    1\n\
+                       \x20 fuselock/r43_fuse_file_write_iter     10    9\n\
+                       \x20 other/probe                            5    5\n";
+        assert_eq!(missed_in_profile(profile, 42), 4);
+    }
 
     #[test]
     fn only_events_of_gone_fuselocks_are_stale() {

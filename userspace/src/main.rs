@@ -9,10 +9,12 @@ mod doctor;
 mod exercise;
 mod export;
 mod kretprobe;
+mod misses;
 mod mounts;
 #[cfg(test)]
 mod native;
 mod offsets;
+mod preempt;
 mod preflight;
 mod privileges;
 mod probes;

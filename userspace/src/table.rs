@@ -116,6 +116,14 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
             h.evictions, h.max_inodes, h.inflight_full, h.inode_insert_failed, h.read_errors, h.lock_state_unknown
         )?;
     }
+    if h.recursion_misses > 0 {
+        writeln!(
+            out,
+            "warning: counts incomplete: the kernel skipped fuselock's probes {} times (recursion_misses); \
+             on a preemptible kernel use --probe-mode kprobe",
+            h.recursion_misses
+        )?;
+    }
     Ok(())
 }
 
