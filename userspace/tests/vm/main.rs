@@ -655,12 +655,11 @@ fn verify_exercise_gives_the_kernels_verdict() {
         }
     }
     assert_eq!(report["evidence"]["passthrough"]["writes"], 256 + 3);
-    assert!(
-        report["kernel"]
-            .as_str()
-            .is_some_and(|k| k.starts_with("6.12.")),
-        "{report}"
-    );
+    // The verdict names the kernel it was decided on, and rests on counts
+    // the kernel skipped nothing of.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(report["kernel"], release.trim(), "{report}");
+    assert_eq!(report["evidence"]["recursion_misses"], 0, "{report}");
     assert_eq!(
         std::fs::read(&file).expect("read back"),
         content,
@@ -936,8 +935,32 @@ fn doctor_is_happy_on_a_capable_kernel() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(!text.contains("MISSING"), "{text}");
+    // auto picks kprobes where fentry programs can be preempted (every
+    // VM init mounts debugfs, so the model is read from there).
+    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
+    let model = preempt
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))
+        .unwrap_or("voluntary");
+    let mode = if ["full", "lazy", "rt"].contains(&model) {
+        "kprobe"
+    } else {
+        "fentry"
+    };
     assert!(
-        text.contains("ok       probes attach (fentry mode, lock:contention_* attached)"),
+        text.contains(&format!(
+            "info     preemption model: {model} (from /sys/kernel/debug/sched/preempt)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("info     probe mode auto: {mode}, because")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "ok       probes attach ({mode} mode, lock:contention_* attached)"
+        )),
         "{text}"
     );
     assert!(text.trim_end().ends_with("fuselock can run here"), "{text}");
