@@ -167,4 +167,21 @@ mod tests {
         let header_end = lines[1].find("WRITES").expect("WRITES") + "WRITES".len();
         assert_eq!(&lines[2][header_end - 2..header_end], "12", "{text}");
     }
+
+    #[test]
+    fn skipped_probe_runs_are_a_footer_warning() {
+        let mut snap = Snapshot::default();
+        let text = |snap: &Snapshot| {
+            let mut out = Vec::new();
+            write_table(&mut out, snap).expect("write");
+            String::from_utf8(out).expect("utf8")
+        };
+        assert!(!text(&snap).contains("counts incomplete"));
+        snap.health.recursion_misses = 164;
+        let t = text(&snap);
+        assert!(
+            t.contains("counts incomplete: the kernel skipped fuselock's probes 164 times"),
+            "{t}"
+        );
+    }
 }
