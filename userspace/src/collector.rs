@@ -21,6 +21,7 @@ use probes_common::{
 
 use crate::{
     batch::BatchReader,
+    misses::Misses,
     mounts::{MountTable, MountWatch},
     probes::Attached,
     snapshot::{
@@ -203,6 +204,8 @@ pub struct Collector {
     inflight: BatchReader<u64, InFlight>,
     inflight_max_age: Duration,
     inflight_aged_out: u64,
+    /// The programs' skipped runs, read at each snapshot.
+    misses: Misses,
     /// When `INFLIGHT` is next scanned: an eighth of the max age apart, so
     /// a record is gone at most 12.5 % past its age, and a refresh on an
     /// idle host usually scans nothing.
@@ -321,6 +324,7 @@ impl Collector {
             inflight: take_hash(attached, MAP_INFLIGHT, MAX_INFLIGHT)?,
             inflight_max_age: attached.inflight_max_age,
             inflight_aged_out: 0,
+            misses: Misses::new(attached),
             inflight_next_scan: Instant::now(),
             source: Source {
                 kernel: attached.kernel.clone(),
@@ -780,6 +784,7 @@ impl Collector {
             opens: OpenEvidence::from(&self.opens_cache.totals),
             health: HealthReport {
                 inflight_aged_out: self.inflight_aged_out,
+                recursion_misses: self.misses.read(),
                 ..HealthReport::new(&health, live, self.max_inodes, self.deleted)
             },
             ..Snapshot::default()

@@ -1,11 +1,11 @@
 //! `fuselock doctor`: can fuselock run here? One line per check, with what
 //! to do about each problem; exit 0 when it can, 4 when it cannot.
 
-use std::{fs, io::Read as _, path::Path};
+use std::fs;
 
 use crate::{
     offsets::{self, KernelBtf},
-    preflight,
+    preempt, preflight,
     probes::{self, AttachOptions, ProbeMode},
 };
 
@@ -53,24 +53,6 @@ fn version(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
-/// The kernel config, where the kernel or the distribution exposes it.
-fn kernel_config(release: &str) -> Option<String> {
-    if let Ok(text) = fs::read_to_string(format!("/boot/config-{release}")) {
-        return Some(text);
-    }
-    // /proc/config.gz: gzip, which we do not decompress ourselves; zcat does.
-    if Path::new("/proc/config.gz").exists() {
-        let mut out = String::new();
-        let child = std::process::Command::new("zcat")
-            .arg("/proc/config.gz")
-            .output()
-            .ok()?;
-        child.stdout.as_slice().read_to_string(&mut out).ok()?;
-        return Some(out);
-    }
-    None
-}
-
 fn checks() -> Vec<Check> {
     let mut v = Vec::new();
     let release = preflight::kernel_release();
@@ -111,7 +93,7 @@ fn checks() -> Vec<Check> {
         }
         Err(e) => v.push(missing("BTF", format!("{e:#}"))),
     }
-    if let Some(config) = kernel_config(&release) {
+    if let Some(config) = preflight::kernel_config(&release) {
         for opt in ["CONFIG_FUSE_PASSTHROUGH", "CONFIG_DEBUG_INFO_BTF"] {
             if config.lines().any(|l| l == format!("{opt}=y")) {
                 v.push(ok(format!("{opt}=y")));
@@ -168,6 +150,14 @@ fn checks() -> Vec<Check> {
             info(format!("{what} not mounted at {path} ({without})"))
         });
     }
+    // Where fentry programs can be preempted they miss writes: `auto`
+    // picks kprobes there (see probes::auto_choice).
+    v.push(info(match preempt::detect() {
+        Some(m) => format!("preemption model: {} (from {})", m.name, m.source),
+        None => "preemption model: unknown".to_owned(),
+    }));
+    let (mode, why) = probes::auto_choice();
+    v.push(info(format!("probe mode auto: {mode}, because the {why}")));
     // The real test: load and attach, then detach (ebpf_exporter's --config.check).
     let attach = probes::attach(&AttachOptions {
         mode: ProbeMode::Auto,

@@ -237,6 +237,48 @@ impl RetProbes {
     }
 }
 
+/// Missed hits of this process's return probes (`kprobe_profile`'s third
+/// column): returns past `maxactive`. The file is opened once, while
+/// fuselock is still privileged, and read again through that descriptor.
+pub struct MissedReturns {
+    profile: std::fs::File,
+    /// `fuselock/r<pidns>_<pid>_`: the names of our events.
+    prefix: String,
+}
+
+impl MissedReturns {
+    /// `None` when tracefs is not there (then kprobe mode uses aya's
+    /// attach, whose misses the programs' own counts cover).
+    pub fn open() -> Option<MissedReturns> {
+        let profile = std::fs::File::open(tracefs()?.join("kprobe_profile")).ok()?;
+        Some(MissedReturns {
+            profile,
+            prefix: format!("{GROUP}/{}", event_name(Owner::me(), "")),
+        })
+    }
+
+    pub fn read(&mut self) -> std::io::Result<u64> {
+        use std::io::Seek as _;
+        self.profile.rewind()?;
+        let mut text = String::new();
+        self.profile.read_to_string(&mut text)?;
+        Ok(missed_in_profile(&text, &self.prefix))
+    }
+}
+
+fn missed_in_profile(profile: &str, prefix: &str) -> u64 {
+    profile
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (event, _hits, missed) = (f.next()?, f.next()?, f.next()?);
+            event
+                .starts_with(prefix)
+                .then(|| missed.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 impl Drop for RetProbes {
     fn drop(&mut self) {
         // Detach first: an event in use cannot be deleted.
@@ -360,6 +402,18 @@ mod tests {
 
     const INIT: u64 = INIT_PID_NAMESPACE;
     const CONTAINER: u64 = 4_026_532_999;
+
+    #[test]
+    fn only_our_return_probes_misses_are_summed() {
+        let profile = "  fuselock/r7_42_fuse_file_write_iter    1600    3\n\
+                       \x20 fuselock/r7_42_fuse_file_io_open          7    1\n\
+                       \x20 fuselock/r7_43_fuse_file_write_iter     10    9\n\
+                       \x20 fuselock/r8_42_fuse_file_write_iter     10    9\n\
+                       \x20 other/probe                            5    5\n";
+        let me = Owner { pidns: 7, pid: 42 };
+        let prefix = format!("{GROUP}/{}", event_name(me, ""));
+        assert_eq!(missed_in_profile(profile, &prefix), 4);
+    }
 
     #[test]
     fn only_events_of_gone_fuselocks_are_stale() {

@@ -10,10 +10,12 @@ mod escape;
 mod exercise;
 mod export;
 mod kretprobe;
+mod misses;
 mod mounts;
 #[cfg(test)]
 mod native;
 mod offsets;
+mod preempt;
 mod preflight;
 mod privileges;
 mod probes;

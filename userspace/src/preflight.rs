@@ -1,7 +1,7 @@
 //! Checks that run before anything is loaded, each failing with what is wrong
 //! and what to do about it.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{collections::BTreeSet, fs, io::Read as _, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -93,6 +93,24 @@ pub fn kprobes_available() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe").exists()
         || Path::new("/sys/kernel/tracing/kprobe_events").exists()
         || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+}
+
+/// The kernel config, where the kernel or the distribution exposes it.
+pub fn kernel_config(release: &str) -> Option<String> {
+    if let Ok(text) = fs::read_to_string(format!("/boot/config-{release}")) {
+        return Some(text);
+    }
+    // /proc/config.gz: gzip, which we do not decompress ourselves; zcat does.
+    if Path::new("/proc/config.gz").exists() {
+        let mut out = String::new();
+        let child = std::process::Command::new("zcat")
+            .arg("/proc/config.gz")
+            .output()
+            .ok()?;
+        child.stdout.as_slice().read_to_string(&mut out).ok()?;
+        return Some(out);
+    }
+    None
 }
 
 /// `uname -r`.

@@ -14,7 +14,7 @@ use probes_common::{
     maps::{MAP_INODE_NAMES, MAP_INODE_STATS},
 };
 
-use crate::{kretprobe::RetProbes, offsets, preflight};
+use crate::{kretprobe::RetProbes, offsets, preempt, preflight};
 
 /// The compiled programs, built by build.rs.
 pub(crate) static PROBES_OBJECT: &[u8] =
@@ -23,7 +23,9 @@ pub(crate) static PROBES_OBJECT: &[u8] =
 /// How the function hooks attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProbeMode {
-    /// fentry/fexit where the kernel has BPF trampolines, else kprobes.
+    /// fentry/fexit where they are exact: the kernel has BPF trampolines
+    /// and cannot preempt a running program (preemption model none or
+    /// voluntary); else kprobes. See [`auto_choice`].
     Auto,
     /// BPF trampolines: cheapest, no limit on concurrent returns.
     Fentry,
@@ -104,6 +106,38 @@ pub fn required_functions() -> Vec<&'static str> {
     f.sort_unstable();
     f.dedup();
     f
+}
+
+/// What `auto` prefers on this kernel, and why.
+///
+/// fentry costs less per write, but the kernel skips an fentry/fexit
+/// program while the same program is active on the CPU, which a preemptible
+/// kernel allows (see [`preempt`]): a skipped exit loses a write, a skipped
+/// lock probe misclassifies one. kprobe programs run with preemption off.
+/// An unknown model counts as preemptible: exact first.
+pub fn auto_choice() -> (ProbeMode, String) {
+    match preempt::detect() {
+        Some(m) if m.preemptible() => (
+            ProbeMode::Kprobe,
+            format!(
+                "preemption model {} (from {}): fentry programs can be preempted and skipped, kprobes cannot",
+                m.name, m.source
+            ),
+        ),
+        Some(m) => (
+            ProbeMode::Fentry,
+            format!(
+                "preemption model {} (from {}): fentry programs are never preempted, and cost less",
+                m.name, m.source
+            ),
+        ),
+        None => (
+            ProbeMode::Kprobe,
+            "preemption model unknown (no /sys/kernel/debug/sched/preempt, preempt=, uname -v word \
+             or kernel config): kprobes, which are exact under any model"
+                .to_owned(),
+        ),
+    }
 }
 
 /// What the user asked for.
@@ -187,20 +221,40 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             retprobes = attach_kprobes(&mut ebpf)?;
             ProbeMode::Kprobe
         }
-        ProbeMode::Auto => match fentry_possible().and_then(|()| attach_fentry(&mut ebpf)) {
-            Ok(()) => ProbeMode::Fentry,
-            Err(fentry_err) => {
-                info!("fentry unavailable ({fentry_err:#}); falling back to kprobes");
-                detach_fentry(&mut ebpf);
-                retprobes = attach_kprobes(&mut ebpf).map_err(|kprobe_err| {
-                    anyhow!(
-                        "cannot attach probes: fentry failed ({fentry_err:#}) and kprobes failed \
-                         ({kprobe_err:#}); fuselock needs a kernel with BPF trampolines or kprobes"
-                    )
-                })?;
-                ProbeMode::Kprobe
+        ProbeMode::Auto => {
+            let (preferred, why) = auto_choice();
+            info!("probe mode auto: {why}");
+            let fentry = |ebpf: &mut Ebpf| fentry_possible().and_then(|()| attach_fentry(ebpf));
+            if preferred == ProbeMode::Kprobe {
+                match attach_kprobes(&mut ebpf) {
+                    Ok(r) => {
+                        retprobes = r;
+                        ProbeMode::Kprobe
+                    }
+                    Err(kprobe_err) => {
+                        detach_kprobes(&mut ebpf);
+                        warn!(
+                            "kprobes unavailable ({kprobe_err:#}); using fentry, whose skipped runs \
+                             show in health.recursion_misses"
+                        );
+                        fentry(&mut ebpf)
+                            .map_err(|fentry_err| both_failed(&fentry_err, &kprobe_err))?;
+                        ProbeMode::Fentry
+                    }
+                }
+            } else {
+                match fentry(&mut ebpf) {
+                    Ok(()) => ProbeMode::Fentry,
+                    Err(fentry_err) => {
+                        info!("fentry unavailable ({fentry_err:#}); falling back to kprobes");
+                        detach_fentry(&mut ebpf);
+                        retprobes = attach_kprobes(&mut ebpf)
+                            .map_err(|kprobe_err| both_failed(&fentry_err, &kprobe_err))?;
+                        ProbeMode::Kprobe
+                    }
+                }
             }
-        },
+        }
     };
 
     let contention = opts.contention && attach_contention(&mut ebpf);
@@ -213,6 +267,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         kernel: preflight::kernel_release(),
         inflight_max_age: opts.inflight_max_age,
     })
+}
+
+fn both_failed(fentry_err: &anyhow::Error, kprobe_err: &anyhow::Error) -> anyhow::Error {
+    anyhow!(
+        "cannot attach probes: fentry failed ({fentry_err:#}) and kprobes failed \
+         ({kprobe_err:#}); fuselock needs a kernel with BPF trampolines or kprobes"
+    )
 }
 
 /// The object with its maps created and its programs not yet loaded.
@@ -284,6 +345,18 @@ fn detach_fentry(ebpf: &mut Ebpf) {
         };
         if let Ok(Err(e)) = result {
             debug!("unloading {}: {e}", p.fentry_program);
+        }
+    }
+}
+
+/// Unloads whatever kprobe programs got loaded (their links go with them).
+fn detach_kprobes(ebpf: &mut Ebpf) {
+    for p in PROBES {
+        let Some(prog) = ebpf.program_mut(p.kprobe_program) else {
+            continue;
+        };
+        if let Ok(Err(e)) = <&mut KProbe>::try_from(prog).map(|p| p.unload()) {
+            debug!("unloading {}: {e}", p.kprobe_program);
         }
     }
 }

@@ -286,6 +286,12 @@ pub struct HealthReport {
     /// `--inflight-max-age`: a missed return probe).
     #[serde(default)]
     pub inflight_aged_out: u64,
+    /// Runs of fuselock's programs the kernel skipped (their
+    /// `recursion_misses`, plus kprobe mode's missed returns): each may be
+    /// a write lost or misclassified, so counts are incomplete when it is
+    /// not 0.
+    #[serde(default)]
+    pub recursion_misses: u64,
 }
 
 impl HealthReport {
@@ -306,6 +312,7 @@ impl HealthReport {
             cached_path_writes: h.cached_path_writes,
             dev_totals_full: h.dev_totals_full,
             inflight_aged_out: 0,
+            recursion_misses: 0,
         }
     }
 }

@@ -121,6 +121,14 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
             h.evictions, h.max_inodes, h.inflight_full, h.inode_insert_failed, h.read_errors, h.lock_state_unknown
         )?;
     }
+    if h.recursion_misses > 0 {
+        writeln!(
+            out,
+            "warning: counts incomplete: the kernel skipped fuselock's probes {} times (recursion_misses); \
+             on a preemptible kernel use --probe-mode kprobe",
+            h.recursion_misses
+        )?;
+    }
     Ok(())
 }
 
@@ -193,5 +201,22 @@ mod tests {
         );
         assert!(text.contains("/mnt/a\\nb/\\x1b]52;c;aGk=\\x07x"), "{text}");
         assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn skipped_probe_runs_are_a_footer_warning() {
+        let mut snap = Snapshot::default();
+        let text = |snap: &Snapshot| {
+            let mut out = Vec::new();
+            write_table(&mut out, snap).expect("write");
+            String::from_utf8(out).expect("utf8")
+        };
+        assert!(!text(&snap).contains("counts incomplete"));
+        snap.health.recursion_misses = 164;
+        let t = text(&snap);
+        assert!(
+            t.contains("counts incomplete: the kernel skipped fuselock's probes 164 times"),
+            "{t}"
+        );
     }
 }

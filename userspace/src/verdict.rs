@@ -48,6 +48,9 @@ pub enum Why {
     NoPassthroughWrites,
     FlagNotRequested,
     NoEligibleWrites,
+    /// The kernel skipped some of fuselock's probe runs: whatever the
+    /// counts say, they are incomplete.
+    CountsIncomplete,
 }
 
 /// Exit status when shared-lock writes grew the file (the canary), whatever
@@ -59,6 +62,8 @@ pub const EXIT_SHARED_EXTENDED: u8 = 5;
 pub struct Evidence {
     pub passthrough: Counters,
     pub opens: OpenEvidence,
+    /// Probe runs the kernel skipped (`health.recursion_misses`).
+    pub recursion_misses: u64,
 }
 
 impl Evidence {
@@ -67,6 +72,7 @@ impl Evidence {
         Evidence {
             passthrough: snap.totals.passthrough.counters.clone(),
             opens: snap.opens.clone(),
+            recursion_misses: snap.health.recursion_misses,
         }
     }
 }
@@ -97,7 +103,33 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// The verdict; INCONCLUSIVE, saying what the counts alone would say,
+/// when the kernel skipped probe runs.
 pub fn decide(e: &Evidence) -> Decision {
+    let on_counts = decide_on_counts(e);
+    if e.recursion_misses == 0 {
+        return on_counts;
+    }
+    Decision {
+        verdict: Verdict::Inconclusive,
+        why: Why::CountsIncomplete,
+        message: format!(
+            "counts incomplete: the kernel skipped fuselock's probes {} (recursion_misses); \
+             the counts alone say {}: {}",
+            plural(e.recursion_misses, "time", "times"),
+            on_counts.verdict.label(),
+            on_counts.message
+        ),
+        hint: Some(
+            "a preemptible kernel can skip fentry programs: run again with --probe-mode kprobe \
+             (the default, auto, picks it where `fuselock doctor` finds such a kernel)"
+                .into(),
+        ),
+        shared_extended: on_counts.shared_extended,
+    }
+}
+
+fn decide_on_counts(e: &Evidence) -> Decision {
     let p = &e.passthrough;
     let shared_eligible = p.acquired_for(LockMode::Shared, Reason::Eligible);
     let exclusive_eligible = p.acquired_for(LockMode::Exclusive, Reason::Eligible);
@@ -199,6 +231,29 @@ mod tests {
     use super::*;
     use probes_common::WriteStats;
 
+    #[test]
+    fn skipped_probe_runs_make_any_verdict_inconclusive() {
+        let mut e = Evidence {
+            passthrough: counters(|s| acquired(s, LockMode::Shared, &[Reason::Eligible], 256)),
+            opens: opens(4, 4),
+            recursion_misses: 0,
+        };
+        assert_eq!(decide(&e).verdict, Verdict::Active);
+        e.recursion_misses = 117;
+        let d = decide(&e);
+        assert_eq!(
+            (d.verdict, d.why),
+            (Verdict::Inconclusive, Why::CountsIncomplete)
+        );
+        assert_eq!(d.exit_code(), 2);
+        assert!(d.message.contains("117 times"), "{}", d.message);
+        assert!(
+            d.message.contains("the counts alone say ACTIVE"),
+            "{}",
+            d.message
+        );
+    }
+
     fn counters(f: impl FnOnce(&mut WriteStats)) -> Counters {
         let mut s = WriteStats::default();
         f(&mut s);
@@ -229,6 +284,7 @@ mod tests {
                 acquired(s, LockMode::Exclusive, &[Reason::Append], 3);
             }),
             opens: opens(4, 4),
+            recursion_misses: 0,
         };
         let d = decide(&e);
         assert_eq!((d.verdict, d.why), (Verdict::Active, Why::SharedLockTaken));
@@ -244,6 +300,7 @@ mod tests {
         let e = Evidence {
             passthrough: counters(|s| acquired(s, LockMode::Exclusive, &[Reason::Eligible], 1000)),
             opens: opens(1, 1),
+            recursion_misses: 0,
         };
         let d = decide(&e);
         assert_eq!(
@@ -264,6 +321,7 @@ mod tests {
                 acquired(s, LockMode::Exclusive, &[Reason::NoParallelFlag], 40)
             }),
             opens: opens(5, 0),
+            recursion_misses: 0,
         };
         let d = decide(&e);
         assert_eq!((d.verdict, d.why), (Verdict::NotActive, Why::FlagStripped));
@@ -288,6 +346,7 @@ mod tests {
                 acquired(s, LockMode::Exclusive, &[Reason::NoParallelFlag], 7)
             }),
             opens: opens(0, 0),
+            recursion_misses: 0,
         };
         assert_eq!(decide(&e).why, Why::FlagNotRequested);
     }
@@ -297,6 +356,7 @@ mod tests {
         let e = Evidence {
             passthrough: counters(|s| acquired(s, LockMode::Exclusive, &[Reason::Append], 9)),
             opens: opens(2, 2),
+            recursion_misses: 0,
         };
         let d = decide(&e);
         assert_eq!(
@@ -317,6 +377,7 @@ mod tests {
                 s.shared_extended = 1;
             }),
             opens: opens(1, 1),
+            recursion_misses: 0,
         };
         let d = decide(&e);
         assert_eq!(d.verdict, Verdict::Active);

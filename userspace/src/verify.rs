@@ -73,6 +73,8 @@ fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<E
     Ok(Evidence {
         passthrough: entry.counters.clone(),
         opens: entry.open.clone().unwrap_or_else(OpenEvidence::default),
+        // Skipped runs are not per file: any of them may have been its write.
+        recursion_misses: snap.health.recursion_misses,
     })
 }
 

@@ -23,9 +23,12 @@ pub struct BenchArgs {
     /// 3 userspace cost in the VM, 4 the same refresh work natively.
     #[arg(long, default_value = "1234")]
     pub sections: String,
-    /// `stock`, `patched`, `unpatched` or a bzImage path.
+    /// `debian:LINE`, `stock`, `patched`, `unpatched` or a bzImage path.
     #[arg(long, default_value = "stock")]
     pub kernel: String,
+    /// Extra kernel parameters, e.g. `preempt=full`.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -209,6 +212,7 @@ fn in_vm(args: &BenchArgs) -> Result<()> {
         cpus: 2,
         memory_mb: 2048,
         timeout: Duration::from_secs(3600),
+        append: args.append.clone(),
         interactive: false,
     })?;
     if code != 0 {

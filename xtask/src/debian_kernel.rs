@@ -1,20 +1,63 @@
-//! Debian's 6.12 cloud kernel, downloaded once and cached.
+//! Debian's cloud kernels, one per line (6.12, 7.0, …), downloaded once and
+//! cached.
 //!
-//! The archive moves (old point releases disappear), so the newest available
-//! `linux-image-6.12.*+deb12-cloud-amd64-unsigned` is resolved at download
-//! time; once cached, the newest cached one is used without the network.
+//! The archive moves (old point releases disappear), so the newest image of
+//! a line is resolved at download time through the project's own apt
+//! ([`crate::apt`]); once cached, the newest cached one of that line is used
+//! without the network. A cache entry appears by one `rename(2)` of a fully
+//! extracted image: a failed or interrupted download leaves none behind.
 
 use std::{
+    fmt,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cache, setup};
+use crate::{apt::Apt, cache, setup};
 
-const PREFIX: &str = "linux-image-6.12.";
-const SUFFIX: &str = "+deb12-cloud-amd64-unsigned";
+/// FUSE passthrough, the thing fuselock watches, appeared in 6.9.
+const OLDEST: (u64, u64) = (6, 9);
+
+/// A kernel line: `major.minor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Line(pub u64, pub u64);
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+/// What `debian:WHAT` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    Line(Line),
+    Newest,
+}
+
+impl Wanted {
+    pub fn parse(s: &str) -> Result<Wanted> {
+        if s == "newest" {
+            return Ok(Wanted::Newest);
+        }
+        let parsed = s
+            .split_once('.')
+            .and_then(|(a, b)| Some(Line(a.parse().ok()?, b.parse().ok()?)));
+        let Some(line) = parsed else {
+            bail!("debian:{s}: not a kernel line; use debian:MAJOR.MINOR (6.12, 7.0 … 7.3) or debian:newest");
+        };
+        if (line.0, line.1) < OLDEST {
+            bail!(
+                "debian:{s}: Linux {line} has no FUSE passthrough (it needs >= {}.{})",
+                OLDEST.0,
+                OLDEST.1
+            );
+        }
+        Ok(Wanted::Line(line))
+    }
+}
 
 /// A kernel ready to boot.
 pub struct Kernel {
@@ -23,108 +66,227 @@ pub struct Kernel {
     pub release: String,
 }
 
-fn version_key(pkg: &str) -> Vec<u64> {
-    pkg.trim_start_matches("linux-image-")
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
+/// The numbers of a release or package name, for ordering:
+/// `7.2.13+deb14-cloud-amd64` → [7, 2, 13, 14, 64].
+fn version_key(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
         .collect()
 }
 
-fn cached(dir: &Path) -> Option<Kernel> {
-    let mut found: Vec<(Vec<u64>, Kernel)> = std::fs::read_dir(dir)
+fn line_of(release: &str) -> Option<Line> {
+    let v = version_key(release);
+    Some(Line(*v.first()?, *v.get(1)?))
+}
+
+/// The cloud image packages of a release: `linux-image-6.12.N+debNN-cloud-amd64-unsigned`
+/// up to 6.12, `linux-binary-7.X.N+debNN-cloud-amd64` from 7.0 on. Returns
+/// the release (`6.12.117+deb12-cloud-amd64`).
+fn release_of_package(pkg: &str) -> Option<&str> {
+    let rest = pkg
+        .strip_prefix("linux-image-")
+        .and_then(|r| r.strip_suffix("-unsigned"))
+        .or_else(|| pkg.strip_prefix("linux-binary-"))?;
+    let (version, flavour) = rest.split_once('+')?;
+    let ok = flavour.starts_with("deb")
+        && flavour.ends_with("-cloud-amd64")
+        && version.split('.').count() == 3
+        && version.split('.').all(|p| p.parse::<u64>().is_ok());
+    ok.then_some(rest)
+}
+
+fn cache_root() -> Result<PathBuf> {
+    // Not `kernels/`: older checkouts take the newest `vmlinuz-*` there as
+    // their 6.12, and must not find a 7.x one.
+    Ok(cache::dir()?.join("debian-kernels"))
+}
+
+/// The newest cached kernel of `line`.
+fn cached(root: &Path, line: Line) -> Option<Kernel> {
+    let dir = root.join(line.to_string());
+    std::fs::read_dir(dir)
         .ok()?
-        .filter_map(|e| e.ok())
+        .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let release = name.strip_prefix("vmlinuz-")?.to_owned();
-            Some((
-                version_key(&release),
-                Kernel {
-                    vmlinuz: e.path(),
-                    release,
-                },
-            ))
+            (line_of(&release) == Some(line)).then(|| Kernel {
+                vmlinuz: e.path(),
+                release,
+            })
         })
-        .collect();
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found.pop().map(|(_, k)| k)
+        .max_by_key(|k| version_key(&k.release))
 }
 
-fn newest_available() -> Result<String> {
-    let out = Command::new("apt-cache")
-        .args([
-            "search",
-            "--names-only",
-            r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
-        ])
-        .output()
-        .context("running apt-cache")?;
-    let mut pkgs: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|p| p.starts_with(PREFIX) && p.ends_with(SUFFIX))
-        .map(str::to_owned)
-        .collect();
-    pkgs.sort_by_key(|p| version_key(p));
-    pkgs.pop().context(
-        "no linux-image-6.12.*+deb12-cloud-amd64-unsigned in the apt index; is bookworm-security in sources.list?",
-    )
+/// The newest cloud image package of each line the index has.
+fn available(apt: &Apt) -> Result<Vec<(Line, String)>> {
+    let names = apt.search_names(
+        r"^linux-(image|binary)-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-cloud-amd64(-unsigned)?$",
+    )?;
+    let mut newest: std::collections::BTreeMap<Line, String> = Default::default();
+    for pkg in names {
+        let Some(release) = release_of_package(&pkg) else {
+            continue;
+        };
+        let Some(line) = line_of(release) else {
+            continue;
+        };
+        let better = newest.get(&line).is_none_or(|cur| {
+            version_key(release_of_package(cur).unwrap_or_default()) < version_key(release)
+        });
+        if better {
+            newest.insert(line, pkg);
+        }
+    }
+    Ok(newest.into_iter().collect())
 }
 
-/// The stock Debian kernel, downloading it on first use.
-pub fn stock() -> Result<Kernel> {
-    let dir = cache::dir()?.join("kernels");
-    std::fs::create_dir_all(&dir)?;
-    if let Some(k) = cached(&dir) {
+/// The Debian kernel `wanted` names, downloading it on first use.
+pub fn ensure(wanted: Wanted) -> Result<Kernel> {
+    let root = cache_root()?;
+    let cached_line = match wanted {
+        Wanted::Line(line) => Some(line),
+        Wanted::Newest => None,
+    };
+    if let Some(k) = cached_line.and_then(|l| cached(&root, l)) {
         return Ok(k);
     }
-    let mut pkg = newest_available();
-    if pkg.is_err() {
-        eprintln!("kernel: refreshing the apt index");
-        let mut update = Command::new("apt-get");
-        update
-            .args(["update", "-q"])
-            .stdout(std::process::Stdio::null());
-        setup::run_cmd(&mut update)?;
-        pkg = newest_available();
+    let apt = Apt::open()?;
+    // Another run may have fetched it while we waited for the lock.
+    if let Some(k) = cached_line.and_then(|l| cached(&root, l)) {
+        return Ok(k);
     }
-    let pkg = pkg?;
+    apt.update()?;
+    let lines = available(&apt)?;
+    let served: Vec<String> = lines
+        .iter()
+        .filter(|(l, _)| (l.0, l.1) >= OLDEST)
+        .map(|(l, _)| l.to_string())
+        .collect();
+    let (line, pkg) = match wanted {
+        Wanted::Newest => lines.last().cloned(),
+        Wanted::Line(line) => lines.iter().find(|(l, _)| *l == line).cloned(),
+    }
+    .with_context(|| {
+        format!(
+            "Debian serves no cloud kernel for {} (lines it serves: {})",
+            match wanted {
+                Wanted::Line(l) => format!("line {l}"),
+                Wanted::Newest => "any line".into(),
+            },
+            if served.is_empty() {
+                "none".into()
+            } else {
+                served.join(", ")
+            }
+        )
+    })?;
+    if let Some(k) = cached(&root, line).filter(|k| pkg.contains(&k.release)) {
+        return Ok(k);
+    }
+    download(&apt, &root, line, &pkg)
+}
+
+/// Downloads `pkg` and moves its vmlinuz into the cache with one rename.
+fn download(apt: &Apt, root: &Path, line: Line, pkg: &str) -> Result<Kernel> {
+    let dest = root.join(line.to_string());
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
     eprintln!(
         "kernel: downloading {pkg} (once; cached in {})",
-        dir.display()
+        dest.display()
     );
-    let work = dir.join("download");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    setup::run_cmd(
-        Command::new("apt-get")
-            .arg("download")
-            .arg(&pkg)
-            .current_dir(&work),
-    )?;
-    let deb = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download produced no .deb")?;
-    let root = work.join("root");
-    setup::run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    let boot = root.join("boot");
-    let vmlinuz = std::fs::read_dir(&boot)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .context("the package has no /boot/vmlinuz-*")?;
-    let name = vmlinuz.file_name().context("name")?.to_owned();
-    std::fs::rename(&vmlinuz, dir.join(&name))?;
-    let _ = std::fs::remove_dir_all(&work);
-    match cached(&dir) {
-        Some(k) => Ok(k),
-        None => bail!("downloaded kernel not found in {}", dir.display()),
+    let work = TempDir::new(root.join(format!(".download-{}", std::process::id())))?;
+    let deb = apt.download(pkg, &work.0)?;
+    let tree = work.0.join("root");
+    setup::run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
+        .with_context(|| format!("extracting {}", deb.display()))?;
+    let (vmlinuz, release) = find_vmlinuz(&tree)
+        .with_context(|| format!("{pkg} has no /boot/vmlinuz-* nor /usr/lib/modules/*/vmlinuz"))?;
+    let target = dest.join(format!("vmlinuz-{release}"));
+    std::fs::rename(&vmlinuz, &target)
+        .with_context(|| format!("moving the kernel to {}", target.display()))?;
+    Ok(Kernel {
+        vmlinuz: target,
+        release,
+    })
+}
+
+/// 6.12, 7.0 and 7.1 ship `/boot/vmlinuz-RELEASE`; 7.2 and 7.3
+/// `/usr/lib/modules/RELEASE/vmlinuz`.
+fn find_vmlinuz(tree: &Path) -> Option<(PathBuf, String)> {
+    let boot = std::fs::read_dir(tree.join("boot")).into_iter().flatten();
+    for e in boot.filter_map(Result::ok) {
+        if let Some(release) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+        {
+            return Some((e.path(), release.to_owned()));
+        }
+    }
+    let modules = std::fs::read_dir(tree.join("usr/lib/modules"))
+        .into_iter()
+        .flatten();
+    for e in modules.filter_map(Result::ok) {
+        let image = e.path().join("vmlinuz");
+        if image.is_file() {
+            return Some((image, e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    None
+}
+
+/// A directory removed when dropped, whether the download worked or not.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(path: PathBuf) -> Result<TempDir> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_and_old_ones_are_refused() {
+        assert_eq!(Wanted::parse("7.3").unwrap(), Wanted::Line(Line(7, 3)));
+        assert_eq!(Wanted::parse("6.12").unwrap(), Wanted::Line(Line(6, 12)));
+        assert_eq!(Wanted::parse("newest").unwrap(), Wanted::Newest);
+        let old = Wanted::parse("5.10").unwrap_err().to_string();
+        assert!(old.contains("no FUSE passthrough"), "{old}");
+        assert!(Wanted::parse("seven").is_err());
+        assert!(Wanted::parse("7").is_err());
+    }
+
+    #[test]
+    fn image_packages_are_recognised() {
+        assert_eq!(
+            release_of_package("linux-image-6.12.118+deb12-cloud-amd64-unsigned"),
+            Some("6.12.118+deb12-cloud-amd64")
+        );
+        assert_eq!(
+            release_of_package("linux-binary-7.3.4+deb13-cloud-amd64"),
+            Some("7.3.4+deb13-cloud-amd64")
+        );
+        // The signed meta and debug packages are not images.
+        assert_eq!(
+            release_of_package("linux-image-7.3.4+deb13-cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            release_of_package("linux-image-7.2.13+deb14-cloud-amd64-dbg"),
+            None
+        );
+        assert!(version_key("6.12.118+deb12") > version_key("6.12.99+deb13"));
     }
 }

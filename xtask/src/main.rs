@@ -2,6 +2,7 @@
 //! builds, the VM that runs fuselock on a kernel with kprobes, and the test
 //! suite.
 
+mod apt;
 mod bench;
 mod build;
 mod cache;

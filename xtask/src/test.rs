@@ -14,9 +14,22 @@ pub struct TestArgs {
     /// Skip the host steps (fmt, clippy, host tests, fuzzing): VM tests only.
     #[arg(long, conflicts_with = "no_vm")]
     pub vm_only: bool,
-    /// Kernels to run the VM tests on (default: all three).
-    #[arg(long = "kernel", value_parser = ["stock", "patched", "unpatched"])]
+    /// Kernels to run the VM tests on, as `cargo xtask vm --kernel` names
+    /// them (default: the whole suite on stock, patched and unpatched, and
+    /// the core on every other line of the matrix, see [`MATRIX`]).
+    #[arg(long = "kernel")]
     pub kernels: Vec<String>,
+    /// Extra kernel parameters for the kernels named with --kernel.
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        requires = "kernels"
+    )]
+    pub append: Option<String>,
+    /// Run only the core VM tests (see [`CORE`]) on the kernels named.
+    #[arg(long)]
+    pub core: bool,
     /// Only VM tests whose name contains this (libtest's filter).
     #[arg(long)]
     pub filter: Option<String>,
@@ -30,6 +43,52 @@ pub struct TestArgs {
     /// Seconds to fuzz each fuzz target (0 skips fuzzing).
     #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS, value_name = "N")]
     pub fuzz_seconds: u64,
+}
+
+/// The VM tests that cover every count and verdict, the exporter and clean
+/// detach: what every line of the matrix runs (libtest filters, by name).
+pub const CORE: &[&str] = &[
+    "passthrough_without_flag_is_all_exclusive",
+    "passthrough_with_flag_requested",
+    "direct_io_with_flag_shares_overwrites",
+    "concurrent_writers_are_counted_exactly",
+    "mixed_concurrent_kinds_are_exact_with_no_recursion_miss",
+    "verify_exercise_gives_the_kernels_verdict",
+    "prometheus_counts_exactly_the_writes_issued",
+    "nothing_is_left_attached_after_any_exit",
+    "doctor_is_happy_on_a_capable_kernel",
+];
+
+/// One VM run of the suite.
+struct Run {
+    kernel: String,
+    append: Option<String>,
+    core: bool,
+}
+
+/// `cargo xtask test`'s kernels: the whole suite where the series pair and
+/// the reference kernel are, the core on every other Debian line users run,
+/// and on 6.12 booted preemptible as some distributions boot it.
+const MATRIX: &[(&str, Option<&str>, bool)] = &[
+    ("stock", None, false),
+    ("patched", None, false),
+    ("unpatched", None, false),
+    ("debian:6.12", Some("preempt=full"), true),
+    ("debian:7.0", None, true),
+    ("debian:7.1", None, true),
+    ("debian:7.2", None, true),
+    ("debian:7.3", None, true),
+];
+
+/// What the tests are told about the kernel (`FUSELOCK_TEST_KERNEL`): the
+/// series pair by its short name, since the expected lock modes differ.
+fn test_kernel_name(kernel: &str) -> &str {
+    kernel
+        .split_once(':')
+        .map_or(kernel, |(kind, _)| match kind {
+            "patched" | "unpatched" => kind,
+            _ => kernel,
+        })
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -76,15 +135,56 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let prometheus = vm::with_libraries("/usr/bin/prometheus")?;
         // tmux drives `fuselock top` in the VM as a person would.
         let tmux = vm::tmux_files()?;
-        let all = ["stock", "patched", "unpatched"].map(str::to_owned);
-        let kernels = if args.kernels.is_empty() {
-            &all[..]
+        let runs: Vec<Run> = if args.kernels.is_empty() {
+            MATRIX
+                .iter()
+                .map(|(kernel, append, core)| Run {
+                    kernel: (*kernel).to_owned(),
+                    append: append.map(str::to_owned),
+                    core: *core,
+                })
+                .collect()
         } else {
-            &args.kernels[..]
+            args.kernels
+                .iter()
+                .map(|kernel| Run {
+                    kernel: kernel.clone(),
+                    append: args.append.clone(),
+                    core: args.core,
+                })
+                .collect()
         };
-        for kernel in kernels {
-            let (image, kernel_name) = vm::resolve_kernel(kernel)?;
-            step(&format!("VM end-to-end tests on {kernel_name}"), || {
+        for run in &runs {
+            let (image, kernel_name) = vm::resolve_kernel(&run.kernel)?;
+            let what = format!(
+                "VM {} on {kernel_name}{}",
+                if run.core {
+                    "core tests"
+                } else {
+                    "end-to-end tests"
+                },
+                run.append
+                    .as_deref()
+                    .map(|a| format!(" with {a}"))
+                    .unwrap_or_default()
+            );
+            // libtest runs a test if any filter matches: the core's names,
+            // narrowed by --filter when given.
+            let filters: Vec<String> = match (&args.filter, run.core) {
+                (Some(f), true) => CORE
+                    .iter()
+                    .filter(|c| c.contains(f.as_str()))
+                    .map(|c| (*c).to_owned())
+                    .collect(),
+                (Some(f), false) => vec![f.clone()],
+                (None, true) => CORE.iter().map(|c| (*c).to_owned()).collect(),
+                (None, false) => Vec::new(),
+            };
+            if run.core && args.filter.is_some() && filters.is_empty() {
+                eprintln!("\n==> {what}: no core test matches the filter; skipped");
+                continue;
+            }
+            step(&what, || {
                 let code = vm::run(&vm::VmSpec {
                     kernel: image,
                     kernel_name: kernel_name.clone(),
@@ -100,7 +200,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     mount: None,
                     command: [
                         "env",
-                        &format!("FUSELOCK_TEST_KERNEL={kernel}"),
+                        &format!("FUSELOCK_TEST_KERNEL={}", test_kernel_name(&run.kernel)),
                         &format!("FUSELOCK_TEST_HEAVY={}", u8::from(args.heavy)),
                         "vm-tests",
                         "--include-ignored",
@@ -109,15 +209,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     .into_iter()
                     .map(str::to_owned)
                     .chain(args.nocapture.then(|| "--nocapture".to_owned()))
-                    .chain(args.filter.clone())
+                    .chain(filters)
                     .collect(),
                     cpus: 2,
                     memory_mb: 1024,
                     timeout: std::time::Duration::from_secs(1800),
+                    append: run.append.clone(),
                     interactive: false,
                 })?;
                 if code != 0 {
-                    bail!("VM tests failed on {kernel_name} (exit {code})");
+                    bail!("{what} failed (exit {code})");
                 }
                 Ok(())
             })?;

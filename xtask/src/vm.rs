@@ -48,10 +48,15 @@ impl MountKind {
 
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// `stock` (Debian's 6.12 cloud kernel, downloaded once), `patched` or
-    /// `unpatched` (built by `cargo xtask kernel`, cached), or a path to a bzImage.
+    /// `debian:LINE` (Debian's newest cloud kernel of LINE: 6.12, 7.0, 7.1,
+    /// 7.2, 7.3 or newest; downloaded once), `stock` (= debian:6.12),
+    /// `patched` or `unpatched` (the 6.12 pair built by `cargo xtask kernel`),
+    /// or a path to a bzImage.
     #[arg(long, default_value = "stock")]
     pub kernel: String,
+    /// Extra kernel parameters, e.g. `preempt=full`.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
     /// Extra files: HOST_PATH[:GUEST_PATH] (default guest path: /bin/NAME).
     #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
     pub add: Vec<String>,
@@ -65,8 +70,16 @@ pub struct VmArgs {
     /// Kill the VM after this many seconds.
     #[arg(long, default_value_t = 1200)]
     pub timeout: u64,
+    /// Only resolve (and download or build, once) the kernel, print its
+    /// image's path and exit: no VM.
+    #[arg(long)]
+    pub fetch_only: bool,
     /// The command to run in the guest (through /bin/sh).
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(
+        last = true,
+        required_unless_present = "fetch_only",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 
@@ -81,35 +94,60 @@ pub struct VmSpec {
     pub cpus: u32,
     pub memory_mb: u32,
     pub timeout: Duration,
+    /// Extra kernel parameters.
+    pub append: Option<String>,
     /// Forward this terminal to the guest console (size included).
     pub interactive: bool,
 }
 
+/// What `--kernel` names: a Debian line (`debian:7.3`, `stock` =
+/// `debian:6.12`), one of the built 6.12 pair (`patched`, `unpatched`, or
+/// with `:6.12`), or a path to a bzImage. Returns the image and a name for
+/// messages.
 pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
-    if name == "stock" {
-        let k = debian_kernel::stock()?;
-        Ok((k.vmlinuz, format!("Debian {}", k.release)))
-    } else if name == "patched" {
-        Ok((
-            kernel::ensure(kernel::Variant::Patched)?,
-            "6.12 tiny + parallel-direct-writes patch".into(),
-        ))
-    } else if name == "unpatched" {
-        Ok((
-            kernel::ensure(kernel::Variant::Unpatched)?,
-            "6.12 tiny, unpatched twin".into(),
-        ))
-    } else {
-        let p = PathBuf::from(name);
-        if !p.is_file() {
-            bail!("--kernel {name}: not `stock` and not a file");
-        }
-        Ok((p, name.to_owned()))
+    let name = match name {
+        "stock" => "debian:6.12",
+        "patched" => "patched:6.12",
+        "unpatched" => "unpatched:6.12",
+        other => other,
+    };
+    if let Some(line) = name.strip_prefix("debian:") {
+        let k = debian_kernel::ensure(debian_kernel::Wanted::parse(line)?)?;
+        return Ok((k.vmlinuz, format!("Debian {}", k.release)));
     }
+    for (prefix, variant, what) in [
+        (
+            "patched:",
+            kernel::Variant::Patched,
+            "tiny + parallel-direct-writes patch",
+        ),
+        (
+            "unpatched:",
+            kernel::Variant::Unpatched,
+            "tiny, unpatched twin",
+        ),
+    ] {
+        if let Some(line) = name.strip_prefix(prefix) {
+            if line != "6.12" {
+                bail!("--kernel {name}: only the 6.12 pair is built so far (patched:6.12, unpatched:6.12)");
+            }
+            return Ok((kernel::ensure(variant)?, format!("6.12 {what}")));
+        }
+    }
+    let p = PathBuf::from(name);
+    if !p.is_file() {
+        bail!("--kernel {name}: not debian:LINE (6.12, 7.0 … 7.3, newest), stock, patched[:6.12], unpatched[:6.12], nor a file");
+    }
+    Ok((p, name.to_owned()))
 }
 
 pub fn run_cli(args: &VmArgs) -> Result<i32> {
     let (kernel, kernel_name) = resolve_kernel(&args.kernel)?;
+    if args.fetch_only {
+        println!("{}", kernel.display());
+        eprintln!("vm: {} is {kernel_name}", args.kernel);
+        return Ok(0);
+    }
     let fuselock = build::fuselock_static()?;
     let mut files = vec![(fuselock, "/bin/fuselock".to_owned())];
     for add in &args.add {
@@ -139,6 +177,7 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
         cpus: args.cpus,
         memory_mb: args.memory_mb,
         timeout: Duration::from_secs(args.timeout),
+        append: args.append.clone(),
         interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
     })
 }
@@ -252,7 +291,7 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=xterm
 {size}
-echo "vm: kernel $(uname -r), $(nproc) CPUs"
+echo "vm: kernel $(uname -r), $(nproc) CPUs, preemption $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
 {mount}cd /tmp
 /bin/sh /run.sh
 echo "{EXIT_MARKER}$?"
@@ -315,9 +354,20 @@ fn initramfs(spec: &VmSpec) -> Result<PathBuf> {
 pub fn run(spec: &VmSpec) -> Result<i32> {
     crate::setup::ensure_vm_tools()?;
     let initrd = initramfs(spec)?;
+    let mut cmdline = "console=ttyS0 quiet panic=-1 mitigations=off".to_owned();
+    if let Some(extra) = spec.append.as_deref().filter(|a| !a.trim().is_empty()) {
+        cmdline.push(' ');
+        cmdline.push_str(extra.trim());
+    }
     eprintln!(
-        "vm: booting {} (qemu TCG, {} CPUs, {} MiB)",
-        spec.kernel_name, spec.cpus, spec.memory_mb
+        "vm: booting {} (qemu TCG, {} CPUs, {} MiB){}",
+        spec.kernel_name,
+        spec.cpus,
+        spec.memory_mb,
+        spec.append
+            .as_deref()
+            .map(|a| format!(", with {a}"))
+            .unwrap_or_default()
     );
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -339,7 +389,8 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
         .arg(&spec.kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"])
+        .arg("-append")
+        .arg(&cmdline)
         // From a terminal the guest console is interactive (fuselock top
         // works there; qemu's escape is Ctrl-A x); otherwise no input.
         .stdin(if spec.interactive {

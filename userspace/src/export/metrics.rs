@@ -339,6 +339,7 @@ impl Collector for SnapshotMetrics {
                 ("read_error", h.read_errors),
                 ("lock_state_unknown", h.lock_state_unknown),
                 ("dev_totals_full", h.dev_totals_full),
+                ("recursion_miss", h.recursion_misses),
             ]
             .map(|(k, v)| (KindLabels { kind: k.into() }, v)),
         )?;

@@ -90,14 +90,15 @@ pub fn draw(frame: &mut Frame, app: &App) {
 fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
     let t = app.totals();
     let unit = if app.mode == Mode::Rates { "/s" } else { "" };
-    let (kernel, probes, uptime, evictions) = match &app.current {
+    let (kernel, probes, uptime, evictions, misses) = match &app.current {
         Some(s) => (
             s.source.kernel.clone(),
             s.source.probe_mode.clone(),
             format!("{:.0}s", s.elapsed_secs),
             s.health.evictions,
+            s.health.recursion_misses,
         ),
-        None => ("-".into(), "-".into(), "-".into(), 0),
+        None => ("-".into(), "-".into(), "-".into(), 0, 0),
     };
     // Status flags come first: a narrow terminal cuts the end of the line.
     let mut first = vec![
@@ -128,11 +129,12 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         app.source
     )));
     let second = Line::from(format!(
-        "writes{unit} {}  shared {}  contended{unit} {}  evictions {}  [{}]",
+        "writes{unit} {}  shared {}  contended{unit} {}  evictions {}  missed {}  [{}]",
         rate(t.writes, app.mode),
         t.shared_pct.map_or("-".into(), |p| format!("{p:.0}%")),
         rate(t.contended, app.mode),
         evictions,
+        misses,
         if app.mode == Mode::Rates {
             "rates"
         } else {

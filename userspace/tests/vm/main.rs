@@ -513,6 +513,82 @@ fn concurrent_writers_are_counted_exactly() {
     }
 }
 
+/// Every kind of write at once, 9 threads over 4 files: what a preemptible
+/// kernel (7.x, or 6.12 with `preempt=full`) got wrong in fentry mode, where
+/// a writer preempted inside a program made the next one on that CPU skip
+/// it. In the default mode every count is exact and the kernel skipped no
+/// probe run.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn mixed_concurrent_kinds_are_exact_with_no_recursion_miss() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let loads = [
+        ("overwrite", "overwrite", 401, 4),
+        ("buffered", "buffered", 211, 2),
+        ("append", "append", 157, 1),
+        ("grow", "past-eof", 173, 2),
+    ];
+    let loads: Vec<Load> = loads
+        .iter()
+        .map(|&(file, kind, writes, threads)| Load {
+            file,
+            kind,
+            writes,
+            threads,
+        })
+        .collect();
+    let snap = stat_concurrently(&fs, &loads, "", &[]);
+    let p = "passthrough";
+    let patched = kernel() == Kernel::Patched;
+    for (name, n, own) in [
+        ("overwrite", 401, None),
+        ("buffered", 211, Some("buffered")),
+        ("append", 157, Some("append")),
+        ("grow", 173, Some("past_eof")),
+    ] {
+        // Stock kernels strip the flag: every write is exclusive for it,
+        // plus its own reason; with the series only the reason is left.
+        let mut exclusive: Vec<(&str, u64)> = own.map(|r| (r, n)).into_iter().collect();
+        if !patched {
+            exclusive.push(("no_parallel_flag", n));
+        }
+        let shared: &[(&str, u64)] = if patched && own.is_none() {
+            &[("eligible", n)]
+        } else {
+            &[]
+        };
+        if patched && own.is_none() {
+            exclusive.clear();
+        }
+        check(
+            &snap,
+            name,
+            &Expect {
+                path: p,
+                writes: n,
+                shared,
+                exclusive: &exclusive,
+            },
+        );
+    }
+    let health = &snap["health"];
+    println!(
+        "probe mode {}, recursion_misses {}",
+        snap["source"]["probe_mode"], health["recursion_misses"]
+    );
+    for key in [
+        "recursion_misses",
+        "inflight_full",
+        "inflight_replaced",
+        "exit_unmatched",
+        "read_errors",
+        "lock_state_unknown",
+        "inflight_aged_out",
+    ] {
+        assert_eq!(health[key], 0, "health.{key}: {health}");
+    }
+}
+
 /// `stat -- COMMAND` exits with the command's status, and a command that
 /// cannot start is a clear error with fuselock's failure status.
 #[test]
@@ -580,12 +656,11 @@ fn verify_exercise_gives_the_kernels_verdict() {
         }
     }
     assert_eq!(report["evidence"]["passthrough"]["writes"], 256 + 3);
-    assert!(
-        report["kernel"]
-            .as_str()
-            .is_some_and(|k| k.starts_with("6.12.")),
-        "{report}"
-    );
+    // The verdict names the kernel it was decided on, and rests on counts
+    // the kernel skipped nothing of.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(report["kernel"], release.trim(), "{report}");
+    assert_eq!(report["evidence"]["recursion_misses"], 0, "{report}");
     assert_eq!(
         std::fs::read(&file).expect("read back"),
         content,
@@ -866,8 +941,32 @@ fn doctor_is_happy_on_a_capable_kernel() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(!text.contains("MISSING"), "{text}");
+    // auto picks kprobes where fentry programs can be preempted (every
+    // VM init mounts debugfs, so the model is read from there).
+    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
+    let model = preempt
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))
+        .unwrap_or("voluntary");
+    let mode = if ["full", "lazy", "rt"].contains(&model) {
+        "kprobe"
+    } else {
+        "fentry"
+    };
     assert!(
-        text.contains("ok       probes attach (fentry mode, lock:contention_* attached)"),
+        text.contains(&format!(
+            "info     preemption model: {model} (from /sys/kernel/debug/sched/preempt)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("info     probe mode auto: {mode}, because")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "ok       probes attach ({mode} mode, lock:contention_* attached)"
+        )),
         "{text}"
     );
     assert!(text.trim_end().ends_with("fuselock can run here"), "{text}");
