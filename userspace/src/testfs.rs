@@ -512,16 +512,15 @@ impl TestFs {
             }
         };
         let mut children = Vec::new();
-        for entry in self.backing.read_dir(&path).map_err(Errno::from)? {
-            let entry = entry.map_err(Errno::from)?;
+        for name in self.backing.names(&path).map_err(Errno::from)? {
             // Entries may vanish while we list them; skip those, and anything not exposed.
-            let Ok(child_md) = entry.metadata() else {
+            let Ok(child_md) = self.backing.lstat(&path.join(&name)) else {
                 continue;
             };
             let Some(kind) = exposed_kind(&child_md) else {
                 continue;
             };
-            children.push((entry.file_name(), kind, BackingKey::of(&child_md)));
+            children.push((name, kind, BackingKey::of(&child_md)));
         }
         // Offsets are positions in this list, so keep it in a stable order across calls.
         children.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1049,12 +1048,16 @@ impl Beneath {
             .metadata()
     }
 
-    /// The entries of directory `rel`.
-    fn read_dir(&self, rel: &Path) -> io::Result<std::fs::ReadDir> {
+    /// The names in directory `rel` (`.` and `..` left out).
+    fn names(&self, rel: &Path) -> io::Result<Vec<OsString>> {
         let dir = self.open(rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         // The descriptor's own magic link: the directory already resolved
-        // beneath the root, not its name again.
-        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        // beneath the root, not its name again. Read to the end while `dir`
+        // is open (its number must not be reused under the listing), and
+        // nothing but names: entries' paths through it would not outlive it.
+        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect()
     }
 
     /// Removes the file `rel`.
@@ -1554,6 +1557,10 @@ mod tests {
         let b = Beneath::root(backing.clone()).expect("open backing");
         let rw = libc::O_RDWR | libc::O_TRUNC;
         assert!(b.open(Path::new("dir/file"), libc::O_RDONLY, 0).is_ok());
+        let mut names = b.names(Path::new("dir")).expect("list");
+        names.sort();
+        assert_eq!(names, ["file", "link"]);
+        assert!(b.names(Path::new("up")).is_err(), "listed through a symlink");
         for escape in ["dir/link", "up/outside", "../outside", "dir/../../outside"] {
             let err = b.open(Path::new(escape), rw, 0).expect_err(escape);
             assert!(
