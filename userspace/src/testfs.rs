@@ -1560,7 +1560,10 @@ mod tests {
         let mut names = b.names(Path::new("dir")).expect("list");
         names.sort();
         assert_eq!(names, ["file", "link"]);
-        assert!(b.names(Path::new("up")).is_err(), "listed through a symlink");
+        assert!(
+            b.names(Path::new("up")).is_err(),
+            "listed through a symlink"
+        );
         for escape in ["dir/link", "up/outside", "../outside", "dir/../../outside"] {
             let err = b.open(Path::new(escape), rw, 0).expect_err(escape);
             assert!(

@@ -16,15 +16,100 @@ use crate::cache;
 
 /// The suites that carry the kernel lines users run (6.12 in
 /// bookworm-security and trixie, 7.0/7.1/7.3 in trixie-backports, 7.2 in sid,
-/// release candidates in experimental).
-const SOURCES: &[(&str, &str)] = &[
-    ("http://deb.debian.org/debian", "bookworm"),
-    ("http://deb.debian.org/debian-security", "bookworm-security"),
-    ("http://deb.debian.org/debian", "trixie"),
-    ("http://deb.debian.org/debian", "trixie-backports"),
-    ("http://deb.debian.org/debian", "sid"),
-    ("http://deb.debian.org/debian", "experimental"),
+/// release candidates in experimental), and whether each is served by the
+/// security archive rather than the main one.
+const SUITES: &[(&str, Archive)] = &[
+    ("bookworm", Archive::Main),
+    ("bookworm-security", Archive::Security),
+    ("trixie", Archive::Main),
+    ("trixie-backports", Archive::Main),
+    ("sid", Archive::Main),
+    ("experimental", Archive::Main),
 ];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Archive {
+    Main,
+    Security,
+}
+
+/// The Debian mirrors this machine already uses (its apt sources, read and
+/// never changed): the URI that serves `bookworm` and the one that serves
+/// `bookworm-security`. Using the machine's own mirrors keeps the project
+/// working wherever apt itself is configured to work.
+fn machine_mirrors() -> Result<(String, String)> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    let mut pairs = Vec::new();
+    for file in files {
+        let name = file.to_string_lossy().into_owned();
+        let Ok(content) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if name.ends_with(".sources") {
+            pairs.extend(deb822_pairs(&content));
+        } else if name.ends_with(".list") {
+            pairs.extend(one_line_pairs(&content));
+        }
+    }
+    let find = |suite: &str| {
+        pairs
+            .iter()
+            .find(|(_, s)| s == suite)
+            .map(|(uri, _)| uri.trim_end_matches('/').to_owned())
+    };
+    match (find("bookworm"), find("bookworm-security")) {
+        (Some(main), Some(security)) => Ok((main, security)),
+        _ => bail!(
+            "this machine's apt sources (/etc/apt/sources.list and sources.list.d) name no Debian \
+             mirror for both bookworm and bookworm-security: the kernel matrix looks up its \
+             suites on the same mirrors"
+        ),
+    }
+}
+
+/// (URI, suite) pairs of deb822 `.sources` stanzas of type `deb`.
+fn deb822_pairs(content: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for stanza in content.split("\n\n") {
+        let field = |key: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
+                .map(str::trim)
+        };
+        if !field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb")) {
+            continue;
+        }
+        let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else {
+            continue;
+        };
+        for uri in uris.split_whitespace() {
+            for suite in suites.split_whitespace() {
+                pairs.push((uri.to_owned(), suite.to_owned()));
+            }
+        }
+    }
+    pairs
+}
+
+/// (URI, suite) pairs of one-line `deb [options] URI SUITE COMPONENTS` entries.
+fn one_line_pairs(content: &str) -> Vec<(String, String)> {
+    content
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("deb ")?.trim_start();
+            let rest = match rest.strip_prefix('[') {
+                Some(r) => r.split_once(']')?.1,
+                None => rest,
+            };
+            let mut words = rest.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.to_owned()))
+        })
+        .collect()
+}
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// A private apt, locked for as long as this value lives: two xtask runs
@@ -60,9 +145,17 @@ impl Apt {
         if !Path::new(KEYRING).is_file() {
             bail!("{KEYRING} missing: install Debian's debian-archive-keyring");
         }
-        let list: String = SOURCES
+        let (main, security) = machine_mirrors()?;
+        let list: String = SUITES
             .iter()
-            .map(|(uri, suite)| format!("deb [signed-by={KEYRING}] {uri} {suite} main\n"))
+            .map(|(suite, archive)| {
+                let uri = if *archive == Archive::Security {
+                    &security
+                } else {
+                    &main
+                };
+                format!("deb [signed-by={KEYRING}] {uri} {suite} main\n")
+            })
             .collect();
         let list_path = root.join("etc/sources.list");
         std::fs::write(&list_path, list)
@@ -172,4 +265,31 @@ fn last_error(stderr: &[u8]) -> String {
         .or_else(|| lines.iter().rev().find(|l| l.starts_with("E:")))
         .or(lines.last())
         .map_or_else(|| "no message".to_owned(), |l| (*l).to_owned())
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_are_read_from_both_source_formats() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\
+                      Components: main\n\nTypes: deb-src\nURIs: http://src.example\nSuites: bookworm\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security/\nSuites: bookworm-security\n";
+        let pairs = deb822_pairs(deb822);
+        assert!(pairs.contains(&("http://mirror.example/debian".into(), "bookworm".into())));
+        assert!(!pairs.iter().any(|(u, _)| u.contains("src.example")));
+        let one = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n\
+                   deb http://m.example/debian-security bookworm-security main\ndeb-src http://x bookworm main\n";
+        assert_eq!(
+            one_line_pairs(one),
+            [
+                ("http://m.example/debian".to_owned(), "bookworm".to_owned()),
+                (
+                    "http://m.example/debian-security".to_owned(),
+                    "bookworm-security".to_owned()
+                ),
+            ]
+        );
+    }
 }
