@@ -57,6 +57,7 @@ pub const CORE: &[&str] = &[
     "prometheus_counts_exactly_the_writes_issued",
     "nothing_is_left_attached_after_any_exit",
     "doctor_is_happy_on_a_capable_kernel",
+    "plain_demo_prints_its_table_and_verdict",
 ];
 
 /// One VM run of the suite.
