@@ -489,17 +489,26 @@ fn concurrent_writers_are_counted_exactly() {
     }
     let hot = entry(&snap, "hot");
     if kernel() != Kernel::Patched {
-        // Eight writers on one exclusive lock must have waited, and the
-        // waits are timed.
-        assert!(
-            hot["contended"]["exclusive"].as_u64().expect("contended") > 0,
-            "no contention seen: {hot}"
-        );
-        assert!(
-            hot["wait_ns_total"]["exclusive"].as_u64().expect("wait") > 0,
-            "no wait time: {hot}"
-        );
+        let contended = hot["contended"]["exclusive"].as_u64().expect("contended");
+        let waited = hot["wait_ns_total"]["exclusive"].as_u64().expect("wait");
+        // Contended acquisitions are timed, and only those.
+        assert_eq!(contended > 0, waited > 0, "{hot}");
+        assert!(contended <= 1003, "{hot}");
         assert_eq!(hot["contended"]["shared"], 0, "{hot}");
+        // On 6.12 (voluntary preemption) eight writers on one exclusive lock
+        // always queue on two emulated CPUs. On the preemptible 7.x lines a
+        // holder is rarely preempted and waiters may spin instead of
+        // sleeping, so whether any write waits depends on scheduling there:
+        // one core run on 7.0 saw none, another saw some.
+        let six_twelve = matches!(
+            std::env::var("FUSELOCK_TEST_KERNEL").as_deref(),
+            Ok("stock" | "unpatched")
+        );
+        if six_twelve {
+            assert!(contended > 0, "no contention seen: {hot}");
+        } else {
+            println!("contended exclusive acquisitions: {contended} of 1003");
+        }
     }
     let health = &snap["health"];
     for key in [
