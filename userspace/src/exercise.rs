@@ -25,7 +25,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{escape, UsageError};
+use crate::{
+    escape,
+    mounts::{fs_type, FUSE_SUPER_MAGIC},
+    procfs, UsageError,
+};
 
 fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
@@ -36,8 +40,6 @@ const BLOCK: usize = 4096;
 const REGION_BLOCKS: usize = 16;
 pub const THREADS: usize = 4;
 pub const OVERWRITES_PER_THREAD: usize = 64;
-/// `FUSE_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const SCRATCH_PREFIX: &str = ".fuselock-exercise.";
 
 /// What was issued, for the record.
@@ -104,17 +106,6 @@ fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) ->
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-fn fs_type(fd: &impl std::os::fd::AsRawFd) -> io::Result<i64> {
-    // SAFETY: fstatfs(2) on a live descriptor into a zeroed out-struct.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // f_type is i64 on glibc and u64 on musl; FUSE_SUPER_MAGIC fits both.
-    #[allow(clippy::cast_possible_wrap)]
-    Ok(fs.f_type as i64)
-}
-
 /// Checks `path` (a FUSE directory, or a regular file in one) and holds its
 /// directory open. Whether the mount is *passthrough* only the kernel can
 /// tell; `verify` checks which path the writes took afterwards.
@@ -151,12 +142,6 @@ pub fn check_target(path: &Path) -> Result<Target> {
     })
 }
 
-/// This process's PID namespace, so that a scratch file left on a mount
-/// shared between containers is judged by the namespace that made it.
-fn pid_namespace() -> u64 {
-    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m))
-}
-
 fn scratch_name(pidns: u64, pid: u32) -> String {
     format!("{SCRATCH_PREFIX}{pidns}.{pid}")
 }
@@ -186,7 +171,7 @@ struct Scratch<'a> {
 impl<'a> Scratch<'a> {
     /// Removes scratch files that killed fuselocks left, then creates ours.
     fn create(target: &'a Target) -> Result<(Scratch<'a>, File)> {
-        let pidns = pid_namespace();
+        let pidns = procfs::my_pid_namespace();
         remove_stale(target, pidns);
         let name = scratch_name(pidns, std::process::id());
         let display = target.dir_path.join(&name);
@@ -235,11 +220,10 @@ fn remove_stale(target: &Target, pidns: u64) {
     let Ok(entries) = std::fs::read_dir(&target.dir_path) else {
         return;
     };
-    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(text) = name.to_str() else { continue };
-        if !is_stale(text, pidns, alive) {
+        if !is_stale(text, pidns, procfs::alive) {
             continue;
         }
         let Ok(c) = c_name(&name) else { continue };

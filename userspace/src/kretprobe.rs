@@ -27,6 +27,8 @@ use anyhow::{bail, Context as _, Result};
 use aya::programs::KProbe;
 use log::debug;
 
+use crate::procfs;
+
 /// Concurrent returns a kretprobe can track: the kernel's maximum
 /// (`KRETPROBE_MAXACTIVE_MAX`).
 pub const MAXACTIVE: u32 = 4096;
@@ -59,10 +61,6 @@ fn append(file: &Path, line: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
-/// The initial PID namespace's inode (`PROC_PID_INIT_INO`): from there
-/// every process on the host is visible.
-const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
-
 /// Who defined an event: a process, named by its PID namespace and its pid
 /// there. kprobe_events is host-wide while pids are per namespace, so a
 /// pid alone would let fuselocks in two containers take each other's
@@ -76,34 +74,23 @@ struct Owner {
 impl Owner {
     fn me() -> Owner {
         Owner {
-            pidns: pid_namespace_of("self").unwrap_or(INIT_PID_NAMESPACE),
+            pidns: procfs::my_pid_namespace(),
             pid: std::process::id(),
         }
     }
 }
 
-/// The PID namespace inode of `/proc/<pid>`.
-fn pid_namespace_of(pid: &str) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
-    // "pid:[4026531836]"
-    link.to_str()?
-        .strip_prefix("pid:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// Every PID namespace some process is in, where all processes are
 /// visible (from the initial namespace); `None` elsewhere.
 fn live_pid_namespaces(me: Owner) -> Option<HashSet<u64>> {
-    if me.pidns != INIT_PID_NAMESPACE {
+    if me.pidns != procfs::INIT_PID_NAMESPACE {
         return None;
     }
     let entries = std::fs::read_dir("/proc").ok()?;
     Some(
         entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(pid_namespace_of))
+            .filter_map(|e| e.file_name().to_str().and_then(procfs::pid_namespace_of))
             .collect(),
     )
 }
@@ -125,7 +112,7 @@ fn owner_of(event: &str) -> Option<Owner> {
     Some(match second {
         Some(pid) => Owner { pidns: first, pid },
         None => Owner {
-            pidns: INIT_PID_NAMESPACE,
+            pidns: procfs::INIT_PID_NAMESPACE,
             pid: u32::try_from(first).ok()?,
         },
     })
@@ -166,9 +153,8 @@ fn delete_stale(tracefs: &Path, me: Owner) {
     let Ok(defined) = std::fs::read_to_string(&events) else {
         return;
     };
-    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     let live = live_pid_namespaces(me);
-    for event in stale_events(&defined, me, alive, live.as_ref()) {
+    for event in stale_events(&defined, me, procfs::alive, live.as_ref()) {
         if append(&events, &format!("-:{GROUP}/{event}\n")).is_ok() {
             debug!("deleted the stale probe event {GROUP}/{event}");
         }
@@ -400,7 +386,7 @@ fn open_tracepoint(id: u64) -> std::io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
-    const INIT: u64 = INIT_PID_NAMESPACE;
+    const INIT: u64 = procfs::INIT_PID_NAMESPACE;
     const CONTAINER: u64 = 4_026_532_999;
 
     #[test]

@@ -19,6 +19,7 @@ mod preempt;
 mod preflight;
 mod privileges;
 mod probes;
+mod procfs;
 mod replay;
 mod session;
 mod snapshot;

@@ -436,6 +436,12 @@ impl FromIterator<Arc<Entry>> for Entries {
     }
 }
 
+/// The kernel-internal encoding (20 minor bits) of a userspace `dev_t`
+/// (`stat`'s `st_dev`).
+pub fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
 /// `MAJ:MIN` of a kernel-internal `dev_t` (20 minor bits).
 pub fn dev_name(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
@@ -449,6 +455,7 @@ mod tests {
     fn dev_t_uses_kernel_encoding() {
         assert_eq!(dev_name((8 << 20) | 1), "8:1");
         assert_eq!(dev_name(45), "0:45");
+        assert_eq!(dev_name(kernel_dev(libc::makedev(8, 1))), "8:1");
     }
 
     #[test]

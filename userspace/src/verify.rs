@@ -40,15 +40,10 @@ struct Report<'a> {
     note: Option<&'a str>,
 }
 
-/// The kernel's encoding of a userspace `dev_t` (20 minor bits).
-fn kernel_dev(dev: u64) -> u32 {
-    (libc::major(dev) << 20) | libc::minor(dev)
-}
-
 /// The evidence of the exercised scratch file: its passthrough entry and
 /// its opens.
 fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<Evidence> {
-    let dev = crate::snapshot::dev_name(kernel_dev(report.scratch_dev));
+    let dev = crate::snapshot::dev_name(crate::snapshot::kernel_dev(report.scratch_dev));
     let shown = crate::escape::path(&report.scratch_file);
     let mine: Vec<_> = snap
         .entries
@@ -280,7 +275,7 @@ pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
                 let meta = std::fs::symlink_metadata(path).ok()?;
                 let theirs = session
                     .collector
-                    .open_evidence_of(kernel_dev(meta.dev()), meta.ino())?;
+                    .open_evidence_of(crate::snapshot::kernel_dev(meta.dev()), meta.ino())?;
                 flags_differ(&theirs, &evidence.opens, path)
             });
             (evidence, report.scratch_file.display().to_string(), note)

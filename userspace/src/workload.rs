@@ -9,7 +9,6 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -101,25 +100,11 @@ pub struct LoadArgs {
     pub force: bool,
 }
 
-/// `FUSE_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
-/// The file system type of what `fd` refers to.
-fn fs_type(fd: &impl AsRawFd) -> std::io::Result<i64> {
-    // SAFETY: fstatfs(2) on a live descriptor into a zeroed out-struct.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // f_type is i64 on glibc and u64 on musl; FUSE_SUPER_MAGIC fits both.
-    #[allow(clippy::cast_possible_wrap)]
-    Ok(fs.f_type as i64)
-}
-
 /// Refuses `what` (an open file or directory) unless it is on FUSE.
-fn require_fuse(fd: &impl AsRawFd, path: &Path) -> anyhow::Result<()> {
-    let f_type = fs_type(fd).with_context(|| format!("fstatfs {}", crate::escape::path(path)))?;
-    if f_type != FUSE_SUPER_MAGIC {
+fn require_fuse(fd: &impl std::os::fd::AsRawFd, path: &Path) -> anyhow::Result<()> {
+    let f_type = crate::mounts::fs_type(fd)
+        .with_context(|| format!("fstatfs {}", crate::escape::path(path)))?;
+    if f_type != crate::mounts::FUSE_SUPER_MAGIC {
         return Err(crate::UsageError(format!(
             "{} is not on a FUSE file system (f_type {f_type:#x}): `fuselock load` overwrites \
              what it finds there; pass --force to write to it anyway",
