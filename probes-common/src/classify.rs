@@ -96,6 +96,12 @@ impl Reasons {
         }
     }
 
+    /// A direct overwrite inside EOF, not an append: the series runs it
+    /// shared once the server asks for parallel direct writes.
+    pub const fn is_direct_overwrite(self) -> bool {
+        self.0 & !Reason::NoParallelFlag.bit() == 0
+    }
+
     #[must_use]
     pub const fn with(self, reason: Reason) -> Reasons {
         Reasons(self.0 | reason.bit())
@@ -192,6 +198,17 @@ mod tests {
             classify(&facts(PARALLEL, IOCB_DIRECT, 10, 1, 10)),
             Reasons::NONE.with(Reason::PastEof)
         );
+    }
+
+    #[test]
+    fn a_direct_overwrite_is_eligible_but_perhaps_for_the_flag() {
+        for open_flags in [PARALLEL, FOPEN_PASSTHROUGH] {
+            assert!(classify(&facts(open_flags, IOCB_DIRECT, 0, 1, 10)).is_direct_overwrite());
+            assert!(!classify(&facts(open_flags, 0, 0, 1, 10)).is_direct_overwrite());
+            assert!(!classify(&facts(open_flags, IOCB_DIRECT, 10, 1, 10)).is_direct_overwrite());
+            let append = IOCB_DIRECT | IOCB_APPEND;
+            assert!(!classify(&facts(open_flags, append, 0, 1, 10)).is_direct_overwrite());
+        }
     }
 
     #[test]

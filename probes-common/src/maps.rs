@@ -152,6 +152,12 @@ pub struct WriteStats {
     /// Writes that held the lock shared and still grew the file: the race the
     /// patch's unlocked EOF check allows.
     pub shared_extended: u64,
+    /// Direct overwrites inside EOF that took the lock exclusive (eligible
+    /// but, perhaps, for the server's flag), their whole-call latency and
+    /// their lock waits: the writes and the time the series gives back.
+    pub overwrites_exclusive: u64,
+    pub overwrites_exclusive_latency_ns: u64,
+    pub overwrites_exclusive_wait_ns: u64,
 }
 
 impl WriteStats {
@@ -174,6 +180,9 @@ impl WriteStats {
         self.unlocked += other.unlocked;
         self.latency_ns_total += other.latency_ns_total;
         self.shared_extended += other.shared_extended;
+        self.overwrites_exclusive += other.overwrites_exclusive;
+        self.overwrites_exclusive_latency_ns += other.overwrites_exclusive_latency_ns;
+        self.overwrites_exclusive_wait_ns += other.overwrites_exclusive_wait_ns;
     }
 }
 
@@ -482,7 +491,10 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<InodeKey>(), 16);
-        assert_eq!(size_of::<WriteStats>(), 8 * (3 + 10 + 2 + 1 + 10 + 1 + 1));
+        assert_eq!(
+            size_of::<WriteStats>(),
+            8 * (3 + 10 + 2 + 1 + 10 + 1 + 1 + 3)
+        );
         assert_eq!(size_of::<Health>(), 8 * 11);
         assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
         assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);

@@ -257,6 +257,13 @@ fn account(s: &mut WriteStats, rec: &InFlight, ret: i64, now: u64) {
             }
         }
     }
+    if mode == LockMode::Exclusive && reasons.is_direct_overwrite() {
+        s.overwrites_exclusive += 1;
+        s.overwrites_exclusive_latency_ns += now.saturating_sub(rec.start_ns);
+        if rec.contended != 0 {
+            s.overwrites_exclusive_wait_ns += rec.wait_ns;
+        }
+    }
     if rec.contended != 0 {
         s.contended[m] += 1;
         s.wait_ns_total[m] += rec.wait_ns;

@@ -97,6 +97,14 @@ pub struct Counters {
     pub hold_ns_max: PerMode,
     pub latency_ns_total: u64,
     pub shared_extended: u64,
+    /// Direct overwrites inside EOF that took the lock exclusive, their
+    /// latency and their lock waits (absent from older recordings).
+    #[serde(default)]
+    pub overwrites_exclusive: u64,
+    #[serde(default)]
+    pub overwrites_exclusive_latency_ns: u64,
+    #[serde(default)]
+    pub overwrites_exclusive_wait_ns: u64,
 }
 
 impl From<&WriteStats> for Counters {
@@ -120,6 +128,9 @@ impl From<&WriteStats> for Counters {
             hold_ns_max: PerMode::from_array(s.hold_ns_max),
             latency_ns_total: s.latency_ns_total,
             shared_extended: s.shared_extended,
+            overwrites_exclusive: s.overwrites_exclusive,
+            overwrites_exclusive_latency_ns: s.overwrites_exclusive_latency_ns,
+            overwrites_exclusive_wait_ns: s.overwrites_exclusive_wait_ns,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Evidence {
     pub opens: OpenEvidence,
     /// Probe runs the kernel skipped (`health.recursion_misses`).
     pub recursion_misses: u64,
+    /// Whether lock waits were measured (`--contention`).
+    pub waits_measured: bool,
 }
 
 impl Evidence {
@@ -73,8 +75,67 @@ impl Evidence {
             passthrough: snap.totals.passthrough.counters.clone(),
             opens: snap.opens.clone(),
             recursion_misses: snap.health.recursion_misses,
+            waits_measured: snap.source.contention,
         }
     }
+}
+
+/// What the series would give back: how much of the time of the direct
+/// overwrites that took the lock exclusive went to waiting for it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SeriesGain {
+    /// Direct overwrites inside EOF that took the lock exclusive; the series
+    /// takes it shared for them once the server asks for parallel writes.
+    pub overwrites_exclusive: u64,
+    /// Share (0 to 1) of those writes' time spent waiting for the lock;
+    /// `None` when waits were not measured.
+    pub wait_share: Option<f64>,
+}
+
+impl SeriesGain {
+    /// Their throughput, relative to now, had they not waited at all: an
+    /// upper bound, since under the series they still wait for the writes
+    /// that keep the lock exclusive (appends, past EOF, buffered).
+    pub fn speedup_bound(&self) -> Option<f64> {
+        self.wait_share.map(|f| 1.0 / (1.0 - f).max(0.01))
+    }
+
+    /// One line for people.
+    pub fn sentence(&self) -> String {
+        let writes = plural(
+            self.overwrites_exclusive,
+            "direct overwrite",
+            "direct overwrites",
+        );
+        match (self.wait_share, self.speedup_bound()) {
+            (Some(share), Some(bound)) => format!(
+                "{writes} took the exclusive lock and spent {:.0} % of their time waiting for it: \
+                 taken shared, up to {bound:.1}x their throughput",
+                share * 100.0
+            ),
+            _ => format!(
+                "{writes} took the exclusive lock; run with --contention to measure how long they waited"
+            ),
+        }
+    }
+}
+
+/// The series' gain for the writes counted in `c`; `None` when no direct
+/// overwrite took the lock exclusive (the series is active, or there were
+/// none).
+pub fn series_gain(c: &Counters, waits_measured: bool) -> Option<SeriesGain> {
+    if c.overwrites_exclusive == 0 {
+        return None;
+    }
+    // No latency with writes counted: a recording from before it was.
+    let measured = waits_measured && c.overwrites_exclusive_latency_ns > 0;
+    Some(SeriesGain {
+        overwrites_exclusive: c.overwrites_exclusive,
+        wait_share: measured.then(|| {
+            (c.overwrites_exclusive_wait_ns as f64 / c.overwrites_exclusive_latency_ns as f64)
+                .min(1.0)
+        }),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -237,6 +298,7 @@ mod tests {
             passthrough: counters(|s| acquired(s, LockMode::Shared, &[Reason::Eligible], 256)),
             opens: opens(4, 4),
             recursion_misses: 0,
+            waits_measured: false,
         };
         assert_eq!(decide(&e).verdict, Verdict::Active);
         e.recursion_misses = 117;
@@ -285,6 +347,7 @@ mod tests {
             }),
             opens: opens(4, 4),
             recursion_misses: 0,
+            waits_measured: false,
         };
         let d = decide(&e);
         assert_eq!((d.verdict, d.why), (Verdict::Active, Why::SharedLockTaken));
@@ -301,6 +364,7 @@ mod tests {
             passthrough: counters(|s| acquired(s, LockMode::Exclusive, &[Reason::Eligible], 1000)),
             opens: opens(1, 1),
             recursion_misses: 0,
+            waits_measured: false,
         };
         let d = decide(&e);
         assert_eq!(
@@ -315,6 +379,35 @@ mod tests {
     }
 
     #[test]
+    fn series_gain_is_the_exclusive_overwrites_share_of_time_waiting() {
+        let c = counters(|s| {
+            acquired(s, LockMode::Exclusive, &[Reason::NoParallelFlag], 1000);
+            s.overwrites_exclusive = 1000;
+            s.overwrites_exclusive_latency_ns = 4_000_000;
+            s.overwrites_exclusive_wait_ns = 3_000_000;
+        });
+        let gain = series_gain(&c, true).expect("overwrites took the lock exclusive");
+        assert_eq!(gain.overwrites_exclusive, 1000);
+        assert_eq!(gain.wait_share, Some(0.75));
+        assert_eq!(gain.speedup_bound(), Some(4.0));
+        assert_eq!(
+            gain.sentence(),
+            "1000 direct overwrites took the exclusive lock and spent 75 % of their time waiting \
+             for it: taken shared, up to 4.0x their throughput"
+        );
+        // Without --contention nothing was measured: never report 0 %.
+        let unmeasured = series_gain(&c, false).expect("still exclusive overwrites");
+        assert_eq!(unmeasured.wait_share, None);
+        assert!(unmeasured.sentence().contains("--contention"));
+    }
+
+    #[test]
+    fn no_series_gain_without_exclusive_overwrites() {
+        let active = counters(|s| acquired(s, LockMode::Shared, &[Reason::Eligible], 10));
+        assert_eq!(series_gain(&active, true), None);
+    }
+
+    #[test]
     fn stripped_flag_is_not_active() {
         let e = Evidence {
             passthrough: counters(|s| {
@@ -322,6 +415,7 @@ mod tests {
             }),
             opens: opens(5, 0),
             recursion_misses: 0,
+            waits_measured: false,
         };
         let d = decide(&e);
         assert_eq!((d.verdict, d.why), (Verdict::NotActive, Why::FlagStripped));
@@ -347,6 +441,7 @@ mod tests {
             }),
             opens: opens(0, 0),
             recursion_misses: 0,
+            waits_measured: false,
         };
         assert_eq!(decide(&e).why, Why::FlagNotRequested);
     }
@@ -357,6 +452,7 @@ mod tests {
             passthrough: counters(|s| acquired(s, LockMode::Exclusive, &[Reason::Append], 9)),
             opens: opens(2, 2),
             recursion_misses: 0,
+            waits_measured: false,
         };
         let d = decide(&e);
         assert_eq!(
@@ -378,6 +474,7 @@ mod tests {
             }),
             opens: opens(1, 1),
             recursion_misses: 0,
+            waits_measured: false,
         };
         let d = decide(&e);
         assert_eq!(d.verdict, Verdict::Active);

@@ -19,7 +19,7 @@ use crate::{
     exercise,
     session::Session,
     snapshot::{OpenEvidence, Snapshot},
-    verdict::{decide, Decision, Evidence},
+    verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
     UsageError,
 };
 
@@ -38,6 +38,9 @@ struct Report<'a> {
     /// Set when the user's file was opened with other flags than the scratch file.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'a str>,
+    /// Set when eligible writes took the exclusive lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series_gain: Option<SeriesGain>,
 }
 
 /// The evidence of the exercised scratch file: its passthrough entry and
@@ -70,6 +73,7 @@ fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<E
         opens: entry.open.clone().unwrap_or_else(OpenEvidence::default),
         // Skipped runs are not per file: any of them may have been its write.
         recursion_misses: snap.health.recursion_misses,
+        waits_measured: snap.source.contention,
     })
 }
 
@@ -130,6 +134,9 @@ fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
         "  kernel {}, {} probes",
         snap.source.kernel, snap.source.probe_mode
     );
+    if let Some(gain) = series_gain(p, e.waits_measured) {
+        println!("  what the series would buy: {}", gain.sentence());
+    }
     if d.shared_extended > 0 {
         println!(
             "  FINDING: {} writes held the shared lock and still grew the file: a truncate raced the \
@@ -197,6 +204,7 @@ impl Outcome {
                 exercise: self.exercised.clone(),
                 evidence: &self.evidence,
                 note: self.note.as_deref(),
+                series_gain: series_gain(&self.evidence.passthrough, self.evidence.waits_measured),
             };
             println!("{}", serde_json::to_string(&report)?);
         } else {

@@ -327,6 +327,16 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
             reason.name()
         )));
     }
+    let contention = app.current.as_ref().is_some_and(|s| s.source.contention);
+    let gain = (e.path == "passthrough")
+        .then(|| crate::verdict::series_gain(c, contention))
+        .flatten();
+    if let Some(gain) = gain {
+        lines.push(Line::raw(format!(
+            "  the series would buy: {}",
+            gain.sentence()
+        )));
+    }
     lines.push(Line::raw(""));
     lines.push(Line::styled(
         "open-time evidence",
@@ -595,6 +605,35 @@ mod tests {
         assert!(s.contains("<1.0ms"), "{s}");
         assert!(s.contains("fio"), "{s}");
         assert!(s.contains("no open seen since fuselock started"), "{s}");
+    }
+
+    #[test]
+    fn detail_view_says_what_the_series_would_buy_on_an_unpatched_kernel() {
+        let mut app = App::new("replay test.jsonl".into(), Duration::from_secs(1));
+        let mut hot = entry("hot.dat", 400, 0, 300);
+        let c = &mut hot.counters;
+        c.overwrites_exclusive = 400;
+        c.overwrites_exclusive_latency_ns = 10_000_000;
+        c.overwrites_exclusive_wait_ns = 6_000_000;
+        let mut snap = Snapshot {
+            elapsed_secs: 1.0,
+            entries: vec![hot.into()].into(),
+            ..Default::default()
+        };
+        snap.source.contention = true;
+        app.on_snapshot(snap);
+        app.on_key(crate::top::state::tests_key(
+            ratatui::crossterm::event::KeyCode::Enter,
+        ));
+        let s = screen(&app, 160, 40);
+        let text = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            text.contains("the series would buy: 400 direct overwrites took the exclusive lock"),
+            "{s}"
+        );
+        for part in ["spent 60 % of their time waiting", "up to 2.5x their"] {
+            assert!(text.contains(part), "{s}");
+        }
     }
 
     #[test]

@@ -649,6 +649,7 @@ fn verify_exercise_gives_the_kernels_verdict() {
                 "{report}"
             );
             assert_eq!(report["why"], "shared_lock_taken");
+            assert!(report.get("series_gain").is_none(), "{report}");
             assert_eq!(
                 report["evidence"]["passthrough"]["acquisitions"]["shared"]["eligible"],
                 256
@@ -662,6 +663,13 @@ fn verify_exercise_gives_the_kernels_verdict() {
                 "{report}"
             );
             assert_eq!(report["why"], "flag_stripped");
+            // Its 256 overwrites are what the series would run shared; lock
+            // waits are not measured without --contention.
+            assert_eq!(
+                report["series_gain"],
+                serde_json::json!({"overwrites_exclusive": 256, "wait_share": null}),
+                "{report}"
+            );
         }
     }
     assert_eq!(report["evidence"]["passthrough"]["writes"], 256 + 3);
@@ -817,10 +825,22 @@ fn contention_with_and_without_the_patch() {
             waits <= u64::from(threads * threads),
             "{waits} shared waits: {hot}"
         );
+        assert_eq!(hot["overwrites_exclusive"], 0, "{hot}");
     } else {
         assert_eq!(hot["exclusive"], writes, "{hot}");
         assert!(
             hot["contended"]["exclusive"].as_u64().expect("n") > 0,
+            "{hot}"
+        );
+        // Every write is a direct overwrite the series would run shared:
+        // the time it would give back is all of theirs.
+        assert_eq!(hot["overwrites_exclusive"], writes, "{hot}");
+        assert_eq!(
+            hot["overwrites_exclusive_latency_ns"], hot["latency_ns_total"],
+            "{hot}"
+        );
+        assert_eq!(
+            hot["overwrites_exclusive_wait_ns"], hot["wait_ns_total"]["exclusive"],
             "{hot}"
         );
     }
