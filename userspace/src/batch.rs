@@ -63,6 +63,40 @@ fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     }
 }
 
+/// Fails unless the loaded map has exactly the layout this build reads:
+/// the raw reads below would otherwise return garbage, not an error.
+fn check_layout<K, V>(map: &MapData, per_cpu: bool, max_entries: u32) -> io::Result<()> {
+    let info = map.info().map_err(io::Error::other)?;
+    let sizes = [
+        ("key size", info.key_size(), size_of::<K>()),
+        ("value size", info.value_size(), size_of::<V>()),
+        ("max entries", info.max_entries(), max_entries as usize),
+    ];
+    for (what, loaded, ours) in sizes {
+        if loaded as usize != ours {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{what} is {loaded} in the loaded eBPF object and {ours} in this build: \
+                     the object and the binary come from different builds (rebuild both)"
+                ),
+            ));
+        }
+    }
+    // Per-CPU values are laid out 8-byte aligned; ours are multiples of 8,
+    // so `[V]` has the kernel's layout.
+    if per_cpu && !size_of::<V>().is_multiple_of(8) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "per-CPU value size {} is not a multiple of 8",
+                size_of::<V>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a hash map's entries: `(key, values)` with one value per possible
 /// CPU for per-CPU maps, one otherwise.
 pub struct BatchReader<K, V> {
@@ -81,12 +115,7 @@ impl<K: Pod + Default, V: Pod + Default> BatchReader<K, V> {
         } else {
             1
         };
-        // Per-CPU values are laid out 8-byte aligned; ours are multiples of 8,
-        // so `[V]` has the kernel's layout.
-        assert!(
-            size_of::<V>().is_multiple_of(8) || !per_cpu,
-            "per-CPU value size must be a multiple of 8"
-        );
+        check_layout::<K, V>(&map, per_cpu, max_entries)?;
         Ok(BatchReader {
             map,
             slots,
@@ -192,5 +221,89 @@ impl<K: Pod + Default, V: Pod + Default> BatchReader<K, V> {
             }
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+
+    use super::*;
+
+    /// `BPF_MAP_CREATE` of a plain hash map (`union bpf_attr`'s first members).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    }
+
+    fn hash_map(key_size: u32, value_size: u32, max_entries: u32) -> Option<MapData> {
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_MAP_TYPE_HASH: u32 = 1;
+        let mut attr = CreateAttr {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size,
+            value_size,
+            max_entries,
+        };
+        // SAFETY: bpf(2) with BPF_MAP_CREATE's leading attr members; the
+        // kernel zero-fills the rest.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_CREATE,
+                std::ptr::from_mut(&mut attr),
+                size_of::<CreateAttr>(),
+            )
+        };
+        if fd < 0 {
+            eprintln!(
+                "skipped: cannot create BPF maps here: {}",
+                io::Error::last_os_error()
+            );
+            return None;
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Some(MapData::from_fd(fd).expect("map info of a new map"))
+    }
+
+    #[test]
+    fn a_map_of_another_layout_is_refused_at_start_up() {
+        let Some(map) = hash_map(8, 16, 64) else {
+            return;
+        };
+        assert!(BatchReader::<u64, [u64; 2]>::new(map, false, 64).is_ok());
+        for (key, value, max, what) in [
+            (
+                4,
+                16,
+                64,
+                "key size is 4 in the loaded eBPF object and 8 in this build",
+            ),
+            (
+                8,
+                24,
+                64,
+                "value size is 24 in the loaded eBPF object and 16 in this build",
+            ),
+            (
+                8,
+                16,
+                32,
+                "max entries is 32 in the loaded eBPF object and 64 in this build",
+            ),
+        ] {
+            let Some(map) = hash_map(key, value, max) else {
+                return;
+            };
+            let err = BatchReader::<u64, [u64; 2]>::new(map, false, 64)
+                .err()
+                .expect("a mismatched layout is an error");
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 }

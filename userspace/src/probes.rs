@@ -11,7 +11,7 @@ use aya::{
 use log::{debug, info, warn};
 use probes_common::{
     config::{Config, CONFIG_GLOBAL, FLAG_CONTENTION, FLAG_DEBUG_LOG},
-    maps::{MAP_INODE_NAMES, MAP_INODE_STATS},
+    maps::{MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS},
 };
 
 use crate::{kretprobe::RetProbes, offsets, preempt, preflight};
@@ -280,8 +280,12 @@ fn both_failed(fentry_err: &anyhow::Error, kprobe_err: &anyhow::Error) -> anyhow
 fn load_object(config: &Config, max_inodes: u32) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, config, true)
+        // Every per-inode map holds as many inodes as the counts do: a
+        // smaller one would evict histograms or open evidence silently.
         .map_max_entries(MAP_INODE_STATS, max_inodes)
         .map_max_entries(MAP_INODE_NAMES, max_inodes)
+        .map_max_entries(MAP_INODE_HISTS, max_inodes)
+        .map_max_entries(MAP_OPENS, max_inodes)
         .load(PROBES_OBJECT)
         .context("loading fuselock's eBPF object")
 }
