@@ -46,12 +46,23 @@ pub struct RetProbes {
     reaper: Child,
 }
 
-/// tracefs, where it is mounted.
-fn tracefs() -> Option<PathBuf> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("kprobe_events").exists())
+/// tracefs, where it is mounted and we may look; or why not.
+fn tracefs() -> Result<PathBuf> {
+    let mut denied = None;
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let dir = PathBuf::from(dir);
+        match std::fs::metadata(dir.join("kprobe_events")) {
+            Ok(_) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(dir);
+            }
+            Err(_) => {}
+        }
+    }
+    match denied {
+        Some(dir) => bail!("tracefs is not accessible to this user ({})", dir.display()),
+        None => bail!("tracefs is not mounted (no /sys/kernel/tracing/kprobe_events)"),
+    }
 }
 
 fn append(file: &Path, line: &str) -> std::io::Result<()> {
@@ -166,9 +177,7 @@ impl RetProbes {
     /// and the reaper for this process's events started before any exists,
     /// so that from the moment one does it goes when we do, however we go.
     pub fn new(functions: &[&str]) -> Result<RetProbes> {
-        let Some(tracefs) = tracefs() else {
-            bail!("tracefs is not mounted (no /sys/kernel/tracing/kprobe_events)");
-        };
+        let tracefs = tracefs()?;
         let me = Owner::me();
         delete_stale(&tracefs, me);
         let events: Vec<String> = functions.iter().map(|f| event_name(me, f)).collect();
@@ -236,7 +245,7 @@ impl MissedReturns {
     /// `None` when tracefs is not there (then kprobe mode uses aya's
     /// attach, whose misses the programs' own counts cover).
     pub fn open() -> Option<MissedReturns> {
-        let profile = std::fs::File::open(tracefs()?.join("kprobe_profile")).ok()?;
+        let profile = std::fs::File::open(tracefs().ok()?.join("kprobe_profile")).ok()?;
         Some(MissedReturns {
             profile,
             prefix: format!("{GROUP}/{}", event_name(Owner::me(), "")),
