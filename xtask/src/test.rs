@@ -4,7 +4,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cache, dist, fuzz, install_test, setup, vm};
+use crate::{build, cache, dist, fuzz, install_test, libfuse, setup, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -136,6 +136,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let prometheus = vm::with_libraries("/usr/bin/prometheus")?;
         // tmux drives `fuselock top` in the VM as a person would.
         let tmux = vm::tmux_files()?;
+        // libfuse's reference server, for the tests of a server fuselock
+        // did not write (built from Debian's source once, then cached).
+        let passthrough_hp = libfuse::vm_files()?;
         let runs: Vec<Run> = if args.kernels.is_empty() {
             MATRIX
                 .iter()
@@ -196,6 +199,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                         ],
                         prometheus.clone(),
                         tmux.clone(),
+                        passthrough_hp.clone(),
                     ]
                     .concat(),
                     mount: None,
