@@ -54,6 +54,9 @@ pub const CORE: &[&str] = &[
     "concurrent_writers_are_counted_exactly",
     "mixed_concurrent_kinds_are_exact_with_no_recursion_miss",
     "verify_exercise_gives_the_kernels_verdict",
+    // The same counts and verdict through libfuse's passthrough_hp.
+    "passthrough_hp_counts_every_kind_exactly",
+    "passthrough_hp_verify_exercise_gives_the_kernels_verdict",
     "prometheus_counts_exactly_the_writes_issued",
     "nothing_is_left_attached_after_any_exit",
     "doctor_is_happy_on_a_capable_kernel",
