@@ -31,7 +31,9 @@ const BUILD_PACKAGES: &[&str] = &["meson", "ninja-build", "g++", "pkg-config", "
 pub const GUEST_PATH: &str = "/bin/passthrough_hp";
 
 fn cache_root() -> Result<PathBuf> {
-    Ok(cache::dir()?.join("libfuse"))
+    let root = cache::dir()?.join("libfuse");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    Ok(root)
 }
 
 /// The numbers of a Debian version, for ordering: `3.17.2-3` → [3, 17, 2, 3].
@@ -72,14 +74,24 @@ pub fn passthrough_hp() -> Result<PathBuf> {
         return Ok(binary);
     }
     setup::ensure_apt_packages(BUILD_PACKAGES)?;
+    // Held until the build is cached: one build at a time.
     let apt = Apt::open_sources(SUITE)?;
+    if let Some(binary) = cached(&root) {
+        // Another xtask built it while this one waited for the lock.
+        return Ok(binary);
+    }
+    // Under the lock any scratch directory left is an interrupted build's.
+    for stale in std::fs::read_dir(&root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("build-"))
+    {
+        std::fs::remove_dir_all(stale.path())
+            .with_context(|| format!("removing {}", stale.path().display()))?;
+    }
     // Everything happens in a scratch directory that becomes the cache
     // entry by one rename: an interrupted build leaves no entry behind.
     let scratch = root.join(format!("build-{}", std::process::id()));
-    if scratch.exists() {
-        std::fs::remove_dir_all(&scratch)
-            .with_context(|| format!("removing {}", scratch.display()))?;
-    }
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let started = std::time::Instant::now();
     let built = build(&apt, &scratch);
