@@ -98,7 +98,8 @@ pub fn passthrough_hp() -> Result<PathBuf> {
     let result = built.and_then(|(version, binary)| {
         let entry = root.join(format!("{version}-r{RECIPE}"));
         let staged = scratch.join("entry");
-        std::fs::create_dir_all(&staged)?;
+        std::fs::create_dir_all(&staged)
+            .with_context(|| format!("creating {}", staged.display()))?;
         std::fs::copy(&binary, staged.join("passthrough_hp"))
             .with_context(|| format!("copying {}", binary.display()))?;
         if entry.exists() {
