@@ -261,7 +261,7 @@ fn decide_on_counts(e: &Evidence) -> Decision {
                 "{} seen, but the server never asked for FOPEN_PARALLEL_DIRECT_WRITES",
                 plural(p.writes, "passthrough write", "passthrough writes")
             ),
-            Some("reply FOPEN_PARALLEL_DIRECT_WRITES with FOPEN_PASSTHROUGH in the server's open (e.g. `fuselock testfs --parallel`); files opened before fuselock started show no open-time evidence"),
+            Some("reply FOPEN_PARALLEL_DIRECT_WRITES with FOPEN_PASSTHROUGH to OPEN and CREATE (libfuse: `fi->parallel_direct_writes = 1`; fuser: `FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES`; e.g. `fuselock testfs --parallel`); files opened before fuselock started show no open-time evidence"),
         );
     }
     let reasons: Vec<String> = [Reason::Buffered, Reason::Append, Reason::PastEof]

@@ -120,8 +120,40 @@ pub struct Apt {
 }
 
 impl Apt {
+    /// The binary packages of every suite in [`SUITES`] (the kernels).
     pub fn open() -> Result<Apt> {
-        let root = cache::dir()?.join("apt");
+        Apt::open_at("apt", |main, security| {
+            SUITES
+                .iter()
+                .map(|(suite, archive)| {
+                    let uri = if *archive == Archive::Security {
+                        security
+                    } else {
+                        main
+                    };
+                    format!("deb [signed-by={KEYRING}] {uri} {suite} main\n")
+                })
+                .collect()
+        })
+    }
+
+    /// The source packages of one suite of the main archive (`trixie`), in
+    /// a state of their own: the kernels' index stays without `Sources`,
+    /// and this one without every suite's `Packages`.
+    pub fn open_sources(suite: &str) -> Result<Apt> {
+        if !SUITES.contains(&(suite, Archive::Main)) {
+            bail!("{suite} is not one of the main archive's suites this apt knows");
+        }
+        let suite = suite.to_owned();
+        Apt::open_at(&format!("apt-src-{suite}"), move |main, _| {
+            format!("deb-src [signed-by={KEYRING}] {main} {suite} main\n")
+        })
+    }
+
+    /// A private apt under the cache's `dir`, whose sources list `list`
+    /// writes from the machine's (main, security) mirrors.
+    fn open_at(dir: &str, list: impl FnOnce(&str, &str) -> String) -> Result<Apt> {
+        let root = cache::dir()?.join(dir);
         for sub in [
             "state/lists/partial",
             "cache/archives/partial",
@@ -146,17 +178,7 @@ impl Apt {
             bail!("{KEYRING} missing: install Debian's debian-archive-keyring");
         }
         let (main, security) = machine_mirrors()?;
-        let list: String = SUITES
-            .iter()
-            .map(|(suite, archive)| {
-                let uri = if *archive == Archive::Security {
-                    &security
-                } else {
-                    &main
-                };
-                format!("deb [signed-by={KEYRING}] {uri} {suite} main\n")
-            })
-            .collect();
+        let list = list(&main, &security);
         let list_path = root.join("etc/sources.list");
         std::fs::write(&list_path, list)
             .with_context(|| format!("writing {}", list_path.display()))?;
@@ -194,7 +216,7 @@ impl Apt {
     /// Refreshes the package index from the network.
     pub fn update(&self) -> Result<()> {
         eprintln!(
-            "kernel: refreshing the package index of Debian's suites (private apt state in {})",
+            "apt: refreshing the index of Debian's suites (private apt state in {})",
             self.root.display()
         );
         let out = self
@@ -247,6 +269,34 @@ impl Apt {
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .with_context(|| format!("apt-get download {package} produced no .deb"))
+    }
+}
+
+impl Apt {
+    /// Downloads the source package `spec` (`fuse3/trixie`) into `dir` and
+    /// unpacks it there with its Debian patches applied. apt checks every
+    /// file it fetches (.dsc and tarballs) against the hashes of the suite's
+    /// signed `Sources` index, and dpkg-source checks the tarballs against
+    /// the .dsc again before unpacking. Returns the .dsc's path.
+    pub fn source(&self, spec: &str, dir: &Path) -> Result<PathBuf> {
+        let out = self
+            .command("apt-get")
+            .args(["source", "-q", spec])
+            .current_dir(dir)
+            .output()
+            .context("running apt-get source (dpkg-source comes with Debian's dpkg-dev)")?;
+        if !out.status.success() {
+            bail!(
+                "cannot download or unpack the source package {spec}: {}",
+                last_error(&out.stderr)
+            );
+        }
+        std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "dsc"))
+            .with_context(|| format!("apt-get source {spec} left no .dsc"))
     }
 }
 

@@ -12,6 +12,7 @@ mod dist;
 mod fuzz;
 mod install_test;
 mod kernel;
+mod libfuse;
 mod setup;
 mod test;
 mod vm;

@@ -4,7 +4,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cache, dist, fuzz, install_test, setup, vm};
+use crate::{build, cache, dist, fuzz, install_test, libfuse, setup, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -54,6 +54,9 @@ pub const CORE: &[&str] = &[
     "concurrent_writers_are_counted_exactly",
     "mixed_concurrent_kinds_are_exact_with_no_recursion_miss",
     "verify_exercise_gives_the_kernels_verdict",
+    // The same counts and verdict through libfuse's passthrough_hp.
+    "passthrough_hp_counts_every_kind_exactly",
+    "passthrough_hp_verify_exercise_gives_the_kernels_verdict",
     "prometheus_counts_exactly_the_writes_issued",
     "nothing_is_left_attached_after_any_exit",
     "doctor_is_happy_on_a_capable_kernel",
@@ -136,6 +139,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let prometheus = vm::with_libraries("/usr/bin/prometheus")?;
         // tmux drives `fuselock top` in the VM as a person would.
         let tmux = vm::tmux_files()?;
+        // libfuse's reference server, for the tests of a server fuselock
+        // did not write (built from Debian's source once, then cached).
+        let passthrough_hp = libfuse::vm_files()?;
         let runs: Vec<Run> = if args.kernels.is_empty() {
             MATRIX
                 .iter()
@@ -196,6 +202,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                         ],
                         prometheus.clone(),
                         tmux.clone(),
+                        passthrough_hp.clone(),
                     ]
                     .concat(),
                     mount: None,

@@ -12,6 +12,7 @@ use serde_json::Value;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
+mod passthrough_hp;
 mod safety;
 mod top;
 
