@@ -58,6 +58,8 @@ pub const CORE: &[&str] = &[
     "passthrough_hp_counts_every_kind_exactly",
     "passthrough_hp_verify_exercise_gives_the_kernels_verdict",
     "prometheus_counts_exactly_the_writes_issued",
+    // The shipped unit attaches what root would (kprobes where preemptible).
+    "export_keeps_serving_with_the_shipped_units_capabilities",
     "nothing_is_left_attached_after_any_exit",
     "doctor_is_happy_on_a_capable_kernel",
     "plain_demo_prints_its_table_and_verdict",
