@@ -109,14 +109,24 @@ impl SeriesGain {
         );
         match (self.wait_share, self.speedup_bound()) {
             (Some(share), Some(bound)) => format!(
-                "{writes} took the exclusive lock and spent {:.0} % of their time waiting for it: \
-                 taken shared, up to {bound:.1}x their throughput",
-                share * 100.0
+                "{writes} took the exclusive lock and spent {} of their time waiting for it: \
+                 taken shared, up to {bound:.2}x their throughput",
+                percent(share)
             ),
             _ => format!(
                 "{writes} took the exclusive lock; run with --contention to measure how long they waited"
             ),
         }
+    }
+}
+
+/// `share` (0 to 1) as a percentage, with a decimal where it is small.
+fn percent(share: f64) -> String {
+    let pct = share * 100.0;
+    if pct < 10.0 {
+        format!("{pct:.1} %")
+    } else {
+        format!("{pct:.0} %")
     }
 }
 
@@ -393,7 +403,18 @@ mod tests {
         assert_eq!(
             gain.sentence(),
             "1000 direct overwrites took the exclusive lock and spent 75 % of their time waiting \
-             for it: taken shared, up to 4.0x their throughput"
+             for it: taken shared, up to 4.00x their throughput"
+        );
+        let mut light = c.clone();
+        light.overwrites_exclusive_wait_ns = 16_000;
+        let light = series_gain(&light, true).expect("exclusive overwrites");
+        assert!(
+            light.sentence().contains(
+                "spent 0.4 % of their time waiting for it: \
+                 taken shared, up to 1.00x"
+            ),
+            "{}",
+            light.sentence()
         );
         // Without --contention nothing was measured: never report 0 %.
         let unmeasured = series_gain(&c, false).expect("still exclusive overwrites");

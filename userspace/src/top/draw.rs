@@ -631,7 +631,7 @@ mod tests {
             text.contains("the series would buy: 400 direct overwrites took the exclusive lock"),
             "{s}"
         );
-        for part in ["spent 60 % of their time waiting", "up to 2.5x their"] {
+        for part in ["spent 60 % of their time waiting", "up to 2.50x their"] {
             assert!(text.contains(part), "{s}");
         }
     }
