@@ -216,7 +216,7 @@ fn main() {
     let inodes = env_u64("FUSELOCK_BENCH_INODES", 10_000);
     let sections = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "123".into());
     if sections.contains("fio") {
-        if let Err(e) = fio::section(rounds as u64, env_u64("FUSELOCK_BENCH_FIO_IOS", 16_384)) {
+        if let Err(e) = fio::section(rounds as u64, env_u64("FUSELOCK_BENCH_FIO_IOS", 65_536)) {
             eprintln!("bench: fio section failed: {e:#}");
             std::process::exit(1);
         }

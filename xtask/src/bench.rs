@@ -29,10 +29,10 @@ pub struct BenchArgs {
     pub sections: String,
     /// fio section: 4 KiB writes per fio run (split among the jobs; a
     /// multiple of 8).
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, default_value_t = 65_536)]
     pub fio_ios: u64,
     /// fio section: rounds of 1/2/4/8 jobs, each with and without fuselock.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub fio_rounds: u64,
     /// `debian:LINE`, `stock`, `patched`, `unpatched` or a bzImage path
     /// (sections 1-3; the fio section always runs on the 6.12 pair).
