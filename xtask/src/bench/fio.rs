@@ -225,3 +225,34 @@ pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_parse_with_and_without_fuselock() {
+        let with = parse(
+            r#"FIO_RESULT {"exclusive":0,"fuselock":true,"fuselock_writes":2048,"iops":22021.5,"ios":2048,"jobs":1,"round":0,"shared":2048}"#,
+        )
+        .expect("parses");
+        assert!(with.fuselock);
+        assert_eq!(
+            (with.jobs, with.ios, with.fuselock_writes),
+            (1, 2048, Some(2048))
+        );
+        let without = parse(
+            r#"FIO_RESULT {"exclusive":null,"fuselock":false,"fuselock_writes":null,"iops":28444.4,"ios":2048,"jobs":8,"round":3,"shared":null}"#,
+        )
+        .expect("parses");
+        assert_eq!((without.round, without.fuselock_writes), (3, None));
+        assert!(parse(r#"FIO_RESULT {"jobs":1}"#).is_err());
+        assert!(parse("FIO_RESULT not json").is_err());
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(spread(&[1.0, 0.5, 2.0]), "1.00 (0.50–2.00)");
+        assert_eq!(median(vec![1.0, 3.0]), 2.0);
+    }
+}
