@@ -70,6 +70,8 @@ impl Attached {
         };
         if ready_rx.recv_timeout(Duration::from_secs(600)).is_err() {
             attached.stop_quietly();
+            // Reaped: Drop must not signal that pid again.
+            attached.lines = None;
             bail!("fuselock stat printed no snapshot within 600 s (did it fail to attach?)");
         }
         Ok(attached)
