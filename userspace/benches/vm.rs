@@ -14,9 +14,14 @@
 //! 3. fuselock's own CPU and RSS per refresh with 10,000 live inodes, idle
 //!    and with one file busy, for `stat --json` (deltas and every entry) and
 //!    `export`.
+//!
+//! `fio`: the series' own fio benchmark, with and without fuselock (`vm/fio.rs`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+// Not `benches/fio.rs`: cargo would take that for a bench target of its own.
+#[path = "vm/fio.rs"]
+mod fio;
 
 use std::{
     fs::OpenOptions,
@@ -209,6 +214,17 @@ fn main() {
     let writes = env_u64("FUSELOCK_BENCH_WRITES", 20_000);
     let rounds = env_u64("FUSELOCK_BENCH_ROUNDS", 3) as usize;
     let inodes = env_u64("FUSELOCK_BENCH_INODES", 10_000);
+    let sections = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "123".into());
+    if sections.contains("fio") {
+        if let Err(e) = fio::section(rounds as u64, env_u64("FUSELOCK_BENCH_FIO_IOS", 65_536)) {
+            eprintln!("bench: fio section failed: {e:#}");
+            std::process::exit(1);
+        }
+        if !sections.contains(['1', '2', '3']) {
+            println!("\nbench: done");
+            return;
+        }
+    }
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")
         .output()
@@ -219,7 +235,6 @@ fn main() {
         eprintln!("bench: bpftrace not available in the VM; comparing with no tracer only");
         vec![Tracer::None, Tracer::Fuselock]
     };
-    let sections = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "123".into());
     let fs = TestFs::mount(&[]);
     if sections.contains('1') {
         per_write(&fs, &tracers, writes, rounds);

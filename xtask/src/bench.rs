@@ -8,6 +8,8 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{build, cache, setup, vm};
 
+mod fio;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Writes per measured run.
@@ -20,10 +22,20 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub inodes: u64,
     /// Which parts to run: 1 per-write overhead, 2 unrelated workload,
-    /// 3 userspace cost in the VM, 4 the same refresh work natively.
+    /// 3 userspace cost in the VM, 4 the same refresh work natively, `fio`
+    /// the series' fio benchmark on the unpatched and patched 6.12 kernels
+    /// (two more VM boots; not by default). E.g. `1234`, `fio`, `12,fio`.
     #[arg(long, default_value = "1234")]
     pub sections: String,
-    /// `debian:LINE`, `stock`, `patched`, `unpatched` or a bzImage path.
+    /// fio section: 4 KiB writes per fio run (split among the jobs; a
+    /// multiple of 8).
+    #[arg(long, default_value_t = 65_536)]
+    pub fio_ios: u64,
+    /// fio section: rounds of 1/2/4/8 jobs, each with and without fuselock.
+    #[arg(long, default_value_t = 5)]
+    pub fio_rounds: u64,
+    /// `debian:LINE`, `stock`, `patched`, `unpatched` or a bzImage path
+    /// (sections 1-3; the fio section always runs on the 6.12 pair).
     #[arg(long, default_value = "stock")]
     pub kernel: String,
     /// Extra kernel parameters, e.g. `preempt=full`.
@@ -32,11 +44,30 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    setup::ensure_all()?;
-    if args.sections.chars().any(|c| "123".contains(c)) {
-        in_vm(args)?;
+    let with_fio = args.sections.contains("fio");
+    let digits: String = args
+        .sections
+        .replace("fio", "")
+        .chars()
+        .filter(|c| *c != ',')
+        .collect();
+    if let Some(bad) = digits.chars().find(|c| !"1234".contains(*c)) {
+        bail!(
+            "--sections {}: unknown section {bad:?} (sections are 1, 2, 3, 4 and fio)",
+            args.sections
+        );
     }
-    if args.sections.contains('4') {
+    if digits.is_empty() && !with_fio {
+        bail!("--sections is empty: name 1, 2, 3, 4 and/or fio");
+    }
+    setup::ensure_all()?;
+    if digits.chars().any(|c| "123".contains(c)) {
+        in_vm(args, &digits)?;
+    }
+    if with_fio {
+        fio::run(args.fio_rounds, args.fio_ios, args.append.as_deref())?;
+    }
+    if digits.contains('4') {
         native()?;
     }
     Ok(())
@@ -186,7 +217,7 @@ fn replay_top(recording: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn in_vm(args: &BenchArgs) -> Result<()> {
+fn in_vm(args: &BenchArgs, sections: &str) -> Result<()> {
     setup::ensure_apt_packages(&["bpftrace"])?;
     let (kernel, kernel_name) = vm::resolve_kernel(&args.kernel)?;
     let mut files = vec![
@@ -206,7 +237,7 @@ fn in_vm(args: &BenchArgs) -> Result<()> {
             format!("FUSELOCK_BENCH_WRITES={}", args.writes),
             format!("FUSELOCK_BENCH_ROUNDS={}", args.rounds),
             format!("FUSELOCK_BENCH_INODES={}", args.inodes),
-            format!("FUSELOCK_BENCH_SECTIONS={}", args.sections),
+            format!("FUSELOCK_BENCH_SECTIONS={sections}"),
             "vm-bench".into(),
         ],
         cpus: 2,

@@ -182,8 +182,13 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
     })
 }
 
-/// Line by line, firmware chatter held back: for logs and CI.
-fn forward_lines(stdout: std::process::ChildStdout) -> Result<Option<i32>> {
+/// Line by line, firmware chatter held back: for logs and CI. Lines that
+/// start with `keep` (if given) are also handed back.
+fn forward_lines(
+    stdout: std::process::ChildStdout,
+    keep: Option<&str>,
+    kept: &mut Vec<String>,
+) -> Result<Option<i32>> {
     let mut exit = None;
     let mut out = std::io::stdout();
     // Firmware chatter before our init speaks is kept back, and shown only
@@ -206,6 +211,9 @@ fn forward_lines(stdout: std::process::ChildStdout) -> Result<Option<i32>> {
                 early.push(line.to_owned());
             }
             continue;
+        }
+        if keep.is_some_and(|k| line.starts_with(k)) {
+            kept.push(line.to_owned());
         }
         let _ = writeln!(out, "{line}");
     }
@@ -352,6 +360,12 @@ fn initramfs(spec: &VmSpec) -> Result<PathBuf> {
 
 /// Boots, streams the console to stdout, returns the guest command's status.
 pub fn run(spec: &VmSpec) -> Result<i32> {
+    run_keeping(spec, None).map(|(code, _)| code)
+}
+
+/// As `run`, and also returns the console lines that start with `keep`
+/// (results a guest program prints for the host). Not interactive.
+pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
     crate::setup::ensure_vm_tools()?;
     let initrd = initramfs(spec)?;
     let mut cmdline = "console=ttyS0 quiet panic=-1 mitigations=off".to_owned();
@@ -425,10 +439,11 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
         })
     };
 
-    let exit = if spec.interactive {
+    let mut kept = Vec::new();
+    let exit = if spec.interactive && keep.is_none() {
         forward_raw(stdout)?
     } else {
-        forward_lines(stdout)?
+        forward_lines(stdout, keep, &mut kept)?
     };
     let status = child.wait()?;
     finished.store(true, Ordering::Relaxed);
@@ -436,7 +451,7 @@ pub fn run(spec: &VmSpec) -> Result<i32> {
     match exit {
         Some(code) => {
             eprintln!("vm: command exited {code} on {} after {:.1}s", spec.kernel_name, started.elapsed().as_secs_f64());
-            Ok(code)
+            Ok((code, kept))
         }
         None => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
     }

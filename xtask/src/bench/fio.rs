@@ -1,0 +1,258 @@
+//! `cargo xtask bench --sections fio`: the parallel-direct-writes series'
+//! fio benchmark on the unpatched and the patched 6.12 kernel (one VM boot
+//! each), with and without fuselock, and the table the cover letter gives.
+//!
+//! The guest side is `userspace/benches/vm/fio.rs`; it prints one
+//! `FIO_RESULT {json}` line per run, collected here from the console.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::{build, setup, vm};
+
+const RESULT: &str = "FIO_RESULT ";
+const JOBS: [u64; 4] = [1, 2, 4, 8];
+/// The series' cover letter (fio randwrite 4K direct, XFS on null_blk):
+/// IOPS before and after the series, per job count.
+const COVER_LETTER: [(u64, f64, f64); 4] = [
+    (1, 470e3, 480e3),
+    (2, 650e3, 930e3),
+    (4, 640e3, 1.53e6),
+    (8, 635e3, 1.73e6),
+];
+
+/// One run as the guest reported it.
+struct Run {
+    round: u64,
+    jobs: u64,
+    fuselock: bool,
+    iops: f64,
+    ios: u64,
+    fuselock_writes: Option<u64>,
+    shared: Option<u64>,
+    exclusive: Option<u64>,
+}
+
+fn parse(line: &str) -> Result<Run> {
+    let json = line.strip_prefix(RESULT).context("not a result line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("bad result line: {line}"))?;
+    let num = |k: &str| {
+        v[k].as_u64()
+            .with_context(|| format!("result line without {k}: {line}"))
+    };
+    Ok(Run {
+        round: num("round")?,
+        jobs: num("jobs")?,
+        fuselock: v["fuselock"]
+            .as_bool()
+            .with_context(|| format!("result line without fuselock: {line}"))?,
+        iops: v["iops"]
+            .as_f64()
+            .with_context(|| format!("result line without iops: {line}"))?,
+        ios: num("ios")?,
+        fuselock_writes: v["fuselock_writes"].as_u64(),
+        shared: v["shared"].as_u64(),
+        exclusive: v["exclusive"].as_u64(),
+    })
+}
+
+/// Boots `kernel` and runs the guest section; its runs.
+fn on_kernel(kernel: &str, rounds: u64, ios: u64, append: Option<&str>) -> Result<Vec<Run>> {
+    let (image, kernel_name) = vm::resolve_kernel(kernel)?;
+    let mut files = vec![
+        (build::fuselock_static()?, "/bin/fuselock".to_owned()),
+        (build::vm_bench_static()?, "/bin/vm-bench".to_owned()),
+    ];
+    files.extend(vm::with_libraries("/usr/bin/fio")?);
+    let (code, lines) = vm::run_keeping(
+        &vm::VmSpec {
+            kernel: image,
+            kernel_name,
+            files,
+            mount: None,
+            command: vec![
+                "env".into(),
+                "FUSELOCK_BENCH_SECTIONS=fio".into(),
+                format!("FUSELOCK_BENCH_ROUNDS={rounds}"),
+                format!("FUSELOCK_BENCH_FIO_IOS={ios}"),
+                "vm-bench".into(),
+            ],
+            cpus: 2,
+            memory_mb: 2048,
+            timeout: Duration::from_secs(3600),
+            append: append.map(str::to_owned),
+            interactive: false,
+        },
+        Some(RESULT),
+    )?;
+    if code != 0 {
+        bail!("the fio section failed in the VM on the {kernel} kernel (exit {code}); see above");
+    }
+    let runs = lines.iter().map(|l| parse(l)).collect::<Result<Vec<_>>>()?;
+    // Every run there and counted exactly: the guest checks too, but a
+    // lost console line must not pass for a clean run.
+    ensure!(
+        runs.len() as u64 == rounds * JOBS.len() as u64 * 2,
+        "expected {} fio runs from the {kernel} kernel, got {}",
+        rounds * JOBS.len() as u64 * 2,
+        runs.len()
+    );
+    for r in runs.iter().filter(|r| r.fuselock) {
+        if r.fuselock_writes != Some(r.ios) {
+            bail!(
+                "{kernel}, round {}, {} jobs: fio did {} writes, fuselock counted {:?}",
+                r.round,
+                r.jobs,
+                r.ios,
+                r.fuselock_writes
+            );
+        }
+    }
+    Ok(runs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// "median (min–max)" of per-round values.
+fn spread(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2} ({min:.2}–{max:.2})", median(v.to_vec()))
+}
+
+/// IOPS per (jobs, fuselock, round).
+fn by_key(runs: &[Run]) -> BTreeMap<(u64, bool, u64), f64> {
+    runs.iter()
+        .map(|r| ((r.jobs, r.fuselock, r.round), r.iops))
+        .collect()
+}
+
+pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
+    ensure!(rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        ios > 0 && ios.is_multiple_of(8),
+        "--fio-ios must be a positive multiple of 8 (it is split among 1, 2, 4 and 8 jobs)"
+    );
+    setup::ensure_apt_packages(&["fio"])?;
+    let started = std::time::Instant::now();
+    let unpatched = on_kernel("unpatched", rounds, ios, append)?;
+    let patched = on_kernel("patched", rounds, ios, append)?;
+    let (u, p) = (by_key(&unpatched), by_key(&patched));
+    let get = |m: &BTreeMap<(u64, bool, u64), f64>, k| {
+        m.get(&k)
+            .copied()
+            .with_context(|| format!("no fio run for {k:?}"))
+    };
+
+    println!(
+        "\nfio randwrite 4 KiB O_DIRECT, one shared file on a passthrough mount asking for \
+         parallel direct writes; {ios} I/Os per run, {rounds} rounds; TCG, 2 vCPUs"
+    );
+    println!(
+        "IOPS: median over rounds without fuselock. Ratios: median (min–max over rounds); \
+         overhead = IOPS with fuselock ÷ without, same round"
+    );
+    println!(
+        "{:>7} | {:>14} | {:>12} | {:>21} | {:>21} | {:>21} | {:>28}",
+        "numjobs",
+        "unpatched IOPS",
+        "patched IOPS",
+        "patched ÷ unpatched",
+        "overhead, unpatched",
+        "overhead, patched",
+        "cover letter before/after (÷)"
+    );
+    for (jobs, before, after) in COVER_LETTER {
+        let mut pu = Vec::new();
+        let mut over_u = Vec::new();
+        let mut over_p = Vec::new();
+        let (mut iops_u, mut iops_p) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (u0, u1) = (
+                get(&u, (jobs, false, round))?,
+                get(&u, (jobs, true, round))?,
+            );
+            let (p0, p1) = (
+                get(&p, (jobs, false, round))?,
+                get(&p, (jobs, true, round))?,
+            );
+            iops_u.push(u0);
+            iops_p.push(p0);
+            pu.push(p0 / u0);
+            over_u.push(u1 / u0);
+            over_p.push(p1 / p0);
+        }
+        println!(
+            "{jobs:>7} | {:>14.0} | {:>12.0} | {:>21} | {:>21} | {:>21} | {:>28}",
+            median(iops_u),
+            median(iops_p),
+            spread(&pu),
+            spread(&over_u),
+            spread(&over_p),
+            format!(
+                "{:.0}K / {:.0}K ({:.2})",
+                before / 1e3,
+                after / 1e3,
+                after / before
+            )
+        );
+    }
+    // What fuselock saw: the lock the kernel took for these writes.
+    for (name, runs) in [("unpatched", &unpatched), ("patched", &patched)] {
+        let attached: Vec<&Run> = runs.iter().filter(|r| r.fuselock).collect();
+        let writes: u64 = attached.iter().map(|r| r.ios).sum();
+        let shared: u64 = attached.iter().filter_map(|r| r.shared).sum();
+        let exclusive: u64 = attached.iter().filter_map(|r| r.exclusive).sum();
+        println!(
+            "{name}: in each of {} runs with fuselock attached, its write count for the file \
+             equalled fio's I/Os ({writes} writes in all); it saw {shared} take the inode lock \
+             shared, {exclusive} exclusive",
+            attached.len()
+        );
+    }
+    println!(
+        "fio section: {:.0} s in all (two VM boots)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_parse_with_and_without_fuselock() {
+        let with = parse(
+            r#"FIO_RESULT {"exclusive":0,"fuselock":true,"fuselock_writes":2048,"iops":22021.5,"ios":2048,"jobs":1,"round":0,"shared":2048}"#,
+        )
+        .expect("parses");
+        assert!(with.fuselock);
+        assert_eq!(
+            (with.jobs, with.ios, with.fuselock_writes),
+            (1, 2048, Some(2048))
+        );
+        let without = parse(
+            r#"FIO_RESULT {"exclusive":null,"fuselock":false,"fuselock_writes":null,"iops":28444.4,"ios":2048,"jobs":8,"round":3,"shared":null}"#,
+        )
+        .expect("parses");
+        assert_eq!((without.round, without.fuselock_writes), (3, None));
+        assert!(parse(r#"FIO_RESULT {"jobs":1}"#).is_err());
+        assert!(parse("FIO_RESULT not json").is_err());
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(spread(&[1.0, 0.5, 2.0]), "1.00 (0.50–2.00)");
+        assert_eq!(median(vec![1.0, 3.0]), 2.0);
+    }
+}
