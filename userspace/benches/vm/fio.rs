@@ -45,7 +45,8 @@ struct Attached {
 impl Attached {
     fn start() -> Result<Attached> {
         let mut child = Command::new(fuselock())
-            .args(["stat", "--json", "--interval", "3600"])
+            // With lock waits: they give the series' estimated gain.
+            .args(["stat", "--json", "--contention", "--interval", "3600"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -84,8 +85,8 @@ impl Attached {
     }
 
     /// Stops fuselock (SIGINT: it prints a final snapshot of every entry)
-    /// and returns (writes, shared, exclusive) for `name` on passthrough.
-    fn finish(mut self, name: &str) -> Result<(u64, u64, u64)> {
+    /// and returns what it counted for `name` on passthrough.
+    fn finish(mut self, name: &str) -> Result<Counted> {
         self.stop_quietly();
         let lines = self
             .lines
@@ -103,17 +104,34 @@ impl Attached {
         let entries = snap["entries"]
             .as_array()
             .context("final snapshot without entries")?;
-        let (mut writes, mut shared, mut exclusive) = (0, 0, 0);
+        let mut c = Counted::default();
+        let (mut wait_ns, mut latency_ns) = (0, 0);
         for e in entries
             .iter()
             .filter(|e| e["name"] == name && e["path"] == "passthrough")
         {
-            writes += e["writes"].as_u64().context("entry without writes")?;
-            shared += e["shared"].as_u64().context("entry without shared")?;
-            exclusive += e["exclusive"].as_u64().context("entry without exclusive")?;
+            let n = |k: &str| e[k].as_u64().with_context(|| format!("entry without {k}"));
+            c.writes += n("writes")?;
+            c.shared += n("shared")?;
+            c.exclusive += n("exclusive")?;
+            wait_ns += n("overwrites_exclusive_wait_ns")?;
+            latency_ns += n("overwrites_exclusive_latency_ns")?;
         }
-        Ok((writes, shared, exclusive))
+        c.wait_share = (latency_ns > 0).then(|| wait_ns as f64 / latency_ns as f64);
+        Ok(c)
     }
+}
+
+/// What fuselock counted for the shared file in one run.
+#[derive(Default)]
+struct Counted {
+    writes: u64,
+    shared: u64,
+    exclusive: u64,
+    /// The share of the exclusive direct overwrites' time spent waiting
+    /// for the lock (what `verify` turns into the series' estimated gain);
+    /// `None` when none took it exclusive.
+    wait_share: Option<f64>,
 }
 
 impl Drop for Attached {
@@ -228,19 +246,23 @@ pub fn section(rounds: u64, total: u64) -> Result<()> {
                 // TCG re-translates it; fio's start-up is paid here too.
                 fio(&fs, WARM, jobs, total / 8, file_bytes)?;
                 let run = fio(&fs, SHARED, jobs, total, file_bytes)?;
-                let (writes, shared, exclusive) = match attached {
+                let counted = match attached {
                     Some(a) => {
                         let counted = a.finish(SHARED)?;
-                        if counted.0 != run.ios {
+                        if counted.writes != run.ios {
                             mismatches.push(format!(
                                 "round {round}, {jobs} jobs: fio did {} writes, fuselock counted {}",
-                                run.ios, counted.0
+                                run.ios, counted.writes
                             ));
                         }
-                        (Some(counted.0), Some(counted.1), Some(counted.2))
+                        Some(counted)
                     }
-                    None => (None, None, None),
+                    None => None,
                 };
+                let writes = counted.as_ref().map(|c| c.writes);
+                let shared = counted.as_ref().map(|c| c.shared);
+                let exclusive = counted.as_ref().map(|c| c.exclusive);
+                let wait_share = counted.as_ref().and_then(|c| c.wait_share);
                 let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
                 println!(
                     "{round:>5}  {jobs:>7}  {:>9}  {:>11.0}  {:>15}  {:>8}  {:>9}",
@@ -261,6 +283,7 @@ pub fn section(rounds: u64, total: u64) -> Result<()> {
                         "fuselock_writes": writes,
                         "shared": shared,
                         "exclusive": exclusive,
+                        "wait_share": wait_share,
                     })
                 );
             }

@@ -281,13 +281,18 @@ fn a_write_stuck_past_the_max_age_is_aged_out_once() {
                 .expect("open")
         };
         open().write_all(b"x").expect("write");
+        stream.wait_until("the first write counted", |last, _| {
+            last["totals"]["direct_io"]["writes"] == 1
+        });
         // Opened before the server stops (an open needs it too), so that
         // what waits is the write.
         let mut file = open();
         fs.signal_server(libc::SIGSTOP);
         let stuck = std::thread::spawn(move || file.write_all(b"x").expect("write"));
-        // Past the max age, and scans (an eighth of it apart) since.
-        std::thread::sleep(Duration::from_secs(4));
+        // Four times the max age: scans run an eighth of it apart, and on a
+        // busy host the write may reach the kernel late. (The stream prints
+        // nothing while no entry changes, so the ageing cannot be awaited.)
+        std::thread::sleep(Duration::from_secs(8));
         fs.signal_server(libc::SIGCONT);
         stuck.join().expect("the stuck write returned");
         std::thread::sleep(Duration::from_secs(1));

@@ -32,6 +32,9 @@ struct Run {
     fuselock_writes: Option<u64>,
     shared: Option<u64>,
     exclusive: Option<u64>,
+    /// Share of the exclusive overwrites' time spent waiting for the lock,
+    /// as fuselock measured it (attached runs where writes took it exclusive).
+    wait_share: Option<f64>,
 }
 
 fn parse(line: &str) -> Result<Run> {
@@ -55,6 +58,7 @@ fn parse(line: &str) -> Result<Run> {
         fuselock_writes: v["fuselock_writes"].as_u64(),
         shared: v["shared"].as_u64(),
         exclusive: v["exclusive"].as_u64(),
+        wait_share: v["wait_share"].as_f64(),
     })
 }
 
@@ -159,14 +163,17 @@ pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
     );
     println!(
         "IOPS: median over rounds without fuselock. Ratios: median (min–max over rounds); \
-         overhead = IOPS with fuselock ÷ without, same round"
+         overhead = IOPS with fuselock (--contention) ÷ without, same round; estimate = \
+         1 ÷ (1 − the share of the unpatched writes' time spent waiting for the lock), \
+         fuselock's bound on what the series buys"
     );
     println!(
-        "{:>7} | {:>14} | {:>12} | {:>21} | {:>21} | {:>21} | {:>28}",
+        "{:>7} | {:>14} | {:>12} | {:>21} | {:>21} | {:>21} | {:>21} | {:>28}",
         "numjobs",
         "unpatched IOPS",
         "patched IOPS",
         "patched ÷ unpatched",
+        "estimate (unpatched)",
         "overhead, unpatched",
         "overhead, patched",
         "cover letter before/after (÷)"
@@ -176,6 +183,12 @@ pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
         let mut over_u = Vec::new();
         let mut over_p = Vec::new();
         let (mut iops_u, mut iops_p) = (Vec::new(), Vec::new());
+        let estimate: Vec<f64> = unpatched
+            .iter()
+            .filter(|r| r.jobs == jobs)
+            .filter_map(|r| r.wait_share)
+            .map(|f| 1.0 / (1.0 - f).max(0.01))
+            .collect();
         for round in 0..rounds {
             let (u0, u1) = (
                 get(&u, (jobs, false, round))?,
@@ -192,10 +205,15 @@ pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
             over_p.push(p1 / p0);
         }
         println!(
-            "{jobs:>7} | {:>14.0} | {:>12.0} | {:>21} | {:>21} | {:>21} | {:>28}",
+            "{jobs:>7} | {:>14.0} | {:>12.0} | {:>21} | {:>21} | {:>21} | {:>21} | {:>28}",
             median(iops_u),
             median(iops_p),
             spread(&pu),
+            if estimate.is_empty() {
+                "-".to_owned()
+            } else {
+                spread(&estimate)
+            },
             spread(&over_u),
             spread(&over_p),
             format!(
@@ -246,6 +264,12 @@ mod tests {
         )
         .expect("parses");
         assert_eq!((without.round, without.fuselock_writes), (3, None));
+        assert_eq!(without.wait_share, None);
+        let unpatched = parse(
+            r#"FIO_RESULT {"exclusive":2048,"fuselock":true,"fuselock_writes":2048,"iops":21000.0,"ios":2048,"jobs":4,"round":0,"shared":0,"wait_share":0.25}"#,
+        )
+        .expect("parses");
+        assert_eq!(unpatched.wait_share, Some(0.25));
         assert!(parse(r#"FIO_RESULT {"jobs":1}"#).is_err());
         assert!(parse("FIO_RESULT not json").is_err());
     }
