@@ -73,6 +73,32 @@ impl TestFs {
         unsafe { libc::kill(self.server.id() as i32, signal) };
     }
 
+    /// Stops the server and waits until every one of its threads has
+    /// stopped: kill(2) returns before they do, and a thread not yet
+    /// stopped can still answer a request.
+    pub fn stop_server(&self) {
+        self.signal_server(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.server.id());
+        let stopped = || -> bool {
+            let Ok(dir) = std::fs::read_dir(&tasks) else {
+                return false;
+            };
+            dir.filter_map(Result::ok).all(|task| {
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    // The state follows the command name's closing parenthesis.
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state == "T" || state == "t")
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stopped() {
+            assert!(Instant::now() < deadline, "the test server did not stop");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn path(&self, name: &str) -> String {
         self.mountpoint.join(name).display().to_string()
     }

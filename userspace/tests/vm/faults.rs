@@ -287,12 +287,16 @@ fn a_write_stuck_past_the_max_age_is_aged_out_once() {
         // Opened before the server stops (an open needs it too), so that
         // what waits is the write.
         let mut file = open();
-        fs.signal_server(libc::SIGSTOP);
+        fs.stop_server();
         let stuck = std::thread::spawn(move || file.write_all(b"x").expect("write"));
         // Four times the max age: scans run an eighth of it apart, and on a
         // busy host the write may reach the kernel late. (The stream prints
         // nothing while no entry changes, so the ageing cannot be awaited.)
         std::thread::sleep(Duration::from_secs(8));
+        assert!(
+            !stuck.is_finished(),
+            "{mode}: the write did not wait for the stopped server"
+        );
         fs.signal_server(libc::SIGCONT);
         stuck.join().expect("the stuck write returned");
         std::thread::sleep(Duration::from_secs(1));

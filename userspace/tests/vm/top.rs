@@ -4,7 +4,7 @@
 
 use std::{
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::common::{fuselock, running, tmux::Tmux, TestFs};
@@ -213,7 +213,13 @@ fn demo_top_runs_its_workload_while_attached_and_cleans_up() {
     println!("demo --top:\n{s}");
     // The demo turns lock-wait times on.
     assert!(!s.contains("no wait times"), "{s}");
-    assert!(!running("load").is_empty(), "the workload is not running");
+    // The workload repeats in rounds, with a moment between them when no
+    // load runs: look for one for a few seconds, not at one instant.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running("load").is_empty() {
+        assert!(Instant::now() < deadline, "the workload is not running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // q stops the workload before the probes detach, then unmounts.
     t.keys(&["q"]);
     t.wait_for("EXITED 0");
