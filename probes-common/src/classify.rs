@@ -1,9 +1,11 @@
 //! The "may this write take the inode lock shared?" classifier.
 //!
 //! It mirrors the four conditions of "fuse: allow parallel direct writes in
-//! passthrough" (see `shared/reference/`). Unlike the kernel, which stops at the
-//! first failing condition, it records every condition that fails, so users see
-//! all the reasons a write had to be exclusive.
+//! passthrough" (see `shared/reference/`), plus the fifth that the direct-io
+//! path (`fuse_dio_wr_exclusive_lock()`) adds: the inode in cached I/O mode.
+//! Unlike the kernel, which stops at the first failing condition, it records
+//! every condition that fails, so users see all the reasons a write had to be
+//! exclusive.
 
 /// `FOPEN_PARALLEL_DIRECT_WRITES` (UAPI `linux/fuse.h`).
 pub const FOPEN_PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
@@ -32,11 +34,16 @@ pub enum Reason {
     Append = 3,
     /// `ki_pos + count > i_size`.
     PastEof = 4,
+    /// `FUSE_I_CACHE_IO_MODE` is set on the inode: another open of the file
+    /// does page-cache I/O (or waits to), and `fuse_dio_lock()` will not let
+    /// direct writes share the lock beside it. A passthrough inode never
+    /// enters that mode, so on that path this reason does not occur.
+    CacheIoMode = 5,
 }
 
 impl Reason {
     /// Number of reason slots, `Eligible` included.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     /// Every reason in slot order.
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::Eligible,
@@ -44,6 +51,16 @@ impl Reason {
         Reason::Buffered,
         Reason::Append,
         Reason::PastEof,
+        Reason::CacheIoMode,
+    ];
+    /// The reasons a write can have to be exclusive: every one but
+    /// `Eligible`, in slot order (the columns of tables and `top`).
+    pub const EXCLUSIVE: [Reason; Self::COUNT - 1] = [
+        Reason::NoParallelFlag,
+        Reason::Buffered,
+        Reason::Append,
+        Reason::PastEof,
+        Reason::CacheIoMode,
     ];
 
     /// The name used in JSON, metrics and tables.
@@ -54,6 +71,7 @@ impl Reason {
             Reason::Buffered => "buffered",
             Reason::Append => "append",
             Reason::PastEof => "past_eof",
+            Reason::CacheIoMode => "cache_io_mode",
         }
     }
 
@@ -77,8 +95,11 @@ pub struct Reasons(u32);
 impl Reasons {
     pub const NONE: Reasons = Reasons(0);
 
+    /// Every bit a reason can set.
+    const MASK: u32 = (1 << (Reason::COUNT - 1)) - 1;
+
     pub const fn from_bits(bits: u32) -> Reasons {
-        Reasons(bits & 0xf)
+        Reasons(bits & Self::MASK)
     }
 
     pub const fn bits(self) -> u32 {
@@ -122,6 +143,8 @@ pub struct WriteFacts {
     pub count: u64,
     /// `inode->i_size`.
     pub i_size: i64,
+    /// `FUSE_I_CACHE_IO_MODE` in the FUSE inode's `state`.
+    pub cache_io_mode: bool,
 }
 
 /// Every patch condition `facts` fails.
@@ -146,6 +169,9 @@ pub fn classify(facts: &WriteFacts) -> Reasons {
     } else if (facts.pos as u64).wrapping_add(facts.count) > facts.i_size as u64 {
         reasons = reasons.with(Reason::PastEof);
     }
+    if facts.cache_io_mode {
+        reasons = reasons.with(Reason::CacheIoMode);
+    }
     reasons
 }
 
@@ -162,6 +188,7 @@ mod tests {
             pos,
             count,
             i_size,
+            cache_io_mode: false,
         }
     }
 
@@ -209,6 +236,23 @@ mod tests {
             let append = IOCB_DIRECT | IOCB_APPEND;
             assert!(!classify(&facts(open_flags, append, 0, 1, 10)).is_direct_overwrite());
         }
+    }
+
+    #[test]
+    fn cached_io_mode_is_a_reason_of_its_own() {
+        let cached = WriteFacts {
+            cache_io_mode: true,
+            ..facts(PARALLEL, IOCB_DIRECT, 0, 1, 10)
+        };
+        let r = classify(&cached);
+        assert_eq!(r, Reasons::NONE.with(Reason::CacheIoMode));
+        assert!(!r.is_direct_overwrite());
+        assert_eq!(Reasons::from_bits(r.bits()), r, "the bit survives the map");
+        let all = WriteFacts {
+            cache_io_mode: true,
+            ..facts(0, 0, 100, 1, 10)
+        };
+        assert_eq!(classify(&all).bits(), 0b11011);
     }
 
     #[test]
@@ -261,9 +305,11 @@ mod tests {
                 "no_parallel_flag",
                 "buffered",
                 "append",
-                "past_eof"
+                "past_eof",
+                "cache_io_mode"
             ]
         );
+        assert_eq!(Reason::EXCLUSIVE, Reason::ALL[1..]);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.slot(), i);
         }

@@ -45,7 +45,12 @@ pub struct Offsets {
     /// `struct fuse_file`: `open_flags`, `passthrough`.
     pub fuse_file_open_flags: u32,
     pub fuse_file_passthrough: u32,
-    pub _pad: u32,
+    /// `struct fuse_inode`: `inode` (the VFS inode inside it) and `state`.
+    pub fuse_inode_inode: u32,
+    pub fuse_inode_state: u32,
+    /// The bit number of `FUSE_I_CACHE_IO_MODE` in `fuse_inode.state` (an
+    /// enumerator, so it comes from BTF too).
+    pub fuse_i_cache_io_mode: u32,
 }
 
 #[repr(C)]
@@ -80,7 +85,9 @@ impl Config {
             iov_iter_count: 0,
             fuse_file_open_flags: 0,
             fuse_file_passthrough: 0,
-            _pad: 0,
+            fuse_inode_inode: 0,
+            fuse_inode_state: 0,
+            fuse_i_cache_io_mode: 0,
         },
         flags: 0,
         _pad: 0,
@@ -106,5 +113,5 @@ impl Config {
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, `#[repr(C)]`, no padding (every field is a u32/u64
-// and the u32 count is even), valid for any bit pattern.
+// and the u32 count is even, which `maps::tests` checks), valid for any bit pattern.
 unsafe impl aya::Pod for Config {}

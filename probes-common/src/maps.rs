@@ -493,12 +493,12 @@ mod tests {
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(
             size_of::<WriteStats>(),
-            8 * (3 + 10 + 2 + 1 + 10 + 1 + 1 + 3)
+            8 * (3 + 2 * Reason::COUNT + 2 + 1 + 10 + 1 + 1 + 3)
         );
         assert_eq!(size_of::<Health>(), 8 * 11);
         assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
         assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
-        assert_eq!(size_of::<crate::Config>(), 8 + 4 * 18 + 8);
+        assert_eq!(size_of::<crate::Config>(), 8 + 4 * 20 + 8);
         assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
         assert_eq!(size_of::<WriterKey>(), 24);
         assert_eq!(size_of::<WriterStats>(), 32);

@@ -64,6 +64,11 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     let Some((ino, dev)) = inode_id(inode, o) else {
         return;
     };
+    // `get_fuse_inode()`: the VFS inode is a member of the FUSE one.
+    let fuse_inode = inode.wrapping_sub(u64::from(o.fuse_inode_inode));
+    let Some(state) = read::<u64>(fuse_inode, o.fuse_inode_state) else {
+        return;
+    };
 
     let reasons = classify(&WriteFacts {
         open_flags,
@@ -71,6 +76,7 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         pos,
         count,
         i_size,
+        cache_io_mode: state & (1 << (o.fuse_i_cache_io_mode & 63)) != 0,
     });
     let record = InFlight {
         iocb,

@@ -114,8 +114,28 @@ pub fn resolve(kernel: &KernelBtf) -> Result<Offsets> {
         iov_iter_count: field(v, "iov_iter", &["count"], 8)?,
         fuse_file_open_flags: field(f, "fuse_file", &["open_flags"], 4)?,
         fuse_file_passthrough: passthrough,
-        _pad: 0,
+        fuse_inode_inode: f
+            .member_offset("fuse_inode", &["inode"])
+            .context("kernel BTF: `struct fuse_inode.inode`")?,
+        fuse_inode_state: field(f, "fuse_inode", &["state"], 8)?,
+        fuse_i_cache_io_mode: cache_io_mode_bit(f)?,
     })
+}
+
+/// `FUSE_I_CACHE_IO_MODE`'s bit number in `fuse_inode.state`: an enumerator
+/// of an anonymous enum in `fs/fuse/fuse_i.h`, so BTF carries it.
+fn cache_io_mode_bit(fuse: &Btf) -> Result<u32> {
+    const NAME: &str = "FUSE_I_CACHE_IO_MODE";
+    let bit = fuse.enumerator(NAME).with_context(|| {
+        format!(
+            "kernel BTF: no {NAME}: this kernel lacks FUSE's I/O modes \
+             (Linux >= 6.9 is needed)"
+        )
+    })?;
+    match u32::try_from(bit) {
+        Ok(bit) if bit < 64 => Ok(bit),
+        _ => bail!("kernel BTF: {NAME} is {bit}, not a bit of `fuse_inode.state`"),
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +167,9 @@ mod tests {
             o.rwsem_count + 8,
             "owner follows count in struct rw_semaphore"
         );
+        // Since 6.9: ADVISE_RDPLUS, INIT_RDPLUS, SIZE_UNSTABLE, BAD, BTIME,
+        // CACHE_IO_MODE.
+        assert_eq!(o.fuse_i_cache_io_mode, 5);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct ReasonCounts {
     pub buffered: u64,
     pub append: u64,
     pub past_eof: u64,
+    /// Absent from recordings made before this reason existed.
+    #[serde(default)]
+    pub cache_io_mode: u64,
 }
 
 impl ReasonCounts {
@@ -29,6 +32,7 @@ impl ReasonCounts {
             Reason::Buffered => self.buffered,
             Reason::Append => self.append,
             Reason::PastEof => self.past_eof,
+            Reason::CacheIoMode => self.cache_io_mode,
         }
     }
 
@@ -39,6 +43,7 @@ impl ReasonCounts {
             buffered: slots[Reason::Buffered.slot()],
             append: slots[Reason::Append.slot()],
             past_eof: slots[Reason::PastEof.slot()],
+            cache_io_mode: slots[Reason::CacheIoMode.slot()],
         }
     }
 
@@ -50,6 +55,7 @@ impl ReasonCounts {
             buffered: self.buffered.saturating_sub(base.buffered),
             append: self.append.saturating_sub(base.append),
             past_eof: self.past_eof.saturating_sub(base.past_eof),
+            cache_io_mode: self.cache_io_mode.saturating_sub(base.cache_io_mode),
         }
     }
 }

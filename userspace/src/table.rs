@@ -9,13 +9,6 @@ use crate::{
     snapshot::{Entry, Snapshot},
 };
 
-const EXCLUSIVE_REASONS: [Reason; 4] = [
-    Reason::NoParallelFlag,
-    Reason::Buffered,
-    Reason::Append,
-    Reason::PastEof,
-];
-
 /// The file's path as the table shows it: mount point and name, escaped
 /// (any user can name a file on a FUSE mount of their own).
 fn display_name(e: &Entry) -> String {
@@ -39,6 +32,7 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         "EXCL:BUFFERED",
         "EXCL:APPEND",
         "EXCL:PAST_EOF",
+        "EXCL:CACHE_IO",
         "CONTENDED",
     ];
     let mut rows: Vec<Vec<String>> = Vec::with_capacity(snap.entries.len());
@@ -53,7 +47,7 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
             c.exclusive.to_string(),
         ];
         row.extend(
-            EXCLUSIVE_REASONS
+            Reason::EXCLUSIVE
                 .iter()
                 .map(|r| c.acquired_for(LockMode::Exclusive, *r).to_string()),
         );

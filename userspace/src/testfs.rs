@@ -69,6 +69,11 @@ pub struct TestfsArgs {
     /// which does them with pread/pwrite on the backing file. Works without passthrough support.
     #[arg(long)]
     pub direct_io: bool,
+    /// With --direct-io, answer read-only opens without FOPEN_DIRECT_IO: they read through the
+    /// page cache, and while one is open the kernel keeps the inode in cached I/O mode, which
+    /// makes every direct write to it take the lock exclusively.
+    #[arg(long, requires = "direct_io")]
+    pub cached_readers: bool,
     /// Let users other than root use the mount (mount option allow_other).
     #[arg(long)]
     pub allow_other: bool,
@@ -130,6 +135,8 @@ struct OpenPolicy {
     io: IoMode,
     /// Ask for `FOPEN_PARALLEL_DIRECT_WRITES`.
     parallel: bool,
+    /// In `DirectIo` mode, read-only opens use the page cache.
+    cached_readers: bool,
 }
 
 /// Where file I/O goes once a file is open.
@@ -155,10 +162,22 @@ impl OpenPolicy {
         Self {
             io,
             parallel: args.parallel,
+            cached_readers: args.cached_readers,
         }
     }
 
-    /// The complete `open_flags` the kernel receives, `FOPEN_PASSTHROUGH` included.
+    /// The `open_flags` an open with the caller's `open_flags` (`O_*`) gets,
+    /// `FOPEN_PASSTHROUGH` included.
+    fn fopen_flags_for(self, open_flags: i32) -> FopenFlags {
+        let read_only = open_flags & libc::O_ACCMODE == libc::O_RDONLY;
+        if self.io == IoMode::DirectIo && self.cached_readers && read_only {
+            // No FOPEN_DIRECT_IO: `fuse_file_io_open()` puts the inode in cached I/O mode.
+            return FopenFlags::empty();
+        }
+        self.fopen_flags()
+    }
+
+    /// The `open_flags` every open gets but cached readers, `FOPEN_PASSTHROUGH` included.
     fn fopen_flags(self) -> FopenFlags {
         let mut flags = match self.io {
             IoMode::Passthrough => FopenFlags::FOPEN_PASSTHROUGH,
@@ -174,7 +193,12 @@ impl OpenPolicy {
     fn describe(self) -> String {
         let flags = self.fopen_flags();
         let names: Vec<&str> = flags.iter_names().map(|(name, _)| name).collect();
-        format!("{:#x} = {}", flags.bits(), names.join("|"))
+        let readers = if self.cached_readers {
+            "; read-only opens: page cache"
+        } else {
+            ""
+        };
+        format!("{:#x} = {}{readers}", flags.bits(), names.join("|"))
     }
 }
 
@@ -721,7 +745,7 @@ impl Filesystem for TestFs {
         let opened = self
             .open_existing(ino, flags.0)
             .and_then(|file| self.register(ino.0, file, |file| reply.open_backing(file)));
-        let fopen = self.policy.fopen_flags();
+        let fopen = self.policy.fopen_flags_for(flags.0);
         debug!("open ino {} flags {:#x} -> {:?}", ino.0, flags.0, fopen);
         match opened {
             Ok(Opened::Passthrough { fh, id }) => reply.opened_passthrough(fh, fopen, &id),
@@ -1412,9 +1436,30 @@ mod tests {
             mountpoint: PathBuf::from("/m"),
             parallel,
             direct_io,
+            cached_readers: false,
             allow_other: false,
             server_threads: 1,
         }
+    }
+
+    #[test]
+    fn cached_readers_are_read_only_opens_without_direct_io() {
+        let policy = OpenPolicy::from_args(&TestfsArgs {
+            cached_readers: true,
+            ..args(true, true)
+        });
+        assert_eq!(policy.fopen_flags_for(libc::O_RDONLY), FopenFlags::empty());
+        for writer in [
+            libc::O_WRONLY,
+            libc::O_RDWR,
+            libc::O_WRONLY | libc::O_DIRECT,
+        ] {
+            assert_eq!(policy.fopen_flags_for(writer).bits(), 0x41, "{writer:#x}");
+        }
+        // Without the option a reader is as direct as anyone.
+        let plain = OpenPolicy::from_args(&args(true, true));
+        assert_eq!(plain.fopen_flags_for(libc::O_RDONLY).bits(), 0x41);
+        assert!(policy.describe().ends_with("read-only opens: page cache"));
     }
 
     #[test]

@@ -274,7 +274,8 @@ fn decide_on_counts(e: &Evidence) -> Decision {
             Some("reply FOPEN_PARALLEL_DIRECT_WRITES with FOPEN_PASSTHROUGH to OPEN and CREATE (libfuse: `fi->parallel_direct_writes = 1`; fuser: `FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES`; e.g. `fuselock testfs --parallel`); files opened before fuselock started show no open-time evidence"),
         );
     }
-    let reasons: Vec<String> = [Reason::Buffered, Reason::Append, Reason::PastEof]
+    // Every reason but the missing flag (ruled out above).
+    let reasons: Vec<String> = Reason::EXCLUSIVE[1..]
         .iter()
         .map(|r| {
             (

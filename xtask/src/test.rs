@@ -51,6 +51,7 @@ pub const CORE: &[&str] = &[
     "passthrough_without_flag_is_all_exclusive",
     "passthrough_with_flag_requested",
     "direct_io_with_flag_shares_overwrites",
+    "direct_io_beside_a_cached_reader_is_exclusive_for_cache_io_mode",
     "concurrent_writers_are_counted_exactly",
     "mixed_concurrent_kinds_are_exact_with_no_recursion_miss",
     "verify_exercise_gives_the_kernels_verdict",

@@ -155,6 +155,8 @@ pub enum BtfError {
     // Lookups in well-formed BTF.
     #[error("struct {name} not found in BTF")]
     StructNotFound { name: String },
+    #[error("no enum in BTF declares {name}")]
+    EnumeratorNotFound { name: String },
     #[error("struct {struct_name} has no member `{member}`")]
     MemberNotFound { struct_name: String, member: String },
     #[error("struct {struct_name} member `{member}` is a bitfield, which has no byte offset")]
@@ -257,6 +259,29 @@ impl Btf {
     /// the usual check that a probe has something to attach to.
     pub fn has_func(&self, name: &str) -> bool {
         self.named(name).any(|ty| ty.kind == Kind::Func)
+    }
+
+    /// The value of the enumerator `name` (`FUSE_I_CACHE_IO_MODE`), from the
+    /// first enum, in id order, that declares it. Enumerators are not in the
+    /// name index: this walks every enum once, which a start-up lookup can
+    /// afford.
+    pub fn enumerator(&self, name: &str) -> Result<i64, BtfError> {
+        let wanted = name.as_bytes();
+        for layer in &self.layers {
+            for id in layer.ids() {
+                let Some(ty) = layer.type_by_id(id) else {
+                    continue;
+                };
+                for (name_off, value) in ty.enumerators() {
+                    if self.str_is(name_off, wanted)? {
+                        return Ok(value);
+                    }
+                }
+            }
+        }
+        Err(BtfError::EnumeratorNotFound {
+            name: name.to_owned(),
+        })
     }
 
     /// The NUL-terminated string at `offset` of the combined string space.

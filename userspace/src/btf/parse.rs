@@ -151,7 +151,6 @@ impl Layer {
         self.index.candidates(name)
     }
 
-    #[cfg(test)]
     pub(super) fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len()).map(|i| self.first_id + i)
     }

@@ -15,6 +15,7 @@ const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
 const KIND_FWD: u32 = 7;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -363,6 +364,53 @@ fn missing_member_error_names_struct_and_member() {
     // An empty name must not match an anonymous member.
     let err = sample().member_offset("file", &[""]).unwrap_err();
     assert!(matches!(err, BtfError::MemberNotFound { .. }), "{err:?}");
+}
+
+/// `enum { NAME = value, ... }` of 4 bytes; `signed` sets the kind flag.
+fn enumeration(b: &mut Builder, name: &str, signed: bool, values: &[(&str, u32)]) -> u32 {
+    let mut extra = Vec::new();
+    for (n, v) in values {
+        extra.push(b.str(n));
+        extra.push(*v);
+    }
+    let name_off = b.str(name);
+    b.raw(
+        name_off,
+        info(KIND_ENUM, signed, len_u32(values)),
+        4,
+        &extra,
+    )
+}
+
+#[test]
+fn enumerators_of_anonymous_enums_are_found() {
+    let (mut b, _) = kernel_like();
+    // The kernel's `enum { FUSE_I_ADVISE_RDPLUS, ..., FUSE_I_CACHE_IO_MODE }`.
+    enumeration(
+        &mut b,
+        "",
+        false,
+        &[("FUSE_I_ADVISE_RDPLUS", 0), ("FUSE_I_CACHE_IO_MODE", 5)],
+    );
+    enumeration(&mut b, "signs", true, &[("MINUS_ONE", u32::MAX)]);
+    let btf = b.parse();
+    assert_eq!(btf.enumerator("FUSE_I_CACHE_IO_MODE").unwrap(), 5);
+    assert_eq!(btf.enumerator("FUSE_I_ADVISE_RDPLUS").unwrap(), 0);
+    assert_eq!(btf.enumerator("MINUS_ONE").unwrap(), -1);
+    // A prefix of a name is not the name.
+    let err = btf.enumerator("FUSE_I_CACHE").unwrap_err();
+    assert_eq!(err.to_string(), "no enum in BTF declares FUSE_I_CACHE");
+}
+
+#[test]
+fn enumerators_of_a_split_layer_are_found() {
+    let (base, _) = kernel_like();
+    let mut split = Builder::split_on(&base);
+    enumeration(&mut split, "", false, &[("FUSE_I_CACHE_IO_MODE", 6)]);
+    let base_btf = base.parse();
+    let btf = Btf::parse_split(&split.build(), &base_btf).expect("split parses");
+    assert_eq!(btf.enumerator("FUSE_I_CACHE_IO_MODE").unwrap(), 6);
+    assert!(base_btf.enumerator("FUSE_I_CACHE_IO_MODE").is_err());
 }
 
 #[test]

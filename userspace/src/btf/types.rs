@@ -247,6 +247,26 @@ impl<'a> Type<'a> {
         })
     }
 
+    /// The `(name_off, value)` enumerators of an enum, sign-extended as the
+    /// kind flag says; empty for other kinds (64-bit enums included, which
+    /// the kernel's flag enums are not).
+    pub(super) fn enumerators(&self) -> impl Iterator<Item = (u32, i64)> + 'a {
+        let records = if self.kind == Kind::Enum {
+            self.extra
+        } else {
+            &[]
+        };
+        let signed = self.kind_flag;
+        u32_records(records).map(move |[name_off, value]| {
+            let value = if signed {
+                i64::from(value as i32)
+            } else {
+                i64::from(value)
+            };
+            (name_off, value)
+        })
+    }
+
     /// The `{type, index_type, nelems}` triple of an array.
     pub(super) fn array(&self) -> Option<Array> {
         if self.kind != Kind::Array {

@@ -156,7 +156,7 @@ const COLUMNS: [Column; 10] = [
     col("WRITES", Some(8), None),
     col("BYTES", Some(2), None),
     col("SHARED", Some(7), None),
-    col("EXCL np/buf/app/eof", Some(5), None),
+    col("EXCL np/buf/app/eof/cio", Some(5), None),
     col("CONT", Some(4), None),
     col("WAIT avg/p99/max", Some(3), None),
     col("TOP WRITER", Some(0), None),
@@ -587,7 +587,7 @@ mod tests {
             assert_eq!(words(&rest).count(), 0, "cut header at {w} columns: {s}");
         }
         // Where the mount must be cut, it keeps the end that tells it apart.
-        let s = screen(&demo_app(), 64, 24);
+        let s = screen(&demo_app(), 68, 24);
         let (_, row) = table_lines(&s, "overwrite");
         assert!(row.contains("…ock-demo-114/mnt"), "{s}");
     }

@@ -10,14 +10,6 @@ use probes_common::{LockMode, Reason};
 
 use crate::snapshot::{Counters, Entry, Histogram, Snapshot};
 
-/// Reasons an exclusive acquisition can have, in column order.
-pub const EXCLUSIVE_REASONS: [Reason; 4] = [
-    Reason::NoParallelFlag,
-    Reason::Buffered,
-    Reason::Append,
-    Reason::PastEof,
-];
-
 /// Numbers over the refresh interval (per second) or since start/reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -38,7 +30,7 @@ pub struct Row {
     pub bytes: f64,
     pub shared: f64,
     pub exclusive: f64,
-    pub exclusive_by_reason: [f64; 4],
+    pub exclusive_by_reason: [f64; Reason::COUNT - 1],
     pub contended: f64,
     pub wait_avg_ns: Option<f64>,
     pub wait_p99_ns: Option<u64>,
@@ -195,7 +187,7 @@ pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
         bytes: per(d.bytes),
         shared: per(d.shared),
         exclusive: per(d.exclusive),
-        exclusive_by_reason: EXCLUSIVE_REASONS.map(|r| per(d.acquired_for(LockMode::Exclusive, r))),
+        exclusive_by_reason: Reason::EXCLUSIVE.map(|r| per(d.acquired_for(LockMode::Exclusive, r))),
         contended: per(waits),
         wait_avg_ns: (waits > 0).then(|| wait_ns as f64 / waits as f64),
         // A bucket bound can exceed the largest wait seen: cap it.
@@ -318,7 +310,7 @@ mod tests {
         let b = snap(3.0, vec![entry("f", 500, 30, 8)]);
         let r = &rows(&b, Some(&a), Mode::Rates)[0];
         assert_eq!(r.writes, 200.0);
-        assert_eq!(r.exclusive_by_reason, [200.0, 0.0, 10.0, 0.0]);
+        assert_eq!(r.exclusive_by_reason, [200.0, 0.0, 10.0, 0.0, 0.0]);
         assert_eq!(r.contended, 2.0);
         assert_eq!(r.wait_avg_ns, Some(1000.0));
         assert_eq!(r.shared_pct(), Some(0.0));

@@ -143,12 +143,13 @@ struct Expect<'a> {
     exclusive: &'a [(&'a str, u64)],
 }
 
-const REASONS: [&str; 5] = [
+const REASONS: [&str; 6] = [
     "eligible",
     "no_parallel_flag",
     "buffered",
     "append",
     "past_eof",
+    "cache_io_mode",
 ];
 
 fn check(snap: &Value, name: &str, want: &Expect) {
@@ -395,6 +396,42 @@ fn direct_io_with_flag_shares_overwrites() {
     );
     assert_eq!(snap["totals"]["passthrough"]["writes"], 0);
     assert_eq!(snap["totals"]["direct_io"]["shared"], 37 + 31);
+}
+
+/// The direct-io path's fifth reason: while another open of the file reads
+/// through the page cache, the inode is in cached I/O mode
+/// (`FUSE_I_CACHE_IO_MODE`) and `fuse_dio_lock()` takes every direct write
+/// exclusively; before it opens, and after it closes, they share the lock.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn direct_io_beside_a_cached_reader_is_exclusive_for_cache_io_mode() {
+    let fs = TestFs::mount(&["--parallel", "--direct-io", "--cached-readers"]);
+    let overwrites = |writes, threads| Load {
+        file: "beside-reader",
+        kind: "overwrite",
+        writes,
+        threads,
+    };
+    // fd 3 of the script is the reader: opened read-only, held across the
+    // second load, closed before the third.
+    let script = format!(
+        "set -e; {}; exec 3<{}; {}; exec 3<&-; {}",
+        overwrites(37, 3).shell(&fs),
+        fs.path("beside-reader"),
+        overwrites(41, 4).shell(&fs),
+        overwrites(43, 2).shell(&fs),
+    );
+    let snap = stat_of_script(&script, &["--contention"]);
+    check(
+        &snap,
+        "beside-reader",
+        &Expect {
+            path: "direct_io",
+            writes: 37 + 41 + 43,
+            shared: &[("eligible", 37 + 43)],
+            exclusive: &[("cache_io_mode", 41)],
+        },
+    );
 }
 
 /// FOPEN_DIRECT_IO without the flag: everything exclusive.
