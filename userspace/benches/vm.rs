@@ -6,7 +6,8 @@
 //!    interleaved so drift hits every configuration alike, and medians kept.
 //!    Then the kernel's own accounting of each tool's programs (bpf_stats:
 //!    run count and run time), per write: exact, and not at the mercy of
-//!    TCG's timing noise.
+//!    TCG's timing noise. The floor is empty programs on the same attach
+//!    points (`floor.bt`), as many per write as fuselock runs.
 //! 2. An unrelated lock-heavy workload (create/rename/unlink on tmpfs from
 //!    two threads in one directory, mmap churn) with and without fuselock:
 //!    what the whole host pays, as paired rounds and as the run count and
@@ -36,10 +37,13 @@ use std::{
 use common::{churn, fuselock, prog_stats, running, BpfStats, TestFs};
 
 const BPFTRACE_SCRIPT: &str = include_str!("fuselock-equivalent.bt");
+const FLOOR_SCRIPT: &str = include_str!("floor.bt");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tracer {
     None,
+    /// Empty programs where fuselock attaches: the cost of attaching at all.
+    Floor,
     Fuselock,
     Bpftrace,
 }
@@ -48,6 +52,7 @@ impl Tracer {
     fn name(self) -> &'static str {
         match self {
             Tracer::None => "no tracer",
+            Tracer::Floor => "floor",
             Tracer::Fuselock => "fuselock",
             Tracer::Bpftrace => "bpftrace",
         }
@@ -91,11 +96,16 @@ fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running>
             c.args(extra);
             c
         }
-        Tracer::Bpftrace => {
-            std::fs::write("/tmp/fuselock-equivalent.bt", BPFTRACE_SCRIPT).expect("write script");
+        Tracer::Floor | Tracer::Bpftrace => {
+            let (path, script) = if tracer == Tracer::Floor {
+                ("/tmp/fuselock-floor.bt", FLOOR_SCRIPT)
+            } else {
+                ("/tmp/fuselock-equivalent.bt", BPFTRACE_SCRIPT)
+            };
+            std::fs::write(path, script).expect("write script");
             let mut c = Command::new("bpftrace");
             // Line-buffered: its "Attaching N probes" must reach us through a pipe.
-            c.args(["-B", "line", "/tmp/fuselock-equivalent.bt"]);
+            c.args(["-B", "line", path]);
             c
         }
     };
@@ -124,7 +134,7 @@ fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running>
     ready_rx
         .recv_timeout(Duration::from_secs(600))
         .expect("tracer did not start");
-    if tracer == Tracer::Bpftrace {
+    if matches!(tracer, Tracer::Floor | Tracer::Bpftrace) {
         std::thread::sleep(Duration::from_secs(3));
     }
     Some(Running {
@@ -230,7 +240,12 @@ fn main() {
         .output()
         .is_ok_and(|o| o.status.success());
     let tracers: Vec<Tracer> = if have_bpftrace {
-        vec![Tracer::None, Tracer::Fuselock, Tracer::Bpftrace]
+        vec![
+            Tracer::None,
+            Tracer::Floor,
+            Tracer::Fuselock,
+            Tracer::Bpftrace,
+        ]
     } else {
         eprintln!("bench: bpftrace not available in the VM; comparing with no tracer only");
         vec![Tracer::None, Tracer::Fuselock]
@@ -279,12 +294,16 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
         }
     }
 
-    println!("\n1b. BPF programs per write, from the kernel's bpf_stats (run_cnt, run_time_ns), {writes} writes");
     println!(
-        "{:>7}  {:>10}  {:>14}  {:>16}",
-        "threads", "tracer", "runs/write", "BPF ns/write"
+        "\n1b. BPF programs per write, from the kernel's bpf_stats (run_cnt, run_time_ns), \
+         {writes} writes; the floor is empty programs on the same attach points"
     );
-    for threads in [1u32, 4] {
+    println!(
+        "{:>7}  {:>10}  {:>10}  {:>12}  {:>12}  {:>9}",
+        "threads", "tracer", "runs/write", "ns/write", "above floor", "x floor"
+    );
+    for threads in [1u32, 2, 4] {
+        let mut floor = None;
         for tracer in tracers.iter().filter(|t| **t != Tracer::None) {
             let running = start(*tracer, "3600").expect("tracer");
             let pid = running.child.id();
@@ -294,11 +313,20 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
             let (runs1, ns1) = prog_stats(pid);
             drop(stats);
             drop(running);
+            let per_write = (ns1 - ns0) as f64 / writes as f64;
+            if *tracer == Tracer::Floor {
+                floor = Some(per_write);
+            }
+            let (above, times) = floor.map_or(("-".to_owned(), "-".to_owned()), |f| {
+                (
+                    format!("{:.0}", per_write - f),
+                    format!("{:.2}x", per_write / f),
+                )
+            });
             println!(
-                "{threads:>7}  {:>10}  {:>14.2}  {:>16.0}",
+                "{threads:>7}  {:>10}  {:>10.2}  {per_write:>12.0}  {above:>12}  {times:>9}",
                 tracer.name(),
                 (runs1 - runs0) as f64 / writes as f64,
-                (ns1 - ns0) as f64 / writes as f64
             );
         }
     }
