@@ -7,7 +7,7 @@
 //!    Then the kernel's own accounting of each tool's programs (bpf_stats:
 //!    run count and run time), per write: exact, and not at the mercy of
 //!    TCG's timing noise. The floor is empty programs on the same attach
-//!    points (`floor.bt`), as many per write as fuselock runs.
+//!    points, of the kind fuselock attaches there, as many per write.
 //! 2. An unrelated lock-heavy workload (create/rename/unlink on tmpfs from
 //!    two threads in one directory, mmap churn) with and without fuselock:
 //!    what the whole host pays, as paired rounds and as the run count and
@@ -37,12 +37,12 @@ use std::{
 use common::{churn, fuselock, prog_stats, running, BpfStats, TestFs};
 
 const BPFTRACE_SCRIPT: &str = include_str!("fuselock-equivalent.bt");
-const FLOOR_SCRIPT: &str = include_str!("floor.bt");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tracer {
     None,
-    /// Empty programs where fuselock attaches: the cost of attaching at all.
+    /// Empty programs where fuselock attaches, of the kind it attaches
+    /// there: the cost of attaching at all.
     Floor,
     Fuselock,
     Bpftrace,
@@ -98,9 +98,9 @@ fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running>
         }
         Tracer::Floor | Tracer::Bpftrace => {
             let (path, script) = if tracer == Tracer::Floor {
-                ("/tmp/fuselock-floor.bt", FLOOR_SCRIPT)
+                ("/tmp/fuselock-floor.bt", floor_script())
             } else {
-                ("/tmp/fuselock-equivalent.bt", BPFTRACE_SCRIPT)
+                ("/tmp/fuselock-equivalent.bt", BPFTRACE_SCRIPT.to_owned())
             };
             std::fs::write(path, script).expect("write script");
             let mut c = Command::new("bpftrace");
@@ -142,6 +142,32 @@ fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running>
         last_line,
         out_bytes,
     })
+}
+
+/// The probe mode fuselock picks here by default, from its first snapshot.
+fn fuselock_probe_mode() -> String {
+    let running = start(Tracer::Fuselock, "3600").expect("fuselock");
+    let first = running.last_line.lock().expect("lock").clone();
+    let snap: serde_json::Value = serde_json::from_str(&first).expect("a JSON snapshot");
+    snap["source"]["probe_mode"]
+        .as_str()
+        .expect("source.probe_mode")
+        .to_owned()
+}
+
+/// Empty programs on the attach points fuselock uses per passthrough write
+/// (entry, the probe inside the lock, exit), of the kind it uses here.
+fn floor_script() -> String {
+    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let (entry, exit) = match MODE.get_or_init(fuselock_probe_mode).as_str() {
+        "kprobe" => ("kprobe", "kretprobe"),
+        _ => ("kfunc", "kretfunc"),
+    };
+    format!(
+        "{entry}:fuse_file_write_iter {{}}\n\
+         {entry}:backing_file_write_iter {{}}\n\
+         {exit}:fuse_file_write_iter {{}}\n"
+    )
 }
 
 /// Runs `fuselock load` and returns writes per second.

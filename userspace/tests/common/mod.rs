@@ -157,29 +157,31 @@ impl Drop for BpfStats {
 
 /// Runs and run time (ns) summed over every BPF program `pid` holds an fd
 /// of, from /proc/PID/fdinfo (`run_cnt`, `run_time_ns`: counted by the
-/// kernel while bpf_stats is on).
+/// kernel while bpf_stats is on). Each program counts once, however many
+/// fds of it the process holds (fuselock keeps a second one to read
+/// `recursion_misses`).
 pub fn prog_stats(pid: u32) -> (u64, u64) {
-    let (mut runs, mut ns) = (0, 0);
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return (0, 0);
     };
+    let mut programs = std::collections::HashMap::new();
     for fd in dir.flatten() {
         let Ok(info) = std::fs::read_to_string(fd.path()) else {
             continue;
         };
-        if !info.contains("prog_id:") {
-            continue;
-        }
-        let field = |name: &str| -> u64 {
+        let field = |name: &str| -> Option<u64> {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
         };
-        runs += field("run_cnt:");
-        ns += field("run_time_ns:");
+        // Link fds name their program too, but carry no run counts.
+        if let (Some(id), Some(runs)) = (field("prog_id:"), field("run_cnt:")) {
+            programs.insert(id, (runs, field("run_time_ns:").unwrap_or(0)));
+        }
     }
-    (runs, ns)
+    programs
+        .values()
+        .fold((0, 0), |(runs, ns), (r, n)| (runs + r, ns + n))
 }
 
 /// Create/rename/unlink on tmpfs from `threads` threads in one directory
