@@ -124,11 +124,12 @@ fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running>
         // "Attaching N probes..." before it attaches, so wait a moment more.
         let mut ready = Some(ready_tx);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            bytes.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+            *last.lock().expect("lock") = line;
+            // Only now: whoever waits may read the first line.
             if let Some(tx) = ready.take() {
                 let _ = tx.send(());
             }
-            bytes.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-            *last.lock().expect("lock") = line;
         }
     });
     ready_rx
