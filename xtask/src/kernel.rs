@@ -48,7 +48,7 @@ macro_rules! series {
 pub const SERIES: &[Series] = &[
     series!("6.12"),
     // /proc/sys is SYSCTL on 7.3 (6.12: PROC_SYSCTL, which selected SYSCTL).
-    series!("7.3", renamed ("CONFIG_PROC_SYSCTL", "CONFIG_SYSCTL")),
+    series!("7.3", renamed("CONFIG_PROC_SYSCTL", "CONFIG_SYSCTL")),
 ];
 
 impl Series {
@@ -341,8 +341,8 @@ pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
         .map(|n| n.get())
         .unwrap_or(2);
     announce(&format!(
-        "building the {} {} kernel from {deb_name} with {jobs} jobs (a clean build takes ~6 min on 2 cores; \
-         the twin rebuilds incrementally)",
+        "building the {} {} kernel from {deb_name} with {jobs} jobs (a clean build took ~6 min for 6.12 on 2 idle \
+         cores, 17 min for 7.3 on 2 busy ones; the twin rebuilds incrementally in under a minute)",
         series.line,
         variant.name()
     ));

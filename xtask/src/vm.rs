@@ -131,10 +131,7 @@ pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
         if let Some(line) = name.strip_prefix(prefix) {
             let series = kernel::Series::for_line(line)
                 .map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?;
-            return Ok((
-                kernel::ensure(series, variant)?,
-                format!("{line} {what}"),
-            ));
+            return Ok((kernel::ensure(series, variant)?, format!("{line} {what}")));
         }
     }
     let p = PathBuf::from(name);
