@@ -1,9 +1,10 @@
-//! `cargo xtask kernel`: Linux 6.12 from Debian's `linux-source-6.12`, small
-//! config, with and without the parallel-direct-writes series.
+//! `cargo xtask kernel`: Linux from Debian's `linux-source-LINE`, small
+//! config, with and without the parallel-direct-writes series, for each line
+//! the series is ported to ([`SERIES`]: 6.12 and 7.3).
 //!
-//! One source tree serves both variants: the patched kernel is built first,
-//! then the patch is reversed and the unpatched twin rebuilt incrementally
-//! (~20 s), so the two differ by the patch only. Results are cached by
+//! One source tree per line serves both variants: the patched kernel is
+//! built first, then the patch is reversed and the unpatched twin rebuilt
+//! incrementally, so the two differ by the patch only. Results are cached by
 //! source package, patch and config.
 
 use std::{
@@ -14,10 +15,74 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cache, setup};
+use crate::{apt::Apt, cache, setup};
 
-const PATCH: &str = include_str!("../patches/fuse-passthrough-parallel-direct-writes-6.12.patch");
-const PATCH_NAME: &str = "fuse-passthrough-parallel-direct-writes-6.12.patch";
+/// A kernel line the series is ported to, with its port.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Series {
+    /// `6.12`: Debian's source package is `linux-source-6.12`.
+    pub line: &'static str,
+    patch_name: &'static str,
+    patch: &'static str,
+    /// Options of `tiny-vm.config` this line knows by another name (old,
+    /// new): Kconfig would drop the old name without a word.
+    renamed: &'static [(&'static str, &'static str)],
+}
+
+macro_rules! series {
+    ($line:literal $(, renamed $renamed:expr)?) => {
+        Series {
+            line: $line,
+            renamed: &[$($renamed)?],
+            patch_name: concat!("fuse-passthrough-parallel-direct-writes-", $line, ".patch"),
+            patch: include_str!(concat!(
+                "../patches/fuse-passthrough-parallel-direct-writes-",
+                $line,
+                ".patch"
+            )),
+        }
+    };
+}
+
+/// Every line with a port of the series, oldest first.
+pub const SERIES: &[Series] = &[
+    series!("6.12"),
+    // /proc/sys is SYSCTL on 7.3 (6.12: PROC_SYSCTL, which selected SYSCTL).
+    series!("7.3", renamed("CONFIG_PROC_SYSCTL", "CONFIG_SYSCTL")),
+];
+
+impl Series {
+    /// The port for `line` (`6.12`, `7.3`), or an error naming the lines
+    /// that have one.
+    pub fn for_line(line: &str) -> Result<&'static Series> {
+        SERIES.iter().find(|s| s.line == line).with_context(|| {
+            let lines: Vec<&str> = SERIES.iter().map(|s| s.line).collect();
+            format!(
+                "no port of the series to Linux {line}: the lines built are {}",
+                lines.join(", ")
+            )
+        })
+    }
+
+    fn source_package(&self) -> String {
+        format!("linux-source-{}", self.line)
+    }
+
+    /// `tiny-vm.config` with this line's names for its options.
+    fn config(&self) -> String {
+        CONFIG
+            .lines()
+            .map(|l| {
+                let renamed = self.renamed.iter().find_map(|(old, new)| {
+                    let rest = l.strip_prefix(old)?;
+                    rest.starts_with('=').then(|| format!("{new}{rest}"))
+                });
+                renamed.unwrap_or_else(|| l.to_owned()) + "\n"
+            })
+            .collect()
+    }
+}
+
 const CONFIG: &str = include_str!("../patches/tiny-vm.config");
 const BUILD_DEPS: &[&str] = &[
     "build-essential",
@@ -48,6 +113,9 @@ impl Variant {
 
 #[derive(clap::Args)]
 pub struct KernelArgs {
+    /// The kernel line: 6.12 or 7.3 (the lines the series is ported to).
+    #[arg(long, default_value = "6.12", value_name = "LINE")]
+    pub line: String,
     /// Build (or find cached) only the patched kernel.
     #[arg(long, conflicts_with = "unpatched")]
     pub patched: bool,
@@ -57,13 +125,14 @@ pub struct KernelArgs {
 }
 
 pub fn run(args: &KernelArgs) -> Result<()> {
+    let series = Series::for_line(&args.line)?;
     let variants: &[Variant] = match (args.patched, args.unpatched) {
         (true, _) => &[Variant::Patched],
         (_, true) => &[Variant::Unpatched],
         _ => &[Variant::Patched, Variant::Unpatched],
     };
     for v in variants {
-        println!("{}", ensure(*v)?.display());
+        println!("{}", ensure(series, *v)?.display());
     }
     Ok(())
 }
@@ -85,10 +154,14 @@ fn announce(msg: &str) {
     eprintln!("kernel: {msg}");
 }
 
-/// The downloaded source package (cached).
-fn source_deb() -> Result<PathBuf> {
+/// The downloaded source package of `series`' line (cached): the first
+/// download resolves it through the project's apt, later runs use the cached
+/// .deb without the network.
+fn source_deb(series: &Series) -> Result<PathBuf> {
     let dir = cache::dir()?.join("kernel-src/download");
     fs::create_dir_all(&dir)?;
+    let package = series.source_package();
+    let prefix = format!("{package}_");
     let find = || -> Option<PathBuf> {
         fs::read_dir(&dir)
             .ok()?
@@ -97,29 +170,43 @@ fn source_deb() -> Result<PathBuf> {
             .find(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("linux-source-6.12_") && n.ends_with(".deb"))
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
             })
     };
     if let Some(deb) = find() {
         return Ok(deb);
     }
-    announce("downloading Debian's linux-source-6.12 (~150 MB, once)");
-    setup::run_cmd(
-        Command::new("apt-get")
-            .args(["download", "linux-source-6.12"])
-            .current_dir(&dir),
-    )?;
-    find().context("apt-get download produced no linux-source-6.12 .deb")
+    let apt = Apt::open()?;
+    // Another run may have fetched it while we waited for apt's lock.
+    if let Some(deb) = find() {
+        return Ok(deb);
+    }
+    apt.update()?;
+    announce(&format!("downloading Debian's {package} (~150 MB, once)"));
+    // Into a directory of its own, then one rename: an interrupted download
+    // leaves no .deb that looks complete.
+    let work = dir.join(format!(".download-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let got = apt.download(&package, &work).and_then(|deb| {
+        let name = deb.file_name().context("downloaded .deb has no name")?;
+        let target = dir.join(name);
+        fs::rename(&deb, &target)?;
+        Ok(target)
+    });
+    let _ = fs::remove_dir_all(&work);
+    got
 }
 
 /// The extracted tree (cached), named after the source package.
-fn source_tree(deb: &Path) -> Result<PathBuf> {
+fn source_tree(series: &Series, deb: &Path) -> Result<PathBuf> {
     let stem = deb
         .file_stem()
         .and_then(|s| s.to_str())
         .context("source package name")?;
+    let package = series.source_package();
     let base = cache::dir()?.join("kernel-src").join(stem);
-    let tree = base.join("linux-source-6.12");
+    let tree = base.join(&package);
     let done = base.join(".extracted");
     if done.exists() {
         return Ok(tree);
@@ -136,7 +223,7 @@ fn source_tree(deb: &Path) -> Result<PathBuf> {
             .arg(deb)
             .arg(base.join("pkg")),
     )?;
-    let tarball = base.join("pkg/usr/src/linux-source-6.12.tar.xz");
+    let tarball = base.join(format!("pkg/usr/src/{package}.tar.xz"));
     setup::run_cmd(
         Command::new("tar")
             .arg("-xJf")
@@ -155,8 +242,9 @@ fn make(tree: &Path, args: &[&str]) -> Result<()> {
     setup::run_cmd(Command::new("make").arg("-C").arg(tree).args(args))
 }
 
-/// Puts `.config` in the state `key` describes.
-fn configure(tree: &Path, key: &str) -> Result<()> {
+/// Puts `.config` in the state `key` describes: tinyconfig with `config`
+/// merged over it.
+fn configure(tree: &Path, config: &str, key: &str) -> Result<()> {
     let stamp = tree.join(".fuselock-config");
     if fs::read_to_string(&stamp).is_ok_and(|s| s == key) {
         return Ok(());
@@ -164,7 +252,7 @@ fn configure(tree: &Path, key: &str) -> Result<()> {
     announce("configuring: tinyconfig + xtask/patches/tiny-vm.config");
     make(tree, &["-s", "tinyconfig"])?;
     let fragment = tree.join(".fuselock-fragment.config");
-    fs::write(&fragment, CONFIG)?;
+    fs::write(&fragment, config)?;
     setup::run_cmd(
         Command::new("scripts/kconfig/merge_config.sh")
             .args(["-m", ".config"])
@@ -176,7 +264,7 @@ fn configure(tree: &Path, key: &str) -> Result<()> {
     // Kconfig drops options whose dependencies are unmet without a word:
     // check that every requested `=y` survived.
     let config = fs::read_to_string(tree.join(".config"))?;
-    let missing: Vec<&str> = CONFIG
+    let missing: Vec<&str> = config
         .lines()
         .filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y"))
         .filter(|l| !config.lines().any(|c| c == *l))
@@ -191,8 +279,8 @@ fn configure(tree: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Applies or reverses the patch so the tree is `variant`.
-fn set_variant(tree: &Path, variant: Variant) -> Result<()> {
+/// Applies or reverses `series`' patch so the tree is `variant`.
+fn set_variant(tree: &Path, series: &Series, variant: Variant) -> Result<()> {
     let stamp = tree.join(".fuselock-patched");
     let patched = stamp.exists();
     let want = variant == Variant::Patched;
@@ -200,11 +288,12 @@ fn set_variant(tree: &Path, variant: Variant) -> Result<()> {
         return Ok(());
     }
     announce(&format!(
-        "{} {PATCH_NAME}",
-        if want { "applying" } else { "reverting" }
+        "{} {}",
+        if want { "applying" } else { "reverting" },
+        series.patch_name
     ));
     let patch_file = tree.join(".fuselock.patch");
-    fs::write(&patch_file, PATCH)?;
+    fs::write(&patch_file, series.patch)?;
     let mut cmd = Command::new("patch");
     cmd.args(["-p1", "--forward", "--quiet", "-i"])
         .arg(&patch_file)
@@ -221,9 +310,10 @@ fn set_variant(tree: &Path, variant: Variant) -> Result<()> {
     Ok(())
 }
 
-/// The bzImage of `variant`, built if not cached.
-pub fn ensure(variant: Variant) -> Result<PathBuf> {
-    let deb = source_deb()?;
+/// The bzImage of `variant` on `series`' line, built if not cached.
+pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
+    let deb = source_deb(series)?;
+    let config = series.config();
     let deb_name = deb
         .file_name()
         .and_then(|n| n.to_str())
@@ -231,7 +321,11 @@ pub fn ensure(variant: Variant) -> Result<PathBuf> {
         .to_owned();
     let key = format!(
         "{:016x}",
-        fnv(&[deb_name.as_bytes(), PATCH.as_bytes(), CONFIG.as_bytes()])
+        fnv(&[
+            deb_name.as_bytes(),
+            series.patch.as_bytes(),
+            config.as_bytes()
+        ])
     );
     let out_dir = cache::dir()?.join("kernels/built");
     fs::create_dir_all(&out_dir)?;
@@ -240,18 +334,19 @@ pub fn ensure(variant: Variant) -> Result<PathBuf> {
         return Ok(out);
     }
     setup::ensure_apt_packages(BUILD_DEPS)?;
-    let tree = source_tree(&deb)?;
-    configure(&tree, &key)?;
-    set_variant(&tree, variant)?;
+    let tree = source_tree(series, &deb)?;
+    configure(&tree, &config, &key)?;
+    set_variant(&tree, series, variant)?;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     announce(&format!(
-        "building the {} kernel from {deb_name} with {jobs} jobs (a clean build takes ~6 min on 2 cores; \
-         the twin rebuilds incrementally)",
+        "building the {} {} kernel from {deb_name} with {jobs} jobs (a clean build took ~6 min for 6.12 on 2 idle \
+         cores, 17 min for 7.3 on 2 busy ones; the twin rebuilds incrementally in under a minute)",
+        series.line,
         variant.name()
     ));
-    let log = out_dir.join(format!("build-{}.log", variant.name()));
+    let log = out_dir.join(format!("build-{}-{}.log", series.line, variant.name()));
     let log_file = fs::File::create(&log)?;
     let status = Command::new("make")
         .arg("-C")
@@ -272,7 +367,8 @@ pub fn ensure(variant: Variant) -> Result<PathBuf> {
     }
     fs::copy(tree.join("arch/x86/boot/bzImage"), &out)?;
     announce(&format!(
-        "{} kernel ready: {}",
+        "{} {} kernel ready: {}",
+        series.line,
         variant.name(),
         out.display()
     ));
@@ -285,14 +381,58 @@ mod tests {
 
     #[test]
     fn patch_touches_exactly_the_two_files() {
-        let files: Vec<&str> = PATCH
-            .lines()
-            .filter_map(|l| l.strip_prefix("+++ b/"))
-            .collect();
-        assert_eq!(files, ["fs/fuse/iomode.c", "fs/fuse/passthrough.c"]);
-        assert!(PATCH.contains("+\tif (!(ff->open_flags & (FOPEN_DIRECT_IO | FOPEN_PASSTHROUGH)))"));
-        assert!(PATCH.contains("+\t\tinode_lock_shared(inode);"));
-        assert!(PATCH.contains("+\t\tinode_unlock_shared(inode);"));
+        assert_eq!(
+            SERIES.iter().map(|s| s.line).collect::<Vec<_>>(),
+            ["6.12", "7.3"]
+        );
+        for series in SERIES {
+            let patch = series.patch;
+            let files: Vec<&str> = patch
+                .lines()
+                .filter_map(|l| l.strip_prefix("+++ b/"))
+                .collect();
+            assert_eq!(
+                files,
+                ["fs/fuse/iomode.c", "fs/fuse/passthrough.c"],
+                "{}",
+                series.patch_name
+            );
+            for line in [
+                "+\tif (!(ff->open_flags & (FOPEN_DIRECT_IO | FOPEN_PASSTHROUGH)))",
+                "-\tinode_lock(inode);",
+                "+\t\tinode_lock_shared(inode);",
+                "+\t\tinode_unlock_shared(inode);",
+                "+\tif (!(ff->open_flags & FOPEN_PARALLEL_DIRECT_WRITES))",
+                "+\tif (!(iocb->ki_flags & IOCB_DIRECT))",
+                "+\tif (iocb->ki_flags & IOCB_APPEND)",
+                "+\tif (fuse_passthrough_io_past_eof(iocb, iter))",
+            ] {
+                assert!(patch.contains(line), "{}: {line}", series.patch_name);
+            }
+        }
+    }
+
+    #[test]
+    fn renamed_options_are_renamed_on_their_line_only() {
+        let old = Series::for_line("6.12").unwrap().config();
+        // 6.12's fragment is the file itself: its cache key is unchanged.
+        assert_eq!(old, CONFIG);
+        assert!(old.contains("\nCONFIG_PROC_SYSCTL=y\n"));
+        let new = Series::for_line("7.3").unwrap().config();
+        assert!(new.contains("\nCONFIG_SYSCTL=y\n"), "{new}");
+        assert!(!new.contains("PROC_SYSCTL"));
+        assert!(new.contains("\nCONFIG_SYSVIPC=y\n"));
+        assert_eq!(new.lines().count(), CONFIG.lines().count());
+    }
+
+    #[test]
+    fn unknown_lines_name_the_built_ones() {
+        assert_eq!(Series::for_line("7.3").unwrap().line, "7.3");
+        let err = Series::for_line("7.1").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no port of the series to Linux 7.1: the lines built are 6.12, 7.3"
+        );
     }
 
     #[test]

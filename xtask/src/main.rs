@@ -35,7 +35,7 @@ enum Cmd {
     Setup(setup::SetupArgs),
     /// Build the static (musl) fuselock binary used in the VM.
     Build,
-    /// Build Linux 6.12 with and without the parallel-direct-writes series (cached).
+    /// Build Linux 6.12 or 7.3 (--line) with and without the parallel-direct-writes series (cached).
     Kernel(kernel::KernelArgs),
     /// Boot a kernel in qemu with fuselock on PATH and run a command there.
     Vm(vm::VmArgs),

@@ -16,7 +16,8 @@ pub struct TestArgs {
     pub vm_only: bool,
     /// Kernels to run the VM tests on, as `cargo xtask vm --kernel` names
     /// them (default: the whole suite on stock, patched and unpatched, and
-    /// the core on every other line of the matrix, see [`MATRIX`]).
+    /// the core on patched:7.3, unpatched:7.3 and every other line of the
+    /// matrix, see [`MATRIX`]).
     #[arg(long = "kernel")]
     pub kernels: Vec<String>,
     /// Extra kernel parameters for the kernels named with --kernel.
@@ -73,13 +74,16 @@ struct Run {
     core: bool,
 }
 
-/// `cargo xtask test`'s kernels: the whole suite where the series pair and
-/// the reference kernel are, the core on every other Debian line users run,
-/// and on 6.12 booted preemptible as some distributions boot it.
+/// `cargo xtask test`'s kernels: the whole suite where the 6.12 series pair
+/// and the reference kernel are, the core on the 7.3 series pair (the newest
+/// line), on every other Debian line users run, and on 6.12 booted
+/// preemptible as some distributions boot it.
 const MATRIX: &[(&str, Option<&str>, bool)] = &[
     ("stock", None, false),
     ("patched", None, false),
     ("unpatched", None, false),
+    ("patched:7.3", None, true),
+    ("unpatched:7.3", None, true),
     ("debian:6.12", Some("preempt=full"), true),
     ("debian:7.0", None, true),
     ("debian:7.1", None, true),

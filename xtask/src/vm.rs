@@ -51,7 +51,8 @@ pub struct VmArgs {
     /// `debian:LINE` (Debian's newest cloud kernel of LINE: 6.12, 7.0, 7.1,
     /// 7.2, 7.3 or newest; downloaded once), `stock` (= debian:6.12),
     /// `patched` or `unpatched` (the 6.12 pair built by `cargo xtask kernel`),
-    /// or a path to a bzImage.
+    /// `patched:7.3` or `unpatched:7.3` (the 7.3 pair, `cargo xtask kernel
+    /// --line 7.3`), or a path to a bzImage.
     #[arg(long, default_value = "stock")]
     pub kernel: String,
     /// Extra kernel parameters, e.g. `preempt=full`.
@@ -101,8 +102,8 @@ pub struct VmSpec {
 }
 
 /// What `--kernel` names: a Debian line (`debian:7.3`, `stock` =
-/// `debian:6.12`), one of the built 6.12 pair (`patched`, `unpatched`, or
-/// with `:6.12`), or a path to a bzImage. Returns the image and a name for
+/// `debian:6.12`), one of a built pair (`patched`, `unpatched` = the 6.12
+/// pair, or `patched:7.3`, `unpatched:7.3`), or a path to a bzImage. Returns the image and a name for
 /// messages.
 pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
     let name = match name {
@@ -128,15 +129,14 @@ pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
         ),
     ] {
         if let Some(line) = name.strip_prefix(prefix) {
-            if line != "6.12" {
-                bail!("--kernel {name}: only the 6.12 pair is built so far (patched:6.12, unpatched:6.12)");
-            }
-            return Ok((kernel::ensure(variant)?, format!("6.12 {what}")));
+            let series = kernel::Series::for_line(line)
+                .map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?;
+            return Ok((kernel::ensure(series, variant)?, format!("{line} {what}")));
         }
     }
     let p = PathBuf::from(name);
     if !p.is_file() {
-        bail!("--kernel {name}: not debian:LINE (6.12, 7.0 … 7.3, newest), stock, patched[:6.12], unpatched[:6.12], nor a file");
+        bail!("--kernel {name}: not debian:LINE (6.12, 7.0 … 7.3, newest), stock, patched[:LINE], unpatched[:LINE] (LINE 6.12 or 7.3), nor a file");
     }
     Ok((p, name.to_owned()))
 }
