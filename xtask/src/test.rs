@@ -67,6 +67,18 @@ pub const CORE: &[&str] = &[
     "plain_demo_prints_its_table_and_verdict",
 ];
 
+/// What a series pair (`patched:LINE`, `unpatched:LINE`) also runs beside
+/// the core: the EOF canary, which only the series can trip.
+pub const SERIES_CORE: &[&str] = &["truncates_racing_shared_overwrites_trip_the_canary"];
+
+/// The core tests of `kernel`: [`CORE`], plus [`SERIES_CORE`] on a series pair.
+fn core_of(kernel: &str) -> impl Iterator<Item = &'static str> {
+    let series = matches!(test_kernel_name(kernel), "patched" | "unpatched");
+    CORE.iter()
+        .chain(SERIES_CORE.iter().filter(move |_| series))
+        .copied()
+}
+
 /// One VM run of the suite.
 struct Run {
     kernel: String,
@@ -185,13 +197,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
             // libtest runs a test if any filter matches: the core's names,
             // narrowed by --filter when given.
             let filters: Vec<String> = match (&args.filter, run.core) {
-                (Some(f), true) => CORE
-                    .iter()
+                (Some(f), true) => core_of(&run.kernel)
                     .filter(|c| c.contains(f.as_str()))
-                    .map(|c| (*c).to_owned())
+                    .map(str::to_owned)
                     .collect(),
                 (Some(f), false) => vec![f.clone()],
-                (None, true) => CORE.iter().map(|c| (*c).to_owned()).collect(),
+                (None, true) => core_of(&run.kernel).map(str::to_owned).collect(),
                 (None, false) => Vec::new(),
             };
             if run.core && args.filter.is_some() && filters.is_empty() {
@@ -244,4 +255,44 @@ pub fn run(args: &TestArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_runs_on_series_pairs_only() {
+        let canary = SERIES_CORE[0];
+        for pair in ["patched", "unpatched:6.12", "patched:7.3"] {
+            assert!(core_of(pair).any(|t| t == canary), "{pair}");
+        }
+        for line in ["stock", "debian:7.3"] {
+            assert!(!core_of(line).any(|t| t == canary), "{line}");
+            assert_eq!(core_of(line).count(), CORE.len());
+        }
+    }
+
+    #[test]
+    fn every_core_test_exists() {
+        let sources: String = [
+            "main.rs",
+            "faults.rs",
+            "passthrough_hp.rs",
+            "safety.rs",
+            "top.rs",
+        ]
+        .iter()
+        .map(|f| {
+            let path = cache::workspace_root().join("userspace/tests/vm").join(f);
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect();
+        for name in CORE.iter().chain(SERIES_CORE) {
+            assert!(
+                sources.contains(&format!("fn {name}()")),
+                "no VM test {name}"
+            );
+        }
+    }
 }
