@@ -23,19 +23,23 @@ pub struct BenchArgs {
     pub inodes: u64,
     /// Which parts to run: 1 per-write overhead, 2 unrelated workload,
     /// 3 userspace cost in the VM, 4 the same refresh work natively, `fio`
-    /// the series' fio benchmark on the unpatched and patched 6.12 kernels
-    /// (two more VM boots; not by default). E.g. `1234`, `fio`, `12,fio`.
+    /// the series' fio benchmark on each series pair (see --fio-pair)
+    /// (two VM boots per pair; not by default). E.g. `1234`, `fio`, `12,fio`.
     #[arg(long, default_value = "1234")]
     pub sections: String,
     /// fio section: 4 KiB writes per fio run (split among the jobs; a
     /// multiple of 8).
     #[arg(long, default_value_t = 65_536)]
     pub fio_ios: u64,
+    /// fio section: the series pairs to run on, by line (`6.12`, `7.3`;
+    /// repeatable). Default: every pair `cargo xtask kernel` builds.
+    #[arg(long = "fio-pair", value_name = "LINE")]
+    pub fio_pairs: Vec<String>,
     /// fio section: rounds of 1/2/4/8 jobs, each with and without fuselock.
     #[arg(long, default_value_t = 5)]
     pub fio_rounds: u64,
     /// `debian:LINE`, `stock`, `patched`, `unpatched` or a bzImage path
-    /// (sections 1-3; the fio section always runs on the 6.12 pair).
+    /// (sections 1-3; the fio section runs on the series pairs, see --fio-pair).
     #[arg(long, default_value = "stock")]
     pub kernel: String,
     /// Extra kernel parameters, e.g. `preempt=full`.
@@ -65,7 +69,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         in_vm(args, &digits)?;
     }
     if with_fio {
-        fio::run(args.fio_rounds, args.fio_ios, args.append.as_deref())?;
+        fio::run(
+            &args.fio_pairs,
+            args.fio_rounds,
+            args.fio_ios,
+            args.append.as_deref(),
+        )?;
     }
     if digits.contains('4') {
         native()?;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench --sections fio`: the parallel-direct-writes series'
-//! fio benchmark on the unpatched and the patched 6.12 kernel (one VM boot
-//! each), with and without fuselock, and the table the cover letter gives.
+//! fio benchmark on the unpatched and the patched kernel of each series pair
+//! (6.12, 7.3; one VM boot each), with and without fuselock, and the table
+//! the cover letter gives.
 //!
 //! The guest side is `userspace/benches/vm/fio.rs`; it prints one
 //! `FIO_RESULT {json}` line per run, collected here from the console.
@@ -9,7 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{build, setup, vm};
+use crate::{build, kernel, setup, vm};
 
 const RESULT: &str = "FIO_RESULT ";
 const JOBS: [u64; 4] = [1, 2, 4, 8];
@@ -140,16 +141,34 @@ fn by_key(runs: &[Run]) -> BTreeMap<(u64, bool, u64), f64> {
         .collect()
 }
 
-pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
+/// The section on each pair in `lines` (every ported line when empty).
+pub fn run(lines: &[String], rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
     ensure!(rounds > 0, "--rounds must be at least 1");
     ensure!(
         ios > 0 && ios.is_multiple_of(8),
         "--fio-ios must be a positive multiple of 8 (it is split among 1, 2, 4 and 8 jobs)"
     );
+    // Every name is checked before the first (long) boot.
+    let pairs: Vec<&kernel::Series> = if lines.is_empty() {
+        kernel::SERIES.iter().collect()
+    } else {
+        lines
+            .iter()
+            .map(|l| kernel::Series::for_line(l))
+            .collect::<Result<_>>()?
+    };
     setup::ensure_apt_packages(&["fio"])?;
+    for series in pairs {
+        on_pair(series.line, rounds, ios, append)?;
+    }
+    Ok(())
+}
+
+/// The table of one pair: `unpatched:LINE` against `patched:LINE`.
+fn on_pair(line: &str, rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
     let started = std::time::Instant::now();
-    let unpatched = on_kernel("unpatched", rounds, ios, append)?;
-    let patched = on_kernel("patched", rounds, ios, append)?;
+    let unpatched = on_kernel(&format!("unpatched:{line}"), rounds, ios, append)?;
+    let patched = on_kernel(&format!("patched:{line}"), rounds, ios, append)?;
     let (u, p) = (by_key(&unpatched), by_key(&patched));
     let get = |m: &BTreeMap<(u64, bool, u64), f64>, k| {
         m.get(&k)
@@ -158,8 +177,9 @@ pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
     };
 
     println!(
-        "\nfio randwrite 4 KiB O_DIRECT, one shared file on a passthrough mount asking for \
-         parallel direct writes; {ios} I/Os per run, {rounds} rounds; TCG, 2 vCPUs"
+        "\nfio on the {line} pair: randwrite 4 KiB O_DIRECT, one shared file on a passthrough \
+         mount asking for parallel direct writes; {ios} I/Os per run, {rounds} rounds; TCG, \
+         2 vCPUs"
     );
     println!(
         "IOPS: median over rounds without fuselock. Ratios: median (min–max over rounds); \
@@ -238,7 +258,7 @@ pub fn run(rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
         );
     }
     println!(
-        "fio section: {:.0} s in all (two VM boots)",
+        "fio section, {line} pair: {:.0} s in all (two VM boots)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
