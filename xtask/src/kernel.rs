@@ -263,12 +263,8 @@ fn configure(tree: &Path, config: &str, key: &str) -> Result<()> {
     make(tree, &["-s", "olddefconfig"])?;
     // Kconfig drops options whose dependencies are unmet without a word:
     // check that every requested `=y` survived.
-    let config = fs::read_to_string(tree.join(".config"))?;
-    let missing: Vec<&str> = config
-        .lines()
-        .filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y"))
-        .filter(|l| !config.lines().any(|c| c == *l))
-        .collect();
+    let actual = fs::read_to_string(tree.join(".config"))?;
+    let missing = lost_options(config, &actual);
     if !missing.is_empty() {
         bail!(
             "kernel config lost options after olddefconfig: {}",
@@ -277,6 +273,16 @@ fn configure(tree: &Path, config: &str, key: &str) -> Result<()> {
     }
     fs::write(&stamp, key)?;
     Ok(())
+}
+
+/// The `=y` options of the fragment `wanted` that the resulting `.config`
+/// (`actual`) does not have.
+fn lost_options<'a>(wanted: &'a str, actual: &str) -> Vec<&'a str> {
+    wanted
+        .lines()
+        .filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y"))
+        .filter(|l| !actual.lines().any(|c| c == *l))
+        .collect()
 }
 
 /// Applies or reverses `series`' patch so the tree is `variant`.
@@ -378,6 +384,19 @@ pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_kconfig_dropped_are_found() {
+        let wanted = "CONFIG_A=y\n# comment\nCONFIG_B=y\nCONFIG_C=m\n";
+        assert_eq!(
+            lost_options(wanted, "CONFIG_A=y\nCONFIG_B=y\n"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            lost_options(wanted, "CONFIG_A=y\n# CONFIG_B is not set\n"),
+            ["CONFIG_B=y"]
+        );
+    }
 
     #[test]
     fn patch_touches_exactly_the_two_files() {
