@@ -64,10 +64,18 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     let Some((ino, dev)) = inode_id(inode, o) else {
         return;
     };
-    // `get_fuse_inode()`: the VFS inode is a member of the FUSE one.
-    let fuse_inode = inode.wrapping_sub(u64::from(o.fuse_inode_inode));
-    let Some(state) = read::<u64>(fuse_inode, o.fuse_inode_state) else {
-        return;
+    // Only `fuse_dio_lock()` looks at the inode's cached I/O mode, and a
+    // passthrough inode never enters it: spare passthrough writes the read.
+    let cache_io_mode = match path {
+        WritePath::Passthrough => false,
+        WritePath::DirectIo => {
+            // `get_fuse_inode()`: the VFS inode is a member of the FUSE one.
+            let fuse_inode = inode.wrapping_sub(u64::from(o.fuse_inode_inode));
+            let Some(state) = read::<u64>(fuse_inode, o.fuse_inode_state) else {
+                return;
+            };
+            state & (1 << (o.fuse_i_cache_io_mode & 63)) != 0
+        }
     };
 
     let reasons = classify(&WriteFacts {
@@ -76,7 +84,7 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         pos,
         count,
         i_size,
-        cache_io_mode: state & (1 << (o.fuse_i_cache_io_mode & 63)) != 0,
+        cache_io_mode,
     });
     let record = InFlight {
         iocb,
