@@ -1,7 +1,10 @@
 //! The cache outside the checkout: downloaded kernels and built tools survive
 //! fresh clones, and a fresh machine fills it once.
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -21,4 +24,27 @@ pub fn dir() -> Result<PathBuf> {
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A scratch directory removed when dropped, whether the work in it (a
+/// download, say) succeeded or not: results leave it by one rename.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `path` afresh (a leftover of an interrupted run is removed).
+    pub fn new(path: PathBuf) -> Result<TempDir> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

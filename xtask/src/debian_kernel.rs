@@ -195,9 +195,9 @@ fn download(apt: &Apt, root: &Path, line: Line, pkg: &str) -> Result<Kernel> {
         "kernel: downloading {pkg} (once; cached in {})",
         dest.display()
     );
-    let work = TempDir::new(root.join(format!(".download-{}", std::process::id())))?;
-    let deb = apt.download(pkg, &work.0)?;
-    let tree = work.0.join("root");
+    let work = cache::TempDir::new(root.join(format!(".download-{}", std::process::id())))?;
+    let deb = apt.download(pkg, work.path())?;
+    let tree = work.path().join("root");
     setup::run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
         .with_context(|| format!("extracting {}", deb.display()))?;
     let (vmlinuz, release) = find_vmlinuz(&tree)
@@ -234,23 +234,6 @@ fn find_vmlinuz(tree: &Path) -> Option<(PathBuf, String)> {
         }
     }
     None
-}
-
-/// A directory removed when dropped, whether the download worked or not.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(path: PathBuf) -> Result<TempDir> {
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]

@@ -185,17 +185,12 @@ fn source_deb(series: &Series) -> Result<PathBuf> {
     announce(&format!("downloading Debian's {package} (~150 MB, once)"));
     // Into a directory of its own, then one rename: an interrupted download
     // leaves no .deb that looks complete.
-    let work = dir.join(format!(".download-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-    let got = apt.download(&package, &work).and_then(|deb| {
-        let name = deb.file_name().context("downloaded .deb has no name")?;
-        let target = dir.join(name);
-        fs::rename(&deb, &target)?;
-        Ok(target)
-    });
-    let _ = fs::remove_dir_all(&work);
-    got
+    let work = cache::TempDir::new(dir.join(format!(".download-{}", std::process::id())))?;
+    let deb = apt.download(&package, work.path())?;
+    let target = dir.join(deb.file_name().context("downloaded .deb has no name")?);
+    fs::rename(&deb, &target)
+        .with_context(|| format!("moving {} into {}", deb.display(), dir.display()))?;
+    Ok(target)
 }
 
 /// The extracted tree (cached), named after the source package.
