@@ -9,6 +9,19 @@ use crate::{
     snapshot::{Entry, Snapshot},
 };
 
+/// The column of exclusive acquisitions for `reason`: an exhaustive match,
+/// so a new reason cannot be left without its column.
+fn exclusive_column(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Eligible => "EXCL:ELIGIBLE",
+        Reason::NoParallelFlag => "EXCL:NO_PARALLEL",
+        Reason::Buffered => "EXCL:BUFFERED",
+        Reason::Append => "EXCL:APPEND",
+        Reason::PastEof => "EXCL:PAST_EOF",
+        Reason::CacheIoMode => "EXCL:CACHE_IO",
+    }
+}
+
 /// The file's path as the table shows it: mount point and name, escaped
 /// (any user can name a file on a FUSE mount of their own).
 fn display_name(e: &Entry) -> String {
@@ -21,20 +34,12 @@ fn display_name(e: &Entry) -> String {
 
 /// Writes the snapshot as an aligned table.
 pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
-    let headers = [
-        "FILE",
-        "DEV:INO",
-        "PATH",
-        "WRITES",
-        "SHARED",
-        "EXCL",
-        "EXCL:NO_PARALLEL",
-        "EXCL:BUFFERED",
-        "EXCL:APPEND",
-        "EXCL:PAST_EOF",
-        "EXCL:CACHE_IO",
-        "CONTENDED",
-    ];
+    let headers: Vec<String> = ["FILE", "DEV:INO", "PATH", "WRITES", "SHARED", "EXCL"]
+        .into_iter()
+        .chain(Reason::EXCLUSIVE.map(exclusive_column))
+        .chain(["CONTENDED"])
+        .map(str::to_owned)
+        .collect();
     let mut rows: Vec<Vec<String>> = Vec::with_capacity(snap.entries.len());
     for e in &snap.entries {
         let c = &e.counters;
@@ -83,7 +88,7 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         snap.elapsed_secs,
         if snap.is_final { " (final)" } else { "" }
     )?;
-    line(out, &headers.map(str::to_owned))?;
+    line(out, &headers)?;
     for row in &rows {
         line(out, row)?;
     }
