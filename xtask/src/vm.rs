@@ -188,8 +188,9 @@ fn forward_lines(
     stdout: std::process::ChildStdout,
     keep: Option<&str>,
     kept: &mut Vec<String>,
-) -> Result<Option<i32>> {
+) -> Result<(Option<i32>, Option<GuestOops>)> {
     let mut exit = None;
+    let mut oops = OopsReader::default();
     let mut out = std::io::stdout();
     // Firmware chatter before our init speaks is kept back, and shown only
     // if the guest never gets that far.
@@ -215,6 +216,7 @@ fn forward_lines(
         if keep.is_some_and(|k| line.starts_with(k)) {
             kept.push(line.to_owned());
         }
+        oops.line(line);
         let _ = writeln!(out, "{line}");
     }
     if !init_started {
@@ -222,7 +224,7 @@ fn forward_lines(
             let _ = writeln!(out, "{line}");
         }
     }
-    Ok(exit)
+    Ok((exit, oops.found))
 }
 
 /// Byte for byte, as it comes: a full-screen program in the guest draws
@@ -440,8 +442,8 @@ pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String
     };
 
     let mut kept = Vec::new();
-    let exit = if spec.interactive && keep.is_none() {
-        forward_raw(stdout)?
+    let (exit, oops) = if spec.interactive && keep.is_none() {
+        (forward_raw(stdout)?, None)
     } else {
         forward_lines(stdout, keep, &mut kept)?
     };
@@ -453,7 +455,71 @@ pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String
             eprintln!("vm: command exited {code} on {} after {:.1}s", spec.kernel_name, started.elapsed().as_secs_f64());
             Ok((code, kept))
         }
-        None => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
+        None => match oops {
+            Some(oops) => Err(anyhow::Error::new(oops).context(format!(
+                "the VM's kernel ({}) oopsed; see the console above",
+                spec.kernel_name
+            ))),
+            None => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
+        },
+    }
+}
+
+/// A guest kernel oops read from the console: its kind (`int3`, `general
+/// protection fault`, ...) and where it happened (`function+0x5/0x130`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestOops {
+    pub kind: String,
+    pub rip: String,
+}
+
+impl GuestOops {
+    /// An unclaimed int3 at a function's patch site (the trap leaves RIP one
+    /// byte past it: +0x1, or +0x5 after a 4-byte endbr/nop): a CPU ran a
+    /// breakpoint byte of live text patching after the patcher had removed
+    /// it and synchronised every CPU. The kernel's protocol rules that out
+    /// on hardware, but under qemu's multi-threaded TCG it has happened when
+    /// probes attached while another vCPU was entering the function.
+    pub fn is_stale_patch_breakpoint(&self) -> bool {
+        let offset = self
+            .rip
+            .split_once("+0x")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        self.kind == "int3" && matches!(offset, Some(1 | 5))
+    }
+}
+
+impl std::fmt::Display for GuestOops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Oops: {} at {}", self.kind, self.rip)
+    }
+}
+
+impl std::error::Error for GuestOops {}
+
+/// Reads a kernel oops from console lines, one at a time: the `Oops:` line
+/// gives its kind, the first kernel `RIP:` after it the place.
+#[derive(Default)]
+struct OopsReader {
+    kind: Option<String>,
+    found: Option<GuestOops>,
+}
+
+impl OopsReader {
+    fn line(&mut self, line: &str) {
+        if self.found.is_some() {
+            return;
+        }
+        if let Some((_, rest)) = line.split_once("Oops: ") {
+            let kind = rest.split(':').next().unwrap_or(rest).trim();
+            self.kind = Some(kind.to_owned());
+        } else if let (Some(kind), Some((_, rip))) = (&self.kind, line.split_once("RIP: 0010:")) {
+            self.found = Some(GuestOops {
+                kind: kind.clone(),
+                rip: rip.trim().to_owned(),
+            });
+        }
     }
 }
 
@@ -502,6 +568,44 @@ pub fn with_libraries(binary: &str) -> Result<Vec<(PathBuf, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_oops(console: &str) -> Option<GuestOops> {
+        let mut reader = OopsReader::default();
+        console.lines().for_each(|l| reader.line(l));
+        reader.found
+    }
+
+    #[test]
+    fn a_stale_patch_breakpoint_is_told_from_other_oopses() {
+        // As Debian's 6.12 printed it in the VM (abridged).
+        let stale = read_oops(
+            "[    7.227414] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+             [    7.228299] RIP: 0010:fuse_file_io_open+0x5/0x130\n\
+             [    7.231009] RIP: 0033:0x47b5e1\n",
+        )
+        .expect("an oops");
+        assert_eq!(stale.kind, "int3");
+        assert_eq!(stale.rip, "fuse_file_io_open+0x5/0x130");
+        assert!(stale.is_stale_patch_breakpoint());
+
+        let inside =
+            read_oops("Oops: int3: 0000 [#1] SMP\nRIP: 0010:fuse_file_io_open+0x3c/0x100\n");
+        assert!(!inside.expect("an oops").is_stale_patch_breakpoint());
+        let gpf = read_oops(
+            "Oops: general protection fault, probably for non-canonical address: 0000 [#1] SMP\n\
+             RIP: 0010:fuse_file_io_open+0x5/0x100\n",
+        )
+        .expect("an oops");
+        assert_eq!(
+            gpf.kind,
+            "general protection fault, probably for non-canonical address"
+        );
+        assert!(!gpf.is_stale_patch_breakpoint());
+        assert_eq!(
+            read_oops("vm: kernel 6.12.118, 2 CPUs\nRIP: 0010:x+0x1/0x2\n"),
+            None
+        );
+    }
 
     #[test]
     fn quoting_survives_shell_metacharacters() {
