@@ -371,11 +371,16 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn get(&self, path: WritePath) -> &Counters {
+    /// The counters and histograms of one write path.
+    pub fn of(&self, path: WritePath) -> &PathTotals {
         match path {
-            WritePath::Passthrough => &self.passthrough.counters,
-            WritePath::DirectIo => &self.direct_io.counters,
+            WritePath::Passthrough => &self.passthrough,
+            WritePath::DirectIo => &self.direct_io,
         }
+    }
+
+    pub fn get(&self, path: WritePath) -> &Counters {
+        &self.of(path).counters
     }
 }
 

@@ -242,10 +242,7 @@ impl Collector for SnapshotMetrics {
                 MetricType::Histogram,
             )?;
             for path in WritePath::ALL {
-                let t = match path {
-                    WritePath::Passthrough => &s.totals.passthrough,
-                    WritePath::DirectIo => &s.totals.direct_io,
-                };
+                let t = s.totals.of(path);
                 for mode in LockMode::ALL {
                     let (h, sum_ns) = match (pick, mode) {
                         (0, LockMode::Shared) => (
@@ -285,10 +282,7 @@ impl Collector for SnapshotMetrics {
                 MetricType::Histogram,
             )?;
             for path in WritePath::ALL {
-                let t = match path {
-                    WritePath::Passthrough => &s.totals.passthrough,
-                    WritePath::DirectIo => &s.totals.direct_io,
-                };
+                let t = s.totals.of(path);
                 let b = buckets(&t.histograms.latency_hist);
                 let count = b.iter().map(|(_, n)| n).sum();
                 let labels = PathLabels {
