@@ -4,11 +4,13 @@
 //! end that tells paths apart: `…demo-114/mnt`), then whole columns of lower
 //! priority are dropped. A number is never cut.
 
+use std::borrow::Cow;
+
 /// One column: its header, the order in which it is dropped when the
 /// terminal is too narrow (lower goes first; `None`: never), and for a name
 /// column the width below which it is not cut.
 pub struct Column {
-    pub header: &'static str,
+    pub header: Cow<'static, str>,
     pub drop_order: Option<u8>,
     pub min_cut: Option<usize>,
 }
@@ -26,7 +28,7 @@ pub fn fit(columns: &[Column], cells: &[Vec<String>], room: usize) -> Vec<Option
             cells
                 .iter()
                 .map(|row| width(&row[i]))
-                .chain([width(c.header)])
+                .chain([width(&c.header)])
                 .max()
                 .unwrap_or(0)
         })
@@ -107,17 +109,17 @@ mod tests {
     fn cols() -> Vec<Column> {
         vec![
             Column {
-                header: "NAME",
+                header: Cow::Borrowed("NAME"),
                 drop_order: None,
                 min_cut: Some(6),
             },
             Column {
-                header: "N",
+                header: Cow::Borrowed("N"),
                 drop_order: Some(2),
                 min_cut: None,
             },
             Column {
-                header: "LOW",
+                header: Cow::Borrowed("LOW"),
                 drop_order: Some(0),
                 min_cut: None,
             },

@@ -1,6 +1,9 @@
 //! Drawing: a pure function of the state onto a ratatui frame. No I/O here,
 //! so `TestBackend` can render it.
 
+use std::{borrow::Cow, sync::LazyLock};
+
+use probes_common::Reason;
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
@@ -14,6 +17,7 @@ use super::{
     model::{Mode, Row},
     state::{App, View, KEYS},
 };
+
 use crate::{snapshot::Entry, verdict::Verdict};
 
 fn rate(v: f64, mode: Mode) -> String {
@@ -149,22 +153,41 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
 
 /// The file table's columns, most important first to last; `drop_order`
 /// says which go first on a narrow terminal (see columns.rs).
-const COLUMNS: [Column; 10] = [
-    col("FILE", None, Some(12)),
-    col("MOUNT", Some(6), Some(14)),
-    col("PATH", Some(1), None),
-    col("WRITES", Some(8), None),
-    col("BYTES", Some(2), None),
-    col("SHARED", Some(7), None),
-    col("EXCL np/buf/app/eof/cio", Some(5), None),
-    col("CONT", Some(4), None),
-    col("WAIT avg/p99/max", Some(3), None),
-    col("TOP WRITER", Some(0), None),
-];
+static COLUMNS: LazyLock<[Column; 10]> = LazyLock::new(|| {
+    let exclusive = Reason::EXCLUSIVE.map(abbreviation).join("/");
+    [
+        col("FILE", None, Some(12)),
+        col("MOUNT", Some(6), Some(14)),
+        col("PATH", Some(1), None),
+        col("WRITES", Some(8), None),
+        col("BYTES", Some(2), None),
+        col("SHARED", Some(7), None),
+        col(format!("EXCL {exclusive}"), Some(5), None),
+        col("CONT", Some(4), None),
+        col("WAIT avg/p99/max", Some(3), None),
+        col("TOP WRITER", Some(0), None),
+    ]
+});
 
-const fn col(header: &'static str, drop_order: Option<u8>, min_cut: Option<usize>) -> Column {
+/// A reason's short name in the exclusive column's header.
+const fn abbreviation(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Eligible => "ok",
+        Reason::NoParallelFlag => "np",
+        Reason::Buffered => "buf",
+        Reason::Append => "app",
+        Reason::PastEof => "eof",
+        Reason::CacheIoMode => "cio",
+    }
+}
+
+fn col(
+    header: impl Into<Cow<'static, str>>,
+    drop_order: Option<u8>,
+    min_cut: Option<usize>,
+) -> Column {
     Column {
-        header,
+        header: header.into(),
         drop_order,
         min_cut,
     }
@@ -227,7 +250,7 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
         .collect();
     // Inside the border; the table draws no highlight symbol.
     let room = usize::from(area.width.saturating_sub(2));
-    let fitted = columns::fit(&COLUMNS, &cells, room);
+    let fitted = columns::fit(COLUMNS.as_slice(), &cells, room);
     let shown: Vec<(usize, usize)> = fitted
         .iter()
         .enumerate()
@@ -236,7 +259,9 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
     let widths = shown
         .iter()
         .map(|&(_, w)| Constraint::Length(u16::try_from(w).unwrap_or(u16::MAX)));
-    let header = shown.iter().map(|&(i, _)| Cell::from(COLUMNS[i].header));
+    let header = shown
+        .iter()
+        .map(|&(i, _)| Cell::from(COLUMNS[i].header.as_ref()));
     let body = cells.into_iter().map(|row| {
         TableRow::new(
             shown
@@ -449,6 +474,11 @@ mod tests {
         top::{model::tests_support::entry, state::App},
     };
 
+    #[test]
+    fn the_exclusive_header_names_every_exclusive_reason_in_order() {
+        assert_eq!(COLUMNS[6].header, "EXCL np/buf/app/eof/cio");
+    }
+
     fn screen(app: &App, w: u16, h: u16) -> String {
         let mut term = Terminal::new(TestBackend::new(w, h)).expect("terminal");
         term.draw(|f| draw(f, app)).expect("draw");
@@ -583,7 +613,7 @@ mod tests {
             // headers are taken out.
             let rest = COLUMNS
                 .iter()
-                .fold(header.clone(), |h, c| h.replacen(c.header, "", 1));
+                .fold(header.clone(), |h, c| h.replacen(c.header.as_ref(), "", 1));
             assert_eq!(words(&rest).count(), 0, "cut header at {w} columns: {s}");
         }
         // Where the mount must be cut, it keeps the end that tells it apart.
