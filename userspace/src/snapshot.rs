@@ -10,53 +10,76 @@ use std::{ops::Deref, sync::Arc};
 use probes_common::{hist, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats};
 use serde::{Deserialize, Serialize};
 
-/// Counts of one mode, by reason (a struct, not a map: a snapshot of 10,000
-/// inodes would otherwise allocate 100,000 strings per refresh).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReasonCounts {
-    pub eligible: u64,
-    pub no_parallel_flag: u64,
-    pub buffered: u64,
-    pub append: u64,
-    pub past_eof: u64,
-    /// Absent from recordings made before this reason existed.
-    #[serde(default)]
-    pub cache_io_mode: u64,
-}
+/// Counts of one mode, by reason, indexed by `Reason` (an array, not a map:
+/// a snapshot of 10,000 inodes would otherwise allocate 100,000 strings per
+/// refresh). In JSON an object keyed by `Reason::name` in slot order; a
+/// reason absent from a recording made before it existed reads as 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonCounts([u64; Reason::COUNT]);
 
 impl ReasonCounts {
     pub fn get(&self, r: Reason) -> u64 {
-        match r {
-            Reason::Eligible => self.eligible,
-            Reason::NoParallelFlag => self.no_parallel_flag,
-            Reason::Buffered => self.buffered,
-            Reason::Append => self.append,
-            Reason::PastEof => self.past_eof,
-            Reason::CacheIoMode => self.cache_io_mode,
-        }
+        self.0[r.slot()]
     }
 
     fn from_slots(slots: &[u64; Reason::COUNT]) -> ReasonCounts {
-        ReasonCounts {
-            eligible: slots[Reason::Eligible.slot()],
-            no_parallel_flag: slots[Reason::NoParallelFlag.slot()],
-            buffered: slots[Reason::Buffered.slot()],
-            append: slots[Reason::Append.slot()],
-            past_eof: slots[Reason::PastEof.slot()],
-            cache_io_mode: slots[Reason::CacheIoMode.slot()],
-        }
+        ReasonCounts(*slots)
     }
 
     /// `self - base`, never below zero.
     pub fn minus(&self, base: &ReasonCounts) -> ReasonCounts {
-        ReasonCounts {
-            eligible: self.eligible.saturating_sub(base.eligible),
-            no_parallel_flag: self.no_parallel_flag.saturating_sub(base.no_parallel_flag),
-            buffered: self.buffered.saturating_sub(base.buffered),
-            append: self.append.saturating_sub(base.append),
-            past_eof: self.past_eof.saturating_sub(base.past_eof),
-            cache_io_mode: self.cache_io_mode.saturating_sub(base.cache_io_mode),
+        ReasonCounts(Reason::ALL.map(|r| self.get(r).saturating_sub(base.get(r))))
+    }
+}
+
+impl Serialize for ReasonCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(Reason::COUNT))?;
+        for r in Reason::ALL {
+            map.serialize_entry(r.name(), &self.get(r))?;
         }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ReasonCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ReasonCountsVisitor)
+    }
+}
+
+/// Reads what the derived `Deserialize` of a struct with one field per
+/// reason read: unknown keys skipped (a newer recording still replays),
+/// every reason required but `cache_io_mode`, which older recordings lack.
+struct ReasonCountsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReasonCountsVisitor {
+    type Value = ReasonCounts;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("counts by reason")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReasonCounts, A::Error> {
+        let mut slots = [None; Reason::COUNT];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match Reason::ALL.into_iter().find(|r| r.name() == key) {
+                Some(r) => slots[r.slot()] = Some(map.next_value::<u64>()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let mut counts = [0; Reason::COUNT];
+        for r in Reason::ALL {
+            counts[r.slot()] = match (slots[r.slot()], r) {
+                (Some(n), _) => n,
+                (None, Reason::CacheIoMode) => 0,
+                (None, _) => return Err(serde::de::Error::missing_field(r.name())),
+            };
+        }
+        Ok(ReasonCounts(counts))
     }
 }
 
@@ -472,6 +495,36 @@ pub fn dev_name(dev: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_counts_read_and_write_the_named_json_object() {
+        let counts = ReasonCounts::from_slots(&[1, 2, 3, 4, 5, 6]);
+        let json = serde_json::to_string(&counts).expect("json");
+        assert_eq!(
+            json,
+            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"cache_io_mode":6}"#
+        );
+        let back: ReasonCounts = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, counts);
+        assert_eq!(back.get(Reason::Append), 4);
+
+        // A recording from before `cache_io_mode`, with a key from a newer one.
+        let old: ReasonCounts = serde_json::from_str(
+            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"later":{"x":1}}"#,
+        )
+        .expect("older recording");
+        assert_eq!(old, ReasonCounts::from_slots(&[1, 2, 3, 4, 5, 0]));
+
+        let missing = serde_json::from_str::<ReasonCounts>(r#"{"eligible":1}"#)
+            .expect_err("no_parallel_flag is required");
+        assert!(
+            missing
+                .to_string()
+                .contains("missing field `no_parallel_flag`"),
+            "{missing}"
+        );
+        assert!(serde_json::from_str::<ReasonCounts>(r#"{"eligible":"1"}"#).is_err());
+    }
 
     #[test]
     fn dev_t_uses_kernel_encoding() {
