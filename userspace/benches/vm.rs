@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{churn, fuselock, prog_stats, running, BpfStats, TestFs};
+use common::{churn, fuselock, prog_stats, prog_stats_each, running, BpfStats, TestFs};
 
 const BPFTRACE_SCRIPT: &str = include_str!("fuselock-equivalent.bt");
 
@@ -335,11 +335,25 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
             let running = start(*tracer, "3600").expect("tracer");
             let pid = running.child.id();
             let stats = BpfStats::enable();
-            let (runs0, ns0) = prog_stats(pid);
+            let before = prog_stats_each(pid);
             load(fs, threads, writes);
-            let (runs1, ns1) = prog_stats(pid);
+            let after = prog_stats_each(pid);
             drop(stats);
             drop(running);
+            // Per program, what each run of the writes cost: where the time goes.
+            let each: Vec<(String, u64, u64)> = after
+                .iter()
+                .map(|(name, runs, ns)| {
+                    let (r0, n0) = before
+                        .iter()
+                        .find(|(n, _, _)| n == name)
+                        .map_or((0, 0), |(_, r, n)| (*r, *n));
+                    (name.clone(), runs - r0, ns - n0)
+                })
+                .filter(|(_, runs, _)| *runs > 0)
+                .collect();
+            let (runs0, ns0) = before.iter().fold((0, 0), |(r, n), p| (r + p.1, n + p.2));
+            let (runs1, ns1) = after.iter().fold((0, 0), |(r, n), p| (r + p.1, n + p.2));
             let per_write = (ns1 - ns0) as f64 / writes as f64;
             if *tracer == Tracer::Floor {
                 floor = Some(per_write);
@@ -355,6 +369,17 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
                 tracer.name(),
                 (runs1 - runs0) as f64 / writes as f64,
             );
+            if *tracer == Tracer::Fuselock {
+                for (name, runs, ns) in each {
+                    println!(
+                        "{:>7}  {:>22}  {:>10.2}  {:>12.0}",
+                        "",
+                        name,
+                        runs as f64 / writes as f64,
+                        ns as f64 / writes as f64
+                    );
+                }
+            }
         }
     }
 }

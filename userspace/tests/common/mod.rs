@@ -155,16 +155,14 @@ impl Drop for BpfStats {
     }
 }
 
-/// Runs and run time (ns) summed over every BPF program `pid` holds an fd
-/// of, from /proc/PID/fdinfo (`run_cnt`, `run_time_ns`: counted by the
-/// kernel while bpf_stats is on). Each program counts once, however many
-/// fds of it the process holds (fuselock keeps a second one to read
-/// `recursion_misses`).
-pub fn prog_stats(pid: u32) -> (u64, u64) {
+/// The run count and run time (ns) of each BPF program process `pid` holds,
+/// by program name (as the kernel keeps it, 15 bytes at most), from
+/// `/proc/PID/fdinfo` (bpf_stats must be enabled for them to move).
+pub fn prog_stats_each(pid: u32) -> Vec<(String, u64, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return (0, 0);
+        return Vec::new();
     };
-    let mut programs = std::collections::HashMap::new();
+    let mut programs = std::collections::BTreeMap::new();
     for fd in dir.flatten() {
         let Ok(info) = std::fs::read_to_string(fd.path()) else {
             continue;
@@ -174,14 +172,33 @@ pub fn prog_stats(pid: u32) -> (u64, u64) {
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().parse().ok())
         };
-        // Link fds name their program too, but carry no run counts.
+        // Link fds name their program too, but carry no run counts; and a
+        // program held by two fds is one program.
         if let (Some(id), Some(runs)) = (field("prog_id:"), field("run_cnt:")) {
             programs.insert(id, (runs, field("run_time_ns:").unwrap_or(0)));
         }
     }
+    let mut names = std::collections::HashMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        names.insert(
+            u64::from(info.id()),
+            info.name_as_str().unwrap_or("?").to_owned(),
+        );
+    }
     programs
-        .values()
-        .fold((0, 0), |(runs, ns), (r, n)| (runs + r, ns + n))
+        .into_iter()
+        .map(|(id, (runs, ns))| {
+            let name = names.remove(&id).unwrap_or_else(|| format!("prog {id}"));
+            (name, runs, ns)
+        })
+        .collect()
+}
+
+/// The run count and run time (ns) of all BPF programs process `pid` holds.
+pub fn prog_stats(pid: u32) -> (u64, u64) {
+    prog_stats_each(pid)
+        .iter()
+        .fold((0, 0), |(runs, ns), (_, r, n)| (runs + r, ns + n))
 }
 
 /// Create/rename/unlink on tmpfs from `threads` threads in one directory
