@@ -349,13 +349,15 @@ impl WriterKey {
 
 pub const COMM_LEN: usize = 16;
 
+/// A per-CPU value: each field is this CPU's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
     pub writes: u64,
-    /// `comm` of the last thread of the process seen writing.
+    /// `comm` of the process's thread that first wrote from this CPU in
+    /// `dirty_epoch`.
     pub comm: [u8; COMM_LEN],
-    /// The `EPOCH` in which this (entry, writer) was last put in a
+    /// The `EPOCH` in which this (entry, writer) was last put in this CPU's
     /// [`DirtyRing`]: once per refresh is enough (bookkeeping, not a count).
     pub dirty_epoch: u64,
 }

@@ -16,7 +16,7 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{current_task, now_ns, pid_tgid, read},
+    kernel::{current_task, now_ns, pid_tgid, read, read_words},
     maps::{config, health, INFLIGHT},
 };
 
@@ -39,10 +39,7 @@ pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
     }
     let Some(cfg) = config() else { return };
     let o = &cfg.offsets;
-    let Some(count) = read::<u64>(rec.rwsem, o.rwsem_count) else {
-        return;
-    };
-    let Some(owner) = read::<u64>(rec.rwsem, o.rwsem_owner) else {
+    let Some([count, owner]) = read_words(rec.rwsem, [o.rwsem_count, o.rwsem_owner]) else {
         return;
     };
     match held_mode(count, owner, current_task()) {

@@ -52,9 +52,11 @@ pub static ZERO_STATS: PerCpuArray<WriteStats> = PerCpuArray::with_max_entries(1
 pub static PATH_HISTS: PerCpuArray<Histograms> =
     PerCpuArray::with_max_entries(WritePath::COUNT as u32, 0);
 
+/// Per CPU: every write bumps its writer's count, and a shared value would
+/// bounce between the CPUs of a parallel workload.
 #[map]
-pub static WRITERS: LruHashMap<WriterKey, WriterStats> =
-    LruHashMap::with_max_entries(MAX_WRITERS, 0);
+pub static WRITERS: LruPerCpuHashMap<WriterKey, WriterStats> =
+    LruPerCpuHashMap::with_max_entries(MAX_WRITERS, 0);
 
 /// Per CPU: the latest writes, so userspace re-reads only what was written.
 #[map]

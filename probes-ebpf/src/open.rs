@@ -57,7 +57,7 @@ pub fn on_exit(ret: i32) {
     let Some(inode) = read::<u64>(rec.file, o.file_f_inode) else {
         return;
     };
-    let Some((ino, dev)) = inode_id(inode, o) else {
+    let Some((ino, dev, _)) = inode_id(inode, o) else {
         return;
     };
     let key = InodeKey { ino, dev, path: 0 };

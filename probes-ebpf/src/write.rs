@@ -10,13 +10,15 @@ use probes_common::{
     classify,
     config::{Config, FLAG_DEBUG_LOG},
     hist,
-    maps::{DIRTY_SLOTS, INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN},
+    maps::{
+        COMM_LEN, DIRTY_SLOTS, INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN,
+    },
     Histograms, InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath,
     WriteStats, WriterKey, WriterStats,
 };
 
 use crate::{
-    kernel::{inode_id, now_ns, pid_tgid, read},
+    kernel::{inode_id, now_ns, pid_tgid, read, read_words},
     maps::{
         atomic_add, config, health, DEV_TOTALS, DIRTY, EPOCH, INFLIGHT, INODE_HISTS, INODE_NAMES,
         INODE_STATS, PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_HISTS, ZERO_STATS,
@@ -30,38 +32,29 @@ use crate::{
 pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     let Some(cfg) = config() else { return };
     let o = &cfg.offsets;
-    let Some(file) = read::<u64>(iocb, o.kiocb_ki_filp) else {
+    let Some([file, pos, ki_flags]) =
+        read_words(iocb, [o.kiocb_ki_filp, o.kiocb_ki_pos, o.kiocb_ki_flags])
+    else {
         return;
     };
-    let Some(ff) = read::<u64>(file, o.file_private_data) else {
+    let (pos, ki_flags) = (pos as i64, ki_flags as u32);
+    let Some([ff, inode]) = read_words(file, [o.file_private_data, o.file_f_inode]) else {
         return;
     };
-    let Some(open_flags) = read::<u32>(ff, o.fuse_file_open_flags) else {
+    let Some([open_flags, backing]) =
+        read_words(ff, [o.fuse_file_open_flags, o.fuse_file_passthrough])
+    else {
         return;
     };
-    let Some(backing) = read::<u64>(ff, o.fuse_file_passthrough) else {
-        return;
-    };
+    let open_flags = open_flags as u32;
     let Some(path) = WritePath::of(open_flags, backing != 0) else {
         health(|h| h.cached_path_writes += 1);
-        return;
-    };
-    let Some(inode) = read::<u64>(file, o.file_f_inode) else {
-        return;
-    };
-    let Some(ki_flags) = read::<u32>(iocb, o.kiocb_ki_flags) else {
-        return;
-    };
-    let Some(pos) = read::<i64>(iocb, o.kiocb_ki_pos) else {
         return;
     };
     let Some(count) = read::<u64>(from, o.iov_iter_count) else {
         return;
     };
-    let Some(i_size) = read::<i64>(inode, o.inode_i_size) else {
-        return;
-    };
-    let Some((ino, dev)) = inode_id(inode, o) else {
+    let Some((ino, dev, i_size)) = inode_id(inode, o) else {
         return;
     };
     // Only `fuse_dio_lock()` looks at the inode's cached I/O mode, and a
@@ -104,10 +97,15 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         ..InFlight::default()
     };
     let id = pid_tgid();
-    if INFLIGHT.get_ptr(id).is_some() {
-        health(|h| h.inflight_replaced += 1);
-    }
-    if INFLIGHT.insert(id, record, 0).is_err() {
+    // Insert first and look only if that fails: the common case costs one
+    // hash operation, not two.
+    let inserted = INFLIGHT.insert(id, record, u64::from(BPF_NOEXIST)).is_ok() || {
+        if INFLIGHT.get_ptr(id).is_some() {
+            health(|h| h.inflight_replaced += 1);
+        }
+        INFLIGHT.insert(id, record, 0).is_ok()
+    };
+    if !inserted {
         health(|h| h.inflight_full += 1);
         error!(
             ctx,
@@ -235,8 +233,7 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
         // SAFETY: a map value; shared between CPUs, updated atomically.
         record_histograms(unsafe { &mut *h }, rec, now);
     }
-    let (key, writer) = count_writer(rec);
-    mark_dirty(key, writer);
+    count_writer(rec);
 }
 
 #[inline(always)]
@@ -352,48 +349,41 @@ fn record_histograms(h: &mut Histograms, rec: &InFlight, now: u64) {
     }
 }
 
-/// Counts the write against its process; the writer's map value, if any.
+/// Counts the write against its process, on this CPU, and puts the pair in
+/// this CPU's ring of recent writes once per epoch (see `DirtyRing`), after
+/// every per-inode update the write makes.
 #[inline(always)]
-fn count_writer(rec: &InFlight) -> (WriterKey, Option<*mut WriterStats>) {
+fn count_writer(rec: &InFlight) {
     let key = WriterKey::new(rec.key, (pid_tgid() >> 32) as u32);
-    let comm = bpf_get_current_comm().unwrap_or_default();
-    if let Some(w) = WRITERS.get_ptr_mut(key) {
-        // SAFETY: shared map value: atomic count; comm is best effort.
-        let ws = unsafe { &mut *w };
-        atomic_add(&mut ws.writes, 1);
-        ws.comm = comm;
-        return (key, Some(w));
-    }
-    let fresh = WriterStats {
-        writes: 1,
-        comm,
-        dirty_epoch: 0,
-    };
-    if WRITERS.insert(key, fresh, u64::from(BPF_NOEXIST)).is_err() {
-        // Raced with another CPU's insert: count into its entry.
-        if let Some(w) = WRITERS.get_ptr_mut(key) {
-            // SAFETY: as above.
-            atomic_add(unsafe { &mut (*w).writes }, 1);
-        }
-    }
-    (key, WRITERS.get_ptr_mut(key))
-}
-
-/// Puts the (entry, writer) pair in this CPU's ring of recent writes, once
-/// per epoch, after every per-inode update the write makes: userspace that
-/// finds the pair there finds those updates (see `DirtyRing`).
-#[inline(always)]
-fn mark_dirty(key: WriterKey, writer: Option<*mut WriterStats>) {
     let epoch = EPOCH.get(0).copied().unwrap_or(0);
-    if let Some(w) = writer {
-        // SAFETY: a shared map value; a race between CPUs at worst pushes
-        // the pair twice.
-        let w = unsafe { &mut *w };
-        if w.dirty_epoch == epoch {
-            return;
+    let writer = match WRITERS.get_ptr_mut(key) {
+        Some(w) => w,
+        None => {
+            // A new element gets this value on this CPU and zeros on the
+            // others; if another CPU inserted it first, this fails and the
+            // lookup below finds its element, with this CPU's slot at zero.
+            let fresh = WriterStats {
+                writes: 0,
+                comm: [0; COMM_LEN],
+                dirty_epoch: epoch.wrapping_sub(1),
+            };
+            let _ = WRITERS.insert(key, fresh, u64::from(BPF_NOEXIST));
+            match WRITERS.get_ptr_mut(key) {
+                Some(w) => w,
+                None => return,
+            }
         }
-        w.dirty_epoch = epoch;
+    };
+    // SAFETY: a per-CPU value, this CPU only.
+    let writer = unsafe { &mut *writer };
+    writer.writes += 1;
+    if writer.dirty_epoch == epoch {
+        return;
     }
+    writer.dirty_epoch = epoch;
+    // The name is read once per refresh, not per write: it only changes at
+    // exec, and userspace shows the latest.
+    writer.comm = bpf_get_current_comm().unwrap_or_default();
     let Some(ring) = DIRTY.get_ptr_mut(0) else {
         return;
     };

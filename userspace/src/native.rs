@@ -67,7 +67,7 @@ pub struct Kernel {
     dev_totals: PerCpuHashMap<MapData, InodeKey, WriteStats>,
     names: HashMap<MapData, InodeKey, InodeName>,
     hists: HashMap<MapData, InodeKey, Histograms>,
-    writers: HashMap<MapData, WriterKey, WriterStats>,
+    writers: PerCpuHashMap<MapData, WriterKey, WriterStats>,
     path_totals: PerCpuArray<MapData, WriteStats>,
     path_hists: PerCpuArray<MapData, Histograms>,
     health: PerCpuArray<MapData, Health>,
@@ -159,19 +159,28 @@ impl Kernel {
         self.hists.insert(key, h, 0).context("INODE_HISTS")?;
 
         let wkey = WriterKey::new(key, tgid);
-        let mut w = self.writers.get(&wkey, 0).unwrap_or(WriterStats {
-            writes: 0,
-            comm: [0; probes_common::maps::COMM_LEN],
-            dirty_epoch: 0,
-        });
-        w.writes += 1;
-        let len = comm.len().min(probes_common::maps::COMM_LEN - 1);
-        w.comm[..len].copy_from_slice(&comm.as_bytes()[..len]);
-        // mark_dirty: once per epoch per (entry, writer).
+        // count_writer: this CPU's count, and once per epoch its name and
+        // a place in this CPU's ring.
         let epoch = self.epoch.get(&0, 0).context("EPOCH")?;
+        let mut w = self.writers.get(&wkey, 0).map_or(
+            WriterStats {
+                writes: 0,
+                comm: [0; probes_common::maps::COMM_LEN],
+                dirty_epoch: epoch.wrapping_sub(1),
+            },
+            |values| values[0],
+        );
+        w.writes += 1;
         let push = w.dirty_epoch != epoch;
-        w.dirty_epoch = epoch;
-        self.writers.insert(wkey, w, 0).context("WRITERS")?;
+        if push {
+            w.dirty_epoch = epoch;
+            w.comm = [0; probes_common::maps::COMM_LEN];
+            let len = comm.len().min(probes_common::maps::COMM_LEN - 1);
+            w.comm[..len].copy_from_slice(&comm.as_bytes()[..len]);
+        }
+        self.writers
+            .insert(wkey, on_cpu0(cpus, w)?, 0)
+            .context("WRITERS")?;
         if push {
             let mut ring = self.dirty.get(&0, 0).context("DIRTY")?[0];
             ring.keys[(ring.head as usize) & (DIRTY_SLOTS - 1)] = wkey;

@@ -131,12 +131,23 @@ fn sum_percpu(values: &[WriteStats]) -> WriteStats {
     sum
 }
 
-fn writer_of(k: &WriterKey, w: &WriterStats) -> Writer {
-    let comm_len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
+/// One process's writes to one entry, summed over the CPUs it wrote from.
+/// Each CPU names the process as of the last refresh it wrote in; the name
+/// of the CPU that wrote most stands for all.
+fn writer_of(k: &WriterKey, per_cpu: &[WriterStats]) -> Writer {
+    let writes = per_cpu.iter().map(|w| w.writes).sum();
+    let comm = per_cpu
+        .iter()
+        .filter(|w| w.comm[0] != 0)
+        .max_by_key(|w| w.writes)
+        .map_or(&[][..], |w| {
+            let len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
+            &w.comm[..len]
+        });
     Writer {
         pid: k.tgid,
-        comm: String::from_utf8_lossy(&w.comm[..comm_len]).into_owned(),
-        writes: w.writes,
+        comm: String::from_utf8_lossy(comm).into_owned(),
+        writes,
     }
 }
 
@@ -377,7 +388,7 @@ impl Collector {
             for tgid in tgids {
                 let wkey = WriterKey::new(key, tgid);
                 if let Some(w) = self.writers.lookup(&wkey).context("reading WRITERS")? {
-                    let writer = writer_of(&wkey, &w[0]);
+                    let writer = writer_of(&wkey, w);
                     if cached.writers.get(&tgid) != Some(&writer) {
                         cached.writers.insert(tgid, writer);
                         writers_moved = true;
@@ -485,11 +496,11 @@ impl Collector {
         self.writers
             .for_each(|k, v| {
                 let key = k.inode();
-                if let (true, Some(w)) = (is_changed(&key), v.first()) {
+                if is_changed(&key) {
                     writers
                         .entry(key)
                         .or_default()
-                        .insert(k.tgid, writer_of(k, w));
+                        .insert(k.tgid, writer_of(k, v));
                 }
             })
             .context("reading WRITERS")?;
