@@ -1,58 +1,18 @@
 //! `fuselock`: which inode lock Linux takes for FUSE passthrough writes, and why.
-
-mod batch;
-mod btf;
-mod cli;
-mod collector;
-mod demo;
-mod doctor;
-mod escape;
-mod exercise;
-mod export;
-mod kretprobe;
-mod misses;
-mod mounts;
-#[cfg(test)]
-mod native;
-mod offsets;
-mod preempt;
-mod preflight;
-mod privileges;
-mod probes;
-mod procfs;
-mod replay;
-mod session;
-mod snapshot;
-mod stat;
-mod stream;
-mod table;
-mod testfs;
-mod top;
-mod verdict;
-mod verify;
-mod version;
-mod workload;
+//!
+//! The binary parses the command line, dispatches to the library's commands
+//! and turns their results into exit statuses.
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
-
-/// A mistake in what the user asked for (exit status 3), as opposed to a
-/// failure to do it (4).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// Exit statuses, documented in the README.
-pub mod exit {
-    /// Bad usage: unknown flag, bad value.
-    pub const USAGE: u8 = 3;
-    /// fuselock could not do its job: privileges, kernel support, I/O.
-    pub const FAILURE: u8 = 4;
-}
+use fuselock::{
+    cli::{Cli, Command},
+    demo, doctor, exit, export, kretprobe, preflight, stat, testfs, top, verify, workload,
+    UsageError,
+};
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
