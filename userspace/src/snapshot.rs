@@ -335,6 +335,23 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
+    /// Every counter of events that may leave counts incomplete, by the name
+    /// the metric's `kind` label and the table's warning give it: the one
+    /// list both read, so neither can leave one out.
+    pub fn losses(&self) -> [(&'static str, u64); 9] {
+        [
+            ("inode_insert_failed", self.inode_insert_failed),
+            ("inflight_full", self.inflight_full),
+            ("inflight_replaced", self.inflight_replaced),
+            ("exit_unmatched", self.exit_unmatched),
+            ("read_error", self.read_errors),
+            ("lock_state_unknown", self.lock_state_unknown),
+            ("dev_totals_full", self.dev_totals_full),
+            ("inflight_aged_out", self.inflight_aged_out),
+            ("recursion_miss", self.recursion_misses),
+        ]
+    }
+
     pub fn new(h: &Health, live_inodes: u64, max_inodes: u64, deleted: u64) -> HealthReport {
         HealthReport {
             live_inodes,

@@ -107,17 +107,25 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         }
     }
     let h = &snap.health;
-    if h.evictions > 0
-        || h.inflight_full > 0
-        || h.inode_insert_failed > 0
-        || h.read_errors > 0
-        || h.lock_state_unknown > 0
-    {
+    if h.evictions > 0 {
         writeln!(
             out,
-            "warning: {} inodes evicted from the map (max {}), {} writes untracked (in-flight map full), \
-             {} failed inserts, {} read errors, {} unknown lock states",
-            h.evictions, h.max_inodes, h.inflight_full, h.inode_insert_failed, h.read_errors, h.lock_state_unknown
+            "warning: {} inodes evicted from the map (max {}; --max-inodes): their rows are gone, \
+             their writes still count in the totals",
+            h.evictions, h.max_inodes
+        )?;
+    }
+    let losses: Vec<String> = h
+        .losses()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    if !losses.is_empty() {
+        writeln!(
+            out,
+            "warning: counts may be incomplete (health: {}; see docs/json.md)",
+            losses.join(", ")
         )?;
     }
     if h.recursion_misses > 0 {

@@ -325,17 +325,7 @@ impl Collector for SnapshotMetrics {
             "fuselock_probe_errors",
             "Events that could make counts incomplete, by kind",
             None,
-            &[
-                ("inode_insert_failed", h.inode_insert_failed),
-                ("inflight_full", h.inflight_full),
-                ("inflight_replaced", h.inflight_replaced),
-                ("exit_unmatched", h.exit_unmatched),
-                ("read_error", h.read_errors),
-                ("lock_state_unknown", h.lock_state_unknown),
-                ("dev_totals_full", h.dev_totals_full),
-                ("recursion_miss", h.recursion_misses),
-            ]
-            .map(|(k, v)| (KindLabels { kind: k.into() }, v)),
+            &h.losses().map(|(k, v)| (KindLabels { kind: k.into() }, v)),
         )?;
 
         let verdict = decide(&Evidence::from_totals(s)).verdict;
