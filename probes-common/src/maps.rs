@@ -25,14 +25,17 @@ pub const MAP_INFLIGHT: &str = "INFLIGHT";
 pub const MAP_INODE_HISTS: &str = "INODE_HISTS";
 /// Histograms per path, never evicted: `PERCPU_ARRAY<Histograms>` indexed by `WritePath`.
 pub const MAP_PATH_HISTS: &str = "PATH_HISTS";
-/// Who writes: `LRU_HASH<WriterKey, WriterStats>`.
+/// Who writes: `LRU_PERCPU_HASH<WriterKey, WriterStats>`.
 pub const MAP_WRITERS: &str = "WRITERS";
 /// Open-time evidence per file: `LRU_HASH<InodeKey (path = 0), OpenStats>`.
 pub const MAP_OPENS: &str = "OPENS";
 /// Opens in flight: `HASH<u64 pid_tgid, u64 file>` plus the flags the server sent.
 pub const MAP_OPENS_INFLIGHT: &str = "OPENS_INFLIGHT";
-/// Capacity of the writers map.
-pub const MAX_WRITERS: u32 = 32_768;
+/// Capacity of the writers map: as many (file, process) pairs as the
+/// default number of files. Its values are per CPU, so each entry costs
+/// 32 bytes on every CPU; an evicted pair loses only its place in a file's
+/// list of writers, never a count.
+pub const MAX_WRITERS: u32 = 16_384;
 /// The per-CPU rings of recent writes (see [`DirtyRing`]).
 pub const MAP_DIRTY: &str = "DIRTY";
 /// Slots in each CPU's [`DirtyRing`] (a power of two).
