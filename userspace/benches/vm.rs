@@ -34,7 +34,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{churn, fuselock, prog_stats, prog_stats_each, running, BpfStats, TestFs};
+use common::{
+    churn, fuselock, map_memlock, prog_stats, prog_stats_each, running, BpfStats, TestFs,
+};
 
 const BPFTRACE_SCRIPT: &str = include_str!("fuselock-equivalent.bt");
 
@@ -69,10 +71,54 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        step(format!("stopping tracer {}", self.child.id()));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
     }
+}
+
+/// What the benchmark is doing and since when, for [`watchdog`].
+static STEP: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+
+fn step(what: impl Into<String>) {
+    *STEP.lock().expect("step lock") = Some((what.into(), Instant::now()));
+}
+
+/// A step stuck for `limit` ends the benchmark with what every task in the
+/// guest is waiting in (and the kernel's list of blocked tasks on the
+/// console), rather than leaving an idle VM until the caller's time runs out.
+fn watchdog(limit: Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let stuck = STEP
+            .lock()
+            .expect("step lock")
+            .as_ref()
+            .filter(|(_, since)| since.elapsed() > limit)
+            .map(|(what, _)| what.clone());
+        let Some(what) = stuck else { continue };
+        eprintln!("bench: no progress for {limit:?} while {what}; the guest's tasks:");
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let dir = entry.path();
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            let Some((_, after_comm)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            eprintln!(
+                "bench:   {} {} state {} wchan {} | {}",
+                entry.file_name().to_string_lossy(),
+                read("comm").trim(),
+                after_comm.chars().next().unwrap_or('?'),
+                read("wchan"),
+                read("cmdline").replace('\0', " ").trim()
+            );
+        }
+        let _ = std::fs::write("/proc/sysrq-trigger", "w");
+        std::thread::sleep(Duration::from_secs(2));
+        std::process::exit(1);
+    });
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -88,6 +134,7 @@ fn start(tracer: Tracer, interval: &str) -> Option<Running> {
 }
 
 fn start_with(tracer: Tracer, interval: &str, extra: &[&str]) -> Option<Running> {
+    step(format!("starting {tracer:?}"));
     let mut cmd = match tracer {
         Tracer::None => return None,
         Tracer::Fuselock => {
@@ -173,6 +220,7 @@ fn floor_script() -> String {
 
 /// Runs `fuselock load` and returns writes per second.
 fn load(fs: &TestFs, threads: u32, writes: u64) -> f64 {
+    step(format!("writing {writes} times from {threads} threads"));
     let out = Command::new(fuselock())
         .args(["load", &fs.path("bench"), "--kind", "overwrite", "--json"])
         .args([
@@ -262,6 +310,9 @@ fn main() {
             return;
         }
     }
+    // Sections 1-3 name their steps (starting, writing, stopping); none
+    // takes minutes.
+    watchdog(Duration::from_secs(420));
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")
         .output()
@@ -338,6 +389,7 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
             let before = prog_stats_each(pid);
             load(fs, threads, writes);
             let after = prog_stats_each(pid);
+            let memlock = map_memlock(pid);
             drop(stats);
             drop(running);
             // Per program, what each run of the writes cost: where the time goes.
@@ -370,6 +422,15 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
                 (runs1 - runs0) as f64 / writes as f64,
             );
             if *tracer == Tracer::Fuselock {
+                if threads == 1 {
+                    let (bytes, maps) = memlock;
+                    println!(
+                        "{:>7}  kernel memory of its {maps} maps: {:.1} MiB on {} CPUs",
+                        "",
+                        bytes as f64 / f64::from(1 << 20),
+                        std::thread::available_parallelism().map_or(0, |n| n.get())
+                    );
+                }
                 for (name, runs, ns) in each {
                     println!(
                         "{:>7}  {:>22}  {:>10.2}  {:>12.0}",

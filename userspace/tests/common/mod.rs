@@ -194,6 +194,30 @@ pub fn prog_stats_each(pid: u32) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// The kernel memory charged to the BPF maps process `pid` holds (the sum
+/// of their `memlock` in `/proc/PID/fdinfo`, each map once), and how many
+/// maps.
+pub fn map_memlock(pid: u32) -> (u64, usize) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    let mut maps = std::collections::HashMap::new();
+    for fd in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
+            maps.insert(id, bytes);
+        }
+    }
+    (maps.values().sum(), maps.len())
+}
+
 /// The run count and run time (ns) of all BPF programs process `pid` holds.
 pub fn prog_stats(pid: u32) -> (u64, u64) {
     prog_stats_each(pid)
