@@ -155,27 +155,36 @@ impl Drop for BpfStats {
     }
 }
 
-/// The run count and run time (ns) of each BPF program process `pid` holds,
-/// by program name (as the kernel keeps it, 15 bytes at most), from
-/// `/proc/PID/fdinfo` (bpf_stats must be enabled for them to move).
-pub fn prog_stats_each(pid: u32) -> Vec<(String, u64, u64)> {
+/// The numeric fields of each of process `pid`'s fds (`/proc/PID/fdinfo`):
+/// what the kernel says of its BPF programs and maps.
+fn fdinfos(pid: u32) -> Vec<std::collections::HashMap<String, u64>> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return Vec::new();
     };
-    let mut programs = std::collections::BTreeMap::new();
-    for fd in dir.flatten() {
-        let Ok(info) = std::fs::read_to_string(fd.path()) else {
-            continue;
-        };
-        let field = |name: &str| -> Option<u64> {
+    dir.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .map(|info| {
             info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-        };
+                .filter_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    Some((name.to_owned(), value.trim().parse().ok()?))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The run count and run time (ns) of each BPF program process `pid` holds,
+/// by program name (as the kernel keeps it, 15 bytes at most); they move
+/// only while bpf_stats is on.
+pub fn prog_stats_each(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut programs = std::collections::BTreeMap::new();
+    for fields in fdinfos(pid) {
         // Link fds name their program too, but carry no run counts; and a
         // program held by two fds is one program.
-        if let (Some(id), Some(runs)) = (field("prog_id:"), field("run_cnt:")) {
-            programs.insert(id, (runs, field("run_time_ns:").unwrap_or(0)));
+        if let (Some(id), Some(runs)) = (fields.get("prog_id"), fields.get("run_cnt")) {
+            let ns = fields.get("run_time_ns").copied().unwrap_or(0);
+            programs.insert(*id, (*runs, ns));
         }
     }
     let mut names = std::collections::HashMap::new();
@@ -195,26 +204,12 @@ pub fn prog_stats_each(pid: u32) -> Vec<(String, u64, u64)> {
 }
 
 /// The kernel memory charged to the BPF maps process `pid` holds (the sum
-/// of their `memlock` in `/proc/PID/fdinfo`, each map once), and how many
-/// maps.
+/// of their `memlock`, each map once), and how many maps.
 pub fn map_memlock(pid: u32) -> (u64, usize) {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return (0, 0);
-    };
-    let mut maps = std::collections::HashMap::new();
-    for fd in dir.flatten() {
-        let Ok(info) = std::fs::read_to_string(fd.path()) else {
-            continue;
-        };
-        let field = |name: &str| -> Option<u64> {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-        };
-        if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
-            maps.insert(id, bytes);
-        }
-    }
+    let maps: std::collections::HashMap<u64, u64> = fdinfos(pid)
+        .iter()
+        .filter_map(|f| Some((*f.get("map_id")?, *f.get("memlock")?)))
+        .collect();
     (maps.values().sum(), maps.len())
 }
 
