@@ -99,6 +99,8 @@ pub struct ProbeArgs {
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
     /// Capacity of the per-inode maps (LRU; evictions are counted and shown).
+    /// Each file costs kernel memory: 264 bytes on every CPU plus about
+    /// 1.4 KiB once (docs/benchmarks.md, "Kernel memory").
     #[arg(long, default_value_t = probes_common::maps::DEFAULT_MAX_INODES,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_inodes: u32,
