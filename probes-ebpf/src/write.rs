@@ -370,7 +370,9 @@ fn count_writer(rec: &InFlight) {
             let _ = WRITERS.insert(key, fresh, u64::from(BPF_NOEXIST));
             match WRITERS.get_ptr_mut(key) {
                 Some(w) => w,
-                None => return,
+                // No room for the writer: the file's counts changed all the
+                // same, so the pair still goes in the ring.
+                None => return mark_dirty(key),
             }
         }
     };
@@ -384,6 +386,13 @@ fn count_writer(rec: &InFlight) {
     // The name is read once per refresh, not per write: it only changes at
     // exec, and userspace shows the latest.
     writer.comm = bpf_get_current_comm().unwrap_or_default();
+    mark_dirty(key);
+}
+
+/// Puts the (entry, writer) pair in this CPU's ring of recent writes: a
+/// refresh that finds it there finds every update the write made.
+#[inline(always)]
+fn mark_dirty(key: WriterKey) {
     let Some(ring) = DIRTY.get_ptr_mut(0) else {
         return;
     };
