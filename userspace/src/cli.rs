@@ -64,7 +64,7 @@ pub enum Command {
     #[command(
         after_help = "Example (on a machine without kprobes, in the VM):\n  cargo xtask vm -- fuselock demo"
     )]
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Example:\n  fuselock completions bash > /etc/bash_completion.d/fuselock"
@@ -227,6 +227,22 @@ pub fn parse_interval(s: &str) -> Result<Duration> {
         bail!("interval must be between 0.1 and 3600 seconds, got {s}");
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+    /// Mount without asking for FOPEN_PARALLEL_DIRECT_WRITES.
+    #[arg(long)]
+    pub no_parallel: bool,
+    /// Open `top` on the mount while the workload repeats, instead of
+    /// printing counts and a verdict (q quits and cleans up).
+    #[arg(long)]
+    pub top: bool,
+    /// Writes per kind (overwrite, buffered, append, past-eof).
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub writes: u64,
 }
 
 #[cfg(test)]

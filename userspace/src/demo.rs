@@ -21,28 +21,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    cli::ProbeArgs,
+    cli::{DemoArgs, ProbeArgs},
     escape,
     session::Session,
     table,
     verify::{self, Watch},
 };
-
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    #[command(flatten)]
-    pub probes: ProbeArgs,
-    /// Mount without asking for FOPEN_PARALLEL_DIRECT_WRITES.
-    #[arg(long)]
-    pub no_parallel: bool,
-    /// Open `top` on the mount while the workload repeats, instead of
-    /// printing counts and a verdict (q quits and cleans up).
-    #[arg(long)]
-    pub top: bool,
-    /// Writes per kind (overwrite, buffered, append, past-eof).
-    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub writes: u64,
-}
 
 /// A new directory only we can enter (mode 0700, `mkdtemp(3)`): nothing in
 /// it can have been planted by another user, so no path under it needs
