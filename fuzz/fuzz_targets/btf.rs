@@ -1,4 +1,4 @@
-//! Arbitrary bytes as BTF (`userspace/src/btf`), then the lookups fuselock makes.
+//! Arbitrary bytes as BTF (`userspace/src/kernel/btf`), then the lookups fuselock makes.
 //!
 //! The input is a base blob, optionally followed by split blobs: each blob ends
 //! where its header says its last section ends, and whatever follows is parsed
@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../userspace/src/btf/mod.rs"]
+#[path = "../../userspace/src/kernel/btf/mod.rs"]
 mod btf;
 
 use btf::Btf;
@@ -24,7 +24,7 @@ use btf::Btf;
 /// (split-on-split is allowed by the format).
 const MAX_LAYERS: usize = 3;
 
-/// The member paths `userspace/src/offsets.rs` resolves, plus a few that the
+/// The member paths `userspace/src/kernel/offsets.rs` resolves, plus a few that the
 /// seed corpus's small hand-made BTF has.
 const PATHS: &[(&str, &[&str])] = &[
     ("kiocb", &["ki_filp"]),

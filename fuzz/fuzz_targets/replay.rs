@@ -9,19 +9,25 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../userspace/src/replay.rs"]
-mod replay;
-#[path = "../../userspace/src/snapshot.rs"]
-mod snapshot;
-#[path = "../../userspace/src/stream.rs"]
-mod stream;
+// The same module paths as in the library (`crate::model::snapshot`, ...),
+// without the rest of those layers. On an inline module, `#[path]` names the
+// folder its file modules are read from.
+#[path = "../../userspace/src/model"]
+mod model {
+    pub mod snapshot;
+}
+#[path = "../../userspace/src/wire"]
+mod wire {
+    pub mod replay;
+    pub mod stream;
+}
 
-/// The shape of `fuselock::UsageError` (userspace/src/main.rs), which
+/// The shape of `fuselock::UsageError` (userspace/src/lib.rs), which
 /// `replay.rs` names as `crate::UsageError`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
 fuzz_target!(|data: &[u8]| {
-    let _ = replay::parse(data, "fuzz");
+    let _ = wire::replay::parse(data, "fuzz");
 });

@@ -5,7 +5,7 @@ use std::{ffi::OsString, time::Duration};
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{probes::ProbeMode, testfs::TestfsArgs, workload::LoadArgs};
+use crate::{kernel::probes::ProbeMode, testfs::TestfsArgs, workload::LoadArgs};
 
 #[derive(Debug, Parser)]
 #[command(

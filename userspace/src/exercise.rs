@@ -27,8 +27,9 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     escape,
-    mounts::{fs_type, FUSE_SUPER_MAGIC},
-    procfs, UsageError,
+    kernel::mounts::{fs_type, FUSE_SUPER_MAGIC},
+    kernel::procfs,
+    UsageError,
 };
 
 fn usage(msg: String) -> anyhow::Error {

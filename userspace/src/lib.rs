@@ -2,50 +2,35 @@
 //! the binary only parses its arguments, dispatches and maps errors to exit
 //! statuses (`src/main.rs`).
 //!
-//! The modules, from the kernel up:
-//! - kernel side: `probes` (load and attach, the probe table), `kretprobe`,
-//!   `btf` and `offsets`, `preflight`, `preempt`, `privileges`, `mounts`,
-//!   `procfs`, `misses`;
-//! - collection: `batch` (whole-map reads) and `collector` (snapshots, its
-//!   caches and janitor);
-//! - model: `snapshot`, `verdict`;
-//! - wire formats: `stream` (the JSON lines), `replay`, `table`, `escape`;
-//! - commands: `stat`, `verify`, `top`, `export`, `doctor`, `demo`,
-//!   `session` (what they share), `cli` (their flags), `version`;
-//! - the test kit: `testfs` (a FUSE server), `workload` and `exercise`
-//!   (writers).
+//! The layers, from the bottom up; a module imports only from layers below
+//! its own:
+//! - [`model`]: the typed snapshot and deltas, and the verdict (it imports
+//!   nothing of fuselock's);
+//! - [`kernel`]: load and attach the programs, the probe table, kretprobes,
+//!   BTF and struct offsets, preflight checks, privileges, mounts, `/proc`;
+//! - [`collect`]: reading the maps into the model's snapshots, with the change
+//!   marks, caches and the janitor that clears what unmounts leave behind;
+//! - [`wire`]: the model as JSON lines, their replay, the text table;
+//! - [`cli`]: every command's flags, parsed and checked in one place;
+//! - [`commands`]: stat, verify, top, export, doctor, demo.
+//!
+//! Beside them, used by `demo`, `verify --exercise` and the tests but never
+//! by the monitoring path: the test kit, `testfs` (a FUSE server),
+//! `workload` and `exercise` (writers). [`escape`] and [`version`] are leaves
+//! any layer may use.
 
-pub mod batch;
-pub mod btf;
 pub mod cli;
-pub mod collector;
-pub mod demo;
-pub mod doctor;
+pub mod collect;
+pub mod commands;
 pub mod escape;
 pub mod exercise;
-pub mod export;
-pub mod kretprobe;
-pub mod misses;
-pub mod mounts;
+pub mod kernel;
+pub mod model;
 #[cfg(test)]
 pub mod native;
-pub mod offsets;
-pub mod preempt;
-pub mod preflight;
-pub mod privileges;
-pub mod probes;
-pub mod procfs;
-pub mod replay;
-pub mod session;
-pub mod snapshot;
-pub mod stat;
-pub mod stream;
-pub mod table;
 pub mod testfs;
-pub mod top;
-pub mod verdict;
-pub mod verify;
 pub mod version;
+pub mod wire;
 pub mod workload;
 
 /// A mistake in what the user asked for (exit status 3), as opposed to a

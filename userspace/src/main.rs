@@ -10,8 +10,10 @@ use clap::Parser;
 
 use fuselock::{
     cli::{Cli, Command},
-    demo, doctor, exit, export, kretprobe, preflight, stat, testfs, top, verify, workload,
-    UsageError,
+    commands::{demo, doctor, export, stat, top, verify},
+    exit,
+    kernel::{kretprobe, preflight},
+    testfs, workload, UsageError,
 };
 
 fn init_logging(verbose: u8) {

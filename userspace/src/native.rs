@@ -30,9 +30,9 @@ use probes_common::{
 };
 
 use crate::{
-    collector::{Collector, Detail},
-    probes::{self, Attached},
-    snapshot::Snapshot,
+    collect::{Collector, Detail},
+    kernel::probes::{self, Attached},
+    model::snapshot::Snapshot,
 };
 
 /// Another handle on the map `name` of `ebpf`, of the same kind.
@@ -246,7 +246,7 @@ trait Consumer {
 }
 
 struct StatJson {
-    encoder: crate::stream::Encoder,
+    encoder: crate::wire::stream::Encoder,
     name: &'static str,
 }
 
@@ -264,7 +264,7 @@ impl Consumer for StatJson {
 }
 
 struct Top {
-    app: crate::top::TopApp,
+    app: crate::commands::top::TopApp,
     terminal: ratatui::Terminal<ratatui::backend::TestBackend>,
 }
 
@@ -276,14 +276,14 @@ impl Consumer for Top {
         self.app.on_snapshot(collector.snapshot(false)?);
         let app = &self.app;
         self.terminal
-            .draw(|f| crate::top::draw_frame(f, app))
+            .draw(|f| crate::commands::top::draw_frame(f, app))
             .context("drawing")?;
         Ok(())
     }
 }
 
 struct Export {
-    bodies: crate::export::BodyCache,
+    bodies: crate::commands::export::BodyCache,
 }
 
 impl Consumer for Export {
@@ -395,20 +395,20 @@ mod tests {
         const REFRESHES: u32 = 50;
         let consumers: Vec<Box<dyn Consumer>> = vec![
             Box::new(StatJson {
-                encoder: crate::stream::Encoder::new(crate::stream::Lines::Deltas),
+                encoder: crate::wire::stream::Encoder::new(crate::wire::stream::Lines::Deltas),
                 name: "stat --json",
             }),
             Box::new(StatJson {
-                encoder: crate::stream::Encoder::new(crate::stream::Lines::Whole),
+                encoder: crate::wire::stream::Encoder::new(crate::wire::stream::Lines::Whole),
                 name: "stat --json --every-entry",
             }),
             Box::new(Top {
-                app: crate::top::TopApp::new("live".into(), Duration::from_secs(1)),
+                app: crate::commands::top::TopApp::new("live".into(), Duration::from_secs(1)),
                 terminal: ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 50))
                     .expect("terminal"),
             }),
             Box::new(Export {
-                bodies: crate::export::BodyCache::default(),
+                bodies: crate::commands::export::BodyCache::default(),
             }),
         ];
         println!(
@@ -482,7 +482,7 @@ mod tests {
                 .write(key(ino), &format!("many-{ino}"), 1000, "fio", 4096)
                 .expect("write");
         }
-        let mut encoder = crate::stream::Encoder::new(crate::stream::Lines::Deltas);
+        let mut encoder = crate::wire::stream::Encoder::new(crate::wire::stream::Lines::Deltas);
         let mut out = io::BufWriter::new(std::fs::File::create(&path).expect("create"));
         for second in 0..42u32 {
             if (21..41).contains(&second) {

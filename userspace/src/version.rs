@@ -12,7 +12,7 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     use super::VERSION;
-    use crate::probes::PROBES_OBJECT;
+    use crate::kernel::probes::PROBES_OBJECT;
 
     #[test]
     fn version_names_the_hash_of_the_embedded_object() {

@@ -102,9 +102,9 @@ pub struct LoadArgs {
 
 /// Refuses `what` (an open file or directory) unless it is on FUSE.
 fn require_fuse(fd: &impl std::os::fd::AsRawFd, path: &Path) -> anyhow::Result<()> {
-    let f_type = crate::mounts::fs_type(fd)
+    let f_type = crate::kernel::mounts::fs_type(fd)
         .with_context(|| format!("fstatfs {}", crate::escape::path(path)))?;
-    if f_type != crate::mounts::FUSE_SUPER_MAGIC {
+    if f_type != crate::kernel::mounts::FUSE_SUPER_MAGIC {
         return Err(crate::UsageError(format!(
             "{} is not on a FUSE file system (f_type {f_type:#x}): `fuselock load` overwrites \
              what it finds there; pass --force to write to it anyway",

@@ -1,0 +1,618 @@
+//! `fuselock export`: Prometheus/OpenMetrics over HTTP.
+
+mod access;
+mod metrics;
+mod reload;
+mod server;
+mod text;
+mod web_config;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+
+use self::web_config::WebConfig;
+pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
+use crate::{
+    cli::ExportArgs,
+    collect::{Collector, Detail},
+    commands::session,
+    kernel::probes::{self, AttachOptions},
+    model::snapshot::Snapshot,
+};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+struct AppState {
+    collector: Mutex<Collector>,
+    bodies: Mutex<BodyCache>,
+    per_inode_top: usize,
+}
+
+/// The bodies last served, and the counts they show. No series carries a
+/// time, so equal counts give an equal body: a scrape of a host where
+/// nothing moved sends the last one again instead of encoding it anew.
+#[derive(Default)]
+pub(crate) struct BodyCache {
+    /// The snapshot rendered, with its clocks zeroed.
+    counts: Option<Snapshot>,
+    openmetrics: Option<Bytes>,
+    prometheus: Option<Bytes>,
+}
+
+impl BodyCache {
+    pub(crate) fn body(
+        &mut self,
+        snapshot: Snapshot,
+        openmetrics: bool,
+        per_inode_top: usize,
+    ) -> Result<Bytes> {
+        let counts = Snapshot {
+            timestamp: 0.0,
+            elapsed_secs: 0.0,
+            ..snapshot
+        };
+        if self.counts.as_ref() != Some(&counts) {
+            *self = BodyCache {
+                counts: Some(counts.clone()),
+                ..BodyCache::default()
+            };
+        }
+        let slot = if openmetrics {
+            &mut self.openmetrics
+        } else {
+            &mut self.prometheus
+        };
+        if let Some(body) = slot {
+            return Ok(body.clone());
+        }
+        let metrics = SnapshotMetrics {
+            snapshot: counts,
+            per_inode_top,
+        };
+        let body = Bytes::from(render(metrics, openmetrics)?);
+        *slot = Some(body.clone());
+        Ok(body)
+    }
+}
+
+/// Renders a scrape: OpenMetrics when the client asks for it, else the
+/// Prometheus text format.
+pub fn render(metrics: SnapshotMetrics, openmetrics: bool) -> Result<String> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(metrics));
+    let mut body = String::new();
+    encode(&mut body, &registry).context("encoding metrics")?;
+    Ok(if openmetrics {
+        body
+    } else {
+        openmetrics_to_prometheus(&body)
+    })
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let snapshot = {
+        let Ok(mut collector) = state.collector.lock() else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "collector poisoned\n").into_response();
+        };
+        let detail = if state.per_inode_top > 0 {
+            Detail::Full
+        } else {
+            Detail::Totals
+        };
+        collector.snapshot_with(false, detail)
+    };
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading maps: {e:#}\n"),
+            )
+                .into_response()
+        }
+    };
+    let body = match state.bodies.lock() {
+        Ok(mut bodies) => bodies.body(snapshot, wants_openmetrics, state.per_inode_top),
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "body cache poisoned\n").into_response()
+        }
+    };
+    match body {
+        Ok(body) => {
+            let ct = if wants_openmetrics {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            };
+            ([(header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The exporter's routes over `state`. Only GET: axum answers 405 to other
+/// methods and 404 to other paths.
+fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+pub async fn run(args: ExportArgs) -> Result<i32> {
+    let listen: SocketAddr = args.listen;
+    // A web config that cannot be used is a usage error found before
+    // anything is attached, like a taken port.
+    let web = match &args.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(|e| crate::UsageError(e.to_string()))?,
+        None => WebConfig::plain(),
+    };
+    // Bind before attaching: a taken port is a usage error that should cost nothing.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| crate::UsageError(format!("--listen {listen}: {e}")))?;
+    if let Some(warning) = access::exposure_warning(listen, &web) {
+        log::warn!("{warning}");
+    }
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let (web_tx, web_rx) = watch::channel(Arc::new(web));
+    // SIGHUP loads the web config again; caught from now on, so that one
+    // arriving while the probes attach does not end the exporter.
+    let reload = match &args.web_config_file {
+        Some(path) => {
+            let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+            let (kick, kicked) = mpsc::channel(1);
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = kick.try_send(());
+                }
+            });
+            Some((path.clone(), kicked))
+        }
+        None => None,
+    };
+    let opts = AttachOptions::from(&args.probes);
+    let mut attached = probes::attach(&opts)?;
+    let _logs = session::forward_probe_logs(&mut attached);
+    let collector = Collector::new(&mut attached)?;
+    crate::kernel::privileges::drop_to_bpf_only()?;
+    if let Some((path, kicked)) = reload {
+        // Loaded again without the capabilities just dropped: files only
+        // root's capabilities could read would fail at the next rotation.
+        if let Err(e) = WebConfig::load(&path) {
+            log::warn!("{e} (after dropping privileges): changes to it will not be picked up");
+        }
+        tokio::spawn(reload::reload(
+            path,
+            listen,
+            web_tx,
+            kicked,
+            Duration::from_secs(1),
+        ));
+    }
+    let state = Arc::new(AppState {
+        collector: Mutex::new(collector),
+        bodies: Mutex::new(BodyCache::default()),
+        per_inode_top: usize::from(args.per_inode_top),
+    });
+    let app = access::protect(app(state), web_rx.clone());
+    eprintln!(
+        "fuselock: serving {scheme}://{listen}/metrics (kernel {}, {} probes)",
+        attached.kernel, attached.mode
+    );
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    server::serve(
+        listener,
+        app,
+        server::Limits::default(),
+        web_rx,
+        async move {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+        },
+    )
+    .await;
+    drop(attached);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        collect::Collector,
+        model::snapshot::{Counters, DeviceTotals, Snapshot},
+    };
+    use probes_common::{LockMode, Reason, WriteStats};
+
+    /// A snapshot like a run on stock 6.12 with the flag requested.
+    pub(crate) fn sample() -> Snapshot {
+        let mut s = WriteStats {
+            writes: 120,
+            bytes: 120 * 4096,
+            ..Default::default()
+        };
+        s.acquired[LockMode::Exclusive as usize] = 120;
+        s.acquisitions[LockMode::Exclusive as usize][Reason::NoParallelFlag.slot()] = 120;
+        s.acquisitions[LockMode::Exclusive as usize][Reason::Append.slot()] = 23;
+        s.contended[LockMode::Exclusive as usize] = 7;
+        let mut snap = Snapshot::default();
+        snap.source.kernel = "6.12.117".into();
+        snap.source.probe_mode = "fentry".into();
+        snap.devices = vec![DeviceTotals {
+            dev: "0:45".into(),
+            mount: Some("/mnt/fuse".into()),
+            path: "passthrough".into(),
+            counters: Counters::from(&s),
+        }];
+        snap.totals.passthrough.counters = Counters::from(&s);
+        snap
+    }
+
+    #[test]
+    fn prometheus_text_has_the_documented_series() {
+        let text = render(
+            SnapshotMetrics {
+                snapshot: sample(),
+                per_inode_top: 0,
+            },
+            false,
+        )
+        .expect("render");
+        for line in [
+            "# TYPE fuselock_writes_total counter",
+            "fuselock_writes_total{mount=\"/mnt/fuse\",path=\"passthrough\"} 120",
+            "fuselock_written_bytes_total{mount=\"/mnt/fuse\",path=\"passthrough\"} 491520",
+            "fuselock_lock_acquisitions_total{mount=\"/mnt/fuse\",path=\"passthrough\",mode=\"exclusive\",reason=\"append\"} 23",
+            "fuselock_lock_contended_total{mount=\"/mnt/fuse\",path=\"passthrough\",mode=\"exclusive\"} 7",
+            "# TYPE fuselock_lock_wait_seconds histogram",
+            "fuselock_patch_verdict{verdict=\"inconclusive\"} 1",
+            "# TYPE fuselock_build_info gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn equal_counts_are_served_from_the_last_body() {
+        let mut cache = BodyCache::default();
+        let at = |t: f64| Snapshot {
+            timestamp: t,
+            elapsed_secs: t,
+            ..sample()
+        };
+        let first = cache.body(at(1.0), false, 0).expect("render");
+        let again = cache.body(at(2.0), false, 0).expect("render");
+        assert_eq!(first.as_ptr(), again.as_ptr(), "encoded again");
+        let om = cache.body(at(3.0), true, 0).expect("render");
+        assert!(om.ends_with(b"# EOF\n"), "each format has its body");
+        let mut moved = at(4.0);
+        moved.devices[0].counters.writes += 1;
+        let fresh = cache.body(moved, false, 0).expect("render");
+        let text = std::str::from_utf8(&fresh).expect("utf-8");
+        assert!(
+            text.lines()
+                .any(|l| l == "fuselock_writes_total{mount=\"/mnt/fuse\",path=\"passthrough\"} 121"),
+            "a moved count was served from the old body"
+        );
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof() {
+        let om = render(
+            SnapshotMetrics {
+                snapshot: sample(),
+                per_inode_top: 0,
+            },
+            true,
+        )
+        .expect("render");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE fuselock_writes counter"));
+    }
+
+    /// The documented metric table (docs/monitoring.md) is the contract the
+    /// deployment files are checked against (tests/deploy.rs): it must list
+    /// exactly what we serve.
+    #[test]
+    fn docs_list_exactly_the_exported_metrics() {
+        let text = render(
+            SnapshotMetrics {
+                snapshot: sample(),
+                per_inode_top: 5,
+            },
+            false,
+        )
+        .expect("render");
+        let mut snap = sample();
+        let mut entries = snap.entries.to_vec();
+        entries.push(std::sync::Arc::new(crate::model::snapshot::Entry {
+            dev: "0:45".into(),
+            ino: 2,
+            name: Some("f".into()),
+            mount: None,
+            path: "passthrough".into(),
+            counters: Counters::from(&WriteStats {
+                writes: 1,
+                ..Default::default()
+            }),
+            histograms: Default::default(),
+            writers: vec![],
+            open: None,
+        }));
+        snap.entries = entries.into();
+        let with_inodes = render(
+            SnapshotMetrics {
+                snapshot: snap,
+                per_inode_top: 5,
+            },
+            false,
+        )
+        .expect("render");
+        let served: std::collections::BTreeSet<&str> = text
+            .lines()
+            .chain(with_inodes.lines())
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let doc = include_str!("../../../../docs/monitoring.md");
+        let table = doc.split("\n## Metrics\n").nth(1).expect("Metrics section");
+        let table = table.trim_start().split("\n\n").next().expect("table");
+        let listed: std::collections::BTreeSet<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        assert_eq!(served, listed);
+    }
+
+    /// Kills and reaps a child on drop.
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// GET `path` from 127.0.0.1:`port` over plain HTTP/1.0: the body.
+    async fn http_get(port: u16, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    }
+
+    /// The first value of an instant query, from Prometheus' HTTP API.
+    async fn query(port: u16, promql: &str) -> Option<String> {
+        let mut encoded = String::new();
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let body = http_get(port, &format!("/api/v1/query?query={encoded}")).await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !ok().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A real Prometheus scrapes the exporter — the real collector on real
+    /// BPF maps, filled the way the probes fill them (see `native`) — over
+    /// TLS with basic auth from a web config, and its query API reports the
+    /// exact number of writes. A second job with a wrong password is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_real_prometheus_scrapes_over_tls_with_basic_auth_and_counts_exactly() {
+        use crate::commands::export::web_config::tests::{checked, hash, Pki, GOOD, PASSWORD};
+        if std::process::Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: prometheus not installed (cargo xtask setup installs it)");
+            return;
+        }
+        let (mut attached, mut kernel) = match crate::native::rig(4096) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SKIPPED: {e:#}");
+                return;
+            }
+        };
+        let pki = Pki::new("prometheus");
+        let web_path = checked(
+            &pki,
+            "web.yml",
+            &format!("{GOOD}basic_auth_users:\n  prometheus: {}\n", hash()),
+        );
+        let web = WebConfig::load(&web_path).expect("web config");
+        let (_web_tx, web_rx) = watch::channel(Arc::new(web));
+
+        let collector = Collector::new(&mut attached).expect("collector");
+        for i in 0..333u64 {
+            kernel
+                .write(crate::native::key(1 + i % 3), "scraped", 100, "load", 4096)
+                .expect("write");
+        }
+        let state = Arc::new(AppState {
+            collector: Mutex::new(collector),
+            bodies: Mutex::new(BodyCache::default()),
+            per_inode_top: 0,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = access::protect(app(state), web_rx.clone());
+        let server = tokio::spawn(server::serve(
+            listener,
+            app,
+            server::Limits::default(),
+            web_rx,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        let prom_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        std::fs::write(pki.path("password"), PASSWORD).expect("password file");
+        std::fs::write(pki.path("wrong"), "not the password").expect("password file");
+        let job = |name: &str, password_file: &str| {
+            format!(
+                "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      server_name: localhost\n    basic_auth:\n      username: prometheus\n      password_file: {pw}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+                ca = pki.path("ca.crt").display(),
+                pw = pki.path(password_file).display(),
+            )
+        };
+        let config = pki.config(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
+                job("fuselock", "password"),
+                job("wrong", "wrong")
+            ),
+        );
+        let _prometheus = Child(
+            std::process::Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    pki.path("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start prometheus"),
+        );
+        let total = "sum(fuselock_writes_total{job=\"fuselock\",path=\"passthrough\"})";
+        wait_for("Prometheus to count 333 writes", 90, async || {
+            query(prom_port, total).await.as_deref() == Some("333")
+        })
+        .await;
+        // The counter follows new writes.
+        for _ in 0..111 {
+            kernel
+                .write(crate::native::key(2), "scraped", 100, "load", 4096)
+                .expect("write");
+        }
+        wait_for("Prometheus to count 444 writes", 30, async || {
+            query(prom_port, total).await.as_deref() == Some("444")
+        })
+        .await;
+        println!("prometheus over TLS + basic auth: {total} = 444");
+        let up = |job: &str| format!("up{{job=\"{job}\"}}");
+        assert_eq!(
+            query(prom_port, &up("fuselock")).await.as_deref(),
+            Some("1")
+        );
+        wait_for("the wrong password's scrapes to fail", 30, async || {
+            query(prom_port, &up("wrong")).await.as_deref() == Some("0")
+        })
+        .await;
+        let wrong = http_get(prom_port, "/api/v1/targets")
+            .await
+            .unwrap_or_default();
+        assert!(wrong.contains("401"), "{wrong}");
+        let _ = stop.send(());
+        server.await.expect("server");
+    }
+
+    /// promtool, Prometheus' own linter, accepts both formats when present.
+    #[test]
+    fn promtool_accepts_the_output() {
+        let Ok(out) = std::process::Command::new("promtool")
+            .arg("--version")
+            .output()
+        else {
+            eprintln!("SKIPPED: promtool not installed (cargo xtask setup installs it)");
+            return;
+        };
+        assert!(out.status.success());
+        let text = render(
+            SnapshotMetrics {
+                snapshot: sample(),
+                per_inode_top: 5,
+            },
+            false,
+        )
+        .expect("render");
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

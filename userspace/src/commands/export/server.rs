@@ -1,0 +1,527 @@
+//! The exporter's HTTP server: hyper's HTTP/1 connections under limits that
+//! make a monitoring port safe to leave open on a production host.
+//!
+//! `axum::serve` accepts without bound and has no header timeout, so slow or
+//! idle clients could hold sockets and buffers forever. Here a connection is
+//! accepted only while fewer than `max_connections` are open (the rest wait
+//! in the kernel's listen backlog, costing us nothing), request heads must
+//! arrive within `header_read_timeout` and fit in `max_buf_size`, and no
+//! connection lives longer than `connection_lifetime`. Routing and responses
+//! stay axum's.
+//!
+//! With a web config that has TLS, each connection is accepted with the TLS
+//! config in force when it arrived (a rotated certificate serves the next
+//! connection), and the handshake must also finish within
+//! `header_read_timeout`, so a client stalling it holds a slot no longer
+//! than one stalling its request head.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::access::Current;
+
+/// What one client may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub connection_lifetime: Duration,
+    /// Read buffer per connection, which bounds a request head (hyper's
+    /// minimum is 8 KiB).
+    pub max_buf_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(60),
+            max_buf_size: 16 * 1024,
+        }
+    }
+}
+
+/// Serves `app` on `listener`, over TLS when the current web config says
+/// so, until `shutdown` completes; open connections are then dropped.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    web: Current,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Reap finished connections so the set stays as small as the cap.
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            () = &mut shutdown => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    log::warn!("accepting a metrics connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let tls = web.borrow().tls.clone().map(TlsAcceptor::from);
+        let app = app.clone();
+        connections.spawn(async move {
+            let connection = async {
+                match tls {
+                    None => http(stream, app, limits).await,
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        );
+                        // A failed handshake (plain HTTP, no client
+                        // certificate, a stall) was the client's doing.
+                        if let Ok(Ok(stream)) = handshake.await {
+                            http(stream, app, limits).await;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One HTTP/1 connection over `stream`.
+async fn http(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    app: Router,
+    limits: Limits,
+) {
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_buf_size)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    // Errors are the client's (malformed request, reset, timeout): hyper has
+    // answered what it could; nothing to report here.
+    let _ = connection.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::routing::get;
+    use rustls::{
+        pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName},
+        ClientConfig, RootCertStore,
+    };
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+        sync::watch,
+    };
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+    use crate::commands::export::{
+        access::protect,
+        web_config::{
+            tests::{checked, hash, Pki, GOOD, PASSWORD},
+            WebConfig,
+        },
+    };
+
+    const BODY: &str = "fuselock_writes_total 42\n";
+
+    /// Serves BODY at /metrics under `web`; the sender keeps it current.
+    async fn start(
+        limits: Limits,
+        web: WebConfig,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        watch::Sender<Arc<WebConfig>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = watch::channel(Arc::new(web));
+        let app = protect(
+            Router::new()
+                .route("/metrics", get(|| async { BODY }))
+                .route("/healthz", get(|| async { "ok\n" })),
+            rx.clone(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, app, limits, rx, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, tx)
+    }
+
+    /// Writes a web config beside the test PKI, checks that promtool
+    /// accepts it too, and loads it.
+    fn web(pki: &Pki, name: &str, yaml: &str) -> WebConfig {
+        WebConfig::load(&checked(pki, name, yaml)).expect("web config")
+    }
+
+    /// A TLS client trusting the test CA, with the client certificate if asked.
+    fn client(pki: &Pki, with_cert: bool) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(pki.path("ca.crt")).expect("ca") {
+            roots.add(cert.expect("ca cert")).expect("add ca");
+        }
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
+        let config = if with_cert {
+            let chain = CertificateDer::pem_file_iter(pki.path("client.crt"))
+                .expect("client cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert");
+            let key = PrivateKeyDer::from_pem_file(pki.path("client.key")).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// Sends `request` and reads until the server closes (or 10 s pass);
+    /// over TLS when given a client. Whatever arrived, possibly nothing.
+    async fn exchange(
+        addr: std::net::SocketAddr,
+        request: &[u8],
+        tls: Option<&TlsConnector>,
+    ) -> String {
+        exchange_within(addr, request, tls, Duration::from_secs(10)).await
+    }
+
+    async fn exchange_within(
+        addr: std::net::SocketAddr,
+        request: &[u8],
+        tls: Option<&TlsConnector>,
+        limit: Duration,
+    ) -> String {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let mut out = Vec::new();
+        let read = async {
+            match tls {
+                None => {
+                    let mut s = s;
+                    s.write_all(request).await?;
+                    s.read_to_end(&mut out).await
+                }
+                Some(connector) => {
+                    let name = ServerName::try_from("localhost").expect("name");
+                    let mut s = connector.connect(name, s).await?;
+                    s.write_all(request).await?;
+                    s.read_to_end(&mut out).await
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, read).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    const GET: &[u8] = b"GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n";
+
+    /// GET /metrics with the test password.
+    fn authed_get() -> Vec<u8> {
+        use base64::Engine as _;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("prometheus:{PASSWORD}"));
+        format!("GET /metrics HTTP/1.0\r\nHost: t\r\nAuthorization: Basic {token}\r\n\r\n")
+            .into_bytes()
+    }
+
+    fn tls_and_auth(pki: &Pki) -> WebConfig {
+        web(
+            pki,
+            "tls-auth.yml",
+            &format!("{GOOD}basic_auth_users:\n  prometheus: {}\n", hash()),
+        )
+    }
+
+    async fn thousand_scrapes(
+        addr: std::net::SocketAddr,
+        request: &[u8],
+        tls: Option<TlsConnector>,
+    ) {
+        let mut scrapes = JoinSet::new();
+        for _ in 0..1000 {
+            let request = request.to_vec();
+            let tls = tls.clone();
+            // The last of them wait for all before them (64 at a time): on a
+            // loaded 2-core machine, 1,000 TLS handshakes in a debug build
+            // take longer than one exchange's usual 10 s.
+            scrapes.spawn(async move {
+                exchange_within(addr, &request, tls.as_ref(), Duration::from_secs(120)).await
+            });
+        }
+        let mut ok = 0;
+        while let Some(reply) = scrapes.join_next().await {
+            let reply = reply.expect("task");
+            assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+            assert!(reply.ends_with(BODY), "{reply}");
+            ok += 1;
+        }
+        assert_eq!(ok, 1000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_concurrent_scrapes_are_all_answered() {
+        let (addr, _stop, _web) = start(Limits::default(), WebConfig::plain()).await;
+        thousand_scrapes(addr, GET, None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_concurrent_scrapes_over_tls_with_basic_auth_are_all_answered() {
+        let pki = Pki::new("thousand");
+        let (addr, _stop, _web) = start(Limits::default(), tls_and_auth(&pki)).await;
+        let t = Instant::now();
+        thousand_scrapes(addr, &authed_get(), Some(client(&pki, false))).await;
+        println!("1000 TLS + basic auth scrapes in {:?}", t.elapsed());
+    }
+
+    /// Half a request head from each of twice as many clients as there are
+    /// slots: the scraper is served once they time out.
+    async fn slow_clients(tls: Option<(TlsConnector, WebConfig)>) {
+        let limits = Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let (connector, web) = match tls {
+            Some((c, w)) => (Some(c), w),
+            None => (None, WebConfig::plain()),
+        };
+        let (addr, _stop, _web) = start(limits, web).await;
+        let mut slow_plain = Vec::new();
+        let mut slow_tls = Vec::new();
+        for i in 0..16 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            match &connector {
+                // Over TLS, half stall the handshake itself (they send
+                // nothing), half finish it and stall the request head.
+                Some(c) if i % 2 == 0 => {
+                    let name = ServerName::try_from("localhost").expect("name");
+                    // Only reaches the server once a slot is free: connect in
+                    // the background.
+                    let c = c.clone();
+                    slow_tls.push(tokio::spawn(async move {
+                        let mut s = c.connect(name, s).await.ok()?;
+                        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+                            .await
+                            .ok()?;
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        Some(buf)
+                    }));
+                }
+                Some(_) => slow_plain.push(s),
+                None => {
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+                        .await
+                        .expect("send");
+                    slow_plain.push(s);
+                }
+            }
+        }
+        let t = Instant::now();
+        let request = if connector.is_some() {
+            authed_get()
+        } else {
+            GET.to_vec()
+        };
+        let reply = exchange(addr, &request, connector.as_ref()).await;
+        assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+        // Served once the slow ones timed out: two rounds of 500 ms at most.
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        for mut s in slow_plain {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            assert!(read.is_ok(), "a slow client was never cut off");
+        }
+        for task in slow_tls {
+            let done = tokio::time::timeout(Duration::from_secs(5), task).await;
+            assert!(done.is_ok(), "a slow TLS client was never cut off");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_clients_are_cut_off_and_do_not_starve_scrapers() {
+        slow_clients(None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_clients_over_tls_are_cut_off_and_do_not_starve_scrapers() {
+        let pki = Pki::new("slow");
+        let web = tls_and_auth(&pki);
+        slow_clients(Some((client(&pki, false), web))).await;
+    }
+
+    #[tokio::test]
+    async fn plain_http_to_the_tls_port_gets_no_answer() {
+        let pki = Pki::new("plain");
+        let (addr, _stop, _web) = start(Limits::default(), web(&pki, "tls.yml", GOOD)).await;
+        let reply = exchange(addr, &authed_get(), None).await;
+        assert!(!reply.contains("HTTP/1"), "{reply:?}");
+        assert!(!reply.contains("fuselock_"), "{reply:?}");
+        // The same request over TLS is served.
+        let reply = exchange(addr, GET, Some(&client(&pki, false))).await;
+        assert!(reply.ends_with(BODY), "{reply:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_gets_401_and_headers_are_sent() {
+        let pki = Pki::new("auth");
+        let yaml = format!(
+            "{GOOD}http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\nbasic_auth_users:\n  prometheus: {}\n",
+            hash()
+        );
+        let (addr, _stop, _web) = start(Limits::default(), web(&pki, "auth.yml", &yaml)).await;
+        let tls = client(&pki, false);
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for (what, auth) in [
+            ("no credentials", String::new()),
+            (
+                "wrong password",
+                format!("Authorization: Basic {}\r\n", b64("prometheus:nope")),
+            ),
+            (
+                "unknown user",
+                format!(
+                    "Authorization: Basic {}\r\n",
+                    b64(&format!("root:{PASSWORD}"))
+                ),
+            ),
+        ] {
+            let request = format!("GET /metrics HTTP/1.0\r\nHost: t\r\n{auth}\r\n");
+            let reply = exchange(addr, request.as_bytes(), Some(&tls)).await;
+            assert!(reply.starts_with("HTTP/1.0 401"), "{what}: {reply}");
+            assert!(
+                reply
+                    .to_ascii_lowercase()
+                    .contains("www-authenticate: basic"),
+                "{what}: {reply}"
+            );
+            assert!(!reply.contains("fuselock_"), "{what}: {reply}");
+        }
+        let reply = exchange(addr, &authed_get(), Some(&tls)).await;
+        assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains("x-content-type-options: nosniff"),
+            "{reply}"
+        );
+        assert!(reply.ends_with(BODY), "{reply}");
+        let reply = exchange(addr, b"GET /healthz HTTP/1.0\r\n\r\n", Some(&tls)).await;
+        assert!(
+            reply.starts_with("HTTP/1.0 200") && reply.ends_with("ok\n"),
+            "{reply}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_client_certificate_the_handshake_fails_when_one_is_required() {
+        let pki = Pki::new("mtls");
+        let yaml = format!(
+            "{GOOD}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+        );
+        let (addr, _stop, _web) = start(Limits::default(), web(&pki, "mtls.yml", &yaml)).await;
+        // TLS 1.3 clients finish before the server checks them: the refusal
+        // is the first thing read.
+        let name = ServerName::try_from("localhost").expect("name");
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let refused = async {
+            let mut s = client(&pki, false).connect(name, s).await?;
+            s.write_all(GET).await?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.map(|_| out)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .expect("in time")
+        {
+            Ok(out) => panic!(
+                "served without a client certificate: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+            Err(e) => println!("without a client certificate: {e}"),
+        }
+        let reply = exchange(addr, GET, Some(&client(&pki, true))).await;
+        assert!(reply.ends_with(BODY), "{reply:?}");
+    }
+
+    #[tokio::test]
+    async fn a_new_certificate_serves_the_next_connection() {
+        let pki = Pki::new("rotate");
+        let (addr, _stop, tx) = start(Limits::default(), WebConfig::plain()).await;
+        assert!(exchange(addr, GET, None).await.ends_with(BODY));
+        tx.send_replace(Arc::new(web(&pki, "tls.yml", GOOD)));
+        assert!(!exchange(addr, GET, None).await.contains("HTTP/1"));
+        assert!(exchange(addr, GET, Some(&client(&pki, false)))
+            .await
+            .ends_with(BODY));
+    }
+
+    #[tokio::test]
+    async fn malformed_and_unexpected_requests_get_errors() {
+        let (addr, _stop, _web) = start(Limits::default(), WebConfig::plain()).await;
+        for (request, status) in [
+            (&b"\x00\x01\x02 garbage\r\n\r\n"[..], "HTTP/1.1 400"),
+            (
+                b"POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
+                "HTTP/1.0 405",
+            ),
+            (b"DELETE /metrics HTTP/1.0\r\n\r\n", "HTTP/1.0 405"),
+            (b"GET /../../etc/passwd HTTP/1.0\r\n\r\n", "HTTP/1.0 404"),
+            (b"GET /debug HTTP/1.0\r\n\r\n", "HTTP/1.0 404"),
+        ] {
+            let reply = exchange(addr, request, None).await;
+            assert!(
+                reply.starts_with(status),
+                "{:?}: expected {status}, got {reply:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        // A request head larger than the read buffer.
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        huge.extend(b"\r\n\r\n");
+        let reply = exchange(addr, &huge, None).await;
+        assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+        // And the server still serves.
+        assert!(exchange(addr, GET, None).await.ends_with(BODY));
+    }
+}

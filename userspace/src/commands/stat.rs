@@ -1,0 +1,191 @@
+//! `fuselock stat` and `fuselock record`: snapshots as a table or JSON
+//! lines, for a command's lifetime or every interval until interrupted.
+
+use std::{
+    ffi::OsString,
+    io::{self, Write},
+    os::unix::process::ExitStatusExt,
+    process::ExitStatus,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cli::{RecordArgs, StatArgs},
+    commands::session::Session,
+    model::snapshot::Snapshot,
+    wire::stream::{Encoder, Lines},
+    wire::table,
+};
+
+/// Where snapshots go and how.
+pub struct Sink {
+    out: Box<dyn Write + Send>,
+    /// JSON lines (with this encoder), or a table.
+    json: Option<Encoder>,
+}
+
+impl Sink {
+    fn emit(&mut self, snap: &Snapshot) -> Result<()> {
+        if let Some(encoder) = &mut self.json {
+            serde_json::to_writer(&mut self.out, &encoder.encode(snap)).context("writing JSON")?;
+            writeln!(self.out)?;
+        } else {
+            table::write_table(&mut self.out, snap)?;
+            writeln!(self.out)?;
+        }
+        self.out.flush().context("writing snapshots")
+    }
+}
+
+/// The shell's convention for a child's exit status.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// One observation run.
+struct Observe {
+    interval: Duration,
+    command: Vec<OsString>,
+    /// Emit every interval even while a command runs (record does; stat
+    /// prints only the final counts then).
+    periodic_with_command: bool,
+    sink: Sink,
+}
+
+async fn observe(session: &mut Session, mut o: Observe) -> Result<i32> {
+    let collector = &mut session.collector;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut ticker = tokio::time::interval(o.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    if let Some((program, rest)) = o.command.split_first() {
+        let mut child = tokio::process::Command::new(program)
+            .args(rest)
+            .spawn()
+            .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
+        // The command keeps the caller's privileges; fuselock does not need them.
+        if let Err(e) = crate::kernel::privileges::drop_to_bpf_only() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.context("waiting for the command")?,
+                _ = ticker.tick(), if o.periodic_with_command => o.sink.emit(&collector.snapshot(false)?)?,
+                // Ctrl-C reaches the whole foreground group: the command
+                // decides what it means; we report once it has exited.
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => { let _ = child.start_kill(); }
+            }
+        };
+        o.sink.emit(&collector.snapshot(true)?)?;
+        return Ok(exit_code(status));
+    }
+
+    crate::kernel::privileges::drop_to_bpf_only()?;
+    // The first tick is immediate: a snapshot right after attaching tells
+    // scripts (and people) that fuselock is live.
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => o.sink.emit(&collector.snapshot(false)?)?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    o.sink.emit(&collector.snapshot(true)?)?;
+    Ok(0)
+}
+
+pub async fn run(args: StatArgs) -> Result<i32> {
+    let mut session = Session::start(&args.probes)?;
+    observe(
+        &mut session,
+        Observe {
+            interval: args.interval,
+            command: args.command,
+            periodic_with_command: false,
+            sink: Sink {
+                out: Box::new(io::stdout()),
+                json: args.json.then(|| {
+                    Encoder::new(if args.every_entry {
+                        Lines::Whole
+                    } else {
+                        Lines::Deltas
+                    })
+                }),
+            },
+        },
+    )
+    .await
+}
+
+/// `record FILE`: the `stat --json` stream into a file, for `top --replay`.
+/// The probes attach first, so a run that cannot attach leaves no file; the
+/// file is new (or, with `--force`, an existing regular file), never reached
+/// through a symlink, and private (0600): it names processes and files.
+pub async fn record(args: RecordArgs) -> Result<i32> {
+    let mut session = Session::start(&args.probes)?;
+    let file = create_private(&args.file, args.force)?;
+    observe(
+        &mut session,
+        Observe {
+            interval: args.interval,
+            command: args.command,
+            periodic_with_command: true,
+            sink: Sink {
+                out: Box::new(io::BufWriter::new(file)),
+                json: Some(Encoder::new(Lines::Deltas)),
+            },
+        },
+    )
+    .await
+}
+
+/// Creates `path` for writing, mode 0600, without following a symlink in its
+/// last component; an existing file is refused unless `force`, and then only
+/// a regular file is truncated.
+fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let shown = crate::escape::path(path);
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .write(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO planted at PATH fails instead of hanging.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    if force {
+        options.create(true);
+    } else {
+        options.create_new(true);
+    }
+    let file = options.open(path).map_err(|e| {
+        let is_symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        match e.raw_os_error() {
+            Some(libc::EEXIST | libc::ELOOP) if is_symlink => crate::UsageError(format!(
+                "{shown} is a symbolic link: fuselock does not write through one"
+            )),
+            Some(libc::EEXIST) => crate::UsageError(format!(
+                "{shown} exists: name a new file, or pass --force to replace it"
+            )),
+            _ => crate::UsageError(format!("cannot create {shown}: {e}")),
+        }
+    })?;
+    let meta = file.metadata().with_context(|| format!("stat {shown}"))?;
+    if !meta.is_file() {
+        return Err(crate::UsageError(format!("{shown} is not a regular file")).into());
+    }
+    // Truncate only now that it is known to be a regular file of our choosing,
+    // and make a replaced file private too.
+    file.set_len(0)
+        .with_context(|| format!("truncating {shown}"))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {shown} private"))?;
+    Ok(file)
+}

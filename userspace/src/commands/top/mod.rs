@@ -1,0 +1,206 @@
+//! `fuselock top`: the live terminal UI, or a recorded run played back.
+
+mod columns;
+mod draw;
+mod event;
+mod model;
+mod state;
+mod terminal;
+
+use std::{
+    io::IsTerminal as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use ratatui::crossterm::event::{MouseButton, MouseEventKind};
+
+#[cfg(test)]
+pub(crate) use self::{draw::draw as draw_frame, state::App as TopApp};
+use self::{event::Event, state::App, terminal::TerminalGuard};
+use crate::{
+    cli::TopArgs,
+    collect::Collector,
+    kernel::probes::{self, AttachOptions},
+    wire::replay,
+    UsageError,
+};
+
+/// SIGTERM/SIGINT/SIGHUP sent to the process (Ctrl-C in raw mode arrives as
+/// a key instead): the loop sees the flag and exits through the guard.
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Feeds recorded snapshots at the refresh interval.
+fn spawn_replay(
+    snapshots: Vec<crate::model::snapshot::Snapshot>,
+    interval: Duration,
+    tx: mpsc::Sender<Event>,
+) {
+    std::thread::spawn(move || {
+        for (i, s) in snapshots.into_iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(interval);
+            }
+            if tx.send(Event::Snapshot(Box::new(s))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Event::SourceDone);
+    });
+}
+
+/// Takes a snapshot every interval until the UI goes away.
+fn spawn_live(mut collector: Collector, interval: Duration, tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || loop {
+        let ev = match collector.snapshot(false) {
+            Ok(s) => Event::Snapshot(Box::new(s)),
+            Err(e) => Event::Failed(format!("{e:#}")),
+        };
+        if tx.send(ev).is_err() {
+            return;
+        }
+        std::thread::sleep(interval);
+    });
+}
+
+pub fn run(args: TopArgs) -> Result<i32> {
+    let live = args.replay.is_none();
+    // Nothing after the attach needs more than CAP_BPF.
+    run_with(args, || {
+        if live {
+            crate::kernel::privileges::drop_to_bpf_only()?;
+        }
+        Ok(())
+    })
+}
+
+/// [`run`], with `during` started once the probes are attached (and before
+/// the terminal is taken over) and what it returns dropped before they
+/// detach: `demo --top`'s workload, whose
+/// writes should neither miss the probes nor race their patching in and
+/// out of kernel text.
+pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<i32> {
+    if !std::io::stdout().is_terminal() {
+        return Err(UsageError(
+            "fuselock top draws a terminal UI but stdout is not a terminal; use `fuselock stat` (or `stat --json`) for scripts and logs"
+                .into(),
+        )
+        .into());
+    }
+    let (tx, rx) = mpsc::channel();
+    // Keep the probes attached (and detached on return) for a live view.
+    let _attached;
+    let source = match &args.replay {
+        Some(path) => {
+            let snapshots = replay::read(path)?;
+            spawn_replay(snapshots, args.interval, tx.clone());
+            format!(
+                "replay {}",
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            )
+        }
+        None => {
+            let mut attached = probes::attach(&AttachOptions::from(&args.probes))?;
+            let collector = Collector::new(&mut attached)?;
+            _attached = attached;
+            spawn_live(collector, args.interval, tx.clone());
+            "live".to_owned()
+        }
+    };
+    install_signal_handlers();
+    // Declared after `_attached`, so dropped before it.
+    let guest = during()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let input = event::spawn_input(tx, stop.clone());
+    let result = ui_loop(App::new(source, args.interval), &rx);
+    stop.store(true, Ordering::Relaxed);
+    let _ = input.join();
+    drop(guest);
+    result
+}
+
+fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
+    let mut guard = TerminalGuard::enter().context("setting up the terminal")?;
+    let mut failure = None;
+    // The screen shows nothing that moves by itself: it is drawn again only
+    // after something happened, not on every wake-up.
+    let mut stale = true;
+    loop {
+        if stale {
+            guard
+                .terminal
+                .draw(|f| draw::draw(f, &app))
+                .context("drawing")?;
+        }
+        let mut ev = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => Some(ev),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        stale = ev.is_some();
+        // Snapshots queued behind this one make it stale: skip to the
+        // newest, so a slow frame never builds a backlog (rates use the
+        // snapshots' own timestamps, so skipping one only widens a period).
+        while matches!(ev, Some(Event::Snapshot(_))) {
+            match rx.try_recv() {
+                Ok(next @ Event::Snapshot(_)) => ev = Some(next),
+                Ok(other) => {
+                    if let Some(Event::Snapshot(s)) = ev.take() {
+                        app.on_snapshot(*s);
+                    }
+                    ev = Some(other);
+                }
+                Err(_) => break,
+            }
+        }
+        match ev {
+            Some(Event::Key(k)) => app.on_key(k),
+            Some(Event::Snapshot(s)) => app.on_snapshot(*s),
+            Some(Event::SourceDone) => app.finished = true,
+            Some(Event::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Some(Event::Mouse(m)) if app.mouse => match m.kind {
+                MouseEventKind::ScrollDown => app.scroll(1),
+                MouseEventKind::ScrollUp => app.scroll(-1),
+                // Rows start below the 3-line header, the border and the column titles.
+                MouseEventKind::Down(MouseButton::Left) => {
+                    app.select(usize::from(m.row.saturating_sub(5)))
+                }
+                _ => {}
+            },
+            Some(Event::Mouse(_) | Event::Resize) | None => {}
+        }
+        guard
+            .set_mouse(app.mouse)
+            .context("switching mouse capture")?;
+        if app.quit || TERMINATE.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    drop(guard);
+    match failure {
+        Some(e) => Err(anyhow::anyhow!(e)),
+        None => Ok(0),
+    }
+}

@@ -1,0 +1,303 @@
+//! `fuselock verify`: does the parallel-direct-writes patch take effect here?
+
+use std::{
+    io::IsTerminal as _,
+    os::unix::fs::MetadataExt as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use anyhow::{Context as _, Result};
+use probes_common::{LockMode, Reason};
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cli::VerifyArgs,
+    commands::session::Session,
+    exercise,
+    model::snapshot::{OpenEvidence, Snapshot},
+    model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
+    UsageError,
+};
+
+/// What `--json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    decision: &'a Decision,
+    exit_code: u8,
+    kernel: &'a str,
+    probe_mode: &'a str,
+    /// `"all"` or the exercised file.
+    scope: String,
+    exercise: Option<exercise::ExerciseReport>,
+    evidence: &'a Evidence,
+    /// Set when the user's file was opened with other flags than the scratch file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+    /// Set when eligible writes took the exclusive lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series_gain: Option<SeriesGain>,
+}
+
+/// The evidence of the exercised scratch file: its passthrough entry and
+/// its opens.
+fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<Evidence> {
+    let dev =
+        crate::model::snapshot::dev_name(crate::model::snapshot::kernel_dev(report.scratch_dev));
+    let shown = crate::escape::path(&report.scratch_file);
+    let mine: Vec<_> = snap
+        .entries
+        .iter()
+        .filter(|e| e.dev == dev && e.ino == report.scratch_ino)
+        .collect();
+    let passthrough = mine.iter().find(|e| e.path == "passthrough");
+    let Some(entry) = passthrough else {
+        if mine.iter().any(|e| e.path == "direct_io") {
+            return Err(UsageError(format!(
+                "{shown}: its writes took the FUSE direct-io path (the server replies FOPEN_DIRECT_IO), \
+                 not passthrough; verify checks passthrough files"
+            ))
+            .into());
+        }
+        return Err(UsageError(format!(
+            "{shown}: no passthrough writes were seen for it: the server does not open it with \
+             FOPEN_PASSTHROUGH (writes went through the page cache)"
+        ))
+        .into());
+    };
+    Ok(Evidence {
+        passthrough: entry.counters.clone(),
+        opens: entry.open.clone().unwrap_or_else(OpenEvidence::default),
+        // Skipped runs are not per file: any of them may have been its write.
+        recursion_misses: snap.health.recursion_misses,
+        waits_measured: snap.source.contention,
+    })
+}
+
+/// Whether the server opened the user's file as it opened the scratch file:
+/// a line saying how they differ, if they do.
+fn flags_differ(
+    named: &OpenEvidence,
+    scratch: &OpenEvidence,
+    path: &std::path::Path,
+) -> Option<String> {
+    let kind = |o: &OpenEvidence| (o.passthrough > 0, o.direct_io > 0, o.parallel_asked > 0);
+    (kind(named) != kind(scratch)).then(|| {
+        format!(
+            "the server opened {} with open_flags {}, the scratch file with {}: the verdict is the \
+             scratch file's, and may not hold for {}",
+            crate::escape::path(path),
+            named.last_flags_asked,
+            scratch.last_flags_asked,
+            crate::escape::path(path),
+        )
+    })
+}
+
+fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
+    println!("{}: {}", d.verdict.label(), d.message);
+    if let Some(hint) = &d.hint {
+        println!("  hint: {hint}");
+    }
+    let p = &e.passthrough;
+    let by_reason = |mode: LockMode| -> String {
+        let parts: Vec<String> = Reason::ALL
+            .iter()
+            .map(|r| (r, p.acquired_for(mode, *r)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{} {n}", r.name()))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    };
+    println!(
+        "  passthrough writes ({}): {} - shared {}{}, exclusive {}{}",
+        crate::escape::text(scope),
+        p.writes,
+        p.shared,
+        by_reason(LockMode::Shared),
+        p.exclusive,
+        by_reason(LockMode::Exclusive)
+    );
+    let o = &e.opens;
+    println!(
+        "  opens: {} passthrough, FOPEN_PARALLEL_DIRECT_WRITES asked on {} and kept on {}",
+        o.passthrough, o.passthrough_parallel_asked, o.passthrough_parallel_kept
+    );
+    println!(
+        "  kernel {}, {} probes",
+        snap.source.kernel, snap.source.probe_mode
+    );
+    if let Some(gain) = series_gain(p, e.waits_measured) {
+        println!("  what the series would buy: {}", gain.sentence());
+    }
+    if d.shared_extended > 0 {
+        println!(
+            "  FINDING: {} writes held the shared lock and still grew the file: a truncate raced the \
+             unlocked EOF check of the series (exit status 5)",
+            d.shared_extended
+        );
+    }
+}
+
+pub async fn run(args: VerifyArgs) -> Result<u8> {
+    let target = args
+        .exercise
+        .as_deref()
+        .map(exercise::check_target)
+        .transpose()?;
+    let mut session = Session::start(&args.probes)?;
+    let how = match target {
+        Some(target) => Watch::Exercise {
+            target,
+            progress: std::io::stderr().is_terminal() || args.progress,
+        },
+        None if !args.command.is_empty() => Watch::Command(args.command),
+        None => Watch::For(args.duration),
+    };
+    let outcome = decide_on(&mut session, how).await?;
+    crate::kernel::privileges::drop_to_bpf_only()?;
+    outcome.print(args.json)?;
+    Ok(outcome.decision.exit_code())
+}
+
+/// What the verdict is decided on.
+pub enum Watch {
+    /// A short workload on a scratch file beside the target.
+    Exercise {
+        target: exercise::Target,
+        progress: bool,
+    },
+    /// The writes made while a command runs.
+    Command(Vec<std::ffi::OsString>),
+    /// Every FUSE write for a while.
+    For(std::time::Duration),
+}
+
+/// A verdict and what it was decided on.
+pub struct Outcome {
+    pub decision: Decision,
+    evidence: Evidence,
+    snap: Snapshot,
+    scope: String,
+    exercised: Option<exercise::ExerciseReport>,
+    /// How the user's file was opened differently from the scratch file.
+    note: Option<String>,
+}
+
+impl Outcome {
+    /// Prints the verdict as text or one JSON object.
+    pub fn print(&self, json: bool) -> Result<()> {
+        if json {
+            let report = Report {
+                decision: &self.decision,
+                exit_code: self.decision.exit_code(),
+                kernel: &self.snap.source.kernel,
+                probe_mode: &self.snap.source.probe_mode,
+                scope: self.scope.clone(),
+                exercise: self.exercised.clone(),
+                evidence: &self.evidence,
+                note: self.note.as_deref(),
+                series_gain: series_gain(&self.evidence.passthrough, self.evidence.waits_measured),
+            };
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_human(&self.decision, &self.evidence, &self.snap, &self.scope);
+            if let Some(note) = &self.note {
+                println!("  note: {note}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Watches (or drives) writes on an attached session and decides.
+pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+
+    let mut exercised = None;
+    let mut named = None;
+    match how {
+        Watch::Exercise { target, progress } => {
+            named.clone_from(&target.named_file);
+            let cancel = Arc::new(AtomicBool::new(false));
+            let mut task = tokio::task::spawn_blocking({
+                let cancel = Arc::clone(&cancel);
+                move || {
+                    exercise::run(&target, &cancel, &|done, total| {
+                        if progress {
+                            eprintln!("verify: {done}/{total} writes");
+                        }
+                    })
+                }
+            });
+            // A signal stops the writes; the scratch file is removed either way.
+            let report = loop {
+                tokio::select! {
+                    r = &mut task => break r.context("the exercise thread")??,
+                    _ = sigint.recv() => cancel.store(true, Ordering::Relaxed),
+                    _ = sigterm.recv() => cancel.store(true, Ordering::Relaxed),
+                }
+            };
+            exercised = Some(report);
+        }
+        Watch::Command(command) => {
+            let (program, rest) = command.split_first().context("an empty command")?;
+            let mut child = tokio::process::Command::new(program)
+                .args(rest)
+                .spawn()
+                .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
+            loop {
+                tokio::select! {
+                    status = child.wait() => { status.context("waiting for the command")?; break; }
+                    _ = sigint.recv() => {}
+                    _ = sigterm.recv() => { let _ = child.start_kill(); }
+                }
+            }
+        }
+        Watch::For(duration) => {
+            eprintln!(
+                "verify: watching FUSE writes for {}s (Ctrl-C to decide sooner)",
+                duration.as_secs_f64()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => {}
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+        }
+    }
+
+    let snap = session.collector.snapshot(true)?;
+    let (evidence, scope, note) = match &exercised {
+        Some(report) => {
+            let evidence = file_evidence(&snap, report)?;
+            let note = named.as_deref().and_then(|path| {
+                let meta = std::fs::symlink_metadata(path).ok()?;
+                let theirs = session
+                    .collector
+                    .open_evidence_of(crate::model::snapshot::kernel_dev(meta.dev()), meta.ino())?;
+                flags_differ(&theirs, &evidence.opens, path)
+            });
+            (evidence, report.scratch_file.display().to_string(), note)
+        }
+        None => (Evidence::from_totals(&snap), "all".to_owned(), None),
+    };
+    let decision = decide(&evidence);
+    Ok(Outcome {
+        decision,
+        evidence,
+        snap,
+        scope,
+        exercised,
+        note,
+    })
+}

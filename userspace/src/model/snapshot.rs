@@ -1,0 +1,640 @@
+//! The snapshot: one consistent reading of every counter, the single input of
+//! every output (`stat` table and JSON, and later `top`, `verify`, `export`).
+//!
+//! Snapshots are cumulative since fuselock attached; consumers that want rates
+//! subtract two of them. The JSON form (one object per line) is the
+//! documented `stat --json` schema and the record/replay format.
+
+use std::{ops::Deref, sync::Arc};
+
+use probes_common::{hist, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats};
+use serde::{Deserialize, Serialize};
+
+/// Counts of one mode, by reason, indexed by `Reason` (an array, not a map:
+/// a snapshot of 10,000 inodes would otherwise allocate 100,000 strings per
+/// refresh). In JSON an object keyed by `Reason::name` in slot order; a
+/// reason absent from a recording made before it existed reads as 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonCounts([u64; Reason::COUNT]);
+
+impl ReasonCounts {
+    pub fn get(&self, r: Reason) -> u64 {
+        self.0[r.slot()]
+    }
+
+    fn from_slots(slots: &[u64; Reason::COUNT]) -> ReasonCounts {
+        ReasonCounts(*slots)
+    }
+
+    /// `self - base`, never below zero.
+    pub fn minus(&self, base: &ReasonCounts) -> ReasonCounts {
+        ReasonCounts(Reason::ALL.map(|r| self.get(r).saturating_sub(base.get(r))))
+    }
+}
+
+impl Serialize for ReasonCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(Reason::COUNT))?;
+        for r in Reason::ALL {
+            map.serialize_entry(r.name(), &self.get(r))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ReasonCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ReasonCountsVisitor)
+    }
+}
+
+/// Reads what the derived `Deserialize` of a struct with one field per
+/// reason read: unknown keys skipped (a newer recording still replays),
+/// every reason required but `cache_io_mode`, which older recordings lack.
+struct ReasonCountsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReasonCountsVisitor {
+    type Value = ReasonCounts;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("counts by reason")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReasonCounts, A::Error> {
+        let mut slots = [None; Reason::COUNT];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match Reason::ALL.into_iter().find(|r| r.name() == key) {
+                Some(r) => slots[r.slot()] = Some(map.next_value::<u64>()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let mut counts = [0; Reason::COUNT];
+        for r in Reason::ALL {
+            counts[r.slot()] = match (slots[r.slot()], r) {
+                (Some(n), _) => n,
+                (None, Reason::CacheIoMode) => 0,
+                (None, _) => return Err(serde::de::Error::missing_field(r.name())),
+            };
+        }
+        Ok(ReasonCounts(counts))
+    }
+}
+
+/// A value per lock mode, serialised as `{"shared": .., "exclusive": ..}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerMode {
+    pub shared: u64,
+    pub exclusive: u64,
+}
+
+impl PerMode {
+    fn from_array(a: [u64; LockMode::COUNT]) -> PerMode {
+        PerMode {
+            shared: a[LockMode::Shared as usize],
+            exclusive: a[LockMode::Exclusive as usize],
+        }
+    }
+}
+
+/// Acquisitions by mode and reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquisitions {
+    pub shared: ReasonCounts,
+    pub exclusive: ReasonCounts,
+}
+
+/// The counters of one (device, inode, path) or of a whole path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub writes: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Acquisitions of the FUSE inode lock, shared.
+    pub shared: u64,
+    /// Acquisitions of the FUSE inode lock, exclusive.
+    pub exclusive: u64,
+    /// Writes during which the lock was never seen held.
+    pub unlocked: u64,
+    pub acquisitions: Acquisitions,
+    pub contended: PerMode,
+    pub wait_ns_total: PerMode,
+    pub wait_ns_max: PerMode,
+    pub hold_ns_total: PerMode,
+    pub hold_ns_max: PerMode,
+    pub latency_ns_total: u64,
+    pub shared_extended: u64,
+    /// Direct overwrites inside EOF that took the lock exclusive, their
+    /// latency and their lock waits (absent from older recordings).
+    #[serde(default)]
+    pub overwrites_exclusive: u64,
+    #[serde(default)]
+    pub overwrites_exclusive_latency_ns: u64,
+    #[serde(default)]
+    pub overwrites_exclusive_wait_ns: u64,
+}
+
+impl From<&WriteStats> for Counters {
+    fn from(s: &WriteStats) -> Counters {
+        let by_reason = |mode: LockMode| ReasonCounts::from_slots(&s.acquisitions[mode as usize]);
+        Counters {
+            writes: s.writes,
+            bytes: s.bytes,
+            errors: s.errors,
+            shared: s.acquired[LockMode::Shared as usize],
+            exclusive: s.acquired[LockMode::Exclusive as usize],
+            unlocked: s.unlocked,
+            acquisitions: Acquisitions {
+                shared: by_reason(LockMode::Shared),
+                exclusive: by_reason(LockMode::Exclusive),
+            },
+            contended: PerMode::from_array(s.contended),
+            wait_ns_total: PerMode::from_array(s.wait_ns_total),
+            wait_ns_max: PerMode::from_array(s.wait_ns_max),
+            hold_ns_total: PerMode::from_array(s.hold_ns_total),
+            hold_ns_max: PerMode::from_array(s.hold_ns_max),
+            latency_ns_total: s.latency_ns_total,
+            shared_extended: s.shared_extended,
+            overwrites_exclusive: s.overwrites_exclusive,
+            overwrites_exclusive_latency_ns: s.overwrites_exclusive_latency_ns,
+            overwrites_exclusive_wait_ns: s.overwrites_exclusive_wait_ns,
+        }
+    }
+}
+
+impl Counters {
+    /// Acquisitions of `mode` that had `reason`.
+    pub fn acquired_for(&self, mode: LockMode, reason: Reason) -> u64 {
+        match mode {
+            LockMode::Shared => self.acquisitions.shared.get(reason),
+            LockMode::Exclusive => self.acquisitions.exclusive.get(reason),
+        }
+    }
+}
+
+/// One non-empty histogram bucket: `count` values `<= le_ns` (and above the
+/// previous bucket's bound); `le_ns` is `null` for the unbounded last bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub le_ns: Option<u64>,
+    pub count: u64,
+}
+
+/// A log2 histogram, non-empty buckets only.
+pub type Histogram = Vec<Bucket>;
+
+pub fn histogram(buckets: &[u64; hist::HIST_BUCKETS]) -> Histogram {
+    buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| Bucket {
+            le_ns: hist::upper_bound(k).map(|ub| ub - 1),
+            count: *n,
+        })
+        .collect()
+}
+
+/// Histograms by lock mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeHistograms {
+    pub shared: Histogram,
+    pub exclusive: Histogram,
+}
+
+/// Wait, hold and latency histograms of an entry or a path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histos {
+    pub wait_hist: ModeHistograms,
+    pub hold_hist: ModeHistograms,
+    pub latency_hist: Histogram,
+}
+
+impl From<&Histograms> for Histos {
+    fn from(h: &Histograms) -> Histos {
+        let by_mode = |a: &[[u64; hist::HIST_BUCKETS]; LockMode::COUNT]| ModeHistograms {
+            shared: histogram(&a[LockMode::Shared as usize]),
+            exclusive: histogram(&a[LockMode::Exclusive as usize]),
+        };
+        Histos {
+            wait_hist: by_mode(&h.wait),
+            hold_hist: by_mode(&h.hold),
+            latency_hist: histogram(&h.latency),
+        }
+    }
+}
+
+/// A process writing an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    pub pid: u32,
+    pub comm: String,
+    pub writes: u64,
+}
+
+/// Open-time evidence of a file (all opens seen since attach).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenEvidence {
+    pub opens: u64,
+    pub passthrough: u64,
+    pub direct_io: u64,
+    pub parallel_asked: u64,
+    pub parallel_kept: u64,
+    pub passthrough_parallel_asked: u64,
+    pub passthrough_parallel_kept: u64,
+    /// `open_flags` of the last open as the server sent them, and as kept.
+    pub last_flags_asked: String,
+    pub last_flags_kept: String,
+}
+
+impl From<&OpenStats> for OpenEvidence {
+    fn from(o: &OpenStats) -> OpenEvidence {
+        OpenEvidence {
+            opens: o.opens,
+            passthrough: o.passthrough,
+            direct_io: o.direct_io,
+            parallel_asked: o.parallel_asked,
+            parallel_kept: o.parallel_kept,
+            passthrough_parallel_asked: o.passthrough_parallel_asked,
+            passthrough_parallel_kept: o.passthrough_parallel_kept,
+            last_flags_asked: format!("{:#x}", o.last_flags_asked),
+            last_flags_kept: format!("{:#x}", o.last_flags_kept),
+        }
+    }
+}
+
+/// One (device, inode, path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `"MAJ:MIN"` of the FUSE superblock.
+    pub dev: String,
+    pub ino: u64,
+    /// The dentry name seen on the first write, if known.
+    pub name: Option<String>,
+    /// Mount point of `dev`, from /proc/self/mountinfo.
+    pub mount: Option<String>,
+    /// `"passthrough"` or `"direct_io"`.
+    pub path: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+    #[serde(flatten)]
+    pub histograms: Histos,
+    /// The processes writing it, most writes first (at most 8).
+    pub writers: Vec<Writer>,
+    /// What opens of this file asked for and what the kernel kept.
+    pub open: Option<OpenEvidence>,
+}
+
+impl Entry {
+    /// What identifies the entry across snapshots.
+    pub fn key(&self) -> EntryKey {
+        EntryKey {
+            dev: self.dev.clone(),
+            ino: self.ino,
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// An entry's identity: (device, inode, path).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryKey {
+    pub dev: String,
+    pub ino: u64,
+    pub path: String,
+}
+
+/// The programs' health and the map bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub live_inodes: u64,
+    pub max_inodes: u64,
+    /// Per-inode entries pushed out of the LRU map (their writes still count
+    /// in `totals`).
+    pub evictions: u64,
+    pub inode_insert_failed: u64,
+    pub inflight_full: u64,
+    pub inflight_replaced: u64,
+    pub exit_unmatched: u64,
+    pub read_errors: u64,
+    pub lock_state_unknown: u64,
+    pub cached_path_writes: u64,
+    pub dev_totals_full: u64,
+    /// In-flight records fuselock deleted as stale (older than
+    /// `--inflight-max-age`: a missed return probe).
+    #[serde(default)]
+    pub inflight_aged_out: u64,
+    /// Runs of fuselock's programs the kernel skipped (their
+    /// `recursion_misses`, plus kprobe mode's missed returns): each may be
+    /// a write lost or misclassified, so counts are incomplete when it is
+    /// not 0.
+    #[serde(default)]
+    pub recursion_misses: u64,
+}
+
+impl HealthReport {
+    /// Every counter of events that may leave counts incomplete, by the name
+    /// the metric's `kind` label and the table's warning give it: the one
+    /// list both read, so neither can leave one out.
+    pub fn losses(&self) -> [(&'static str, u64); 9] {
+        [
+            ("inode_insert_failed", self.inode_insert_failed),
+            ("inflight_full", self.inflight_full),
+            ("inflight_replaced", self.inflight_replaced),
+            ("exit_unmatched", self.exit_unmatched),
+            ("read_error", self.read_errors),
+            ("lock_state_unknown", self.lock_state_unknown),
+            ("dev_totals_full", self.dev_totals_full),
+            ("inflight_aged_out", self.inflight_aged_out),
+            ("recursion_miss", self.recursion_misses),
+        ]
+    }
+
+    pub fn new(h: &Health, live_inodes: u64, max_inodes: u64, deleted: u64) -> HealthReport {
+        HealthReport {
+            live_inodes,
+            max_inodes,
+            evictions: h
+                .inode_inserts
+                .saturating_sub(live_inodes)
+                .saturating_sub(deleted),
+            inode_insert_failed: h.inode_insert_failed,
+            inflight_full: h.inflight_full,
+            inflight_replaced: h.inflight_replaced,
+            exit_unmatched: h.exit_unmatched,
+            read_errors: h.read_errors,
+            lock_state_unknown: h.lock_state_unknown,
+            cached_path_writes: h.cached_path_writes,
+            dev_totals_full: h.dev_totals_full,
+            inflight_aged_out: 0,
+            recursion_misses: 0,
+        }
+    }
+}
+
+/// Where the numbers came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// `uname -r` of the observed kernel.
+    pub kernel: String,
+    /// `"fentry"` or `"kprobe"`.
+    pub probe_mode: String,
+    /// Whether lock waits are measured (`lock:contention_*` attached).
+    pub contention: bool,
+}
+
+/// The never-evicted counters of one (device, path).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTotals {
+    pub dev: String,
+    pub mount: Option<String>,
+    pub path: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+/// The never-evicted sums of one path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTotals {
+    #[serde(flatten)]
+    pub counters: Counters,
+    #[serde(flatten)]
+    pub histograms: Histos,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub passthrough: PathTotals,
+    pub direct_io: PathTotals,
+}
+
+impl Totals {
+    /// The counters and histograms of one write path.
+    pub fn of(&self, path: WritePath) -> &PathTotals {
+        match path {
+            WritePath::Passthrough => &self.passthrough,
+            WritePath::DirectIo => &self.direct_io,
+        }
+    }
+
+    pub fn get(&self, path: WritePath) -> &Counters {
+        &self.of(path).counters
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Seconds since fuselock attached.
+    pub elapsed_secs: f64,
+    pub source: Source,
+    /// The last snapshot of a run (`stat -- COMMAND` prints only this one).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// In the JSON stream, a line that lists only the entries that changed
+    /// since the previous line (and those that left, in `removed`); see
+    /// [`crate::wire::stream`]. In memory, snapshots are always whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// Entries are shared between snapshots: an entry that did not change is
+    /// the same allocation in both, and a refresh in which none changed hands
+    /// out the same list.
+    pub entries: Entries,
+    /// On a delta line: entries gone from the map since the previous line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<EntryKey>,
+    /// Never-evicted sums per path.
+    pub totals: Totals,
+    /// Never-evicted sums per (device, path): what monitoring counts.
+    pub devices: Vec<DeviceTotals>,
+    /// Open-time evidence summed over every file opened since attach.
+    pub opens: OpenEvidence,
+    pub health: HealthReport,
+}
+
+/// A snapshot's entries: one shared list, so that a refresh in which nothing
+/// changed costs consumers one pointer copy and one pointer compare
+/// ([`Entries::same_as`]), not a pass over 10,000 entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Entries(Arc<[Arc<Entry>]>);
+
+impl Entries {
+    /// Whether `self` and `other` are the same list (not merely equal).
+    pub fn same_as(&self, other: &Entries) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Entries {
+    type Target = [Arc<Entry>];
+
+    fn deref(&self) -> &[Arc<Entry>] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Entries {
+    type Item = &'a Arc<Entry>;
+    type IntoIter = std::slice::Iter<'a, Arc<Entry>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<Arc<Entry>>> for Entries {
+    fn from(v: Vec<Arc<Entry>>) -> Entries {
+        Entries(v.into())
+    }
+}
+
+impl FromIterator<Arc<Entry>> for Entries {
+    fn from_iter<I: IntoIterator<Item = Arc<Entry>>>(iter: I) -> Entries {
+        Entries(iter.into_iter().collect())
+    }
+}
+
+/// The kernel-internal encoding (20 minor bits) of a userspace `dev_t`
+/// (`stat`'s `st_dev`).
+pub fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
+/// `MAJ:MIN` of a kernel-internal `dev_t` (20 minor bits).
+pub fn dev_name(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_counts_read_and_write_the_named_json_object() {
+        let counts = ReasonCounts::from_slots(&[1, 2, 3, 4, 5, 6]);
+        let json = serde_json::to_string(&counts).expect("json");
+        assert_eq!(
+            json,
+            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"cache_io_mode":6}"#
+        );
+        let back: ReasonCounts = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, counts);
+        assert_eq!(back.get(Reason::Append), 4);
+
+        // A recording from before `cache_io_mode`, with a key from a newer one.
+        let old: ReasonCounts = serde_json::from_str(
+            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"later":{"x":1}}"#,
+        )
+        .expect("older recording");
+        assert_eq!(old, ReasonCounts::from_slots(&[1, 2, 3, 4, 5, 0]));
+
+        let missing = serde_json::from_str::<ReasonCounts>(r#"{"eligible":1}"#)
+            .expect_err("no_parallel_flag is required");
+        assert!(
+            missing
+                .to_string()
+                .contains("missing field `no_parallel_flag`"),
+            "{missing}"
+        );
+        assert!(serde_json::from_str::<ReasonCounts>(r#"{"eligible":"1"}"#).is_err());
+    }
+
+    #[test]
+    fn dev_t_uses_kernel_encoding() {
+        assert_eq!(dev_name((8 << 20) | 1), "8:1");
+        assert_eq!(dev_name(45), "0:45");
+        assert_eq!(dev_name(kernel_dev(libc::makedev(8, 1))), "8:1");
+    }
+
+    #[test]
+    fn counters_decode_every_mode_and_reason() {
+        let mut s = WriteStats {
+            writes: 7,
+            bytes: 7 * 4096,
+            ..Default::default()
+        };
+        s.acquired = [3, 4];
+        s.acquisitions[LockMode::Shared as usize][Reason::Eligible.slot()] = 3;
+        s.acquisitions[LockMode::Exclusive as usize][Reason::Append.slot()] = 4;
+        s.acquisitions[LockMode::Exclusive as usize][Reason::Buffered.slot()] = 1;
+        let c = Counters::from(&s);
+        assert_eq!((c.shared, c.exclusive), (3, 4));
+        assert_eq!(c.acquired_for(LockMode::Shared, Reason::Eligible), 3);
+        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::Append), 4);
+        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::Buffered), 1);
+        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::PastEof), 0);
+    }
+
+    #[test]
+    fn histograms_keep_non_empty_buckets_with_bounds() {
+        let mut b = [0u64; hist::HIST_BUCKETS];
+        b[hist::bucket(0)] += 1;
+        b[hist::bucket(1500)] += 2;
+        b[hist::bucket(u64::MAX)] += 3;
+        let h = histogram(&b);
+        assert_eq!(
+            h,
+            [
+                Bucket {
+                    le_ns: Some(0),
+                    count: 1
+                },
+                Bucket {
+                    le_ns: Some(2047),
+                    count: 2
+                },
+                Bucket {
+                    le_ns: None,
+                    count: 3
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn json_round_trips_with_documented_names() {
+        let snap = Snapshot {
+            entries: Entries::from(vec![Arc::new(Entry {
+                dev: "0:45".into(),
+                ino: 2,
+                name: Some("a".into()),
+                mount: Some("/mnt/fuse".into()),
+                path: "passthrough".into(),
+                counters: Counters::from(&WriteStats {
+                    writes: 1,
+                    ..Default::default()
+                }),
+                histograms: Histos::default(),
+                writers: vec![],
+                open: None,
+            })]),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&snap).expect("serialise");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        let e = &v["entries"][0];
+        for key in [
+            "dev",
+            "ino",
+            "name",
+            "path",
+            "writes",
+            "bytes",
+            "shared",
+            "exclusive",
+            "acquisitions",
+        ] {
+            assert!(e.get(key).is_some(), "entry lacks {key}: {e}");
+        }
+        assert_eq!(e["acquisitions"]["exclusive"]["past_eof"], 0);
+        assert_eq!(v["final"], false);
+        assert_eq!(
+            serde_json::from_str::<Snapshot>(&line).expect("parse"),
+            snap
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Wire formats: the model as others read it. The JSON-lines stream
+//! (`stat --json`, `record`) and its reader (`replay`), and the text table of
+//! `fuselock stat`.
+
+pub mod replay;
+pub mod stream;
+pub mod table;

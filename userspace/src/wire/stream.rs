@@ -1,0 +1,314 @@
+//! The JSON-lines snapshot stream (`stat --json`, `record`, `top --replay`):
+//! whole snapshots in memory, deltas on the wire.
+//!
+//! With 10,000 live inodes a whole snapshot is megabytes of JSON; written
+//! every second it would cost fuselock a core and fill a disk in a day. So a
+//! stream starts with a whole snapshot and then writes, per line, only the
+//! entries that changed since the previous line (`"delta": true`, plus the
+//! keys of entries that left the map in `"removed"`); the final line of a run
+//! is whole again, so `tail -1` still gives every entry. [`Decoder`] turns
+//! such a stream back into whole snapshots; a line without `delta` is whole.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::model::snapshot::{Entries, Entry, EntryKey, Snapshot};
+
+/// Which lines of a stream list every entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lines {
+    /// The first and the final line whole, the others deltas.
+    Deltas,
+    /// Every line whole (`--every-entry`).
+    Whole,
+}
+
+/// Turns successive whole snapshots into stream lines.
+pub struct Encoder {
+    lines: Lines,
+    /// The entries of the previous line; `None` before the first.
+    previous: Option<Entries>,
+}
+
+impl Encoder {
+    pub fn new(lines: Lines) -> Encoder {
+        Encoder {
+            lines,
+            previous: None,
+        }
+    }
+
+    /// The line to write for `snap`.
+    pub fn encode(&mut self, snap: &Snapshot) -> Snapshot {
+        let previous = self.previous.replace(snap.entries.clone());
+        let whole = self.lines == Lines::Whole || snap.is_final;
+        let (Some(previous), false) = (previous, whole) else {
+            return Snapshot {
+                delta: false,
+                removed: Vec::new(),
+                ..snap.clone()
+            };
+        };
+        // The same list: nothing changed, and nothing needs comparing.
+        let (entries, removed) = if previous.same_as(&snap.entries) {
+            (Vec::new(), Vec::new())
+        } else {
+            changes(&previous, &snap.entries)
+        };
+        Snapshot {
+            delta: true,
+            entries: entries.into(),
+            removed,
+            ..snap.clone_without_entries()
+        }
+    }
+}
+
+/// The entries of `current` not in `previous` (new, or changed), and the
+/// keys of `previous` gone from `current`.
+///
+/// The collector hands out the same allocation for an entry that did not
+/// change, so on an idle host every entry is found by its address and no key
+/// is built; keys are compared only for the entries that are not.
+fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>, Vec<EntryKey>) {
+    // The same entries in the same order (the collector keeps its order):
+    // one pass, comparing keys only where the allocation differs.
+    if previous.len() == current.len() {
+        let mut changed = Vec::new();
+        let aligned = previous.iter().zip(current).all(|(p, c)| {
+            if Arc::ptr_eq(p, c) {
+                return true;
+            }
+            let same_key = p.dev == c.dev && p.ino == c.ino && p.path == c.path;
+            if same_key && **p != **c {
+                changed.push(c.clone());
+            }
+            same_key
+        });
+        if aligned {
+            return (changed, Vec::new());
+        }
+    }
+    let same: HashSet<*const Entry> = previous.iter().map(Arc::as_ptr).collect();
+    let unmatched: Vec<&Arc<Entry>> = current
+        .iter()
+        .filter(|e| !same.contains(&Arc::as_ptr(e)))
+        .collect();
+    let before: HashMap<EntryKey, &Arc<Entry>> = previous.iter().map(|e| (e.key(), e)).collect();
+    let changed = unmatched
+        .into_iter()
+        .filter(|e| before.get(&e.key()).is_none_or(|p| ***p != ***e))
+        .cloned()
+        .collect();
+    let now: HashSet<EntryKey> = current.iter().map(|e| e.key()).collect();
+    let mut removed: Vec<EntryKey> = before.into_keys().filter(|k| !now.contains(k)).collect();
+    removed.sort();
+    (changed, removed)
+}
+
+/// Turns stream lines back into whole snapshots.
+#[derive(Default)]
+pub struct Decoder {
+    /// The entries as of the last line by key, and as the list last handed
+    /// out; `None` before the first whole one.
+    current: Option<(BTreeMap<EntryKey, Arc<Entry>>, Entries)>,
+}
+
+impl Decoder {
+    /// The whole snapshot a line stands for, or why it cannot be one.
+    pub fn decode(&mut self, line: Snapshot) -> Result<Snapshot, &'static str> {
+        if !line.delta {
+            if !line.removed.is_empty() {
+                return Err("a whole snapshot with `removed` entries");
+            }
+            let by_key = line.entries.iter().map(|e| (e.key(), e.clone())).collect();
+            self.current = Some((by_key, line.entries.clone()));
+            return Ok(line);
+        }
+        let Some((by_key, list)) = self.current.as_mut() else {
+            return Err(
+                "a delta line before any whole snapshot (is the start of the file missing?)",
+            );
+        };
+        // An empty delta keeps the list, as the live collector does.
+        if !line.removed.is_empty() || !line.entries.is_empty() {
+            for k in &line.removed {
+                by_key.remove(k);
+            }
+            for e in line.entries.iter() {
+                by_key.insert(e.key(), e.clone());
+            }
+            *list = by_key.values().cloned().collect();
+        }
+        Ok(Snapshot {
+            delta: false,
+            removed: Vec::new(),
+            entries: list.clone(),
+            ..line.clone_without_entries()
+        })
+    }
+}
+
+impl Snapshot {
+    /// Everything but the entries (cheap: entries are the bulk).
+    pub fn clone_without_entries(&self) -> Snapshot {
+        Snapshot {
+            timestamp: self.timestamp,
+            elapsed_secs: self.elapsed_secs,
+            source: self.source.clone(),
+            is_final: self.is_final,
+            delta: self.delta,
+            entries: Entries::default(),
+            removed: self.removed.clone(),
+            totals: self.totals.clone(),
+            devices: self.devices.clone(),
+            opens: self.opens.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use probes_common::WriteStats;
+
+    use super::*;
+    use crate::model::snapshot::{Counters, Histos};
+
+    fn entry(ino: u64, writes: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            dev: "0:45".into(),
+            ino,
+            name: Some(format!("f{ino}")),
+            mount: Some("/mnt/fuse".into()),
+            path: "passthrough".into(),
+            counters: Counters::from(&WriteStats {
+                writes,
+                ..WriteStats::default()
+            }),
+            histograms: Histos::default(),
+            writers: vec![],
+            open: None,
+        })
+    }
+
+    fn snap(entries: Vec<Arc<Entry>>, is_final: bool) -> Snapshot {
+        Snapshot {
+            entries: entries.into(),
+            is_final,
+            ..Snapshot::default()
+        }
+    }
+
+    fn sorted(v: &[Arc<Entry>]) -> Vec<Entry> {
+        let mut v = v.to_vec();
+        v.sort_by_key(|e| e.key());
+        v.into_iter().map(|e| (*e).clone()).collect()
+    }
+
+    /// Through JSON and back, as `record` and `top --replay` do.
+    fn round_trip(lines: &[Snapshot]) -> Vec<Snapshot> {
+        let mut d = Decoder::default();
+        lines
+            .iter()
+            .map(|l| {
+                let text = serde_json::to_string(l).expect("json");
+                d.decode(serde_json::from_str(&text).expect("parse"))
+                    .expect("decode")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deltas_carry_only_changes_and_decode_to_the_whole() {
+        let a = entry(2, 1);
+        let b = entry(3, 1);
+        let c = entry(4, 1);
+        let snaps = [
+            snap(vec![a.clone(), b.clone(), c.clone()], false),
+            // b changed (a new allocation with other counts), c left, d came.
+            snap(vec![a.clone(), entry(3, 2), entry(5, 1)], false),
+            // Nothing changed.
+            snap(vec![a.clone(), entry(3, 2), entry(5, 1)], false),
+            snap(vec![a.clone(), entry(3, 2), entry(5, 1)], true),
+        ];
+        let mut enc = Encoder::new(Lines::Deltas);
+        let lines: Vec<Snapshot> = snaps.iter().map(|s| enc.encode(s)).collect();
+        assert!(!lines[0].delta);
+        assert_eq!(lines[0].entries.len(), 3);
+        assert!(lines[1].delta);
+        let inos: Vec<u64> = sorted(&lines[1].entries).iter().map(|e| e.ino).collect();
+        assert_eq!(inos, [3, 5]);
+        assert_eq!(lines[1].removed.len(), 1);
+        assert_eq!(lines[1].removed[0].ino, 4);
+        // Equal by value though not the same allocation: not sent again.
+        assert!(lines[2].delta);
+        assert!(lines[2].entries.is_empty() && lines[2].removed.is_empty());
+        // The final line is whole.
+        assert!(!lines[3].delta);
+        assert_eq!(lines[3].entries.len(), 3);
+
+        let decoded = round_trip(&lines);
+        for (d, s) in decoded.iter().zip(&snaps) {
+            assert!(!d.delta && d.removed.is_empty());
+            assert_eq!(sorted(&d.entries), sorted(&s.entries));
+        }
+    }
+
+    #[test]
+    fn the_same_list_is_an_empty_delta_and_decodes_to_the_same_list() {
+        let list: Entries = vec![entry(2, 1), entry(3, 1)].into();
+        let line = |final_: bool| Snapshot {
+            entries: list.clone(),
+            is_final: final_,
+            ..Snapshot::default()
+        };
+        let mut enc = Encoder::new(Lines::Deltas);
+        let lines = [enc.encode(&line(false)), enc.encode(&line(false))];
+        assert!(lines[1].delta && lines[1].entries.is_empty() && lines[1].removed.is_empty());
+        let decoded = round_trip(&lines);
+        assert_eq!(decoded[1].entries.len(), 2);
+        // The list is shared, as the collector's is while nothing changes.
+        assert!(decoded[1].entries.same_as(&decoded[0].entries));
+    }
+
+    #[test]
+    fn reordered_entries_are_not_changes() {
+        let (a, b) = (entry(2, 1), entry(3, 1));
+        let mut enc = Encoder::new(Lines::Deltas);
+        enc.encode(&snap(vec![a.clone(), b.clone()], false));
+        let line = enc.encode(&snap(vec![b, entry(2, 1)], false));
+        assert!(
+            line.entries.is_empty() && line.removed.is_empty(),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn whole_lines_when_asked() {
+        let mut enc = Encoder::new(Lines::Whole);
+        let s = snap(vec![entry(2, 1)], false);
+        for _ in 0..3 {
+            let line = enc.encode(&s);
+            assert!(!line.delta);
+            assert_eq!(line.entries.len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_stream_must_start_whole() {
+        let mut d = Decoder::default();
+        let line = Snapshot {
+            delta: true,
+            ..Snapshot::default()
+        };
+        assert!(d.decode(line).is_err());
+        let bad = Snapshot {
+            removed: vec![entry(1, 1).key()],
+            ..Snapshot::default()
+        };
+        assert!(d.decode(bad).is_err());
+    }
+}
