@@ -22,12 +22,6 @@ mod wire {
     pub mod stream;
 }
 
-/// The shape of `fuselock::UsageError` (userspace/src/lib.rs), which
-/// `replay.rs` names as `crate::UsageError`.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 fuzz_target!(|data: &[u8]| {
     let _ = wire::replay::parse(data, "fuzz");
 });

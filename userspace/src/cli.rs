@@ -5,7 +5,9 @@ use std::{ffi::OsString, time::Duration};
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{kernel::probes::ProbeMode, testfs::TestfsArgs, workload::LoadArgs};
+use fuselock_testkit::{testfs::TestfsArgs, workload::LoadArgs};
+
+use crate::kernel::probes::ProbeMode;
 
 #[derive(Debug, Parser)]
 #[command(

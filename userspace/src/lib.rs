@@ -22,22 +22,12 @@
 pub mod cli;
 pub mod collect;
 pub mod commands;
-pub mod escape;
-pub mod exercise;
 pub mod kernel;
 pub mod model;
 #[cfg(test)]
 pub mod native;
-pub mod testfs;
 pub mod version;
 pub mod wire;
-pub mod workload;
-
-/// A mistake in what the user asked for (exit status 3), as opposed to a
-/// failure to do it (4).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// Exit statuses, documented in the README.
 pub mod exit {

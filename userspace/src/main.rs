@@ -13,8 +13,9 @@ use fuselock::{
     commands::{demo, doctor, export, stat, top, verify},
     exit,
     kernel::{kretprobe, preflight},
-    testfs, workload, UsageError,
 };
+use fuselock_base::UsageError;
+use fuselock_testkit::{testfs, workload};
 
 fn init_logging(verbose: u8) {
     let level = match verbose {

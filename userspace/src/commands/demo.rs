@@ -20,11 +20,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use fuselock_base::escape;
+use fuselock_testkit::exercise;
+
 use crate::{
     cli::{DemoArgs, ProbeArgs},
     commands::session::Session,
     commands::verify::{self, Watch},
-    escape,
     wire::table,
 };
 
@@ -185,7 +187,7 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
         "demo: fuselock verify --exercise {}\n",
         escape::path(&mount.mountpoint)
     );
-    let target = crate::exercise::check_target(&mount.mountpoint)?;
+    let target = exercise::check_target(&mount.mountpoint)?;
     let outcome = verify::decide_on(
         &mut session,
         Watch::Exercise {

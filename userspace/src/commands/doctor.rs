@@ -3,6 +3,8 @@
 
 use std::fs;
 
+use fuselock_base::procfs;
+
 use crate::{
     kernel::offsets::{self, KernelBtf},
     kernel::preempt,
@@ -56,7 +58,7 @@ fn version(release: &str) -> Option<(u32, u32)> {
 
 fn checks() -> Vec<Check> {
     let mut v = Vec::new();
-    let release = preflight::kernel_release();
+    let release = procfs::kernel_release();
     match version(&release) {
         Some(ver) if ver >= (6, 9) => v.push(ok(format!(
             "kernel {release} (FUSE passthrough needs >= 6.9)"

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use fuselock_base::{escape, UsageError};
+
 use crate::{
     cli::{RecordArgs, StatArgs},
     commands::session::Session,
@@ -153,7 +155,7 @@ pub async fn record(args: RecordArgs) -> Result<i32> {
 /// a regular file is truncated.
 fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let shown = crate::escape::path(path);
+    let shown = escape::path(path);
     let mut options = std::fs::OpenOptions::new();
     options
         .write(true)
@@ -168,18 +170,18 @@ fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> 
     let file = options.open(path).map_err(|e| {
         let is_symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
         match e.raw_os_error() {
-            Some(libc::EEXIST | libc::ELOOP) if is_symlink => crate::UsageError(format!(
+            Some(libc::EEXIST | libc::ELOOP) if is_symlink => UsageError(format!(
                 "{shown} is a symbolic link: fuselock does not write through one"
             )),
-            Some(libc::EEXIST) => crate::UsageError(format!(
+            Some(libc::EEXIST) => UsageError(format!(
                 "{shown} exists: name a new file, or pass --force to replace it"
             )),
-            _ => crate::UsageError(format!("cannot create {shown}: {e}")),
+            _ => UsageError(format!("cannot create {shown}: {e}")),
         }
     })?;
     let meta = file.metadata().with_context(|| format!("stat {shown}"))?;
     if !meta.is_file() {
-        return Err(crate::UsageError(format!("{shown} is not a regular file")).into());
+        return Err(UsageError(format!("{shown} is not a regular file")).into());
     }
     // Truncate only now that it is known to be a regular file of our choosing,
     // and make a replaced file private too.

@@ -14,13 +14,14 @@ use probes_common::{LockMode, Reason};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
+use fuselock_base::{escape, UsageError};
+use fuselock_testkit::exercise;
+
 use crate::{
     cli::VerifyArgs,
     commands::session::Session,
-    exercise,
     model::snapshot::{OpenEvidence, Snapshot},
     model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
-    UsageError,
 };
 
 /// What `--json` prints.
@@ -48,7 +49,7 @@ struct Report<'a> {
 fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<Evidence> {
     let dev =
         crate::model::snapshot::dev_name(crate::model::snapshot::kernel_dev(report.scratch_dev));
-    let shown = crate::escape::path(&report.scratch_file);
+    let shown = escape::path(&report.scratch_file);
     let mine: Vec<_> = snap
         .entries
         .iter()
@@ -90,10 +91,10 @@ fn flags_differ(
         format!(
             "the server opened {} with open_flags {}, the scratch file with {}: the verdict is the \
              scratch file's, and may not hold for {}",
-            crate::escape::path(path),
+            escape::path(path),
             named.last_flags_asked,
             scratch.last_flags_asked,
-            crate::escape::path(path),
+            escape::path(path),
         )
     })
 }
@@ -119,7 +120,7 @@ fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
     };
     println!(
         "  passthrough writes ({}): {} - shared {}{}, exclusive {}{}",
-        crate::escape::text(scope),
+        escape::text(scope),
         p.writes,
         p.shared,
         by_reason(LockMode::Shared),

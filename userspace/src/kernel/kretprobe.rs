@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use aya::programs::KProbe;
 use log::debug;
 
-use crate::kernel::procfs;
+use fuselock_base::procfs;
 
 /// Concurrent returns a kretprobe can track: the kernel's maximum
 /// (`KRETPROBE_MAXACTIVE_MAX`).

@@ -3,7 +3,7 @@
 //! `kretprobe` for what aya's kprobes lack), the struct offsets they need
 //! (`btf`, `offsets`), the checks made before loading (`preflight`,
 //! `preempt`), what the kernel reports it skipped (`misses`), privileges,
-//! and the host facts read from `/proc` (`mounts`, `procfs`).
+//! and the mount table (`mounts`).
 //!
 //! Nothing here knows about snapshots or commands.
 
@@ -16,4 +16,3 @@ pub mod preempt;
 pub mod preflight;
 pub mod privileges;
 pub mod probes;
-pub mod procfs;

@@ -1,23 +1,6 @@
 //! Device number to mount point, from `/proc/self/mountinfo`.
 
-use std::{collections::HashMap, fs::File, io, os::fd::AsRawFd};
-
-/// `FUSE_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
-pub const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
-/// The file system type (`statfs.f_type`) of what `fd` refers to: asked of
-/// the descriptor, so that no path is resolved again between the check and
-/// the use.
-pub fn fs_type(fd: &impl AsRawFd) -> io::Result<i64> {
-    // SAFETY: fstatfs(2) on a live descriptor into a zeroed out-struct.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // f_type is i64 on glibc and u64 on musl; FUSE_SUPER_MAGIC fits both.
-    #[allow(clippy::cast_possible_wrap)]
-    Ok(fs.f_type as i64)
-}
+use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _};
 
 /// `"MAJ:MIN"` → mount point of the first mount of that device.
 #[derive(Debug, Default, Clone)]

@@ -130,7 +130,7 @@ pub fn detect() -> Option<Model> {
     {
         return found(m, Source::Version);
     }
-    let release = crate::kernel::preflight::kernel_release();
+    let release = fuselock_base::procfs::kernel_release();
     crate::kernel::preflight::kernel_config(&release)
         .as_deref()
         .and_then(from_config)

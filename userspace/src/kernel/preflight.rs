@@ -113,13 +113,6 @@ pub fn kernel_config(release: &str) -> Option<String> {
     None
 }
 
-/// `uname -r`.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,8 @@ use probes_common::{
     maps::{MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS},
 };
 
+use fuselock_base::procfs;
+
 use crate::{kernel::kretprobe::RetProbes, kernel::offsets, kernel::preempt, kernel::preflight};
 
 /// The compiled programs, built by build.rs.
@@ -264,7 +266,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         mode,
         contention,
         max_inodes: opts.max_inodes,
-        kernel: preflight::kernel_release(),
+        kernel: procfs::kernel_release(),
         inflight_max_age: opts.inflight_max_age,
     })
 }
@@ -300,7 +302,7 @@ pub fn maps_only(max_inodes: u32) -> Result<Attached> {
         mode: ProbeMode::Fentry,
         contention: false,
         max_inodes,
-        kernel: preflight::kernel_release(),
+        kernel: procfs::kernel_release(),
         inflight_max_age: std::time::Duration::from_secs(300),
     })
 }

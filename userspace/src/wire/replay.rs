@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::{model::snapshot::Snapshot, wire::stream::Decoder, UsageError};
+use fuselock_base::UsageError;
+
+use crate::{model::snapshot::Snapshot, wire::stream::Decoder};
 
 /// Most snapshots kept from one file: a day at one per second.
 const MAX_SNAPSHOTS: usize = 86_400;

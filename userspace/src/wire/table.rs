@@ -4,10 +4,9 @@ use std::io::{self, Write};
 
 use probes_common::{LockMode, Reason, WritePath};
 
-use crate::{
-    escape,
-    model::snapshot::{Entry, Snapshot},
-};
+use fuselock_base::escape;
+
+use crate::model::snapshot::{Entry, Snapshot};
 
 /// The column of exclusive acquisitions for `reason`: an exhaustive match,
 /// so a new reason cannot be left without its column.

@@ -30,6 +30,8 @@ use tokio::{
 
 use self::web_config::WebConfig;
 pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
+use fuselock_base::UsageError;
+
 use crate::{
     cli::ExportArgs,
     collect::{Collector, Detail},
@@ -171,13 +173,13 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     // A web config that cannot be used is a usage error found before
     // anything is attached, like a taken port.
     let web = match &args.web_config_file {
-        Some(path) => WebConfig::load(path).map_err(|e| crate::UsageError(e.to_string()))?,
+        Some(path) => WebConfig::load(path).map_err(|e| UsageError(e.to_string()))?,
         None => WebConfig::plain(),
     };
     // Bind before attaching: a taken port is a usage error that should cost nothing.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| crate::UsageError(format!("--listen {listen}: {e}")))?;
+        .map_err(|e| UsageError(format!("--listen {listen}: {e}")))?;
     if let Some(warning) = access::exposure_warning(listen, &web) {
         log::warn!("{warning}");
     }

@@ -22,12 +22,13 @@ use ratatui::crossterm::event::{MouseButton, MouseEventKind};
 #[cfg(test)]
 pub(crate) use self::{draw::draw as draw_frame, state::App as TopApp};
 use self::{event::Event, state::App, terminal::TerminalGuard};
+use fuselock_base::UsageError;
+
 use crate::{
     cli::TopArgs,
     collect::Collector,
     kernel::probes::{self, AttachOptions},
     wire::replay,
-    UsageError,
 };
 
 /// SIGTERM/SIGINT/SIGHUP sent to the process (Ctrl-C in raw mode arrives as

@@ -1359,13 +1359,6 @@ fn vmlinux() -> Option<&'static Btf> {
     btf.as_ref()
 }
 
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 /// Offsets checked with `pahole -C <struct> /sys/kernel/btf/vmlinux` on the
 /// development host (6.18.44, x86_64). Layouts vary with version and config, so
 /// other kernels only check that the members resolve.
@@ -1398,11 +1391,11 @@ const HOST_OFFSETS_6_18: [(&str, &[&str], u32); 23] = [
 #[test]
 fn vmlinux_member_offsets() {
     let Some(btf) = vmlinux() else { return };
-    let exact = kernel_release().starts_with("6.18.");
+    let exact = fuselock_base::procfs::kernel_release().starts_with("6.18.");
     if !exact {
         eprintln!(
             "kernel {} is not 6.18: checking that members resolve, not their offsets",
-            kernel_release()
+            fuselock_base::procfs::kernel_release()
         );
     }
     for (name, path, expected) in HOST_OFFSETS_6_18 {

@@ -109,16 +109,6 @@ fn tally_counts_every_call_once() {
     assert_eq!(total.errors, 4);
 }
 
-#[test]
-fn buffers_are_aligned() {
-    for len in [512, 4096, 4096 * 3 + 512] {
-        let buf = AlignedBuf::new(len, 7).expect("alloc");
-        assert_eq!(buf.as_slice().len(), len);
-        assert_eq!(buf.as_slice().as_ptr() as usize % BUFFER_ALIGN, 0);
-        assert!(buf.as_slice().iter().all(|&b| b == 7));
-    }
-}
-
 fn args(path: PathBuf, kind: WriteKind) -> LoadArgs {
     LoadArgs {
         path,

@@ -1,5 +1,5 @@
-//! Processes as `/proc` shows them: who is alive, and in which PID
-//! namespace. Files and events fuselock leaves on shared resources (scratch
+//! What `/proc` says: the kernel's release, and processes: who is alive, and
+//! in which PID namespace. Files and events fuselock leaves on shared resources (scratch
 //! files on a mount, kprobe events in tracefs) are named by namespace and
 //! pid, and judged stale through these.
 
@@ -29,4 +29,11 @@ pub fn my_pid_namespace() -> u64 {
 /// Whether a process `pid` of our own namespace exists.
 pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }

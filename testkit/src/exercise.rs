@@ -25,12 +25,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{
-    escape,
-    kernel::mounts::{fs_type, FUSE_SUPER_MAGIC},
-    kernel::procfs,
-    UsageError,
-};
+use fuselock_base::{escape, procfs, UsageError};
+
+use crate::{aligned::AlignedBuf, fs_type, FUSE_SUPER_MAGIC};
 
 fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
@@ -238,25 +235,6 @@ fn remove_stale(target: &Target, pidns: u64) {
     }
 }
 
-/// A 4096-aligned buffer (O_DIRECT needs aligned memory).
-struct Aligned {
-    storage: Vec<u8>,
-    offset: usize,
-}
-
-impl Aligned {
-    /// One block filled with `byte`.
-    fn block(byte: u8) -> Aligned {
-        let mut storage = vec![byte; 2 * BLOCK];
-        let offset = storage.as_ptr().align_offset(BLOCK).min(BLOCK);
-        storage.truncate(offset + BLOCK);
-        Aligned { storage, offset }
-    }
-    fn as_slice(&self) -> &[u8] {
-        &self.storage[self.offset..self.offset + BLOCK]
-    }
-}
-
 fn write_exact_once(file: &File, buf: &[u8], offset: u64, what: &str) -> Result<()> {
     let n = file
         .write_at(buf, offset)
@@ -314,7 +292,7 @@ fn exercise(
 ) -> Result<ExerciseReport> {
     let total = (THREADS * OVERWRITES_PER_THREAD + 3) as u64;
     let done = AtomicU64::new(0);
-    let block = Aligned::block(b'f');
+    let block = AlignedBuf::new(BLOCK, b'f')?;
 
     std::thread::scope(|scope| -> Result<()> {
         let workers: Vec<_> = (0..THREADS)
@@ -436,12 +414,5 @@ mod tests {
             assert!(!is_stale(other, 1, dead), "{other}");
         }
         assert_eq!(scratch_name(5, 9), ".fuselock-exercise.5.9");
-    }
-
-    #[test]
-    fn aligned_buffers_are_aligned() {
-        let b = Aligned::block(1);
-        assert_eq!(b.as_slice().as_ptr() as usize % BLOCK, 0);
-        assert_eq!(b.as_slice().len(), BLOCK);
     }
 }

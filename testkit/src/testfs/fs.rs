@@ -24,10 +24,10 @@ use super::{
         backing_hint, create_backing, exposed_kind, file_attr, read_full_at, statvfs, AttrChanges,
         Beneath,
     },
-    kernel_release, lock,
     tables::{BackingKey, HandleTable, InodeTable, Node},
     TestfsArgs,
 };
+use crate::lock;
 
 /// How long the kernel may cache attributes and directory entries.
 ///
@@ -410,7 +410,7 @@ impl Filesystem for TestFs {
                         "the kernel ({}) does not offer FUSE passthrough: it needs Linux 6.9 or \
                          newer built with CONFIG_FUSE_PASSTHROUGH=y; use --direct-io to run \
                          without passthrough",
-                        kernel_release()
+                        fuselock_base::procfs::kernel_release()
                     ),
                 )
             })?;

@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -116,12 +116,6 @@ pub fn run(args: &TestfsArgs) -> anyhow::Result<()> {
         stats.writes.load(Ordering::Relaxed),
     ));
     result.and(announced)
-}
-
-pub(super) fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown version".to_owned())
 }
 
 /// Canonical backing and mount paths, checked so the server never serves its own mount.
@@ -358,12 +352,6 @@ impl Drop for BlockedSignals {
             );
         }
     }
-}
-
-/// Locks `mutex`, ignoring poisoning: every critical section leaves its table consistent
-/// (insert/remove only), so a panic elsewhere does not make the data unusable.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

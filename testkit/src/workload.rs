@@ -11,14 +11,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
+use fuselock_base::{escape, UsageError};
 
-/// Alignment of write buffers. `O_DIRECT` wants the logical block size (512 or 4096).
-const BUFFER_ALIGN: usize = 4096;
+use crate::{aligned::AlignedBuf, lock};
 
 /// `O_DIRECT` transfers must be multiples of the logical block size; 512 is the smallest.
 const DIRECT_IO_UNIT: usize = 512;
@@ -102,13 +102,12 @@ pub struct LoadArgs {
 
 /// Refuses `what` (an open file or directory) unless it is on FUSE.
 fn require_fuse(fd: &impl std::os::fd::AsRawFd, path: &Path) -> anyhow::Result<()> {
-    let f_type = crate::kernel::mounts::fs_type(fd)
-        .with_context(|| format!("fstatfs {}", crate::escape::path(path)))?;
-    if f_type != crate::kernel::mounts::FUSE_SUPER_MAGIC {
-        return Err(crate::UsageError(format!(
+    let f_type = crate::fs_type(fd).with_context(|| format!("fstatfs {}", escape::path(path)))?;
+    if f_type != crate::FUSE_SUPER_MAGIC {
+        return Err(UsageError(format!(
             "{} is not on a FUSE file system (f_type {f_type:#x}): `fuselock load` overwrites \
              what it finds there; pass --force to write to it anyway",
-            crate::escape::path(path)
+            escape::path(path)
         ))
         .into());
     }
@@ -199,7 +198,7 @@ impl fmt::Display for LoadReport {
 /// that could not start (bad arguments, file not openable) or could not print the summary.
 pub fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     // A bad argument is the user's to fix (exit 3), not a failure (4).
-    let plan = Plan::new(args).map_err(|e| crate::UsageError(format!("{e:#}")))?;
+    let plan = Plan::new(args).map_err(|e| UsageError(format!("{e:#}")))?;
     let placement = prepare_file(&args.path, &plan, args.force)?;
     let files = open_writers(&args.path, plan.kind, plan.threads, args.force)?;
     let buffers = (0..plan.threads)
@@ -272,8 +271,8 @@ impl Plan {
         ensure!(
             parent.is_dir(),
             "directory {} (for {}) does not exist",
-            crate::escape::path(parent),
-            crate::escape::path(&args.path)
+            escape::path(parent),
+            escape::path(&args.path)
         );
         Ok(Self {
             kind: args.kind,
@@ -316,7 +315,7 @@ fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placeme
             _ => Path::new("."),
         };
         let dir_fd =
-            File::open(dir).with_context(|| format!("cannot open {}", crate::escape::path(dir)))?;
+            File::open(dir).with_context(|| format!("cannot open {}", escape::path(dir)))?;
         require_fuse(&dir_fd, path)?;
     }
     let file = OpenOptions::new()
@@ -325,19 +324,15 @@ fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placeme
         .truncate(false)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("cannot open or create {}", crate::escape::path(path)))?;
+        .with_context(|| format!("cannot open or create {}", escape::path(path)))?;
     if !force {
         // And the file itself, before its size or contents change.
         require_fuse(&file, path)?;
     }
     let md = file
         .metadata()
-        .with_context(|| format!("cannot stat {}", crate::escape::path(path)))?;
-    ensure!(
-        md.is_file(),
-        "{} is not a regular file",
-        crate::escape::path(path)
-    );
+        .with_context(|| format!("cannot stat {}", escape::path(path)))?;
+    ensure!(md.is_file(), "{} is not a regular file", escape::path(path));
     let block = plan.block_size as u64;
     match plan.kind {
         WriteKind::Overwrite | WriteKind::Buffered => {
@@ -345,7 +340,7 @@ fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placeme
                 file.set_len(plan.file_size).with_context(|| {
                     format!(
                         "cannot extend {} to {} bytes",
-                        crate::escape::path(path),
+                        escape::path(path),
                         plan.file_size
                     )
                 })?;
@@ -393,13 +388,10 @@ fn open_writers(
                         format!(
                         "the filesystem of {} does not support O_DIRECT (open returned EINVAL); \
                          use --kind buffered",
-                        crate::escape::path(path)
+                        escape::path(path)
                     )
                     } else {
-                        format!(
-                            "cannot open {} for {kind} writes",
-                            crate::escape::path(path)
-                        )
+                        format!("cannot open {} for {kind} writes", escape::path(path))
                     };
                     anyhow::Error::new(err).context(context)
                 })
@@ -654,40 +646,6 @@ impl StartGate {
         lock(&self.state).phase = Phase::Cancelled;
         self.changed.notify_all();
     }
-}
-
-/// A block of `len` bytes whose address is a multiple of [`BUFFER_ALIGN`], as `O_DIRECT` needs.
-///
-/// Over-allocates a `Vec` and uses an aligned window of it, which needs no `unsafe`.
-#[derive(Debug)]
-struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize, fill: u8) -> anyhow::Result<Self> {
-        let storage = vec![fill; len + BUFFER_ALIGN];
-        let start = storage.as_ptr().align_offset(BUFFER_ALIGN);
-        if start >= BUFFER_ALIGN {
-            bail!("cannot align a write buffer to {BUFFER_ALIGN} bytes");
-        }
-        Ok(Self {
-            storage,
-            start,
-            len,
-        })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-}
-
-/// Locks `mutex`, ignoring poisoning: the guarded values (a cursor, a counter) stay valid.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
