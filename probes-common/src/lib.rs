@@ -9,6 +9,8 @@
 
 pub mod classify;
 pub mod config;
+#[cfg(feature = "serde")]
+mod hex_flags;
 pub mod hist;
 pub mod maps;
 pub mod rwsem;

@@ -189,53 +189,64 @@ impl WriteStats {
     }
 }
 
-/// The programs' own health: everything that could make counts incomplete is
-/// counted here, never dropped silently.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Health {
-    /// New keys inserted into `INODE_STATS`. Evictions are
-    /// `inserts - live entries - entries userspace deleted`.
-    pub inode_inserts: u64,
-    /// Inserts into `INODE_STATS` that failed (the write's counts are in
-    /// `PATH_TOTALS` only).
-    pub inode_insert_failed: u64,
-    /// Writes not tracked because `INFLIGHT` was full.
-    pub inflight_full: u64,
-    /// Writes that started while the same task had one in flight (a missed
-    /// return probe, or FUSE stacked on FUSE); the older record is dropped.
-    pub inflight_replaced: u64,
-    /// Returns seen with no matching in-flight record.
-    pub exit_unmatched: u64,
-    /// Kernel memory reads that failed.
-    pub read_errors: u64,
-    /// Lock observations where the rwsem was not held by this task as expected.
-    pub lock_state_unknown: u64,
-    /// Writes to FUSE files on the page-cache path (not watched).
-    pub cached_path_writes: u64,
-    /// Program runs with no configuration (should never happen).
-    pub unconfigured: u64,
-    /// Writes whose device had no room in `DEV_TOTALS`.
-    pub dev_totals_full: u64,
-    /// Opens counted in `OPENS`: with the write counters in `PATH_TOTALS` and
-    /// `inode_inserts`, it tells userspace whether any per-inode map changed
-    /// since its last read, so an idle host costs no whole-map reads.
-    pub opens: u64,
+/// Declares a struct of `u64` counters and its `merge`, so that the field list
+/// is written once.
+macro_rules! counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$field_meta:meta])* pub $field:ident: u64,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: u64,)*
+        }
+
+        impl $name {
+            /// Adds `other`'s counters to these (per-CPU copies into one).
+            pub fn merge(&mut self, other: &$name) {
+                $(self.$field += other.$field;)*
+            }
+        }
+    };
 }
 
-impl Health {
-    pub fn merge(&mut self, o: &Health) {
-        self.inode_inserts += o.inode_inserts;
-        self.inode_insert_failed += o.inode_insert_failed;
-        self.inflight_full += o.inflight_full;
-        self.inflight_replaced += o.inflight_replaced;
-        self.exit_unmatched += o.exit_unmatched;
-        self.read_errors += o.read_errors;
-        self.lock_state_unknown += o.lock_state_unknown;
-        self.cached_path_writes += o.cached_path_writes;
-        self.unconfigured += o.unconfigured;
-        self.dev_totals_full += o.dev_totals_full;
-        self.opens += o.opens;
+counters! {
+    /// The programs' own health: everything that could make counts incomplete
+    /// is counted here, never dropped silently. This is the one declaration
+    /// of these counters: userspace's health report and its JSON embed it.
+    /// Fields marked `skip` are bookkeeping that userspace turns into other
+    /// figures (evictions) or uses only to decide whether to read the maps.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+    pub struct Health {
+        /// New keys inserted into `INODE_STATS`. Evictions are
+        /// `inserts - live entries - entries userspace deleted`.
+        #[cfg_attr(feature = "serde", serde(skip))]
+        pub inode_inserts: u64,
+        /// Inserts into `INODE_STATS` that failed (the write's counts are in
+        /// `PATH_TOTALS` only).
+        pub inode_insert_failed: u64,
+        /// Writes not tracked because `INFLIGHT` was full.
+        pub inflight_full: u64,
+        /// Writes that started while the same task had one in flight (a missed
+        /// return probe, or FUSE stacked on FUSE); the older record is dropped.
+        pub inflight_replaced: u64,
+        /// Returns seen with no matching in-flight record.
+        pub exit_unmatched: u64,
+        /// Kernel memory reads that failed.
+        pub read_errors: u64,
+        /// Lock observations where the rwsem was not held by this task as expected.
+        pub lock_state_unknown: u64,
+        /// Writes to FUSE files on the page-cache path (not watched).
+        pub cached_path_writes: u64,
+        /// Program runs with no configuration (should never happen).
+        #[cfg_attr(feature = "serde", serde(skip))]
+        pub unconfigured: u64,
+        /// Writes whose device had no room in `DEV_TOTALS`.
+        pub dev_totals_full: u64,
+        /// Opens counted in `OPENS`: with the write counters in `PATH_TOTALS` and
+        /// `inode_inserts`, it tells userspace whether any per-inode map changed
+        /// since its last read, so an idle host costs no whole-map reads.
+        #[cfg_attr(feature = "serde", serde(skip))]
+        pub opens: u64,
     }
 }
 
@@ -368,8 +379,12 @@ pub struct WriterStats {
 /// What opens of one file asked for and what the kernel kept, read at the
 /// entry and return of `fuse_file_io_open()` (where 6.12 strips
 /// `FOPEN_PARALLEL_DIRECT_WRITES` from opens without `FOPEN_DIRECT_IO`).
+///
+/// The model's open-time evidence of a file too: its JSON form (flags as hex
+/// strings) is declared here with it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OpenStats {
     pub opens: u64,
     /// Opens whose server reply carried `FOPEN_PASSTHROUGH`.
@@ -384,8 +399,11 @@ pub struct OpenStats {
     pub passthrough_parallel_asked: u64,
     /// ... and kept it: only a patched kernel keeps it.
     pub passthrough_parallel_kept: u64,
-    /// The `open_flags` of the last open, before and after.
+    /// The `open_flags` of the last open as the server sent them, and as
+    /// `fuse_file_io_open()` left them.
+    #[cfg_attr(feature = "serde", serde(with = "crate::hex_flags"))]
     pub last_flags_asked: u32,
+    #[cfg_attr(feature = "serde", serde(with = "crate::hex_flags"))]
     pub last_flags_kept: u32,
 }
 

@@ -33,8 +33,8 @@ use crate::{
     kernel::mounts::MountTable,
     kernel::probes::Attached,
     model::snapshot::{
-        dev_name, Counters, DeviceTotals, Entries, Entry, HealthReport, Histos, OpenEvidence,
-        PathTotals, Snapshot, Source, Totals, Writer,
+        dev_name, Counters, DeviceTotals, Entries, Entry, HealthReport, Histos, PathTotals,
+        Snapshot, Source, Totals, Writer,
     },
 };
 
@@ -283,10 +283,10 @@ impl Collector {
     /// The open evidence of the file `(dev, ino)` (`dev` in the kernel's
     /// encoding), as of the last snapshot: a file only opened, never
     /// written, has no entry to carry it.
-    pub fn open_evidence_of(&self, dev: u32, ino: u64) -> Option<OpenEvidence> {
+    pub fn open_evidence_of(&self, dev: u32, ino: u64) -> Option<OpenStats> {
         self.opens_cache
             .of(&InodeKey { ino, dev, path: 0 })
-            .map(OpenEvidence::from)
+            .copied()
     }
 
     /// Reads every counter now.
@@ -437,7 +437,7 @@ impl Collector {
             counters: Counters::from(stats),
             histograms: hists.map(Histos::from).unwrap_or_default(),
             writers: top,
-            open: open.as_ref().map(OpenEvidence::from),
+            open,
         }
     }
 
@@ -602,7 +602,7 @@ impl Collector {
             entries,
             totals,
             devices,
-            opens: OpenEvidence::from(&self.opens_cache.totals),
+            opens: self.opens_cache.totals,
             health: HealthReport {
                 inflight_aged_out: self.janitor.inflight_aged_out(),
                 recursion_misses: self.misses.read(),

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use probes_common::{LockMode, Reason};
+use probes_common::{LockMode, OpenStats, Reason};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -20,7 +20,7 @@ use fuselock_testkit::exercise;
 use crate::{
     cli::VerifyArgs,
     commands::session::Session,
-    model::snapshot::{OpenEvidence, Snapshot},
+    model::snapshot::Snapshot,
     model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
 };
 
@@ -72,7 +72,7 @@ fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<E
     };
     Ok(Evidence {
         passthrough: entry.counters.clone(),
-        opens: entry.open.clone().unwrap_or_else(OpenEvidence::default),
+        opens: entry.open.unwrap_or_default(),
         // Skipped runs are not per file: any of them may have been its write.
         recursion_misses: snap.health.recursion_misses,
         waits_measured: snap.source.contention,
@@ -81,15 +81,11 @@ fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<E
 
 /// Whether the server opened the user's file as it opened the scratch file:
 /// a line saying how they differ, if they do.
-fn flags_differ(
-    named: &OpenEvidence,
-    scratch: &OpenEvidence,
-    path: &std::path::Path,
-) -> Option<String> {
-    let kind = |o: &OpenEvidence| (o.passthrough > 0, o.direct_io > 0, o.parallel_asked > 0);
+fn flags_differ(named: &OpenStats, scratch: &OpenStats, path: &std::path::Path) -> Option<String> {
+    let kind = |o: &OpenStats| (o.passthrough > 0, o.direct_io > 0, o.parallel_asked > 0);
     (kind(named) != kind(scratch)).then(|| {
         format!(
-            "the server opened {} with open_flags {}, the scratch file with {}: the verdict is the \
+            "the server opened {} with open_flags {:#x}, the scratch file with {:#x}: the verdict is the \
              scratch file's, and may not hold for {}",
             escape::path(path),
             named.last_flags_asked,

@@ -234,37 +234,6 @@ pub struct Writer {
     pub writes: u64,
 }
 
-/// Open-time evidence of a file (all opens seen since attach).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenEvidence {
-    pub opens: u64,
-    pub passthrough: u64,
-    pub direct_io: u64,
-    pub parallel_asked: u64,
-    pub parallel_kept: u64,
-    pub passthrough_parallel_asked: u64,
-    pub passthrough_parallel_kept: u64,
-    /// `open_flags` of the last open as the server sent them, and as kept.
-    pub last_flags_asked: String,
-    pub last_flags_kept: String,
-}
-
-impl From<&OpenStats> for OpenEvidence {
-    fn from(o: &OpenStats) -> OpenEvidence {
-        OpenEvidence {
-            opens: o.opens,
-            passthrough: o.passthrough,
-            direct_io: o.direct_io,
-            parallel_asked: o.parallel_asked,
-            parallel_kept: o.parallel_kept,
-            passthrough_parallel_asked: o.passthrough_parallel_asked,
-            passthrough_parallel_kept: o.passthrough_parallel_kept,
-            last_flags_asked: format!("{:#x}", o.last_flags_asked),
-            last_flags_kept: format!("{:#x}", o.last_flags_kept),
-        }
-    }
-}
-
 /// One (device, inode, path).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -284,7 +253,7 @@ pub struct Entry {
     /// The processes writing it, most writes first (at most 8).
     pub writers: Vec<Writer>,
     /// What opens of this file asked for and what the kernel kept.
-    pub open: Option<OpenEvidence>,
+    pub open: Option<OpenStats>,
 }
 
 impl Entry {
@@ -314,14 +283,9 @@ pub struct HealthReport {
     /// Per-inode entries pushed out of the LRU map (their writes still count
     /// in `totals`).
     pub evictions: u64,
-    pub inode_insert_failed: u64,
-    pub inflight_full: u64,
-    pub inflight_replaced: u64,
-    pub exit_unmatched: u64,
-    pub read_errors: u64,
-    pub lock_state_unknown: u64,
-    pub cached_path_writes: u64,
-    pub dev_totals_full: u64,
+    /// What the programs count, as they declare it (`probes_common::Health`).
+    #[serde(flatten)]
+    pub kernel: Health,
     /// In-flight records fuselock deleted as stale (older than
     /// `--inflight-max-age`: a missed return probe).
     #[serde(default)]
@@ -339,14 +303,15 @@ impl HealthReport {
     /// the metric's `kind` label and the table's warning give it: the one
     /// list both read, so neither can leave one out.
     pub fn losses(&self) -> [(&'static str, u64); 9] {
+        let k = &self.kernel;
         [
-            ("inode_insert_failed", self.inode_insert_failed),
-            ("inflight_full", self.inflight_full),
-            ("inflight_replaced", self.inflight_replaced),
-            ("exit_unmatched", self.exit_unmatched),
-            ("read_error", self.read_errors),
-            ("lock_state_unknown", self.lock_state_unknown),
-            ("dev_totals_full", self.dev_totals_full),
+            ("inode_insert_failed", k.inode_insert_failed),
+            ("inflight_full", k.inflight_full),
+            ("inflight_replaced", k.inflight_replaced),
+            ("exit_unmatched", k.exit_unmatched),
+            ("read_error", k.read_errors),
+            ("lock_state_unknown", k.lock_state_unknown),
+            ("dev_totals_full", k.dev_totals_full),
             ("inflight_aged_out", self.inflight_aged_out),
             ("recursion_miss", self.recursion_misses),
         ]
@@ -360,14 +325,7 @@ impl HealthReport {
                 .inode_inserts
                 .saturating_sub(live_inodes)
                 .saturating_sub(deleted),
-            inode_insert_failed: h.inode_insert_failed,
-            inflight_full: h.inflight_full,
-            inflight_replaced: h.inflight_replaced,
-            exit_unmatched: h.exit_unmatched,
-            read_errors: h.read_errors,
-            lock_state_unknown: h.lock_state_unknown,
-            cached_path_writes: h.cached_path_writes,
-            dev_totals_full: h.dev_totals_full,
+            kernel: *h,
             inflight_aged_out: 0,
             recursion_misses: 0,
         }
@@ -451,7 +409,7 @@ pub struct Snapshot {
     /// Never-evicted sums per (device, path): what monitoring counts.
     pub devices: Vec<DeviceTotals>,
     /// Open-time evidence summed over every file opened since attach.
-    pub opens: OpenEvidence,
+    pub opens: OpenStats,
     pub health: HealthReport,
 }
 
@@ -512,6 +470,91 @@ pub fn dev_name(dev: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file's open evidence is the kernel's `OpenStats` as it is, its flags
+    /// written in hex as they always were.
+    #[test]
+    fn open_stats_json_writes_flags_in_hex() {
+        let open = OpenStats {
+            opens: 3,
+            passthrough: 2,
+            parallel_asked: 1,
+            last_flags_asked: 0xc0,
+            last_flags_kept: 0x80,
+            ..OpenStats::default()
+        };
+        let json = serde_json::to_string(&open).expect("json");
+        assert_eq!(
+            json,
+            r#"{"opens":3,"passthrough":2,"direct_io":0,"parallel_asked":1,"parallel_kept":0,"passthrough_parallel_asked":0,"passthrough_parallel_kept":0,"last_flags_asked":"0xc0","last_flags_kept":"0x80"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<OpenStats>(&json).expect("read back"),
+            open
+        );
+        // Older recordings wrote "" before any open.
+        let empty = json.replace("\"0xc0\"", "\"\"");
+        let read: OpenStats = serde_json::from_str(&empty).expect("empty flags");
+        assert_eq!(read.last_flags_asked, 0);
+        let bad = json.replace("0xc0", "c0");
+        let err = serde_json::from_str::<OpenStats>(&bad).expect_err("not hex");
+        assert!(err.to_string().contains("0xc0"), "{err}");
+    }
+
+    /// The health object is the kernel's counters (declared once, in
+    /// probes-common) between userspace's own: its JSON keeps the names and
+    /// order recordings have always had, and older recordings still read.
+    #[test]
+    fn health_report_json_keeps_its_keys_and_order() {
+        let kernel = Health {
+            inode_inserts: 100,
+            inode_insert_failed: 1,
+            inflight_full: 2,
+            inflight_replaced: 3,
+            exit_unmatched: 4,
+            read_errors: 5,
+            lock_state_unknown: 6,
+            cached_path_writes: 7,
+            unconfigured: 8,
+            dev_totals_full: 9,
+            opens: 10,
+        };
+        let report = HealthReport {
+            inflight_aged_out: 11,
+            recursion_misses: 12,
+            ..HealthReport::new(&kernel, 40, 16384, 50)
+        };
+        let json = serde_json::to_string(&report).expect("json");
+        assert_eq!(
+            json,
+            r#"{"live_inodes":40,"max_inodes":16384,"evictions":10,"inode_insert_failed":1,"inflight_full":2,"inflight_replaced":3,"exit_unmatched":4,"read_errors":5,"lock_state_unknown":6,"cached_path_writes":7,"dev_totals_full":9,"inflight_aged_out":11,"recursion_misses":12}"#
+        );
+        // Bookkeeping that is not in the JSON reads back as 0.
+        let back: HealthReport = serde_json::from_str(&json).expect("read back");
+        let unread = Health {
+            inode_inserts: 0,
+            unconfigured: 0,
+            opens: 0,
+            ..kernel
+        };
+        assert_eq!(back.kernel, unread);
+        assert_eq!((back.inflight_aged_out, back.recursion_misses), (11, 12));
+
+        // A recording from before `inflight_aged_out` and `recursion_misses`
+        // (tests/fixtures/replay.jsonl has this line).
+        let old: HealthReport = serde_json::from_str(
+            r#"{"live_inodes":0,"max_inodes":16384,"evictions":0,"inode_insert_failed":0,"inflight_full":0,"inflight_replaced":0,"exit_unmatched":0,"read_errors":0,"lock_state_unknown":0,"cached_path_writes":0,"dev_totals_full":0}"#,
+        )
+        .expect("older recording");
+        assert_eq!(old.max_inodes, 16384);
+        assert_eq!(old.recursion_misses, 0);
+        // A kernel counter missing is an error, as before.
+        let missing = serde_json::from_str::<HealthReport>(
+            r#"{"live_inodes":0,"max_inodes":1,"evictions":0}"#,
+        )
+        .expect_err("inode_insert_failed is required");
+        assert!(missing.to_string().contains("missing field"), "{missing}");
+    }
 
     #[test]
     fn reason_counts_read_and_write_the_named_json_object() {

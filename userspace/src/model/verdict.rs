@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use probes_common::{LockMode, Reason};
+use probes_common::{LockMode, OpenStats, Reason};
 use serde::Serialize;
 
-use crate::model::snapshot::{Counters, OpenEvidence, Snapshot};
+use crate::model::snapshot::{Counters, Snapshot};
 
 /// The answer, with its exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -61,7 +61,7 @@ pub const EXIT_SHARED_EXTENDED: u8 = 5;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Evidence {
     pub passthrough: Counters,
-    pub opens: OpenEvidence,
+    pub opens: OpenStats,
     /// Probe runs the kernel skipped (`health.recursion_misses`).
     pub recursion_misses: u64,
     /// Whether lock waits were measured (`--contention`).
@@ -73,7 +73,7 @@ impl Evidence {
     pub fn from_totals(snap: &Snapshot) -> Evidence {
         Evidence {
             passthrough: snap.totals.passthrough.counters.clone(),
-            opens: snap.opens.clone(),
+            opens: snap.opens,
             recursion_misses: snap.health.recursion_misses,
             waits_measured: snap.source.contention,
         }
@@ -341,8 +341,8 @@ mod tests {
         }
     }
 
-    fn opens(asked: u64, kept: u64) -> OpenEvidence {
-        OpenEvidence {
+    fn opens(asked: u64, kept: u64) -> OpenStats {
+        OpenStats {
             passthrough_parallel_asked: asked,
             passthrough_parallel_kept: kept,
             ..Default::default()

@@ -164,7 +164,7 @@ impl Snapshot {
             removed: self.removed.clone(),
             totals: self.totals.clone(),
             devices: self.devices.clone(),
-            opens: self.opens.clone(),
+            opens: self.opens,
             health: self.health.clone(),
         }
     }

@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn every_health_loss_that_moved_is_named() {
         let mut snap = Snapshot::default();
-        snap.health.inflight_replaced = 3;
+        snap.health.kernel.inflight_replaced = 3;
         snap.health.inflight_aged_out = 2;
         let mut out = Vec::new();
         write_table(&mut out, &snap).expect("write");

@@ -382,7 +382,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
             };
             lines.push(Line::raw(verdict));
             lines.push(Line::raw(format!(
-                "  last open flags {} asked, {} kept",
+                "  last open flags {:#x} asked, {:#x} kept",
                 o.last_flags_asked, o.last_flags_kept
             )));
         }
