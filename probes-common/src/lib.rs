@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod dev;
 #[cfg(feature = "serde")]
 mod hex_flags;
 pub mod hist;
@@ -17,6 +18,7 @@ pub mod rwsem;
 
 pub use classify::{classify, Reason, Reasons, WriteFacts};
 pub use config::Config;
+pub use dev::Dev;
 pub use maps::{
     Health, Histograms, InFlight, InodeKey, InodeName, LockMode, OpenStats, WritePath, WriteStats,
     WriterKey, WriterStats,

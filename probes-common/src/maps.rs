@@ -49,9 +49,15 @@ pub const DEFAULT_MAX_INODES: u32 = 16_384;
 /// Capacity of the in-flight map: concurrent FUSE writes, host-wide.
 pub const MAX_INFLIGHT: u32 = 8_192;
 
-/// The FUSE write path a write took in `fuse_file_write_iter()`.
+/// The FUSE write path a write took in `fuse_file_write_iter()`. Its JSON
+/// form is [`WritePath::name`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum WritePath {
     /// `FOPEN_PASSTHROUGH`: `fuse_passthrough_write_iter()`.
     Passthrough = 0,
@@ -89,6 +95,12 @@ impl WritePath {
             WritePath::Passthrough => "passthrough",
             WritePath::DirectIo => "direct_io",
         }
+    }
+}
+
+impl core::fmt::Display for WritePath {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

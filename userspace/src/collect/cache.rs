@@ -186,11 +186,11 @@ mod tests {
             open: None,
             writers: HashMap::new(),
             entry: Arc::new(Entry {
-                dev: "0:45".into(),
+                dev: probes_common::Dev(45),
                 ino,
                 name: None,
                 mount: None,
-                path: "passthrough".into(),
+                path: probes_common::WritePath::Passthrough,
                 counters: Counters::default(),
                 histograms: Histos::default(),
                 writers: vec![],

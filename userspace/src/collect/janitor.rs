@@ -9,12 +9,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use probes_common::InFlight;
+use probes_common::{Dev, InFlight};
 
 use crate::{
     collect::batch::BatchReader,
     kernel::mounts::{MountTable, MountWatch},
-    model::snapshot::dev_name,
 };
 
 pub(super) struct Janitor {
@@ -48,7 +47,7 @@ impl Janitor {
 
     /// Notes that `dev` has entries, if it is mounted here now.
     pub(super) fn seen(&mut self, dev: u32, mounts: &MountTable) {
-        if mounts.has(&dev_name(dev)) {
+        if mounts.has(Dev(dev)) {
             self.mounted_devs.insert(dev);
         }
     }
@@ -64,7 +63,7 @@ impl Janitor {
             .mounted_devs
             .iter()
             .copied()
-            .filter(|d| !mounts.has(&dev_name(*d)))
+            .filter(|d| !mounts.has(Dev(*d)))
             .collect();
         self.mounted_devs.retain(|d| !gone.contains(d));
         gone

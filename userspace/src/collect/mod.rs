@@ -19,7 +19,7 @@ use probes_common::{
         MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
         MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS,
     },
-    Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
+    Dev, Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
 };
 
@@ -33,8 +33,8 @@ use crate::{
     kernel::mounts::MountTable,
     kernel::probes::Attached,
     model::snapshot::{
-        dev_name, Counters, DeviceTotals, Entries, Entry, HealthReport, Histos, PathTotals,
-        Snapshot, Source, Totals, Writer,
+        Counters, DeviceTotals, Entries, Entry, HealthReport, Histos, PathTotals, Snapshot, Source,
+        Totals, Writer,
     },
 };
 
@@ -273,7 +273,7 @@ impl Collector {
         log::info!(
             "forgot the entries of unmounted device(s) {}",
             gone.iter()
-                .map(|d| dev_name(*d))
+                .map(|d| Dev(*d).to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -283,9 +283,13 @@ impl Collector {
     /// The open evidence of the file `(dev, ino)` (`dev` in the kernel's
     /// encoding), as of the last snapshot: a file only opened, never
     /// written, has no entry to carry it.
-    pub fn open_evidence_of(&self, dev: u32, ino: u64) -> Option<OpenStats> {
+    pub fn open_evidence_of(&self, dev: Dev, ino: u64) -> Option<OpenStats> {
         self.opens_cache
-            .of(&InodeKey { ino, dev, path: 0 })
+            .of(&InodeKey {
+                ino,
+                dev: dev.0,
+                path: 0,
+            })
             .copied()
     }
 
@@ -402,8 +406,14 @@ impl Collector {
                     .lookup(&key)
                     .context("reading INODE_HISTS")?
                     .map(|h| h[0]);
-                cached.entry =
-                    Arc::new(self.build_entry(key, &stats, hists.as_ref(), &cached.writers, open));
+                cached.entry = Arc::new(self.build_entry(
+                    key,
+                    entry_before.path,
+                    &stats,
+                    hists.as_ref(),
+                    &cached.writers,
+                    open,
+                ));
                 cached.stats = stats;
                 cached.open = open;
             }
@@ -417,23 +427,22 @@ impl Collector {
     fn build_entry(
         &self,
         key: InodeKey,
+        path: WritePath,
         stats: &WriteStats,
         hists: Option<&Histograms>,
         writers: &HashMap<u32, Writer>,
         open: Option<OpenStats>,
     ) -> Entry {
-        let dev = dev_name(key.dev);
+        let dev = Dev(key.dev);
         let mut top: Vec<Writer> = writers.values().cloned().collect();
         top.sort_by(|a, b| b.writes.cmp(&a.writes).then(a.pid.cmp(&b.pid)));
         top.truncate(TOP_WRITERS);
         Entry {
-            mount: self.mounts.mount_of(&dev).map(str::to_owned),
+            mount: self.mounts.mount_of(dev).map(str::to_owned),
             name: self.name_cache.get(&key).cloned().flatten(),
             dev,
             ino: key.ino,
-            path: WritePath::from_u32(key.path)
-                .map_or("unknown", WritePath::name)
-                .to_owned(),
+            path,
             counters: Counters::from(stats),
             histograms: hists.map(Histos::from).unwrap_or_default(),
             writers: top,
@@ -506,10 +515,14 @@ impl Collector {
             })
             .context("reading WRITERS")?;
         for (key, stats) in changed {
+            // The programs key entries by `WritePath` values only.
+            let Some(path) = WritePath::from_u32(key.path) else {
+                continue;
+            };
             self.janitor.seen(key.dev, &self.mounts);
             let writers = writers.remove(&key).unwrap_or_default();
             let open = self.opens_cache.of(&key).copied();
-            let entry = self.build_entry(key, &stats, hists.get(&key), &writers, open);
+            let entry = self.build_entry(key, path, &stats, hists.get(&key), &writers, open);
             self.inodes.insert(
                 key,
                 Cached {
@@ -582,15 +595,15 @@ impl Collector {
                 continue;
             };
             self.janitor.seen(key.dev, &self.mounts);
-            let dev = dev_name(key.dev);
+            let dev = Dev(key.dev);
             devices.push(DeviceTotals {
-                mount: self.mounts.mount_of(&dev).map(str::to_owned),
+                mount: self.mounts.mount_of(dev).map(str::to_owned),
                 dev,
-                path: path.name().to_owned(),
+                path,
                 counters: Counters::from(&sum_percpu(&values)),
             });
         }
-        devices.sort_by(|a, b| (&a.dev, &a.path).cmp(&(&b.dev, &b.path)));
+        devices.sort_by_key(|d| (d.dev, d.path));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use probes_common::{LockMode, OpenStats, Reason};
+use probes_common::{LockMode, OpenStats, Reason, WritePath};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -20,7 +20,7 @@ use fuselock_testkit::exercise;
 use crate::{
     cli::VerifyArgs,
     commands::session::Session,
-    model::snapshot::Snapshot,
+    model::snapshot::{kernel_dev, Snapshot},
     model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
 };
 
@@ -47,17 +47,16 @@ struct Report<'a> {
 /// The evidence of the exercised scratch file: its passthrough entry and
 /// its opens.
 fn file_evidence(snap: &Snapshot, report: &exercise::ExerciseReport) -> Result<Evidence> {
-    let dev =
-        crate::model::snapshot::dev_name(crate::model::snapshot::kernel_dev(report.scratch_dev));
+    let dev = kernel_dev(report.scratch_dev);
     let shown = escape::path(&report.scratch_file);
     let mine: Vec<_> = snap
         .entries
         .iter()
-        .filter(|e| e.dev == dev && e.ino == report.scratch_ino)
+        .filter(|e| Some(e.dev) == dev && e.ino == report.scratch_ino)
         .collect();
-    let passthrough = mine.iter().find(|e| e.path == "passthrough");
+    let passthrough = mine.iter().find(|e| e.path == WritePath::Passthrough);
     let Some(entry) = passthrough else {
-        if mine.iter().any(|e| e.path == "direct_io") {
+        if mine.iter().any(|e| e.path == WritePath::DirectIo) {
             return Err(UsageError(format!(
                 "{shown}: its writes took the FUSE direct-io path (the server replies FOPEN_DIRECT_IO), \
                  not passthrough; verify checks passthrough files"
@@ -281,7 +280,7 @@ pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
                 let meta = std::fs::symlink_metadata(path).ok()?;
                 let theirs = session
                     .collector
-                    .open_evidence_of(crate::model::snapshot::kernel_dev(meta.dev()), meta.ino())?;
+                    .open_evidence_of(kernel_dev(meta.dev())?, meta.ino())?;
                 flags_differ(&theirs, &evidence.opens, path)
             });
             (evidence, report.scratch_file.display().to_string(), note)

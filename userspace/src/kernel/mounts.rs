@@ -2,10 +2,12 @@
 
 use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _};
 
+use probes_common::Dev;
+
 /// `"MAJ:MIN"` → mount point of the first mount of that device.
 #[derive(Debug, Default, Clone)]
 pub struct MountTable {
-    by_dev: HashMap<String, String>,
+    by_dev: HashMap<Dev, String>,
 }
 
 impl MountTable {
@@ -31,19 +33,20 @@ impl MountTable {
             ) else {
                 continue;
             };
-            by_dev
-                .entry(dev.to_owned())
-                .or_insert_with(|| unescape(mountpoint));
+            let Some(dev) = Dev::parse(dev) else {
+                continue;
+            };
+            by_dev.entry(dev).or_insert_with(|| unescape(mountpoint));
         }
         MountTable { by_dev }
     }
 
-    pub fn mount_of(&self, dev: &str) -> Option<&str> {
-        self.by_dev.get(dev).map(String::as_str)
+    pub fn mount_of(&self, dev: Dev) -> Option<&str> {
+        self.by_dev.get(&dev).map(String::as_str)
     }
 
-    pub fn has(&self, dev: &str) -> bool {
-        self.by_dev.contains_key(dev)
+    pub fn has(&self, dev: Dev) -> bool {
+        self.by_dev.contains_key(&dev)
     }
 }
 
@@ -124,9 +127,9 @@ mod tests {
     #[test]
     fn maps_devices_to_first_mount_point() {
         let t = MountTable::parse(SAMPLE);
-        assert_eq!(t.mount_of("0:45"), Some("/mnt/fuse"));
-        assert_eq!(t.mount_of("0:46"), Some("/mnt/with space"));
-        assert_eq!(t.mount_of("9:9"), None);
+        assert_eq!(t.mount_of(Dev(45)), Some("/mnt/fuse"));
+        assert_eq!(t.mount_of(Dev(46)), Some("/mnt/with space"));
+        assert_eq!(t.mount_of(Dev((9 << 20) | 9)), None);
     }
 
     #[test]
@@ -164,7 +167,7 @@ mod tests {
 
     #[test]
     fn tolerates_garbage() {
-        let t = MountTable::parse("x\n\n1 2\n\\\n");
-        assert_eq!(t.mount_of("x"), None);
+        let t = MountTable::parse("x\n\n1 2\n\\\n1 2 x:y / /mnt\n");
+        assert!(t.by_dev.is_empty());
     }
 }

@@ -7,7 +7,9 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use probes_common::{hist, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats};
+use probes_common::{
+    hist, Dev, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats,
+};
 use serde::{Deserialize, Serialize};
 
 /// Counts of one mode, by reason, indexed by `Reason` (an array, not a map:
@@ -237,15 +239,14 @@ pub struct Writer {
 /// One (device, inode, path).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// `"MAJ:MIN"` of the FUSE superblock.
-    pub dev: String,
+    /// The FUSE superblock's device.
+    pub dev: Dev,
     pub ino: u64,
     /// The dentry name seen on the first write, if known.
     pub name: Option<String>,
     /// Mount point of `dev`, from /proc/self/mountinfo.
     pub mount: Option<String>,
-    /// `"passthrough"` or `"direct_io"`.
-    pub path: String,
+    pub path: WritePath,
     #[serde(flatten)]
     pub counters: Counters,
     #[serde(flatten)]
@@ -257,22 +258,23 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// What identifies the entry across snapshots.
-    pub fn key(&self) -> EntryKey {
-        EntryKey {
-            dev: self.dev.clone(),
+    /// Which file, on which write path, the entry counts.
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
             ino: self.ino,
-            path: self.path.clone(),
+            path: self.path,
         }
     }
 }
 
-/// An entry's identity: (device, inode, path).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EntryKey {
-    pub dev: String,
+/// A watched file on one write path: what identifies an entry across
+/// snapshots, in the stream's `removed` list, and in `top`'s selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: Dev,
     pub ino: u64,
-    pub path: String,
+    pub path: WritePath,
 }
 
 /// The programs' health and the map bookkeeping.
@@ -344,11 +346,11 @@ pub struct Source {
 }
 
 /// The never-evicted counters of one (device, path).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceTotals {
-    pub dev: String,
+    pub dev: Dev,
     pub mount: Option<String>,
-    pub path: String,
+    pub path: WritePath,
     #[serde(flatten)]
     pub counters: Counters,
 }
@@ -403,7 +405,7 @@ pub struct Snapshot {
     pub entries: Entries,
     /// On a delta line: entries gone from the map since the previous line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<EntryKey>,
+    pub removed: Vec<FileId>,
     /// Never-evicted sums per path.
     pub totals: Totals,
     /// Never-evicted sums per (device, path): what monitoring counts.
@@ -456,15 +458,10 @@ impl FromIterator<Arc<Entry>> for Entries {
     }
 }
 
-/// The kernel-internal encoding (20 minor bits) of a userspace `dev_t`
-/// (`stat`'s `st_dev`).
-pub fn kernel_dev(dev: u64) -> u32 {
-    (libc::major(dev) << 20) | libc::minor(dev)
-}
-
-/// `MAJ:MIN` of a kernel-internal `dev_t` (20 minor bits).
-pub fn dev_name(dev: u32) -> String {
-    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+/// The device of a userspace `dev_t` (`stat`'s `st_dev`), in the kernel's
+/// encoding; `None` if it does not fit it.
+pub fn kernel_dev(dev: u64) -> Option<Dev> {
+    Dev::from_parts(libc::major(dev), libc::minor(dev))
 }
 
 #[cfg(test)]
@@ -588,9 +585,27 @@ mod tests {
 
     #[test]
     fn dev_t_uses_kernel_encoding() {
-        assert_eq!(dev_name((8 << 20) | 1), "8:1");
-        assert_eq!(dev_name(45), "0:45");
-        assert_eq!(dev_name(kernel_dev(libc::makedev(8, 1))), "8:1");
+        assert_eq!(Dev((8 << 20) | 1).to_string(), "8:1");
+        assert_eq!(Dev(45).to_string(), "0:45");
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), Some(Dev((8 << 20) | 1)));
+        assert_eq!(kernel_dev(libc::makedev(4096, 1)), None);
+        let id = FileId {
+            dev: Dev(45),
+            ino: 7,
+            path: WritePath::DirectIo,
+        };
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(json, r#"{"dev":"0:45","ino":7,"path":"direct_io"}"#);
+        assert_eq!(
+            serde_json::from_str::<FileId>(&json).expect("read back"),
+            id
+        );
+        for bad in [
+            r#"{"dev":"0:45","ino":7,"path":"splice"}"#,
+            r#"{"dev":"45","ino":7,"path":"direct_io"}"#,
+        ] {
+            assert!(serde_json::from_str::<FileId>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -642,11 +657,11 @@ mod tests {
     fn json_round_trips_with_documented_names() {
         let snap = Snapshot {
             entries: Entries::from(vec![Arc::new(Entry {
-                dev: "0:45".into(),
+                dev: probes_common::Dev(45),
                 ino: 2,
                 name: Some("a".into()),
                 mount: Some("/mnt/fuse".into()),
-                path: "passthrough".into(),
+                path: probes_common::WritePath::Passthrough,
                 counters: Counters::from(&WriteStats {
                     writes: 1,
                     ..Default::default()

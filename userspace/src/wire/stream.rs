@@ -14,7 +14,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::model::snapshot::{Entries, Entry, EntryKey, Snapshot};
+use crate::model::snapshot::{Entries, Entry, FileId, Snapshot};
 
 /// Which lines of a stream list every entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Encoder {
 /// The collector hands out the same allocation for an entry that did not
 /// change, so on an idle host every entry is found by its address and no key
 /// is built; keys are compared only for the entries that are not.
-fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>, Vec<EntryKey>) {
+fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>, Vec<FileId>) {
     // The same entries in the same order (the collector keeps its order):
     // one pass, comparing keys only where the allocation differs.
     if previous.len() == current.len() {
@@ -81,7 +81,7 @@ fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>,
             if Arc::ptr_eq(p, c) {
                 return true;
             }
-            let same_key = p.dev == c.dev && p.ino == c.ino && p.path == c.path;
+            let same_key = p.id() == c.id();
             if same_key && **p != **c {
                 changed.push(c.clone());
             }
@@ -96,14 +96,14 @@ fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>,
         .iter()
         .filter(|e| !same.contains(&Arc::as_ptr(e)))
         .collect();
-    let before: HashMap<EntryKey, &Arc<Entry>> = previous.iter().map(|e| (e.key(), e)).collect();
+    let before: HashMap<FileId, &Arc<Entry>> = previous.iter().map(|e| (e.id(), e)).collect();
     let changed = unmatched
         .into_iter()
-        .filter(|e| before.get(&e.key()).is_none_or(|p| ***p != ***e))
+        .filter(|e| before.get(&e.id()).is_none_or(|p| ***p != ***e))
         .cloned()
         .collect();
-    let now: HashSet<EntryKey> = current.iter().map(|e| e.key()).collect();
-    let mut removed: Vec<EntryKey> = before.into_keys().filter(|k| !now.contains(k)).collect();
+    let now: HashSet<FileId> = current.iter().map(|e| e.id()).collect();
+    let mut removed: Vec<FileId> = before.into_keys().filter(|k| !now.contains(k)).collect();
     removed.sort();
     (changed, removed)
 }
@@ -113,7 +113,7 @@ fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>,
 pub struct Decoder {
     /// The entries as of the last line by key, and as the list last handed
     /// out; `None` before the first whole one.
-    current: Option<(BTreeMap<EntryKey, Arc<Entry>>, Entries)>,
+    current: Option<(BTreeMap<FileId, Arc<Entry>>, Entries)>,
 }
 
 impl Decoder {
@@ -123,7 +123,7 @@ impl Decoder {
             if !line.removed.is_empty() {
                 return Err("a whole snapshot with `removed` entries");
             }
-            let by_key = line.entries.iter().map(|e| (e.key(), e.clone())).collect();
+            let by_key = line.entries.iter().map(|e| (e.id(), e.clone())).collect();
             self.current = Some((by_key, line.entries.clone()));
             return Ok(line);
         }
@@ -138,7 +138,7 @@ impl Decoder {
                 by_key.remove(k);
             }
             for e in line.entries.iter() {
-                by_key.insert(e.key(), e.clone());
+                by_key.insert(e.id(), e.clone());
             }
             *list = by_key.values().cloned().collect();
         }
@@ -179,11 +179,11 @@ mod tests {
 
     fn entry(ino: u64, writes: u64) -> Arc<Entry> {
         Arc::new(Entry {
-            dev: "0:45".into(),
+            dev: probes_common::Dev(45),
             ino,
             name: Some(format!("f{ino}")),
             mount: Some("/mnt/fuse".into()),
-            path: "passthrough".into(),
+            path: probes_common::WritePath::Passthrough,
             counters: Counters::from(&WriteStats {
                 writes,
                 ..WriteStats::default()
@@ -204,7 +204,7 @@ mod tests {
 
     fn sorted(v: &[Arc<Entry>]) -> Vec<Entry> {
         let mut v = v.to_vec();
-        v.sort_by_key(|e| e.key());
+        v.sort_by_key(|e| e.id());
         v.into_iter().map(|e| (*e).clone()).collect()
     }
 
@@ -306,7 +306,7 @@ mod tests {
         };
         assert!(d.decode(line).is_err());
         let bad = Snapshot {
-            removed: vec![entry(1, 1).key()],
+            removed: vec![entry(1, 1).id()],
             ..Snapshot::default()
         };
         assert!(d.decode(bad).is_err());

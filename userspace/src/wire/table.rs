@@ -45,7 +45,7 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         let mut row = vec![
             display_name(e),
             format!("{}:{}", e.dev, e.ino),
-            e.path.clone(),
+            e.path.to_string(),
             c.writes.to_string(),
             c.shared.to_string(),
             c.exclusive.to_string(),
@@ -156,11 +156,11 @@ mod tests {
         stats.acquisitions[1][Reason::NoParallelFlag.slot()] = 12;
         let snap = Snapshot {
             entries: vec![std::sync::Arc::new(Entry {
-                dev: "0:45".into(),
+                dev: probes_common::Dev(45),
                 ino: 7,
                 name: Some("data".into()),
                 mount: Some("/mnt/fuse".into()),
-                path: "passthrough".into(),
+                path: probes_common::WritePath::Passthrough,
                 counters: Counters::from(&stats),
                 histograms: Default::default(),
                 writers: vec![],
@@ -184,11 +184,11 @@ mod tests {
     fn names_cannot_reach_the_terminal_raw() {
         let entry = |name: &str, mount: &str| {
             std::sync::Arc::new(Entry {
-                dev: "0:45".into(),
+                dev: probes_common::Dev(45),
                 ino: 7,
                 name: Some(name.into()),
                 mount: Some(mount.into()),
-                path: "passthrough".into(),
+                path: probes_common::WritePath::Passthrough,
                 counters: Counters::default(),
                 histograms: Default::default(),
                 writers: vec![],

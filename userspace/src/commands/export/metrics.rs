@@ -1,7 +1,7 @@
 //! A snapshot as Prometheus metrics. The snapshot is taken at scrape time
 //! (as ebpf_exporter does): no second copy of the state lives here.
 
-use probes_common::{hist, LockMode, Reason, WritePath};
+use probes_common::{hist, Dev, LockMode, Reason, WritePath};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
@@ -117,7 +117,7 @@ fn counter<L: EncodeLabelSet + std::fmt::Debug>(
     Ok(())
 }
 
-fn mount_of(mount: &Option<String>, dev: &str) -> String {
+fn mount_of(mount: &Option<String>, dev: &Dev) -> String {
     mount.clone().unwrap_or_else(|| format!("dev:{dev}"))
 }
 
@@ -145,7 +145,7 @@ impl Collector for SnapshotMetrics {
 
         let path_labels = |d: &crate::model::snapshot::DeviceTotals| PathLabels {
             mount: mount_of(&d.mount, &d.dev),
-            path: d.path.clone(),
+            path: d.path.name().to_owned(),
         };
         let devs = &s.devices;
         let per_device = |value: fn(&Counters) -> u64| -> Vec<(PathLabels, u64)> {
@@ -183,7 +183,7 @@ impl Collector for SnapshotMetrics {
                     by_reason.push((
                         ReasonLabels {
                             mount: mount_of(&d.mount, &d.dev),
-                            path: d.path.clone(),
+                            path: d.path.name().to_owned(),
                             mode: mode.name().to_owned(),
                             reason: reason.name().to_owned(),
                         },
@@ -193,7 +193,7 @@ impl Collector for SnapshotMetrics {
                 contended.push((
                     ModeLabels {
                         mount: mount_of(&d.mount, &d.dev),
-                        path: d.path.clone(),
+                        path: d.path.name().to_owned(),
                         mode: mode.name().to_owned(),
                     },
                     per_mode(&d.counters, mode).1,
@@ -362,8 +362,8 @@ impl Collector for SnapshotMetrics {
                         (
                             InodeLabels {
                                 mount: mount_of(&e.mount, &e.dev),
-                                path: e.path.clone(),
-                                dev: e.dev.clone(),
+                                path: e.path.name().to_owned(),
+                                dev: e.dev.to_string(),
                                 ino: e.ino.to_string(),
                                 name: e.name.clone().unwrap_or_default(),
                             },

@@ -272,9 +272,9 @@ mod tests {
         snap.source.kernel = "6.12.117".into();
         snap.source.probe_mode = "fentry".into();
         snap.devices = vec![DeviceTotals {
-            dev: "0:45".into(),
+            dev: probes_common::Dev(45),
             mount: Some("/mnt/fuse".into()),
-            path: "passthrough".into(),
+            path: probes_common::WritePath::Passthrough,
             counters: Counters::from(&s),
         }];
         snap.totals.passthrough.counters = Counters::from(&s);
@@ -360,11 +360,11 @@ mod tests {
         let mut snap = sample();
         let mut entries = snap.entries.to_vec();
         entries.push(std::sync::Arc::new(crate::model::snapshot::Entry {
-            dev: "0:45".into(),
+            dev: probes_common::Dev(45),
             ino: 2,
             name: Some("f".into()),
             mount: None,
-            path: "passthrough".into(),
+            path: probes_common::WritePath::Passthrough,
             counters: Counters::from(&WriteStats {
                 writes: 1,
                 ..Default::default()

@@ -3,7 +3,7 @@
 
 use std::{borrow::Cow, sync::LazyLock};
 
-use probes_common::Reason;
+use probes_common::{Reason, WritePath};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
@@ -213,7 +213,11 @@ fn row_cells(r: &Row, mode: Mode) -> Vec<String> {
     vec![
         r.name.clone(),
         r.mount.clone(),
-        (if r.path == "passthrough" { "pt" } else { "dio" }).to_owned(),
+        match r.file.path {
+            WritePath::Passthrough => "pt",
+            WritePath::DirectIo => "dio",
+        }
+        .to_owned(),
         rate(r.writes, mode),
         bytes(r.bytes),
         r.shared_pct().map_or("-".into(), |p| format!("{p:.0}%")),
@@ -310,12 +314,10 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         );
         return;
     };
-    let entry: Option<&Entry> = app.current.as_ref().and_then(|s| {
-        s.entries
-            .iter()
-            .find(|e| e.ino == row.ino && e.dev == row.dev && e.path == row.path)
-            .map(|e| &**e)
-    });
+    let entry: Option<&Entry> = app
+        .current
+        .as_ref()
+        .and_then(|s| s.entries.iter().find(|e| e.id() == row.file).map(|e| &**e));
     let Some(e) = entry else { return };
     let c = &e.counters;
     let [left, right] =
@@ -353,7 +355,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         )));
     }
     let contention = app.current.as_ref().is_some_and(|s| s.source.contention);
-    let gain = (e.path == "passthrough")
+    let gain = (e.path == WritePath::Passthrough)
         .then(|| crate::model::verdict::series_gain(c, contention))
         .flatten();
     if let Some(gain) = gain {

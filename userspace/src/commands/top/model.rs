@@ -8,7 +8,7 @@ use std::{
 
 use probes_common::{LockMode, Reason};
 
-use crate::model::snapshot::{Counters, Entry, Histogram, Snapshot};
+use crate::model::snapshot::{Counters, Entry, FileId, Histogram, Snapshot};
 
 /// Numbers over the refresh interval (per second) or since start/reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,9 +20,7 @@ pub enum Mode {
 /// One table row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
-    pub dev: String,
-    pub ino: u64,
-    pub path: String,
+    pub file: FileId,
     pub name: String,
     pub mount: String,
     /// Per second in rates mode, counts in totals mode.
@@ -120,14 +118,9 @@ pub fn period(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> f64 {
 
 /// `base`'s entries by key. Indexed once: a search per entry would be
 /// quadratic, 50 million key comparisons a refresh at 10,000 inodes.
-pub fn index(base: Option<&Snapshot>) -> HashMap<(&str, u64, &str), &Arc<Entry>> {
-    base.map(|b| {
-        b.entries
-            .iter()
-            .map(|p| ((p.dev.as_str(), p.ino, p.path.as_str()), p))
-            .collect()
-    })
-    .unwrap_or_default()
+pub fn index(base: Option<&Snapshot>) -> HashMap<FileId, &Arc<Entry>> {
+    base.map(|b| b.entries.iter().map(|p| (p.id(), p)).collect())
+        .unwrap_or_default()
 }
 
 /// The rows for `cur`, relative to `base` (the previous snapshot in rates
@@ -140,7 +133,7 @@ pub fn rows(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> Vec<Row> {
     cur.entries
         .iter()
         .map(|e| {
-            let prev = previous.get(&(e.dev.as_str(), e.ino, e.path.as_str()));
+            let prev = previous.get(&e.id());
             row(e, prev.map(|p| &***p), dt)
         })
         .collect()
@@ -180,9 +173,7 @@ pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
     )
     .to_lowercase();
     Row {
-        dev: e.dev.clone(),
-        ino: e.ino,
-        path: e.path.clone(),
+        file: e.id(),
         writes: per(d.writes),
         bytes: per(d.bytes),
         shared: per(d.shared),
@@ -274,11 +265,11 @@ pub mod tests_support {
         s.contended[LockMode::Exclusive as usize] = contended;
         s.wait_ns_total[LockMode::Exclusive as usize] = contended * 1000;
         Entry {
-            dev: "0:45".into(),
+            dev: probes_common::Dev(45),
             ino: name.len() as u64,
             name: Some(name.into()),
             mount: Some("/mnt/fuse".into()),
-            path: "passthrough".into(),
+            path: probes_common::WritePath::Passthrough,
             counters: Counters::from(&s),
             histograms: Default::default(),
             writers: vec![Writer {

@@ -164,7 +164,7 @@ impl TableInputs {
 
 /// Whether two entries are the same file (dev, ino, path).
 fn same_file(a: &Entry, b: &Entry) -> bool {
-    a.ino == b.ino && a.dev == b.dev && a.path == b.path
+    a.id() == b.id()
 }
 
 impl App {
@@ -258,7 +258,7 @@ impl App {
                     Some(p) if Arc::ptr_eq(p, e) || same_file(p, e) => Some(p),
                     _ => base_index
                         .get_or_insert_with(|| model::index(base))
-                        .get(&(e.dev.as_str(), e.ino, e.path.as_str()))
+                        .get(&e.id())
                         .copied(),
                 };
                 let slot = match old.get(i).and_then(Option::as_ref) {
