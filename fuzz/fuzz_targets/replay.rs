@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 // folder its file modules are read from.
 #[path = "../../userspace/src/model"]
 mod model {
+    pub mod counts;
     pub mod snapshot;
 }
 #[path = "../../userspace/src/wire"]

@@ -103,7 +103,7 @@ fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
     let by_reason = |mode: LockMode| -> String {
         let parts: Vec<String> = Reason::ALL
             .iter()
-            .map(|r| (r, p.acquired_for(mode, *r)))
+            .map(|r| (r, p.acquisitions[mode][*r]))
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| format!("{} {n}", r.name()))
             .collect();

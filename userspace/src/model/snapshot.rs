@@ -7,106 +7,13 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use probes_common::{
-    hist, Dev, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats,
-};
+use probes_common::{hist, Dev, Health, Histograms, LockMode, OpenStats, WritePath, WriteStats};
 use serde::{Deserialize, Serialize};
 
-/// Counts of one mode, by reason, indexed by `Reason` (an array, not a map:
-/// a snapshot of 10,000 inodes would otherwise allocate 100,000 strings per
-/// refresh). In JSON an object keyed by `Reason::name` in slot order; a
-/// reason absent from a recording made before it existed reads as 0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReasonCounts([u64; Reason::COUNT]);
-
-impl ReasonCounts {
-    pub fn get(&self, r: Reason) -> u64 {
-        self.0[r.slot()]
-    }
-
-    fn from_slots(slots: &[u64; Reason::COUNT]) -> ReasonCounts {
-        ReasonCounts(*slots)
-    }
-
-    /// `self - base`, never below zero.
-    pub fn minus(&self, base: &ReasonCounts) -> ReasonCounts {
-        ReasonCounts(Reason::ALL.map(|r| self.get(r).saturating_sub(base.get(r))))
-    }
-}
-
-impl Serialize for ReasonCounts {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(Some(Reason::COUNT))?;
-        for r in Reason::ALL {
-            map.serialize_entry(r.name(), &self.get(r))?;
-        }
-        map.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for ReasonCounts {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ReasonCountsVisitor)
-    }
-}
-
-/// Reads what the derived `Deserialize` of a struct with one field per
-/// reason read: unknown keys skipped (a newer recording still replays),
-/// every reason required but `cache_io_mode`, which older recordings lack.
-struct ReasonCountsVisitor;
-
-impl<'de> serde::de::Visitor<'de> for ReasonCountsVisitor {
-    type Value = ReasonCounts;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("counts by reason")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReasonCounts, A::Error> {
-        let mut slots = [None; Reason::COUNT];
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match Reason::ALL.into_iter().find(|r| r.name() == key) {
-                Some(r) => slots[r.slot()] = Some(map.next_value::<u64>()?),
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        let mut counts = [0; Reason::COUNT];
-        for r in Reason::ALL {
-            counts[r.slot()] = match (slots[r.slot()], r) {
-                (Some(n), _) => n,
-                (None, Reason::CacheIoMode) => 0,
-                (None, _) => return Err(serde::de::Error::missing_field(r.name())),
-            };
-        }
-        Ok(ReasonCounts(counts))
-    }
-}
-
-/// A value per lock mode, serialised as `{"shared": .., "exclusive": ..}`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PerMode {
-    pub shared: u64,
-    pub exclusive: u64,
-}
-
-impl PerMode {
-    fn from_array(a: [u64; LockMode::COUNT]) -> PerMode {
-        PerMode {
-            shared: a[LockMode::Shared as usize],
-            exclusive: a[LockMode::Exclusive as usize],
-        }
-    }
-}
+use crate::model::counts::{Histogram, PerMode, PerReason};
 
 /// Acquisitions by mode and reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Acquisitions {
-    pub shared: ReasonCounts,
-    pub exclusive: ReasonCounts,
-}
+pub type Acquisitions = PerMode<PerReason<u64>>;
 
 /// The counters of one (device, inode, path) or of a whole path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,11 +28,11 @@ pub struct Counters {
     /// Writes during which the lock was never seen held.
     pub unlocked: u64,
     pub acquisitions: Acquisitions,
-    pub contended: PerMode,
-    pub wait_ns_total: PerMode,
-    pub wait_ns_max: PerMode,
-    pub hold_ns_total: PerMode,
-    pub hold_ns_max: PerMode,
+    pub contended: PerMode<u64>,
+    pub wait_ns_total: PerMode<u64>,
+    pub wait_ns_max: PerMode<u64>,
+    pub hold_ns_total: PerMode<u64>,
+    pub hold_ns_max: PerMode<u64>,
     pub latency_ns_total: u64,
     pub shared_extended: u64,
     /// Direct overwrites inside EOF that took the lock exclusive, their
@@ -140,7 +47,6 @@ pub struct Counters {
 
 impl From<&WriteStats> for Counters {
     fn from(s: &WriteStats) -> Counters {
-        let by_reason = |mode: LockMode| ReasonCounts::from_slots(&s.acquisitions[mode as usize]);
         Counters {
             writes: s.writes,
             bytes: s.bytes,
@@ -148,10 +54,7 @@ impl From<&WriteStats> for Counters {
             shared: s.acquired[LockMode::Shared as usize],
             exclusive: s.acquired[LockMode::Exclusive as usize],
             unlocked: s.unlocked,
-            acquisitions: Acquisitions {
-                shared: by_reason(LockMode::Shared),
-                exclusive: by_reason(LockMode::Exclusive),
-            },
+            acquisitions: PerMode::from_fn(|m| PerReason::from_slots(&s.acquisitions[m as usize])),
             contended: PerMode::from_array(s.contended),
             wait_ns_total: PerMode::from_array(s.wait_ns_total),
             wait_ns_max: PerMode::from_array(s.wait_ns_max),
@@ -167,63 +70,32 @@ impl From<&WriteStats> for Counters {
 }
 
 impl Counters {
-    /// Acquisitions of `mode` that had `reason`.
-    pub fn acquired_for(&self, mode: LockMode, reason: Reason) -> u64 {
+    /// Acquisitions of the lock in `mode`, for every reason.
+    pub fn acquired(&self, mode: LockMode) -> u64 {
         match mode {
-            LockMode::Shared => self.acquisitions.shared.get(reason),
-            LockMode::Exclusive => self.acquisitions.exclusive.get(reason),
+            LockMode::Shared => self.shared,
+            LockMode::Exclusive => self.exclusive,
         }
     }
-}
-
-/// One non-empty histogram bucket: `count` values `<= le_ns` (and above the
-/// previous bucket's bound); `le_ns` is `null` for the unbounded last bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bucket {
-    pub le_ns: Option<u64>,
-    pub count: u64,
-}
-
-/// A log2 histogram, non-empty buckets only.
-pub type Histogram = Vec<Bucket>;
-
-pub fn histogram(buckets: &[u64; hist::HIST_BUCKETS]) -> Histogram {
-    buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| Bucket {
-            le_ns: hist::upper_bound(k).map(|ub| ub - 1),
-            count: *n,
-        })
-        .collect()
-}
-
-/// Histograms by lock mode.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModeHistograms {
-    pub shared: Histogram,
-    pub exclusive: Histogram,
 }
 
 /// Wait, hold and latency histograms of an entry or a path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histos {
-    pub wait_hist: ModeHistograms,
-    pub hold_hist: ModeHistograms,
+    pub wait_hist: PerMode<Histogram>,
+    pub hold_hist: PerMode<Histogram>,
     pub latency_hist: Histogram,
 }
 
 impl From<&Histograms> for Histos {
     fn from(h: &Histograms) -> Histos {
-        let by_mode = |a: &[[u64; hist::HIST_BUCKETS]; LockMode::COUNT]| ModeHistograms {
-            shared: histogram(&a[LockMode::Shared as usize]),
-            exclusive: histogram(&a[LockMode::Exclusive as usize]),
+        let by_mode = |a: &[[u64; hist::HIST_BUCKETS]; LockMode::COUNT]| {
+            PerMode::from_fn(|m| Histogram::from_counts(&a[m as usize]))
         };
         Histos {
             wait_hist: by_mode(&h.wait),
             hold_hist: by_mode(&h.hold),
-            latency_hist: histogram(&h.latency),
+            latency_hist: Histogram::from_counts(&h.latency),
         }
     }
 }
@@ -466,7 +338,10 @@ pub fn kernel_dev(dev: u64) -> Option<Dev> {
 
 #[cfg(test)]
 mod tests {
+    use probes_common::Reason;
+
     use super::*;
+    use crate::model::counts::Bucket;
 
     /// A file's open evidence is the kernel's `OpenStats` as it is, its flags
     /// written in hex as they always were.
@@ -554,36 +429,6 @@ mod tests {
     }
 
     #[test]
-    fn reason_counts_read_and_write_the_named_json_object() {
-        let counts = ReasonCounts::from_slots(&[1, 2, 3, 4, 5, 6]);
-        let json = serde_json::to_string(&counts).expect("json");
-        assert_eq!(
-            json,
-            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"cache_io_mode":6}"#
-        );
-        let back: ReasonCounts = serde_json::from_str(&json).expect("read back");
-        assert_eq!(back, counts);
-        assert_eq!(back.get(Reason::Append), 4);
-
-        // A recording from before `cache_io_mode`, with a key from a newer one.
-        let old: ReasonCounts = serde_json::from_str(
-            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"later":{"x":1}}"#,
-        )
-        .expect("older recording");
-        assert_eq!(old, ReasonCounts::from_slots(&[1, 2, 3, 4, 5, 0]));
-
-        let missing = serde_json::from_str::<ReasonCounts>(r#"{"eligible":1}"#)
-            .expect_err("no_parallel_flag is required");
-        assert!(
-            missing
-                .to_string()
-                .contains("missing field `no_parallel_flag`"),
-            "{missing}"
-        );
-        assert!(serde_json::from_str::<ReasonCounts>(r#"{"eligible":"1"}"#).is_err());
-    }
-
-    #[test]
     fn dev_t_uses_kernel_encoding() {
         assert_eq!(Dev((8 << 20) | 1).to_string(), "8:1");
         assert_eq!(Dev(45).to_string(), "0:45");
@@ -621,10 +466,11 @@ mod tests {
         s.acquisitions[LockMode::Exclusive as usize][Reason::Buffered.slot()] = 1;
         let c = Counters::from(&s);
         assert_eq!((c.shared, c.exclusive), (3, 4));
-        assert_eq!(c.acquired_for(LockMode::Shared, Reason::Eligible), 3);
-        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::Append), 4);
-        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::Buffered), 1);
-        assert_eq!(c.acquired_for(LockMode::Exclusive, Reason::PastEof), 0);
+        assert_eq!(c.acquired(LockMode::Exclusive), 4);
+        assert_eq!(c.acquisitions[LockMode::Shared][Reason::Eligible], 3);
+        assert_eq!(c.acquisitions[LockMode::Exclusive][Reason::Append], 4);
+        assert_eq!(c.acquisitions[LockMode::Exclusive][Reason::Buffered], 1);
+        assert_eq!(c.acquisitions[LockMode::Exclusive][Reason::PastEof], 0);
     }
 
     #[test]
@@ -633,9 +479,9 @@ mod tests {
         b[hist::bucket(0)] += 1;
         b[hist::bucket(1500)] += 2;
         b[hist::bucket(u64::MAX)] += 3;
-        let h = histogram(&b);
+        let h = Histogram::from_counts(&b);
         assert_eq!(
-            h,
+            h.buckets().collect::<Vec<_>>(),
             [
                 Bucket {
                     le_ns: Some(0),

@@ -202,8 +202,8 @@ pub fn decide(e: &Evidence) -> Decision {
 
 fn decide_on_counts(e: &Evidence) -> Decision {
     let p = &e.passthrough;
-    let shared_eligible = p.acquired_for(LockMode::Shared, Reason::Eligible);
-    let exclusive_eligible = p.acquired_for(LockMode::Exclusive, Reason::Eligible);
+    let shared_eligible = p.acquisitions[LockMode::Shared][Reason::Eligible];
+    let exclusive_eligible = p.acquisitions[LockMode::Exclusive][Reason::Eligible];
     let o = &e.opens;
     let stripped = o
         .passthrough_parallel_asked
@@ -261,8 +261,8 @@ fn decide_on_counts(e: &Evidence) -> Decision {
             Some("drive some: `fuselock verify --exercise FILE` with FILE on a passthrough mount, or `fuselock verify -- YOUR-WORKLOAD`"),
         );
     }
-    let no_flag = p.acquired_for(LockMode::Exclusive, Reason::NoParallelFlag)
-        + p.acquired_for(LockMode::Shared, Reason::NoParallelFlag);
+    let no_flag = p.acquisitions[LockMode::Exclusive][Reason::NoParallelFlag]
+        + p.acquisitions[LockMode::Shared][Reason::NoParallelFlag];
     if no_flag == p.shared + p.exclusive && o.passthrough_parallel_asked == 0 {
         return decision(
             Verdict::Inconclusive,
@@ -280,7 +280,7 @@ fn decide_on_counts(e: &Evidence) -> Decision {
         .map(|r| {
             (
                 r,
-                p.acquired_for(LockMode::Exclusive, *r) + p.acquired_for(LockMode::Shared, *r),
+                p.acquisitions[LockMode::Exclusive][*r] + p.acquisitions[LockMode::Shared][*r],
             )
         })
         .filter(|(_, n)| *n > 0)

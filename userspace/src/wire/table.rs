@@ -53,7 +53,7 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         row.extend(
             Reason::EXCLUSIVE
                 .iter()
-                .map(|r| c.acquired_for(LockMode::Exclusive, *r).to_string()),
+                .map(|r| c.acquisitions[LockMode::Exclusive][*r].to_string()),
         );
         row.push((c.contended.shared + c.contended.exclusive).to_string());
         rows.push(row);

@@ -10,8 +10,11 @@ use prometheus_client::{
 };
 
 use crate::{
-    model::snapshot::{Counters, Histogram, Snapshot},
     model::verdict::{decide, Evidence, Verdict},
+    model::{
+        counts::Histogram,
+        snapshot::{Counters, Snapshot},
+    },
 };
 
 /// Labels for per-(mount, path) series.
@@ -81,24 +84,16 @@ const NS: f64 = 1e-9;
 /// Log2 buckets in seconds, `(upper bound, count)`, per bucket.
 fn buckets(h: &Histogram) -> Vec<(f64, u64)> {
     // Every bound is emitted (empty ones too) so series stay stable.
-    let mut out: Vec<(f64, u64)> = (0..hist::HIST_BUCKETS)
-        .map(|k| {
+    h.counts()
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
             (
                 hist::upper_bound(k).map_or(f64::INFINITY, |ub| ub as f64 * NS),
-                0,
+                n,
             )
         })
-        .collect();
-    for b in h {
-        let k = match b.le_ns {
-            Some(le) => hist::bucket(le),
-            None => hist::HIST_BUCKETS - 1,
-        };
-        if let Some(slot) = out.get_mut(k) {
-            slot.1 += b.count;
-        }
-    }
-    out
+        .collect()
 }
 
 fn counter<L: EncodeLabelSet + std::fmt::Debug>(
@@ -122,10 +117,7 @@ fn mount_of(mount: &Option<String>, dev: &Dev) -> String {
 }
 
 fn per_mode(c: &Counters, mode: LockMode) -> (u64, u64) {
-    match mode {
-        LockMode::Shared => (c.shared, c.contended.shared),
-        LockMode::Exclusive => (c.exclusive, c.contended.exclusive),
-    }
+    (c.acquired(mode), c.contended[mode])
 }
 
 impl Collector for SnapshotMetrics {
@@ -187,7 +179,7 @@ impl Collector for SnapshotMetrics {
                             mode: mode.name().to_owned(),
                             reason: reason.name().to_owned(),
                         },
-                        d.counters.acquired_for(mode, reason),
+                        d.counters.acquisitions[mode][reason],
                     ));
                 }
                 contended.push((
@@ -244,23 +236,16 @@ impl Collector for SnapshotMetrics {
             for path in WritePath::ALL {
                 let t = s.totals.of(path);
                 for mode in LockMode::ALL {
-                    let (h, sum_ns) = match (pick, mode) {
-                        (0, LockMode::Shared) => (
-                            &t.histograms.wait_hist.shared,
-                            t.counters.wait_ns_total.shared,
-                        ),
-                        (0, LockMode::Exclusive) => (
-                            &t.histograms.wait_hist.exclusive,
-                            t.counters.wait_ns_total.exclusive,
-                        ),
-                        (_, LockMode::Shared) => (
-                            &t.histograms.hold_hist.shared,
-                            t.counters.hold_ns_total.shared,
-                        ),
-                        (_, LockMode::Exclusive) => (
-                            &t.histograms.hold_hist.exclusive,
-                            t.counters.hold_ns_total.exclusive,
-                        ),
+                    let (h, sum_ns) = if pick == 0 {
+                        (
+                            &t.histograms.wait_hist[mode],
+                            t.counters.wait_ns_total[mode],
+                        )
+                    } else {
+                        (
+                            &t.histograms.hold_hist[mode],
+                            t.counters.hold_ns_total[mode],
+                        )
                     };
                     let b = buckets(h);
                     let count = b.iter().map(|(_, n)| n).sum();

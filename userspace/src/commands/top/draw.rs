@@ -18,7 +18,7 @@ use super::{
     state::{App, View, KEYS},
 };
 
-use crate::{model::snapshot::Entry, model::verdict::Verdict};
+use crate::model::{counts::Histogram, snapshot::Entry, verdict::Verdict};
 
 fn rate(v: f64, mode: Mode) -> String {
     let v = if mode == Mode::Rates { v } else { v.round() };
@@ -287,16 +287,16 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-fn hist_lines(title: &str, h: &[crate::model::snapshot::Bucket]) -> Vec<Line<'static>> {
+fn hist_lines(title: &str, h: &Histogram) -> Vec<Line<'static>> {
     let mut lines = vec![Line::styled(
         title.to_owned(),
         Style::default().add_modifier(Modifier::BOLD),
     )];
-    let max = h.iter().map(|b| b.count).max().unwrap_or(0);
+    let max = h.counts().iter().copied().max().unwrap_or(0);
     if max == 0 {
         lines.push(Line::raw("  (none)"));
     }
-    for b in h {
+    for b in h.buckets() {
         let bar = "█".repeat(((b.count as f64 / max as f64) * 20.0).ceil() as usize);
         let le = b
             .le_ns
@@ -342,8 +342,8 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     ];
     let total = (c.shared + c.exclusive).max(1);
     for reason in probes_common::Reason::ALL {
-        let s = c.acquired_for(probes_common::LockMode::Shared, reason);
-        let x = c.acquired_for(probes_common::LockMode::Exclusive, reason);
+        let s = c.acquisitions[probes_common::LockMode::Shared][reason];
+        let x = c.acquisitions[probes_common::LockMode::Exclusive][reason];
         let bar = format!(
             "{}{}",
             "▒".repeat((s * 12 / total) as usize),
@@ -473,7 +473,7 @@ mod tests {
     use super::*;
     use crate::{
         commands::top::{model::tests_support::entry, state::App},
-        model::snapshot::{Bucket, Snapshot},
+        model::{counts::Bucket, snapshot::Snapshot},
     };
 
     #[test]
@@ -498,7 +498,7 @@ mod tests {
     fn app() -> App {
         let mut app = App::new("replay test.jsonl".into(), Duration::from_secs(1));
         let mut hot = entry("hot.dat", 4000, 0, 69);
-        hot.histograms.wait_hist.exclusive = vec![
+        hot.histograms.wait_hist.exclusive = Histogram::from_buckets([
             Bucket {
                 le_ns: Some(1_048_575),
                 count: 60,
@@ -507,7 +507,8 @@ mod tests {
                 le_ns: Some(8_388_607),
                 count: 9,
             },
-        ];
+        ])
+        .expect("bucket bounds");
         let mut snap = Snapshot {
             elapsed_secs: 1.0,
             entries: vec![hot.clone().into(), entry("log", 10, 10, 0).into()].into(),
@@ -552,10 +553,11 @@ mod tests {
         };
         let mut hot = entry("overwrite", 25_700, 0, 166);
         hot.mount = Some("/tmp/fuselock-demo-114/mnt".into());
-        hot.histograms.wait_hist.exclusive = vec![Bucket {
+        hot.histograms.wait_hist.exclusive = Histogram::from_buckets([Bucket {
             le_ns: Some(8_388_607),
             count: 166,
-        }];
+        }])
+        .expect("bucket bound");
         hot.writers[0].comm = "load-3".into();
         let mut log = entry("append.log", 400, 400, 0);
         log.mount = hot.mount.clone();

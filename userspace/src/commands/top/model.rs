@@ -1,14 +1,14 @@
 //! What `top` shows, computed from snapshots: pure functions with
 //! zero-period guards, tested without a terminal.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use probes_common::{LockMode, Reason};
 
-use crate::model::snapshot::{Counters, Entry, FileId, Histogram, Snapshot};
+use crate::model::{
+    counts::Histogram,
+    snapshot::{Counters, Entry, FileId, Snapshot},
+};
 
 /// Numbers over the refresh interval (per second) or since start/reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,47 +62,20 @@ fn delta(cur: &Counters, base: Option<&Counters>) -> Counters {
     d.bytes = sub(cur.bytes, b.bytes);
     d.shared = sub(cur.shared, b.shared);
     d.exclusive = sub(cur.exclusive, b.exclusive);
-    d.contended.shared = sub(cur.contended.shared, b.contended.shared);
-    d.contended.exclusive = sub(cur.contended.exclusive, b.contended.exclusive);
-    d.wait_ns_total.shared = sub(cur.wait_ns_total.shared, b.wait_ns_total.shared);
-    d.wait_ns_total.exclusive = sub(cur.wait_ns_total.exclusive, b.wait_ns_total.exclusive);
-    d.acquisitions.shared = cur.acquisitions.shared.minus(&b.acquisitions.shared);
-    d.acquisitions.exclusive = cur.acquisitions.exclusive.minus(&b.acquisitions.exclusive);
+    d.contended = cur.contended.minus(&b.contended);
+    d.wait_ns_total = cur.wait_ns_total.minus(&b.wait_ns_total);
+    d.acquisitions = cur
+        .acquisitions
+        .zip_with(&b.acquisitions, |c, b| c.minus(b));
     d
 }
 
-/// Bucket counts of `cur - base`, keyed by upper bound (`u64::MAX` = +Inf).
-fn hist_delta(cur: &Histogram, base: Option<&Histogram>) -> BTreeMap<u64, u64> {
-    let mut m: BTreeMap<u64, u64> = cur
-        .iter()
-        .map(|b| (b.le_ns.unwrap_or(u64::MAX), b.count))
-        .collect();
-    if let Some(base) = base {
-        for b in base {
-            if let Some(n) = m.get_mut(&b.le_ns.unwrap_or(u64::MAX)) {
-                *n = n.saturating_sub(b.count);
-            }
-        }
+/// `cur - base` of a histogram.
+fn hist_delta(cur: &Histogram, base: Option<&Histogram>) -> Histogram {
+    match base {
+        Some(base) => cur.minus(base),
+        None => cur.clone(),
     }
-    m
-}
-
-/// The p99 bound of a histogram: the upper bound of the bucket holding the
-/// 99th percentile (`None` when empty).
-pub fn p99(buckets: &BTreeMap<u64, u64>) -> Option<u64> {
-    let total: u64 = buckets.values().sum();
-    if total == 0 {
-        return None;
-    }
-    let target = total - total / 100; // ceil-ish of 0.99 * total
-    let mut seen = 0;
-    for (le, n) in buckets {
-        seen += n;
-        if seen >= target {
-            return Some(*le);
-        }
-    }
-    buckets.keys().last().copied()
 }
 
 /// The period rates are over: the refresh interval in rates mode, 1 in
@@ -143,18 +116,17 @@ pub fn rows(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> Vec<Row> {
 pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
     let per = |n: u64| if dt > 0.0 { n as f64 / dt } else { 0.0 };
     let d = delta(&e.counters, prev.map(|p| &p.counters));
-    let waits = d.contended.shared + d.contended.exclusive;
-    let wait_ns = d.wait_ns_total.shared + d.wait_ns_total.exclusive;
-    let mut wait_hist = hist_delta(
-        &e.histograms.wait_hist.shared,
-        prev.map(|p| &p.histograms.wait_hist.shared),
-    );
-    for (le, n) in hist_delta(
-        &e.histograms.wait_hist.exclusive,
-        prev.map(|p| &p.histograms.wait_hist.exclusive),
-    ) {
-        *wait_hist.entry(le).or_default() += n;
-    }
+    let waits = d.contended.sum();
+    let wait_ns = d.wait_ns_total.sum();
+    let wait_hist = LockMode::ALL
+        .map(|m| {
+            hist_delta(
+                &e.histograms.wait_hist[m],
+                prev.map(|p| &p.histograms.wait_hist[m]),
+            )
+        })
+        .iter()
+        .fold(Histogram::default(), |sum, h| sum.plus(h));
     let name = e.name.clone().unwrap_or_else(|| format!("ino {}", e.ino));
     let mount = e.mount.clone().unwrap_or_else(|| format!("dev {}", e.dev));
     let top_writer = e.writers.first().map(|w| format!("{}[{}]", w.comm, w.pid));
@@ -178,11 +150,11 @@ pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
         bytes: per(d.bytes),
         shared: per(d.shared),
         exclusive: per(d.exclusive),
-        exclusive_by_reason: Reason::EXCLUSIVE.map(|r| per(d.acquired_for(LockMode::Exclusive, r))),
+        exclusive_by_reason: Reason::EXCLUSIVE.map(|r| per(d.acquisitions[LockMode::Exclusive][r])),
         contended: per(waits),
         wait_avg_ns: (waits > 0).then(|| wait_ns as f64 / waits as f64),
         // A bucket bound can exceed the largest wait seen: cap it.
-        wait_p99_ns: p99(&wait_hist).map(|p| {
+        wait_p99_ns: wait_hist.p99_le_ns().map(|p| {
             let max = e
                 .counters
                 .wait_ns_max
@@ -285,7 +257,6 @@ pub mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::{tests_support::entry, *};
-    use crate::model::snapshot::Bucket;
 
     fn snap(elapsed: f64, entries: Vec<Entry>) -> Snapshot {
         Snapshot {
@@ -327,20 +298,5 @@ mod tests {
             r[1].writes, 7.0,
             "entries born after the reset count from zero"
         );
-    }
-
-    #[test]
-    fn p99_picks_the_bucket_holding_the_99th_percentile() {
-        let mut m = BTreeMap::new();
-        m.insert(1023, 98);
-        m.insert(2047, 1);
-        m.insert(u64::MAX, 1);
-        assert_eq!(p99(&m), Some(2047));
-        assert_eq!(p99(&BTreeMap::new()), None);
-        let h = vec![Bucket {
-            le_ns: Some(4095),
-            count: 3,
-        }];
-        assert_eq!(p99(&hist_delta(&h, None)), Some(4095));
     }
 }
