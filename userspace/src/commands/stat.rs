@@ -10,13 +10,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{signal, SignalKind};
 
 use fuselock_base::{escape, UsageError};
 
 use crate::{
     cli::{RecordArgs, StatArgs},
-    commands::session::Session,
+    commands::{
+        session::Session,
+        signals::{Ending, Endings},
+    },
     model::snapshot::Snapshot,
     wire::stream::{Encoder, Lines},
     wire::table,
@@ -61,8 +63,7 @@ struct Observe {
 
 async fn observe(session: &mut Session, mut o: Observe) -> Result<i32> {
     let collector = &mut session.collector;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut endings = Endings::install()?;
     let mut ticker = tokio::time::interval(o.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -83,8 +84,7 @@ async fn observe(session: &mut Session, mut o: Observe) -> Result<i32> {
                 _ = ticker.tick(), if o.periodic_with_command => o.sink.emit(&collector.snapshot(false)?)?,
                 // Ctrl-C reaches the whole foreground group: the command
                 // decides what it means; we report once it has exited.
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => { let _ = child.start_kill(); }
+                ending = endings.recv() => if ending != Ending::Interrupt { let _ = child.start_kill(); },
             }
         };
         o.sink.emit(&collector.snapshot(true)?)?;
@@ -97,8 +97,7 @@ async fn observe(session: &mut Session, mut o: Observe) -> Result<i32> {
     loop {
         tokio::select! {
             _ = ticker.tick() => o.sink.emit(&collector.snapshot(false)?)?,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = endings.recv() => break,
         }
     }
     o.sink.emit(&collector.snapshot(true)?)?;

@@ -12,14 +12,16 @@ use std::{
 use anyhow::{Context as _, Result};
 use probes_common::{LockMode, OpenStats, Reason, WritePath};
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 
 use fuselock_base::{escape, UsageError};
 use fuselock_testkit::exercise;
 
 use crate::{
     cli::VerifyArgs,
-    commands::session::Session,
+    commands::{
+        session::Session,
+        signals::{Ending, Endings},
+    },
     model::snapshot::{kernel_dev, Snapshot},
     model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
 };
@@ -216,8 +218,7 @@ impl Outcome {
 
 /// Watches (or drives) writes on an attached session and decides.
 pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut endings = Endings::install()?;
 
     let mut exercised = None;
     let mut named = None;
@@ -239,8 +240,7 @@ pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
             let report = loop {
                 tokio::select! {
                     r = &mut task => break r.context("the exercise thread")??,
-                    _ = sigint.recv() => cancel.store(true, Ordering::Relaxed),
-                    _ = sigterm.recv() => cancel.store(true, Ordering::Relaxed),
+                    _ = endings.recv() => cancel.store(true, Ordering::Relaxed),
                 }
             };
             exercised = Some(report);
@@ -254,8 +254,7 @@ pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
             loop {
                 tokio::select! {
                     status = child.wait() => { status.context("waiting for the command")?; break; }
-                    _ = sigint.recv() => {}
-                    _ = sigterm.recv() => { let _ = child.start_kill(); }
+                    ending = endings.recv() => if ending != Ending::Interrupt { let _ = child.start_kill(); },
                 }
             }
         }
@@ -266,8 +265,7 @@ pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
             );
             tokio::select! {
                 _ = tokio::time::sleep(duration) => {}
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
+                _ = endings.recv() => {}
             }
         }
     }

@@ -35,7 +35,7 @@ use fuselock_base::UsageError;
 use crate::{
     cli::ExportArgs,
     collect::{Collector, Detail},
-    commands::session,
+    commands::{session, signals::Endings},
     kernel::probes::{self, AttachOptions},
     model::snapshot::Snapshot,
 };
@@ -229,18 +229,14 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
         "fuselock: serving {scheme}://{listen}/metrics (kernel {}, {} probes)",
         attached.kernel, attached.mode
     );
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut endings = Endings::install()?;
     server::serve(
         listener,
         app,
         server::Limits::default(),
         web_rx,
         async move {
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
-            }
+            endings.recv().await;
         },
     )
     .await;

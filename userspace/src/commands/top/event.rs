@@ -24,6 +24,8 @@ pub enum Event {
     SourceDone,
     /// The snapshot source failed.
     Failed(String),
+    /// A signal asked fuselock to end.
+    Ended,
 }
 
 /// Reads the terminal until `stop` is set or the receiver is gone.

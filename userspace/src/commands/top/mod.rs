@@ -27,24 +27,29 @@ use fuselock_base::UsageError;
 use crate::{
     cli::TopArgs,
     collect::Collector,
+    commands::signals::Endings,
     kernel::probes::{self, AttachOptions},
     wire::replay,
 };
 
-/// SIGTERM/SIGINT/SIGHUP sent to the process (Ctrl-C in raw mode arrives as
-/// a key instead): the loop sees the flag and exits through the guard.
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    TERMINATE.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
+/// Sends [`Event::Ended`] when SIGTERM, SIGINT or SIGHUP arrives (Ctrl-C
+/// in raw mode arrives as a key instead), so the loop exits through the
+/// terminal guard. The signals are registered before this returns.
+fn spawn_endings(tx: mpsc::Sender<Event>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the signal thread's runtime")?;
+    // Entered, not blocked on: `demo --top` calls this inside a runtime.
+    let mut endings = {
+        let _context = runtime.enter();
+        Endings::install_with_hangup()?
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(endings.recv());
+        let _ = tx.send(Event::Ended);
+    });
+    Ok(())
 }
 
 /// Feeds recorded snapshots at the refresh interval.
@@ -127,7 +132,7 @@ pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<
             "live".to_owned()
         }
     };
-    install_signal_handlers();
+    spawn_endings(tx.clone())?;
     // Declared after `_attached`, so dropped before it.
     let guest = during()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -181,6 +186,7 @@ fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
                 failure = Some(e);
                 break;
             }
+            Some(Event::Ended) => break,
             Some(Event::Mouse(m)) if app.mouse => match m.kind {
                 MouseEventKind::ScrollDown => app.scroll(1),
                 MouseEventKind::ScrollUp => app.scroll(-1),
@@ -195,7 +201,7 @@ fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
         guard
             .set_mouse(app.mouse)
             .context("switching mouse capture")?;
-        if app.quit || TERMINATE.load(Ordering::Relaxed) {
+        if app.quit {
             break;
         }
     }
