@@ -1,7 +1,7 @@
-//! The collector's housekeeping: what it deletes from the maps, and when.
-//! In-flight records whose return was missed are aged out here; the
-//! devices whose per-inode entries must go, because they were unmounted,
-//! are told here and deleted by the collector, which owns those maps.
+//! The collector's housekeeping: everything fuselock deletes from the maps,
+//! and when. In-flight records whose return was missed are aged out; the
+//! per-file entries of a device that was unmounted are deleted (the
+//! collector then drops what it cached of them).
 
 use std::{
     collections::HashSet,
@@ -9,10 +9,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use probes_common::{Dev, InFlight};
+use probes_common::{Dev, InFlight, InodeKey};
 
 use crate::{
-    collect::batch::BatchReader,
+    collect::{batch::BatchReader, InodeMaps},
     kernel::mounts::{MountTable, MountWatch},
 };
 
@@ -25,6 +25,9 @@ pub(super) struct Janitor {
     inflight: BatchReader<u64, InFlight>,
     inflight_max_age: Duration,
     inflight_aged_out: u64,
+    /// `INODE_STATS` entries deleted here, which the kernel's insert count
+    /// must not take for evictions.
+    deleted: u64,
     /// When `INFLIGHT` is next scanned: an eighth of the max age apart, so
     /// a record is gone at most 12.5 % past its age, and a refresh on an
     /// idle host usually scans nothing.
@@ -41,6 +44,7 @@ impl Janitor {
             inflight,
             inflight_max_age,
             inflight_aged_out: 0,
+            deleted: 0,
             inflight_next_scan: Instant::now(),
         }
     }
@@ -52,9 +56,46 @@ impl Janitor {
         }
     }
 
+    /// Deletes the per-file entries of the devices that were mounted and are
+    /// not any more (re-reading `mounts` if the mount table changed), and
+    /// returns those devices, each once.
+    pub(super) fn forget_unmounted(
+        &mut self,
+        mounts: &mut MountTable,
+        maps: &mut InodeMaps,
+    ) -> Result<HashSet<u32>> {
+        let gone = self.unmounted(mounts);
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let of_gone = |k: &InodeKey| gone.contains(&k.dev);
+        self.deleted += maps
+            .stats
+            .delete_where(|k, _| of_gone(k))
+            .context("deleting from INODE_STATS")?;
+        maps.names
+            .delete_where(|k, _| of_gone(k))
+            .context("deleting from INODE_NAMES")?;
+        maps.hists
+            .delete_where(|k, _| of_gone(k))
+            .context("deleting from INODE_HISTS")?;
+        maps.opens
+            .delete_where(|k, _| of_gone(k))
+            .context("deleting from OPENS")?;
+        maps.writers
+            .delete_where(|k, _| gone.contains(&k.dev))
+            .context("deleting from WRITERS")?;
+        Ok(gone)
+    }
+
+    /// `INODE_STATS` entries deleted so far.
+    pub(super) fn deleted(&self) -> u64 {
+        self.deleted
+    }
+
     /// Re-reads `mounts` if the mount table changed, and returns the devices
     /// that had entries while mounted and are mounted no more (each once).
-    pub(super) fn unmounted(&mut self, mounts: &mut MountTable) -> HashSet<u32> {
+    fn unmounted(&mut self, mounts: &mut MountTable) -> HashSet<u32> {
         if !self.mounts_watch.changed() {
             return HashSet::new();
         }

@@ -54,16 +54,22 @@ const TOP_WRITERS: usize = 8;
 /// rather than by reading the whole map.
 const HIST_LOOKUPS_MAX: usize = 256;
 
-pub struct Collector {
+/// The maps keyed by file: what the collector reads per entry, and what the
+/// janitor deletes when a file's device is unmounted.
+pub(super) struct InodeMaps {
     stats: BatchReader<InodeKey, WriteStats>,
     names: BatchReader<InodeKey, InodeName>,
+    hists: BatchReader<InodeKey, Histograms>,
+    writers: BatchReader<WriterKey, WriterStats>,
+    opens: BatchReader<InodeKey, OpenStats>,
+}
+
+pub struct Collector {
+    maps: InodeMaps,
     totals: PerCpuArray<MapData, WriteStats>,
     dev_totals: BatchReader<InodeKey, WriteStats>,
     health: PerCpuArray<MapData, Health>,
-    hists: BatchReader<InodeKey, Histograms>,
     path_hists: PerCpuArray<MapData, Histograms>,
-    writers: BatchReader<WriterKey, WriterStats>,
-    opens: BatchReader<InodeKey, OpenStats>,
     /// Names already read, so each is fetched from the kernel once.
     name_cache: HashMap<InodeKey, Option<String>>,
     /// Per-file open evidence, re-read only when `Health::opens` moved.
@@ -86,8 +92,6 @@ pub struct Collector {
     /// Ages out in-flight records and tells which devices were unmounted.
     janitor: Janitor,
     mounts: MountTable,
-    /// Entries fuselock deleted itself (for exact eviction counts).
-    deleted: u64,
     /// The programs' skipped runs, read at each snapshot.
     misses: Misses,
     source: Source,
@@ -156,15 +160,17 @@ impl Collector {
     /// Takes the maps out of `attached` (the programs stay attached there).
     pub fn new(attached: &mut Attached) -> Result<Collector> {
         Ok(Collector {
-            stats: take_hash(attached, MAP_INODE_STATS, attached.max_inodes)?,
-            names: take_hash(attached, MAP_INODE_NAMES, attached.max_inodes)?,
+            maps: InodeMaps {
+                stats: take_hash(attached, MAP_INODE_STATS, attached.max_inodes)?,
+                names: take_hash(attached, MAP_INODE_NAMES, attached.max_inodes)?,
+                hists: take_hash(attached, MAP_INODE_HISTS, attached.max_inodes)?,
+                writers: take_hash(attached, MAP_WRITERS, MAX_WRITERS)?,
+                opens: take_hash(attached, MAP_OPENS, attached.max_inodes)?,
+            },
             totals: take(attached, MAP_PATH_TOTALS)?,
             dev_totals: take_hash(attached, MAP_DEV_TOTALS, MAX_DEVICES)?,
             health: take(attached, MAP_HEALTH)?,
-            hists: take_hash(attached, MAP_INODE_HISTS, attached.max_inodes)?,
             path_hists: take(attached, MAP_PATH_HISTS)?,
-            writers: take_hash(attached, MAP_WRITERS, MAX_WRITERS)?,
-            opens: take_hash(attached, MAP_OPENS, attached.max_inodes)?,
             name_cache: HashMap::new(),
             opens_cache: OpenCache::default(),
             inodes: InodeCache::default(),
@@ -182,7 +188,6 @@ impl Collector {
                 attached.inflight_max_age,
             ),
             mounts: MountTable::read(),
-            deleted: 0,
             misses: Misses::new(attached),
             source: Source {
                 kernel: attached.kernel.clone(),
@@ -200,7 +205,8 @@ impl Collector {
             return Ok(());
         }
         let cache = &mut self.name_cache;
-        self.names
+        self.maps
+            .names
             .for_each(|key, names| {
                 if let Some(n) = names.first().filter(|n| n.len > 0) {
                     cache.insert(
@@ -224,7 +230,8 @@ impl Collector {
         let cache = &mut self.opens_cache;
         cache.by_file.clear();
         cache.totals = OpenStats::default();
-        self.opens
+        self.maps
+            .opens
             .for_each(|k, v| {
                 if let Some(o) = v.first() {
                     cache.by_file.insert(*k, *o);
@@ -243,27 +250,13 @@ impl Collector {
     /// unmounted one's. The never-evicted totals keep counting both. (An
     /// unmount and a remount within one refresh are not told apart.)
     fn forget_unmounted(&mut self) -> Result<()> {
-        let gone = self.janitor.unmounted(&mut self.mounts);
+        let gone = self
+            .janitor
+            .forget_unmounted(&mut self.mounts, &mut self.maps)?;
         if gone.is_empty() {
             return Ok(());
         }
         let of_gone = |k: &InodeKey| gone.contains(&k.dev);
-        self.deleted += self
-            .stats
-            .delete_where(|k, _| of_gone(k))
-            .context("deleting from INODE_STATS")?;
-        self.names
-            .delete_where(|k, _| of_gone(k))
-            .context("deleting from INODE_NAMES")?;
-        self.hists
-            .delete_where(|k, _| of_gone(k))
-            .context("deleting from INODE_HISTS")?;
-        self.opens
-            .delete_where(|k, _| of_gone(k))
-            .context("deleting from OPENS")?;
-        self.writers
-            .delete_where(|k, _| gone.contains(&k.dev))
-            .context("deleting from WRITERS")?;
         self.inodes.retain(|k| !of_gone(k));
         self.inodes.marks = None;
         self.last_range = None;
@@ -308,7 +301,8 @@ impl Collector {
             }
         }
         let mut live = 0u64;
-        self.stats
+        self.maps
+            .stats
             .for_each(|_, _| live += 1)
             .context("reading INODE_STATS")?;
         self.live_cache = Some((inode_inserts, live));
@@ -378,7 +372,12 @@ impl Collector {
             return Ok(false);
         }
         for (key, tgids) in touched {
-            let Some(values) = self.stats.lookup(&key).context("reading INODE_STATS")? else {
+            let Some(values) = self
+                .maps
+                .stats
+                .lookup(&key)
+                .context("reading INODE_STATS")?
+            else {
                 // Gone since (deleted): so is its entry.
                 self.inodes.remove(&key);
                 continue;
@@ -392,7 +391,7 @@ impl Collector {
             let mut writers_moved = false;
             for tgid in tgids {
                 let wkey = WriterKey::new(key, tgid);
-                if let Some(w) = self.writers.lookup(&wkey).context("reading WRITERS")? {
+                if let Some(w) = self.maps.writers.lookup(&wkey).context("reading WRITERS")? {
                     let writer = writer_of(&wkey, w);
                     if cached.writers.get(&tgid) != Some(&writer) {
                         cached.writers.insert(tgid, writer);
@@ -402,6 +401,7 @@ impl Collector {
             }
             if stats != cached.stats || open != cached.open || writers_moved {
                 let hists = self
+                    .maps
                     .hists
                     .lookup(&key)
                     .context("reading INODE_HISTS")?
@@ -455,7 +455,8 @@ impl Collector {
     fn refresh_all(&mut self) -> Result<()> {
         let mut current: Vec<(InodeKey, WriteStats)> =
             Vec::with_capacity(self.inodes.entries.len());
-        self.stats
+        self.maps
+            .stats
             .for_each(|k, v| {
                 if WritePath::from_u32(k.path).is_some() {
                     current.push((*k, sum_percpu(v)));
@@ -489,12 +490,13 @@ impl Collector {
         let mut hists: HashMap<InodeKey, Histograms> = HashMap::with_capacity(keys.len());
         if keys.len() <= HIST_LOOKUPS_MAX {
             for k in &keys {
-                if let Some(h) = self.hists.lookup(k).context("reading INODE_HISTS")? {
+                if let Some(h) = self.maps.hists.lookup(k).context("reading INODE_HISTS")? {
                     hists.insert(*k, h[0]);
                 }
             }
         } else {
-            self.hists
+            self.maps
+                .hists
                 .for_each(|k, v| {
                     if is_changed(k) {
                         hists.insert(*k, v[0]);
@@ -503,7 +505,8 @@ impl Collector {
                 .context("reading INODE_HISTS")?;
         }
         let mut writers: HashMap<InodeKey, HashMap<u32, Writer>> = HashMap::new();
-        self.writers
+        self.maps
+            .writers
             .for_each(|k, v| {
                 let key = k.inode();
                 if is_changed(&key) {
@@ -619,7 +622,7 @@ impl Collector {
             health: HealthReport {
                 inflight_aged_out: self.janitor.inflight_aged_out(),
                 recursion_misses: self.misses.read(),
-                ..HealthReport::new(&health, live, self.max_inodes, self.deleted)
+                ..HealthReport::new(&health, live, self.max_inodes, self.janitor.deleted())
             },
             ..Snapshot::default()
         })
