@@ -1,7 +1,10 @@
 //! Map names, keys and values: the layout contract between the programs and
 //! userspace.
 
-use crate::{hist::HIST_BUCKETS, Reason};
+use crate::{
+    hist::{self, HIST_BUCKETS},
+    Reason, Reasons,
+};
 
 /// Per-(device, inode, path) counters: `LRU_PERCPU_HASH<InodeKey, WriteStats>`.
 pub const MAP_INODE_STATS: &str = "INODE_STATS";
@@ -176,6 +179,63 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
+    /// Counts one finished write (`ret`: bytes written, or an error) at
+    /// `now`: the programs' accounting for every map of counters, shared so
+    /// that host tests fill maps exactly as the programs do.
+    #[inline(always)]
+    pub fn account(&mut self, rec: &InFlight, ret: i64, now: u64) {
+        self.writes += 1;
+        if ret < 0 {
+            self.errors += 1;
+        } else {
+            self.bytes += ret as u64;
+        }
+        self.latency_ns_total += now.saturating_sub(rec.start_ns);
+
+        let Some(mode) = rec.lock_mode() else {
+            self.unlocked += 1;
+            return;
+        };
+        let m = mode as usize;
+        self.acquired[m] += 1;
+        let reasons = Reasons::from_bits(rec.reasons);
+        let row = &mut self.acquisitions[m];
+        for reason in Reason::ALL {
+            // `get_mut`: if the loop is not unrolled the slot is not a
+            // constant, and an indexing bounds check would leave a panic
+            // path the verifier rejects.
+            if let Some(count) = row.get_mut(reason.slot()) {
+                if reasons.contains(reason) {
+                    *count += 1;
+                }
+            }
+        }
+        if mode == LockMode::Exclusive && reasons.is_direct_overwrite() {
+            self.overwrites_exclusive += 1;
+            self.overwrites_exclusive_latency_ns += now.saturating_sub(rec.start_ns);
+            if rec.contended != 0 {
+                self.overwrites_exclusive_wait_ns += rec.wait_ns;
+            }
+        }
+        if rec.contended != 0 {
+            self.contended[m] += 1;
+            self.wait_ns_total[m] += rec.wait_ns;
+            if rec.wait_ns > self.wait_ns_max[m] {
+                self.wait_ns_max[m] = rec.wait_ns;
+            }
+        }
+        let hold = now.saturating_sub(rec.locked_ns);
+        self.hold_ns_total[m] += hold;
+        if hold > self.hold_ns_max[m] {
+            self.hold_ns_max[m] = hold;
+        }
+        // The canary: under the shared lock a write must never extend the
+        // file beyond the size it had when the lock was taken.
+        if mode == LockMode::Shared && ret > 0 && rec.pos.wrapping_add(ret) > rec.i_size_locked {
+            self.shared_extended += 1;
+        }
+    }
+
     /// Adds `other` into `self` the way per-CPU copies combine.
     pub fn merge(&mut self, other: &WriteStats) {
         self.writes += other.writes;
@@ -296,6 +356,18 @@ pub struct InFlight {
     pub _pad: u32,
 }
 
+impl InFlight {
+    /// The mode the lock was seen held in; `None` if it never was.
+    #[inline(always)]
+    pub const fn lock_mode(&self) -> Option<LockMode> {
+        match self.mode {
+            INFLIGHT_SHARED => Some(LockMode::Shared),
+            INFLIGHT_EXCLUSIVE => Some(LockMode::Exclusive),
+            _ => None,
+        }
+    }
+}
+
 /// Histograms of one (device, inode, path) or one path. See [`crate::hist`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +381,31 @@ pub struct Histograms {
 }
 
 impl Histograms {
+    /// Records one finished write's latency, hold and wait at `now`. `bump`
+    /// adds one to a bucket: atomically where the value is shared between
+    /// CPUs.
+    #[inline(always)]
+    pub fn record(&mut self, rec: &InFlight, now: u64, mut bump: impl FnMut(&mut u64)) {
+        let mut bump_bucket = |buckets: &mut [u64; HIST_BUCKETS], ns: u64| {
+            // `get_mut` rather than indexing: no panic path for the verifier.
+            if let Some(slot) = buckets.get_mut(hist::bucket(ns)) {
+                bump(slot);
+            }
+        };
+        bump_bucket(&mut self.latency, now.saturating_sub(rec.start_ns));
+        let Some(mode) = rec.lock_mode() else {
+            return;
+        };
+        if let Some(hold) = self.hold.get_mut(mode as usize) {
+            bump_bucket(hold, now.saturating_sub(rec.locked_ns));
+        }
+        if rec.contended != 0 {
+            if let Some(wait) = self.wait.get_mut(mode as usize) {
+                bump_bucket(wait, rec.wait_ns);
+            }
+        }
+    }
+
     pub const ZERO: Histograms = Histograms {
         wait: [[0; HIST_BUCKETS]; LockMode::COUNT],
         hold: [[0; HIST_BUCKETS]; LockMode::COUNT],
@@ -521,6 +618,80 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write(mode: u32, reasons: Reasons) -> InFlight {
+        InFlight {
+            start_ns: 1_000,
+            locked_ns: 1_500,
+            pos: 4096,
+            i_size_locked: 8192,
+            reasons: reasons.bits(),
+            mode,
+            ..InFlight::default()
+        }
+    }
+
+    #[test]
+    fn account_counts_mode_reasons_times_and_the_canary() {
+        let none = Reasons::from_bits(0);
+        let mut s = WriteStats::default();
+        // A shared overwrite inside EOF, then one that grows the file.
+        s.account(&write(INFLIGHT_SHARED, none), 4096, 3_000);
+        let mut grows = write(INFLIGHT_SHARED, none);
+        grows.pos = 8192;
+        s.account(&grows, 4096, 3_000);
+        // An exclusive overwrite that waited 700 ns for the lock.
+        let mut waited = write(INFLIGHT_EXCLUSIVE, none.with(Reason::NoParallelFlag));
+        waited.contended = 1;
+        waited.wait_ns = 700;
+        s.account(&waited, 4096, 2_000);
+        // An append, exclusive; an error before the lock.
+        s.account(
+            &write(INFLIGHT_EXCLUSIVE, none.with(Reason::Append)),
+            10,
+            2_000,
+        );
+        s.account(&write(INFLIGHT_UNLOCKED, none), -22, 1_200);
+
+        assert_eq!(
+            (s.writes, s.errors, s.bytes, s.unlocked),
+            (5, 1, 3 * 4096 + 10, 1)
+        );
+        assert_eq!(s.acquired, [2, 2]);
+        let (shared, exclusive) = (LockMode::Shared as usize, LockMode::Exclusive as usize);
+        assert_eq!(s.acquisitions[shared][Reason::Eligible.slot()], 2);
+        assert_eq!(s.acquisitions[exclusive][Reason::NoParallelFlag.slot()], 1);
+        assert_eq!(s.acquisitions[exclusive][Reason::Append.slot()], 1);
+        assert_eq!(s.shared_extended, 1, "only the write past the locked size");
+        assert_eq!(
+            (s.contended[exclusive], s.wait_ns_total[exclusive]),
+            (1, 700)
+        );
+        assert_eq!(s.wait_ns_max[exclusive], 700);
+        assert_eq!(s.overwrites_exclusive, 1, "the append is no overwrite");
+        assert_eq!(s.overwrites_exclusive_wait_ns, 700);
+        assert_eq!(s.hold_ns_total, [2 * 1_500, 2 * 500]);
+        assert_eq!(s.latency_ns_total, 2 * 2_000 + 2 * 1_000 + 200);
+    }
+
+    #[test]
+    fn record_fills_latency_hold_and_wait_buckets() {
+        let mut h = Histograms::ZERO;
+        let mut waited = write(INFLIGHT_EXCLUSIVE, Reasons::from_bits(0));
+        waited.contended = 1;
+        waited.wait_ns = 700;
+        h.record(&waited, 3_000, |slot| *slot += 1);
+        h.record(
+            &write(INFLIGHT_UNLOCKED, Reasons::from_bits(0)),
+            3_000,
+            |slot| *slot += 1,
+        );
+        let ex = LockMode::Exclusive as usize;
+        assert_eq!(h.latency[hist::bucket(2_000)], 2);
+        assert_eq!(h.hold[ex][hist::bucket(1_500)], 1);
+        assert_eq!(h.wait[ex][hist::bucket(700)], 1);
+        assert_eq!(h.hold[LockMode::Shared as usize], [0; HIST_BUCKETS]);
+    }
     use core::mem::size_of;
 
     #[test]

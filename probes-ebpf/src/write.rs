@@ -153,11 +153,11 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     // they count this write, everything else it updates is in place.
     if let Some(h) = PATH_HISTS.get_ptr_mut(rec.key.path) {
         // SAFETY: a per-CPU slot, this CPU only.
-        record_histograms(unsafe { &mut *h }, &rec, now);
+        unsafe { &mut *h }.record(&rec, now, |slot| atomic_add(slot, 1));
     }
     if let Some(totals) = PATH_TOTALS.get_ptr_mut(rec.key.path) {
         // SAFETY: per-CPU slot, this CPU only.
-        account(unsafe { &mut *totals }, &rec, ret, now);
+        unsafe { &mut *totals }.account(&rec, ret, now);
     }
 
     if cfg.has(FLAG_DEBUG_LOG) {
@@ -184,7 +184,7 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
     };
     match dev_totals {
         // SAFETY: per-CPU value, this CPU only.
-        Some(t) => account(unsafe { &mut *t }, rec, ret, now),
+        Some(t) => unsafe { &mut *t }.account(rec, ret, now),
         None => health(|h| h.dev_totals_full += 1),
     }
     let stats = match INODE_STATS.get_ptr_mut(rec.key) {
@@ -218,7 +218,7 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
         }
     };
     // SAFETY: per-CPU value, this CPU only.
-    account(unsafe { &mut *stats }, rec, ret, now);
+    unsafe { &mut *stats }.account(rec, ret, now);
 
     let hists = match INODE_HISTS.get_ptr_mut(rec.key) {
         Some(h) => Some(h),
@@ -231,67 +231,9 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
     };
     if let Some(h) = hists {
         // SAFETY: a map value; shared between CPUs, updated atomically.
-        record_histograms(unsafe { &mut *h }, rec, now);
+        unsafe { &mut *h }.record(rec, now, |slot| atomic_add(slot, 1));
     }
     count_writer(rec);
-}
-
-#[inline(always)]
-fn account(s: &mut WriteStats, rec: &InFlight, ret: i64, now: u64) {
-    s.writes += 1;
-    if ret < 0 {
-        s.errors += 1;
-    } else {
-        s.bytes += ret as u64;
-    }
-    s.latency_ns_total += now.saturating_sub(rec.start_ns);
-
-    let mode = match rec.mode {
-        INFLIGHT_SHARED => LockMode::Shared,
-        INFLIGHT_EXCLUSIVE => LockMode::Exclusive,
-        _ => {
-            s.unlocked += 1;
-            return;
-        }
-    };
-    let m = mode as usize;
-    s.acquired[m] += 1;
-    let reasons = Reasons::from_bits(rec.reasons);
-    let row = &mut s.acquisitions[m];
-    for reason in Reason::ALL {
-        // `get_mut`: if the loop is not unrolled the slot is not a constant,
-        // and an indexing bounds check would leave a panic path the
-        // verifier rejects.
-        if let Some(count) = row.get_mut(reason.slot()) {
-            if reasons.contains(reason) {
-                *count += 1;
-            }
-        }
-    }
-    if mode == LockMode::Exclusive && reasons.is_direct_overwrite() {
-        s.overwrites_exclusive += 1;
-        s.overwrites_exclusive_latency_ns += now.saturating_sub(rec.start_ns);
-        if rec.contended != 0 {
-            s.overwrites_exclusive_wait_ns += rec.wait_ns;
-        }
-    }
-    if rec.contended != 0 {
-        s.contended[m] += 1;
-        s.wait_ns_total[m] += rec.wait_ns;
-        if rec.wait_ns > s.wait_ns_max[m] {
-            s.wait_ns_max[m] = rec.wait_ns;
-        }
-    }
-    let hold = now.saturating_sub(rec.locked_ns);
-    s.hold_ns_total[m] += hold;
-    if hold > s.hold_ns_max[m] {
-        s.hold_ns_max[m] = hold;
-    }
-    // The canary: under the shared lock a write must never extend the file
-    // beyond the size it had when the lock was taken.
-    if mode == LockMode::Shared && ret > 0 && rec.pos.wrapping_add(ret) > rec.i_size_locked {
-        s.shared_extended += 1;
-    }
 }
 
 /// Stores the dentry name of a file the first time its key is seen.
@@ -320,32 +262,6 @@ fn remember_name(rec: &InFlight, f_path_dentry: u32, d_name_name: u32) {
         slot.len = bytes.len() as u32;
     } else {
         health(|h| h.read_errors += 1);
-    }
-}
-
-#[inline(always)]
-fn bump_bucket(buckets: &mut [u64; hist::HIST_BUCKETS], ns: u64) {
-    // `get_mut` rather than indexing: no panic path for the verifier to see.
-    if let Some(slot) = buckets.get_mut(hist::bucket(ns)) {
-        atomic_add(slot, 1);
-    }
-}
-
-#[inline(always)]
-fn record_histograms(h: &mut Histograms, rec: &InFlight, now: u64) {
-    bump_bucket(&mut h.latency, now.saturating_sub(rec.start_ns));
-    let m = match rec.mode {
-        INFLIGHT_SHARED => LockMode::Shared as usize,
-        INFLIGHT_EXCLUSIVE => LockMode::Exclusive as usize,
-        _ => return,
-    };
-    if let Some(hold) = h.hold.get_mut(m) {
-        bump_bucket(hold, now.saturating_sub(rec.locked_ns));
-    }
-    if rec.contended != 0 {
-        if let Some(wait) = h.wait.get_mut(m) {
-            bump_bucket(wait, rec.wait_ns);
-        }
     }
 }
 

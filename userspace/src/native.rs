@@ -20,13 +20,13 @@ use aya::{
     Ebpf,
 };
 use probes_common::{
-    hist,
     maps::{
-        DirtyRing, DIRTY_SLOTS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_HEALTH, MAP_INODE_HISTS,
-        MAP_INODE_NAMES, MAP_INODE_STATS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS, NAME_LEN,
+        DirtyRing, DIRTY_SLOTS, INFLIGHT_EXCLUSIVE, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH,
+        MAP_HEALTH, MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_PATH_HISTS,
+        MAP_PATH_TOTALS, MAP_WRITERS, NAME_LEN,
     },
-    Health, Histograms, InodeKey, InodeName, LockMode, Reason, WritePath, WriteStats, WriterKey,
-    WriterStats,
+    Health, Histograms, InFlight, InodeKey, InodeName, Reason, Reasons, WritePath, WriteStats,
+    WriterKey, WriterStats,
 };
 
 use crate::{
@@ -83,14 +83,22 @@ fn on_cpu0<T: aya::Pod + Default + Clone>(cpus: usize, v: T) -> Result<PerCpuVal
     PerCpuValues::try_from(all).context("per-CPU values")
 }
 
-fn account(s: &mut WriteStats, bytes: u64) {
-    let m = LockMode::Exclusive as usize;
-    s.writes += 1;
-    s.bytes += bytes;
-    s.acquired[m] += 1;
-    s.acquisitions[m][Reason::NoParallelFlag.slot()] += 1;
-    s.latency_ns_total += 1_000;
-    s.hold_ns_total[m] += 500;
+/// When every write ends: 1 µs after it started, 0.5 µs after the lock.
+const WRITE_ENDS_NS: u64 = 1_000;
+
+/// What the programs record of a write of `key` on a stock kernel
+/// (exclusive, no parallel flag) started at 0 and locked at 500 ns: the
+/// counters and histograms are then made from it by the programs' own
+/// accounting (`WriteStats::account`, `Histograms::record`).
+fn in_flight(key: InodeKey) -> InFlight {
+    InFlight {
+        key,
+        start_ns: 0,
+        locked_ns: 500,
+        reasons: Reasons::from_bits(0).with(Reason::NoParallelFlag).bits(),
+        mode: INFLIGHT_EXCLUSIVE,
+        ..InFlight::default()
+    }
 }
 
 impl Kernel {
@@ -115,13 +123,14 @@ impl Kernel {
         map: &mut PerCpuHashMap<MapData, InodeKey, WriteStats>,
         cpus: usize,
         key: InodeKey,
-        bytes: u64,
+        rec: &InFlight,
+        ret: i64,
     ) -> Result<bool> {
         let (mut v, new) = match map.get(&key, 0) {
             Ok(values) => (values[0], false),
             Err(_) => (WriteStats::default(), true),
         };
-        account(&mut v, bytes);
+        v.account(rec, ret, WRITE_ENDS_NS);
         map.insert(key, on_cpu0(cpus, v)?, 0)
             .context("updating a per-CPU hash")?;
         Ok(new)
@@ -137,13 +146,16 @@ impl Kernel {
         bytes: u64,
     ) -> Result<()> {
         let cpus = self.cpus;
+        let rec = in_flight(key);
+        let ret = i64::try_from(bytes).context("a write's size")?;
         Self::bump_percpu_hash(
             &mut self.dev_totals,
             cpus,
             InodeKey { ino: 0, ..key },
-            bytes,
+            &rec,
+            ret,
         )?;
-        if Self::bump_percpu_hash(&mut self.stats, cpus, key, bytes)? {
+        if Self::bump_percpu_hash(&mut self.stats, cpus, key, &rec, ret)? {
             let mut h = self.health.get(&0, 0).context("HEALTH")?[0];
             h.inode_inserts += 1;
             self.health.set(0, on_cpu0(cpus, h)?, 0).context("HEALTH")?;
@@ -154,8 +166,7 @@ impl Kernel {
             self.names.insert(key, n, 0).context("INODE_NAMES")?;
         }
         let mut h = self.hists.get(&key, 0).unwrap_or(Histograms::ZERO);
-        h.latency[hist::bucket(1_000)] += 1;
-        h.hold[LockMode::Exclusive as usize][hist::bucket(500)] += 1;
+        h.record(&rec, WRITE_ENDS_NS, |slot| *slot += 1);
         self.hists.insert(key, h, 0).context("INODE_HISTS")?;
 
         let wkey = WriterKey::new(key, tgid);
@@ -192,12 +203,12 @@ impl Kernel {
 
         let path = key.path;
         let mut ph = self.path_hists.get(&path, 0).context("PATH_HISTS")?[0];
-        ph.latency[hist::bucket(1_000)] += 1;
+        ph.record(&rec, WRITE_ENDS_NS, |slot| *slot += 1);
         self.path_hists
             .set(path, on_cpu0(cpus, ph)?, 0)
             .context("PATH_HISTS")?;
         let mut t = self.path_totals.get(&path, 0).context("PATH_TOTALS")?[0];
-        account(&mut t, bytes);
+        t.account(&rec, ret, WRITE_ENDS_NS);
         self.path_totals
             .set(path, on_cpu0(cpus, t)?, 0)
             .context("PATH_TOTALS")
