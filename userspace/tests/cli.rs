@@ -3,6 +3,9 @@
 
 use std::{path::Path, process::Command};
 
+#[path = "common/tls.rs"]
+mod tls;
+
 const FUSELOCK: &str = env!("CARGO_BIN_EXE_fuselock");
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -293,14 +296,8 @@ fn version_names_commit_and_ebpf_hash() {
 fn a_bad_web_config_exits_3_before_attaching() {
     let dir = std::env::temp_dir().join(format!("fuselock-cli-web-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
+    tls::write_self_signed(&dir, "server.crt", "server.key");
     let other = rcgen::KeyPair::generate().expect("key");
-    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
     std::fs::write(dir.join("other.key"), other.serialize_pem()).expect("write");
     let tls = |cert: &str, key: &str| {
         format!("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")

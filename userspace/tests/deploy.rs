@@ -7,6 +7,9 @@ use std::{
     process::Command,
 };
 
+#[path = "common/tls.rs"]
+mod tls;
+
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
@@ -171,13 +174,7 @@ fn web_config_passes_promtool_and_every_deploy_file_uses_it() {
     }
     let dir = std::env::temp_dir().join(format!("fuselock-deploy-web-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    std::fs::write(dir.join("web.crt"), cert.pem()).expect("write");
-    std::fs::write(dir.join("web.key"), key.serialize_pem()).expect("write");
+    tls::write_self_signed(&dir, "web.crt", "web.key");
     std::fs::copy(deploy("web.yml"), dir.join("web.yml")).expect("copy");
     ok(Command::new("promtool")
         .args(["check", "web-config"])

@@ -1,5 +1,6 @@
 //! Shared by the VM tests and the VM benchmark: the `fuselock` binary and
-//! a `fuselock testfs` mount that cleans up after itself.
+//! a FUSE mount (`fuselock testfs`, or another server) that cleans up after
+//! itself.
 #![allow(dead_code)] // each user takes what it needs
 
 pub mod tmux;
@@ -16,11 +17,15 @@ pub fn fuselock() -> String {
     std::env::var("FUSELOCK_BIN").unwrap_or_else(|_| "fuselock".into())
 }
 
-/// A `fuselock testfs` mount over a fresh tmpfs backing directory.
+/// A FUSE server's mount of a fresh backing directory, both under one
+/// directory of /tmp: `fuselock testfs` ([`TestFs::mount`]) or another
+/// server ([`TestFs::start`]). Dropping it stops the server, unmounts and
+/// removes the directory.
 pub struct TestFs {
     server: Child,
     pub mountpoint: PathBuf,
     pub backing: PathBuf,
+    base: PathBuf,
 }
 
 static MOUNTS: AtomicU32 = AtomicU32::new(0);
@@ -31,32 +36,46 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 }
 
 impl TestFs {
+    /// `fuselock testfs FLAGS`.
     pub fn mount(flags: &[&str]) -> TestFs {
+        TestFs::start(&format!("testfs {flags:?}"), |backing, mountpoint| {
+            Command::new(fuselock())
+                .arg("testfs")
+                .arg("--backing")
+                .arg(backing)
+                .arg("--mountpoint")
+                .arg(mountpoint)
+                .args(flags)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn fuselock testfs")
+        })
+    }
+
+    /// The server `spawn(backing, mountpoint)` starts, once it has mounted
+    /// (the directories are named `fuselock-e2e-*`, which the tests' checks
+    /// expect of a mount).
+    pub fn start(server_name: &str, spawn: impl FnOnce(&Path, &Path) -> Child) -> TestFs {
         let n = MOUNTS.fetch_add(1, Ordering::Relaxed);
         let base = PathBuf::from(format!("/tmp/fuselock-e2e-{}-{n}", std::process::id()));
         let backing = base.join("backing");
         let mountpoint = base.join("mnt");
         std::fs::create_dir_all(&backing).expect("backing dir");
         std::fs::create_dir_all(&mountpoint).expect("mountpoint");
-        let server = Command::new(fuselock())
-            .arg("testfs")
-            .arg("--backing")
-            .arg(&backing)
-            .arg("--mountpoint")
-            .arg(&mountpoint)
-            .args(flags)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn fuselock testfs");
+        let mut server = spawn(&backing, &mountpoint);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(&mountpoint) {
-            assert!(Instant::now() < deadline, "testfs {flags:?} did not mount");
+            if let Ok(Some(status)) = server.try_wait() {
+                panic!("{server_name} exited before mounting: {status}");
+            }
+            assert!(Instant::now() < deadline, "{server_name} did not mount");
             thread::sleep(Duration::from_millis(50));
         }
         TestFs {
             server,
             mountpoint,
             backing,
+            base,
         }
     }
 
@@ -106,6 +125,7 @@ impl TestFs {
 
 impl Drop for TestFs {
     fn drop(&mut self) {
+        // Both servers unmount on SIGTERM and exit.
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.server.id() as i32, libc::SIGTERM) };
         let _ = self.server.wait();
@@ -115,7 +135,7 @@ impl Drop for TestFs {
                 .arg(&self.mountpoint)
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.backing);
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 

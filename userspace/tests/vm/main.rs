@@ -257,6 +257,54 @@ fn check_mixed_without_flag(snap: &Value, path: &str) {
     );
 }
 
+/// The mixed workload where the kernel keeps the flag: O_DIRECT overwrites
+/// inside EOF share the lock, and every other kind is exclusive for its own
+/// reason only, but buffered writes, which share it where they are direct
+/// too (`buffered_shared`: FOPEN_DIRECT_IO).
+fn check_mixed_with_flag(snap: &Value, path: &str, buffered_shared: bool) {
+    let buffered = if buffered_shared {
+        (Some("buffered"), None)
+    } else {
+        (None, Some("buffered"))
+    };
+    for (name, n, (shared, exclusive)) in [
+        ("overwrite", 37, (Some("eligible"), None)),
+        ("append", 23, (None, Some("append"))),
+        ("past-eof", 29, (None, Some("past_eof"))),
+        ("buffered", 31, buffered),
+    ] {
+        let shared: Vec<(&str, u64)> = shared.map(|r| (r, n)).into_iter().collect();
+        let exclusive: Vec<(&str, u64)> = exclusive.map(|r| (r, n)).into_iter().collect();
+        check(
+            snap,
+            name,
+            &Expect {
+                path,
+                writes: n,
+                shared: &shared,
+                exclusive: &exclusive,
+            },
+        );
+    }
+}
+
+/// Open-time evidence of the mixed workload's overwrite file, whose server
+/// asked for the flag on every open: only a patched kernel kept it.
+fn check_flag_asked_and_kept_if_patched(snap: &Value) {
+    let open = &entry(snap, "overwrite")["open"];
+    let asked = open["passthrough_parallel_asked"]
+        .as_u64()
+        .expect("passthrough_parallel_asked");
+    // `fuselock load` opens once per thread, 3 for the overwrites.
+    assert!(asked >= 3, "the server did not ask for the flag: {open}");
+    let kept = &open["passthrough_parallel_kept"];
+    if kernel() == Kernel::Patched {
+        assert_eq!(kept, &open["passthrough_parallel_asked"], "{open}");
+    } else {
+        assert_eq!(kept, 0, "{open}");
+    }
+}
+
 /// Stock 6.12 passthrough without the flag: every write exclusive, each for
 /// the missing flag plus its own reason.
 #[test]
@@ -285,64 +333,11 @@ fn passthrough_with_flag_requested() {
     let snap = stat_of(&fs, &mixed_loads());
     let p = "passthrough";
     if kernel() == Kernel::Patched {
-        check(
-            &snap,
-            "overwrite",
-            &Expect {
-                path: p,
-                writes: 37,
-                shared: &[("eligible", 37)],
-                exclusive: &[],
-            },
-        );
-        check(
-            &snap,
-            "append",
-            &Expect {
-                path: p,
-                writes: 23,
-                shared: &[],
-                exclusive: &[("append", 23)],
-            },
-        );
-        check(
-            &snap,
-            "past-eof",
-            &Expect {
-                path: p,
-                writes: 29,
-                shared: &[],
-                exclusive: &[("past_eof", 29)],
-            },
-        );
-        check(
-            &snap,
-            "buffered",
-            &Expect {
-                path: p,
-                writes: 31,
-                shared: &[],
-                exclusive: &[("buffered", 31)],
-            },
-        );
+        check_mixed_with_flag(&snap, p, false);
     } else {
         check_mixed_without_flag(&snap, p);
     }
-    // Open-time evidence: every open asked; only the patched kernel kept it.
-    let open = &entry(&snap, "overwrite")["open"];
-    assert!(
-        open["passthrough_parallel_asked"].as_u64().expect("asked") >= 3,
-        "{open}"
-    );
-    let kept = open["passthrough_parallel_kept"].as_u64().expect("kept");
-    if kernel() == Kernel::Patched {
-        assert_eq!(
-            open["passthrough_parallel_kept"], open["passthrough_parallel_asked"],
-            "{open}"
-        );
-    } else {
-        assert_eq!(kept, 0, "{open}");
-    }
+    check_flag_asked_and_kept_if_patched(&snap);
 }
 
 /// FOPEN_DIRECT_IO with the flag: `fuse_dio_lock()` takes the lock shared for
@@ -353,47 +348,7 @@ fn passthrough_with_flag_requested() {
 fn direct_io_with_flag_shares_overwrites() {
     let fs = TestFs::mount(&["--parallel", "--direct-io"]);
     let snap = stat_of(&fs, &mixed_loads());
-    let d = "direct_io";
-    check(
-        &snap,
-        "overwrite",
-        &Expect {
-            path: d,
-            writes: 37,
-            shared: &[("eligible", 37)],
-            exclusive: &[],
-        },
-    );
-    check(
-        &snap,
-        "append",
-        &Expect {
-            path: d,
-            writes: 23,
-            shared: &[],
-            exclusive: &[("append", 23)],
-        },
-    );
-    check(
-        &snap,
-        "past-eof",
-        &Expect {
-            path: d,
-            writes: 29,
-            shared: &[],
-            exclusive: &[("past_eof", 29)],
-        },
-    );
-    check(
-        &snap,
-        "buffered",
-        &Expect {
-            path: d,
-            writes: 31,
-            shared: &[("buffered", 31)],
-            exclusive: &[],
-        },
-    );
+    check_mixed_with_flag(&snap, "direct_io", true);
     assert_eq!(snap["totals"]["passthrough"]["writes"], 0);
     assert_eq!(snap["totals"]["direct_io"]["shared"], 37 + 31);
 }
@@ -548,16 +503,7 @@ fn concurrent_writers_are_counted_exactly() {
             println!("contended exclusive acquisitions: {contended} of 1003");
         }
     }
-    let health = &snap["health"];
-    for key in [
-        "inflight_full",
-        "inflight_replaced",
-        "exit_unmatched",
-        "read_errors",
-        "lock_state_unknown",
-    ] {
-        assert_eq!(health[key], 0, "health.{key}: {health}");
-    }
+    assert_no_lost_writes(&snap, "");
 }
 
 /// Every kind of write at once, 9 threads over 4 files: what a preemptible
@@ -646,13 +592,44 @@ fn fuselock_exits_with_the_commands_status() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(7));
-    let out = Command::new(fuselock())
-        .args(["stat", "--", "/nonexistent/cmd"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(4));
+    fails_with(
+        &["stat", "--", "/nonexistent/cmd"],
+        4,
+        "cannot run `/nonexistent/cmd`",
+    );
+}
+
+/// None of the health counters that mean a write was lost or misread
+/// moved (`what` says which run, in a message).
+fn assert_no_lost_writes(snap: &Value, what: &str) {
+    let health = &snap["health"];
+    for key in [
+        "inflight_full",
+        "inflight_replaced",
+        "exit_unmatched",
+        "read_errors",
+        "lock_state_unknown",
+    ] {
+        assert_eq!(health[key], 0, "{what} health.{key}: {health}");
+    }
+}
+
+/// Runs `fuselock ARGS`, which must exit with `code` and say `needle` on
+/// stderr.
+fn fails_with(args: &[&str], code: i32, needle: &str) {
+    let out = Command::new(fuselock()).args(args).output().expect("run");
+    assert_eq!(out.status.code(), Some(code));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot run `/nonexistent/cmd`"), "{err}");
+    assert!(err.contains(needle), "{err}");
+}
+
+/// `verify`'s exit status, verdict and reason are `code`, `verdict` and `why`.
+fn assert_verdict(code: i32, report: &Value, expected_code: i32, verdict: &str, why: &str) {
+    assert_eq!(
+        (code, report["verdict"].as_str(), report["why"].as_str()),
+        (expected_code, Some(verdict), Some(why)),
+        "{report}"
+    );
 }
 
 /// Runs `fuselock verify ARGS --json` and returns (exit status, report).
@@ -675,52 +652,58 @@ fn verify(args: &[&str]) -> (i32, Value) {
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn verify_exercise_gives_the_kernels_verdict() {
     let fs = TestFs::mount(&["--parallel"]);
+    let report = check_verify_exercise(&fs);
+    if kernel() == Kernel::Patched {
+        assert!(report.get("series_gain").is_none(), "{report}");
+    } else {
+        // Its 256 overwrites are what the series would run shared; lock
+        // waits are not measured without --contention.
+        assert_eq!(
+            report["series_gain"],
+            serde_json::json!({"overwrites_exclusive": 256, "wait_share": null}),
+            "{report}"
+        );
+    }
+    // The verdict names the kernel it was decided on.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(report["kernel"], release.trim(), "{report}");
+}
+
+/// `verify --exercise` on a file of `fs`, whose server asks for the flag:
+/// ACTIVE with the series, NOT ACTIVE (flag stripped) without it, on counts
+/// the kernel skipped nothing of, and the file as it was. The report, for
+/// more checks.
+fn check_verify_exercise(fs: &TestFs) -> Value {
     let file = fs.path("data");
     let content: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&file, &content).expect("write file");
     let (code, report) = verify(&["--exercise", &file]);
     match kernel() {
         Kernel::Patched => {
+            assert_verdict(code, &report, 0, "ACTIVE", "shared_lock_taken");
             assert_eq!(
-                (code, report["verdict"].as_str()),
-                (0, Some("ACTIVE")),
+                report["evidence"]["passthrough"]["acquisitions"]["shared"]["eligible"], 256,
                 "{report}"
             );
-            assert_eq!(report["why"], "shared_lock_taken");
-            assert!(report.get("series_gain").is_none(), "{report}");
-            assert_eq!(
-                report["evidence"]["passthrough"]["acquisitions"]["shared"]["eligible"],
-                256
-            );
-            assert_eq!(report["shared_extended"], 0);
+            assert_eq!(report["shared_extended"], 0, "{report}");
         }
         Kernel::Stock | Kernel::Unpatched => {
-            assert_eq!(
-                (code, report["verdict"].as_str()),
-                (1, Some("NOT_ACTIVE")),
-                "{report}"
-            );
-            assert_eq!(report["why"], "flag_stripped");
-            // Its 256 overwrites are what the series would run shared; lock
-            // waits are not measured without --contention.
-            assert_eq!(
-                report["series_gain"],
-                serde_json::json!({"overwrites_exclusive": 256, "wait_share": null}),
-                "{report}"
-            );
+            assert_verdict(code, &report, 1, "NOT_ACTIVE", "flag_stripped");
         }
     }
-    assert_eq!(report["evidence"]["passthrough"]["writes"], 256 + 3);
-    // The verdict names the kernel it was decided on, and rests on counts
-    // the kernel skipped nothing of.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    assert_eq!(report["kernel"], release.trim(), "{report}");
+    // 256 direct overwrites, one buffered, one append, one past EOF.
+    assert_eq!(
+        report["evidence"]["passthrough"]["writes"],
+        256 + 3,
+        "{report}"
+    );
     assert_eq!(report["evidence"]["recursion_misses"], 0, "{report}");
     assert_eq!(
         std::fs::read(&file).expect("read back"),
         content,
         "exercise changed the file"
     );
+    report
 }
 
 /// A server that does not ask for the flag cannot show the patch working.
@@ -731,12 +714,7 @@ fn verify_without_flag_is_inconclusive() {
     let file = fs.path("data");
     std::fs::write(&file, vec![1u8; 65536]).expect("write file");
     let (code, report) = verify(&["--exercise", &file]);
-    assert_eq!(
-        (code, report["verdict"].as_str()),
-        (2, Some("INCONCLUSIVE")),
-        "{report}"
-    );
-    assert_eq!(report["why"], "flag_not_requested");
+    assert_verdict(code, &report, 2, "INCONCLUSIVE", "flag_not_requested");
     assert!(report["hint"]
         .as_str()
         .is_some_and(|h| h.contains("FOPEN_PARALLEL_DIRECT_WRITES")));
@@ -777,13 +755,11 @@ fn verify_with_only_appends() {
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn verify_refuses_files_not_on_fuse() {
     std::fs::write("/tmp/not-fuse", b"x").expect("write");
-    let out = Command::new(fuselock())
-        .args(["verify", "--exercise", "/tmp/not-fuse"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not on a FUSE file system"), "{err}");
+    fails_with(
+        &["verify", "--exercise", "/tmp/not-fuse"],
+        3,
+        "not on a FUSE file system",
+    );
 }
 
 /// T threads of O_DIRECT overwrites on one passthrough file: contention
@@ -1192,17 +1168,7 @@ fn truncates_racing_shared_overwrites_trip_the_canary() {
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn capabilities_are_dropped_after_attaching() {
-    let mut child = Command::new(fuselock())
-        .args(["stat", "--json", "--interval", "3600"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start stat");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("first snapshot");
+    let mut child = stat_attached(&[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -1327,16 +1293,7 @@ fn a_million_writes_are_counted_exactly() {
             );
             total += l.writes;
         }
-        let h = &snap["health"];
-        for key in [
-            "inflight_full",
-            "inflight_replaced",
-            "exit_unmatched",
-            "read_errors",
-            "lock_state_unknown",
-        ] {
-            assert_eq!(h[key], 0, "{flags:?} health.{key}: {h}");
-        }
+        assert_no_lost_writes(&snap, &format!("{flags:?}"));
         println!(
             "HEAVY {flags:?}: {total} writes from 16 threads counted exactly in {:.0} s",
             started.elapsed().as_secs_f64()

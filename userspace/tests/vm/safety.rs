@@ -353,6 +353,21 @@ fn load(fs: &TestFs, file: &str, writes: u32) {
     assert!(status.success());
 }
 
+/// What the exporter tests start from: the loopback up and a fresh mount,
+/// on Debian's kernels; `None` (the test is skipped) on the tiny test
+/// kernels, which have no TCP/IP.
+fn exporter_mount() -> Option<TestFs> {
+    if kernel() != Kernel::Stock {
+        eprintln!(
+            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
+            kernel()
+        );
+        return None;
+    }
+    loopback_up();
+    Some(TestFs::mount(&[]))
+}
+
 /// `export` with exactly what the shipped systemd unit gives it: a
 /// non-root user with the unit's capabilities as ambient capabilities and
 /// as the bounding set, no CAP_SETPCAP. It attaches the probes root would
@@ -361,15 +376,9 @@ fn load(fs: &TestFs, file: &str, writes: u32) {
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn export_keeps_serving_with_the_shipped_units_capabilities() {
-    if kernel() != Kernel::Stock {
-        eprintln!(
-            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
-            kernel()
-        );
+    let Some(fs) = exporter_mount() else {
         return;
-    }
-    loopback_up();
-    let fs = TestFs::mount(&[]);
+    };
     let port = 9951;
     let unit_caps = unit_capabilities("AmbientCapabilities=");
     assert_eq!(unit_caps, unit_capabilities("CapabilityBoundingSet="));
@@ -477,15 +486,9 @@ fn as_the_unit(caps: u64) -> std::io::Result<()> {
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
 fn root_export_runs_as_nobody_with_cap_bpf_only() {
-    if kernel() != Kernel::Stock {
-        eprintln!(
-            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
-            kernel()
-        );
+    let Some(fs) = exporter_mount() else {
         return;
-    }
-    loopback_up();
-    let fs = TestFs::mount(&[]);
+    };
     let port = 9952;
     let exporter = Guard(
         Command::new(fuselock())

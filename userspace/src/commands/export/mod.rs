@@ -277,6 +277,18 @@ mod tests {
         snap
     }
 
+    /// [`sample`] as the exporter serves it (text format, five inodes).
+    fn sample_text() -> String {
+        render(
+            SnapshotMetrics {
+                snapshot: sample(),
+                per_inode_top: 5,
+            },
+            false,
+        )
+        .expect("render")
+    }
+
     #[test]
     fn prometheus_text_has_the_documented_series() {
         let text = render(
@@ -345,14 +357,7 @@ mod tests {
     /// exactly what we serve.
     #[test]
     fn docs_list_exactly_the_exported_metrics() {
-        let text = render(
-            SnapshotMetrics {
-                snapshot: sample(),
-                per_inode_top: 5,
-            },
-            false,
-        )
-        .expect("render");
+        let text = sample_text();
         let mut snap = sample();
         let mut entries = snap.entries.to_vec();
         entries.push(std::sync::Arc::new(crate::model::snapshot::Entry {
@@ -583,14 +588,7 @@ mod tests {
             return;
         };
         assert!(out.status.success());
-        let text = render(
-            SnapshotMetrics {
-                snapshot: sample(),
-                per_inode_top: 5,
-            },
-            false,
-        )
-        .expect("render");
+        let text = sample_text();
         let mut child = std::process::Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
