@@ -9,12 +9,8 @@ use aya_log_ebpf::{debug, error};
 use probes_common::{
     classify,
     config::{Config, FLAG_DEBUG_LOG},
-    hist,
-    maps::{
-        COMM_LEN, DIRTY_SLOTS, INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED, NAME_LEN,
-    },
-    Histograms, InFlight, InodeKey, InodeName, LockMode, Reason, Reasons, WriteFacts, WritePath,
-    WriteStats, WriterKey, WriterStats,
+    maps::{COMM_LEN, DIRTY_SLOTS, INFLIGHT_UNLOCKED, NAME_LEN},
+    InFlight, InodeKey, InodeName, WriteFacts, WritePath, WriterKey, WriterStats,
 };
 
 use crate::{

@@ -2,22 +2,26 @@
 //! the binary only parses its arguments, dispatches and maps errors to exit
 //! statuses (`src/main.rs`).
 //!
-//! The layers, from the bottom up; a module imports only from layers below
-//! its own:
-//! - [`model`]: the typed snapshot and deltas, and the verdict (it imports
-//!   nothing of fuselock's);
-//! - [`kernel`]: load and attach the programs, the probe table, kretprobes,
-//!   BTF and struct offsets, preflight checks, privileges, mounts, `/proc`;
-//! - [`collect`]: reading the maps into the model's snapshots, with the change
-//!   marks, caches and the janitor that clears what unmounts leave behind;
-//! - [`wire`]: the model as JSON lines, their replay, the text table;
+//! The layers, from the bottom up; imports point down, never up:
+//! - [`model`]: the typed snapshot, its counts and the verdict (it imports
+//!   nothing of fuselock's but `probes-common`'s types);
+//! - [`kernel`], beside it: load and attach the programs, the probe table,
+//!   kretprobes, BTF and struct offsets, preflight checks, privileges, the
+//!   mount table;
+//! - [`collect`]: reading the maps through `kernel` into the model's
+//!   snapshots, with the change marks, caches and the janitor that deletes
+//!   what unmounts leave behind;
+//! - [`wire`]: the model as JSON lines (whole and delta), their replay, the
+//!   text table;
 //! - [`cli`]: every command's flags, parsed and checked in one place;
 //! - [`commands`]: stat, verify, top, export, doctor, demo.
 //!
-//! Beside them, used by `demo`, `verify --exercise` and the tests but never
-//! by the monitoring path: the test kit, `testfs` (a FUSE server),
-//! `workload` and `exercise` (writers). [`escape`] and [`version`] are leaves
-//! any layer may use.
+//! Two crates sit beside the library: `fuselock-base` (the usage error,
+//! terminal escaping, `/proc`), which any layer may use, and
+//! `fuselock-testkit` (the FUSE test server, the load generator, the
+//! exercise writer), which only `cli`, `demo`, `verify --exercise` and the
+//! binary's `testfs` and `load` use, never the monitoring path. [`version`]
+//! is a leaf.
 
 pub mod cli;
 pub mod collect;

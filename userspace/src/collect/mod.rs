@@ -89,7 +89,8 @@ pub struct Collector {
     /// Live entries counted at the last totals-only read, with the
     /// `inode_inserts` they were counted at.
     live_cache: Option<(u64, u64)>,
-    /// Ages out in-flight records and tells which devices were unmounted.
+    /// Ages out in-flight records and deletes the entries of unmounted
+    /// devices.
     janitor: Janitor,
     mounts: MountTable,
     /// The programs' skipped runs, read at each snapshot.
@@ -606,7 +607,8 @@ impl Collector {
                 counters: Counters::from(&sum_percpu(&values)),
             });
         }
-        devices.sort_by_key(|d| (d.dev, d.path));
+        // The order the JSON has always had: by the names as text.
+        devices.sort_by_cached_key(|d| (d.dev.to_string(), d.path.name()));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -4,7 +4,7 @@ use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _};
 
 use probes_common::Dev;
 
-/// `"MAJ:MIN"` → mount point of the first mount of that device.
+/// Device → mount point of the first mount of that device.
 #[derive(Debug, Default, Clone)]
 pub struct MountTable {
     by_dev: HashMap<Dev, String>,

@@ -104,7 +104,8 @@ fn changes(previous: &[Arc<Entry>], current: &[Arc<Entry>]) -> (Vec<Arc<Entry>>,
         .collect();
     let now: HashSet<FileId> = current.iter().map(|e| e.id()).collect();
     let mut removed: Vec<FileId> = before.into_keys().filter(|k| !now.contains(k)).collect();
-    removed.sort();
+    // The order the JSON has always had: by device and path as text.
+    removed.sort_by_cached_key(|k| (k.dev.to_string(), k.ino, k.path.name()));
     (changed, removed)
 }
 

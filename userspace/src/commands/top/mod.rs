@@ -34,22 +34,36 @@ use crate::{
 
 /// Sends [`Event::Ended`] when SIGTERM, SIGINT or SIGHUP arrives (Ctrl-C
 /// in raw mode arrives as a key instead), so the loop exits through the
-/// terminal guard. The signals are registered before this returns.
+/// terminal guard. The signals are registered before this returns. The
+/// runtime lives and dies on that thread: `demo --top` calls this inside a
+/// runtime of its own, where another could be neither blocked on nor dropped.
 fn spawn_endings(tx: mpsc::Sender<Event>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("starting the signal thread's runtime")?;
-    // Entered, not blocked on: `demo --top` calls this inside a runtime.
-    let mut endings = {
-        let _context = runtime.enter();
-        Endings::install_with_hangup()?
-    };
+    let (ready_tx, ready) = mpsc::sync_channel(1);
     std::thread::spawn(move || {
+        let installed = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .context("starting the signal thread's runtime")
+            .and_then(|runtime| {
+                let endings = runtime.block_on(async { Endings::install_with_hangup() })?;
+                Ok((runtime, endings))
+            });
+        let (runtime, mut endings) = match installed {
+            Ok(installed) => {
+                let _ = ready_tx.send(Ok(()));
+                installed
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
         runtime.block_on(endings.recv());
         let _ = tx.send(Event::Ended);
     });
-    Ok(())
+    ready
+        .recv()
+        .context("the signal thread ended before installing its handlers")?
 }
 
 /// Feeds recorded snapshots at the refresh interval.

@@ -267,6 +267,32 @@ mod tests {
     }
 
     #[test]
+    fn a_rows_wait_p99_is_over_the_waits_since_its_base() {
+        use probes_common::hist;
+        let waits = |n: u64, ns: u64| {
+            let mut counts = [0; hist::HIST_BUCKETS];
+            counts[hist::bucket(ns)] = n;
+            Histogram::from_counts(&counts)
+        };
+        let mut base = entry("f", 100, 0, 0);
+        base.histograms.wait_hist.exclusive = waits(1000, 5_000_000);
+        let mut now = base.clone();
+        // Since the base: 100 more waits, all short.
+        now.histograms.wait_hist.exclusive = waits(1000, 5_000_000).plus(&waits(100, 3_000));
+        now.counters.contended.exclusive = 100;
+        now.counters.wait_ns_max.exclusive = 5_000_000;
+        let since = row(&now, Some(&base), 1.0);
+        assert_eq!(since.wait_p99_ns, Some(4095), "only the new, short waits");
+        let whole = row(&now, None, 1.0);
+        // All of them: the bucket's bound, 8.4 ms, capped at the longest wait.
+        assert_eq!(whole.wait_p99_ns, Some(5_000_000));
+        assert_eq!(
+            hist_delta(&now.histograms.wait_hist.exclusive, None),
+            now.histograms.wait_hist.exclusive
+        );
+    }
+
+    #[test]
     fn rates_are_deltas_over_the_interval() {
         let a = snap(1.0, vec![entry("f", 100, 10, 4)]);
         let b = snap(3.0, vec![entry("f", 500, 30, 8)]);
