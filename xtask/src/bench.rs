@@ -95,8 +95,7 @@ fn native() -> Result<()> {
             "--release",
             "-p",
             "fuselock",
-            "--bin",
-            "fuselock",
+            "--lib",
             "--",
             "--ignored",
             "--test-threads",
@@ -119,6 +118,10 @@ fn native() -> Result<()> {
     if !out.status.success() {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
         bail!("the native refresh benchmark failed");
+    }
+    // A filter that matches no test passes with nothing printed: say so.
+    if !text.contains("4. the same refresh work natively") {
+        bail!("the native refresh benchmark did not run (no test matched `native::tests::`)");
     }
     if recording.is_file() {
         let result = replay_top(&recording);
