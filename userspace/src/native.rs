@@ -227,8 +227,7 @@ pub fn rig(max_inodes: u32) -> Result<(Attached, Kernel)> {
 fn root_dev() -> u32 {
     use std::os::unix::fs::MetadataExt as _;
     let dev = std::fs::metadata("/").map_or(0, |m| m.dev());
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    (major << 20) | minor
+    crate::model::snapshot::kernel_dev(dev).map_or(0, |d| d.0)
 }
 
 pub fn key(ino: u64) -> InodeKey {
