@@ -485,6 +485,31 @@ pub struct WriterStats {
     pub dirty_epoch: u64,
 }
 
+impl WriterStats {
+    /// A writer's value as first inserted in refresh epoch `epoch`: no
+    /// writes yet, and not yet in this CPU's ring for that epoch.
+    pub const fn fresh(epoch: u64) -> WriterStats {
+        WriterStats {
+            writes: 0,
+            comm: [0; COMM_LEN],
+            dirty_epoch: epoch.wrapping_sub(1),
+        }
+    }
+
+    /// Counts one write in refresh epoch `epoch`. True for the first of the
+    /// epoch on this CPU: the caller then records the name (`comm`) and puts
+    /// the pair in this CPU's [`DirtyRing`].
+    #[inline(always)]
+    pub fn count(&mut self, epoch: u64) -> bool {
+        self.writes += 1;
+        if self.dirty_epoch == epoch {
+            return false;
+        }
+        self.dirty_epoch = epoch;
+        true
+    }
+}
+
 /// What opens of one file asked for and what the kernel kept, read at the
 /// entry and return of `fuse_file_io_open()` (where 6.12 strips
 /// `FOPEN_PARALLEL_DIRECT_WRITES` from opens without `FOPEN_DIRECT_IO`).
@@ -588,6 +613,20 @@ pub struct DirtyRing {
     pub keys: [WriterKey; DIRTY_SLOTS],
 }
 
+impl DirtyRing {
+    /// Records that `key` was written: the oldest slot is overwritten once
+    /// the ring is full, which the reader detects from `head`.
+    #[inline(always)]
+    pub fn push(&mut self, key: WriterKey) {
+        // `get_mut` with a masked index: no bounds-check panic path for the
+        // verifier.
+        if let Some(slot) = self.keys.get_mut((self.head as usize) & (DIRTY_SLOTS - 1)) {
+            *slot = key;
+        }
+        self.head += 1;
+    }
+}
+
 impl Default for DirtyRing {
     fn default() -> DirtyRing {
         DirtyRing {
@@ -618,6 +657,37 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_is_pushed_once_per_epoch_and_counted_every_write() {
+        let mut w = WriterStats::fresh(7);
+        assert!(w.count(7), "the first write of the epoch");
+        assert!(!w.count(7) && !w.count(7));
+        assert!(w.count(8), "a new refresh epoch");
+        assert_eq!(w.writes, 4);
+        // Epoch 0 (before the first refresh) works the same.
+        assert!(WriterStats::fresh(0).count(0));
+    }
+
+    #[test]
+    fn the_dirty_ring_keeps_the_newest_keys_and_counts_every_push() {
+        let key = |tgid| WriterKey {
+            tgid,
+            ..WriterKey::default()
+        };
+        let mut ring = DirtyRing::default();
+        let pushes = DIRTY_SLOTS as u32 + 3;
+        for tgid in 0..pushes {
+            ring.push(key(tgid));
+        }
+        assert_eq!(ring.head, u64::from(pushes));
+        // The three oldest slots were overwritten by the newest keys.
+        assert_eq!(
+            ring.keys[0..3],
+            [key(pushes - 3), key(pushes - 2), key(pushes - 1)]
+        );
+        assert_eq!(ring.keys[3], key(3));
+    }
 
     fn write(mode: u32, reasons: Reasons) -> InFlight {
         InFlight {

@@ -9,7 +9,7 @@ use aya_log_ebpf::{debug, error};
 use probes_common::{
     classify,
     config::{Config, FLAG_DEBUG_LOG},
-    maps::{COMM_LEN, DIRTY_SLOTS, INFLIGHT_UNLOCKED, NAME_LEN},
+    maps::{INFLIGHT_UNLOCKED, NAME_LEN},
     InFlight, InodeKey, InodeName, WriteFacts, WritePath, WriterKey, WriterStats,
 };
 
@@ -274,12 +274,7 @@ fn count_writer(rec: &InFlight) {
             // A new element gets this value on this CPU and zeros on the
             // others; if another CPU inserted it first, this fails and the
             // lookup below finds its element, with this CPU's slot at zero.
-            let fresh = WriterStats {
-                writes: 0,
-                comm: [0; COMM_LEN],
-                dirty_epoch: epoch.wrapping_sub(1),
-            };
-            let _ = WRITERS.insert(key, fresh, u64::from(BPF_NOEXIST));
+            let _ = WRITERS.insert(key, WriterStats::fresh(epoch), u64::from(BPF_NOEXIST));
             match WRITERS.get_ptr_mut(key) {
                 Some(w) => w,
                 // No room for the writer: the file's counts changed all the
@@ -290,11 +285,9 @@ fn count_writer(rec: &InFlight) {
     };
     // SAFETY: a per-CPU value, this CPU only.
     let writer = unsafe { &mut *writer };
-    writer.writes += 1;
-    if writer.dirty_epoch == epoch {
+    if !writer.count(epoch) {
         return;
     }
-    writer.dirty_epoch = epoch;
     // The name is read once per refresh, not per write: it only changes at
     // exec, and userspace shows the latest.
     writer.comm = bpf_get_current_comm().unwrap_or_default();
@@ -309,10 +302,5 @@ fn mark_dirty(key: WriterKey) {
         return;
     };
     // SAFETY: a per-CPU slot, this CPU only.
-    let ring = unsafe { &mut *ring };
-    // `get_mut` with a masked index: no bounds-check panic path for the verifier.
-    if let Some(slot) = ring.keys.get_mut((ring.head as usize) & (DIRTY_SLOTS - 1)) {
-        *slot = key;
-    }
-    ring.head += 1;
+    unsafe { &mut *ring }.push(key);
 }
