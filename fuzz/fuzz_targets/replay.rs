@@ -19,6 +19,7 @@ mod model {
 }
 #[path = "../../userspace/src/wire"]
 mod wire {
+    pub mod json;
     pub mod replay;
     pub mod stream;
 }

@@ -21,14 +21,16 @@
 //! `fuselock-testkit` (the FUSE test server, the load generator, the
 //! exercise writer), which only `cli`, `demo`, `verify --exercise` and the
 //! binary's `testfs` and `load` use, never the monitoring path. [`version`]
-//! is a leaf.
+//! is a leaf. `native` (test support: the real maps, filled natively as the
+//! programs fill them) is built only for tests and with the `test-support`
+//! feature.
 
 pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod kernel;
 pub mod model;
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 pub mod native;
 pub mod version;
 pub mod wire;

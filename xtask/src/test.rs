@@ -137,10 +137,22 @@ pub fn run(args: &TestArgs) -> Result<()> {
         step("cargo fmt --check", || {
             cargo(&["fmt", "--all", "--", "--check"])
         })?;
+        // With the library's test support, so that its public use
+        // (`userspace/tests/native.rs`) is built, linted and run too.
         step("cargo clippy", || {
-            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+            cargo(&[
+                "clippy",
+                "--all-targets",
+                "--features",
+                "fuselock/test-support",
+                "--",
+                "-D",
+                "warnings",
+            ])
         })?;
-        step("host tests", || cargo(&["test"]))?;
+        step("host tests", || {
+            cargo(&["test", "--features", "fuselock/test-support"])
+        })?;
         step("install path: cargo xtask dist, dpkg -i, dpkg -r", || {
             install_test::run(&dist::run()?)
         })?;

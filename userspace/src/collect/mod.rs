@@ -626,7 +626,6 @@ impl Collector {
                 recursion_misses: self.misses.read(),
                 ..HealthReport::new(&health, live, self.max_inodes, self.janitor.deleted())
             },
-            ..Snapshot::default()
         })
     }
 }

@@ -20,22 +20,21 @@ use crate::{
         signals::{Ending, Endings},
     },
     model::snapshot::Snapshot,
-    wire::stream::{Encoder, Lines},
     wire::table,
+    wire::{json, stream::Lines},
 };
 
 /// Where snapshots go and how.
 pub struct Sink {
     out: Box<dyn Write + Send>,
-    /// JSON lines (with this encoder), or a table.
-    json: Option<Encoder>,
+    /// JSON lines (with this writer), or a table.
+    json: Option<json::Writer>,
 }
 
 impl Sink {
     fn emit(&mut self, snap: &Snapshot) -> Result<()> {
-        if let Some(encoder) = &mut self.json {
-            serde_json::to_writer(&mut self.out, &encoder.encode(snap)).context("writing JSON")?;
-            writeln!(self.out)?;
+        if let Some(writer) = &mut self.json {
+            writer.write(snap, &mut self.out).context("writing JSON")?;
         } else {
             table::write_table(&mut self.out, snap)?;
             writeln!(self.out)?;
@@ -115,7 +114,7 @@ pub async fn run(args: StatArgs) -> Result<i32> {
             sink: Sink {
                 out: Box::new(io::stdout()),
                 json: args.json.then(|| {
-                    Encoder::new(if args.every_entry {
+                    json::Writer::new(if args.every_entry {
                         Lines::Whole
                     } else {
                         Lines::Deltas
@@ -142,7 +141,7 @@ pub async fn record(args: RecordArgs) -> Result<i32> {
             periodic_with_command: true,
             sink: Sink {
                 out: Box::new(io::BufWriter::new(file)),
-                json: Some(Encoder::new(Lines::Deltas)),
+                json: Some(json::Writer::new(Lines::Deltas)),
             },
         },
     )

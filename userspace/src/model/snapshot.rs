@@ -2,8 +2,7 @@
 //! every output (`stat` table and JSON, and later `top`, `verify`, `export`).
 //!
 //! Snapshots are cumulative since fuselock attached; consumers that want rates
-//! subtract two of them. The JSON form (one object per line) is the
-//! documented `stat --json` schema and the record/replay format.
+//! subtract two of them. Their JSON lines are [`crate::wire::json`]'s.
 
 use std::{ops::Deref, sync::Arc};
 
@@ -256,7 +255,9 @@ impl Totals {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Every counter at one moment. Always whole: a stream's delta lines are
+/// [`crate::wire::stream`]'s, not the model's.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     /// Seconds since the Unix epoch.
     pub timestamp: f64,
@@ -264,20 +265,11 @@ pub struct Snapshot {
     pub elapsed_secs: f64,
     pub source: Source,
     /// The last snapshot of a run (`stat -- COMMAND` prints only this one).
-    #[serde(rename = "final")]
     pub is_final: bool,
-    /// In the JSON stream, a line that lists only the entries that changed
-    /// since the previous line (and those that left, in `removed`); see
-    /// [`crate::wire::stream`]. In memory, snapshots are always whole.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub delta: bool,
     /// Entries are shared between snapshots: an entry that did not change is
     /// the same allocation in both, and a refresh in which none changed hands
     /// out the same list.
     pub entries: Entries,
-    /// On a delta line: entries gone from the map since the previous line.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<FileId>,
     /// Never-evicted sums per path.
     pub totals: Totals,
     /// Never-evicted sums per (device, path): what monitoring counts.
@@ -290,8 +282,7 @@ pub struct Snapshot {
 /// A snapshot's entries: one shared list, so that a refresh in which nothing
 /// changed costs consumers one pointer copy and one pointer compare
 /// ([`Entries::same_as`]), not a pass over 10,000 entries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entries(Arc<[Arc<Entry>]>);
 
 impl Entries {
@@ -496,49 +487,6 @@ mod tests {
                     count: 3
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn json_round_trips_with_documented_names() {
-        let snap = Snapshot {
-            entries: Entries::from(vec![Arc::new(Entry {
-                dev: probes_common::Dev(45),
-                ino: 2,
-                name: Some("a".into()),
-                mount: Some("/mnt/fuse".into()),
-                path: probes_common::WritePath::Passthrough,
-                counters: Counters::from(&WriteStats {
-                    writes: 1,
-                    ..Default::default()
-                }),
-                histograms: Histos::default(),
-                writers: vec![],
-                open: None,
-            })]),
-            ..Default::default()
-        };
-        let line = serde_json::to_string(&snap).expect("serialise");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        let e = &v["entries"][0];
-        for key in [
-            "dev",
-            "ino",
-            "name",
-            "path",
-            "writes",
-            "bytes",
-            "shared",
-            "exclusive",
-            "acquisitions",
-        ] {
-            assert!(e.get(key).is_some(), "entry lacks {key}: {e}");
-        }
-        assert_eq!(e["acquisitions"]["exclusive"]["past_eof"], 0);
-        assert_eq!(v["final"], false);
-        assert_eq!(
-            serde_json::from_str::<Snapshot>(&line).expect("parse"),
-            snap
         );
     }
 }

@@ -6,7 +6,10 @@ use anyhow::Result;
 
 use fuselock_base::UsageError;
 
-use crate::{model::snapshot::Snapshot, wire::stream::Decoder};
+use crate::{
+    model::snapshot::Snapshot,
+    wire::{json, stream::Decoder},
+};
 
 /// Most snapshots kept from one file: a day at one per second.
 const MAX_SNAPSHOTS: usize = 86_400;
@@ -26,7 +29,7 @@ pub fn parse(reader: impl std::io::BufRead, name: &str) -> Result<Vec<Snapshot>>
         if line.trim().is_empty() {
             continue;
         }
-        let snap: Snapshot = serde_json::from_str(&line).map_err(|e| {
+        let snap = json::from_str(&line).map_err(|e| {
             UsageError(format!(
                 "{name}:{}: not a fuselock snapshot ({e}); record one with `fuselock record FILE` or `fuselock stat --json`",
                 i + 1
@@ -49,17 +52,27 @@ pub fn parse(reader: impl std::io::BufRead, name: &str) -> Result<Vec<Snapshot>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::stream::Line;
+
+    fn default_line() -> String {
+        json::to_string(&Line {
+            snapshot: Snapshot::default(),
+            delta: false,
+            removed: Vec::new(),
+        })
+        .expect("json")
+    }
 
     #[test]
     fn reads_what_stat_json_writes() {
-        let line = serde_json::to_string(&Snapshot::default()).expect("json");
+        let line = default_line();
         let text = format!("{line}\n\n{line}\n");
         assert_eq!(parse(text.as_bytes(), "t").expect("parse").len(), 2);
     }
 
     #[test]
     fn bad_files_name_the_line() {
-        let line = serde_json::to_string(&Snapshot::default()).expect("json");
+        let line = default_line();
         for (text, needle) in [
             ("".to_owned(), "t: no snapshots in it"),
             (

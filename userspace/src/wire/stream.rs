@@ -25,6 +25,19 @@ pub enum Lines {
     Whole,
 }
 
+/// One line of a stream: a snapshot, whole or as the changes since the
+/// previous line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    /// On a delta line, only the entries that changed since the previous
+    /// line; otherwise every entry.
+    pub snapshot: Snapshot,
+    /// Whether the line lists only changes.
+    pub delta: bool,
+    /// On a delta line: entries gone from the map since the previous line.
+    pub removed: Vec<FileId>,
+}
+
 /// Turns successive whole snapshots into stream lines.
 pub struct Encoder {
     lines: Lines,
@@ -41,14 +54,14 @@ impl Encoder {
     }
 
     /// The line to write for `snap`.
-    pub fn encode(&mut self, snap: &Snapshot) -> Snapshot {
+    pub fn encode(&mut self, snap: &Snapshot) -> Line {
         let previous = self.previous.replace(snap.entries.clone());
         let whole = self.lines == Lines::Whole || snap.is_final;
         let (Some(previous), false) = (previous, whole) else {
-            return Snapshot {
+            return Line {
+                snapshot: snap.clone(),
                 delta: false,
                 removed: Vec::new(),
-                ..snap.clone()
             };
         };
         // The same list: nothing changed, and nothing needs comparing.
@@ -57,11 +70,13 @@ impl Encoder {
         } else {
             changes(&previous, &snap.entries)
         };
-        Snapshot {
+        Line {
+            snapshot: Snapshot {
+                entries: entries.into(),
+                ..snap.clone_without_entries()
+            },
             delta: true,
-            entries: entries.into(),
             removed,
-            ..snap.clone_without_entries()
         }
     }
 }
@@ -119,14 +134,15 @@ pub struct Decoder {
 
 impl Decoder {
     /// The whole snapshot a line stands for, or why it cannot be one.
-    pub fn decode(&mut self, line: Snapshot) -> Result<Snapshot, &'static str> {
+    pub fn decode(&mut self, line: Line) -> Result<Snapshot, &'static str> {
         if !line.delta {
             if !line.removed.is_empty() {
                 return Err("a whole snapshot with `removed` entries");
             }
-            let by_key = line.entries.iter().map(|e| (e.id(), e.clone())).collect();
-            self.current = Some((by_key, line.entries.clone()));
-            return Ok(line);
+            let entries = &line.snapshot.entries;
+            let by_key = entries.iter().map(|e| (e.id(), e.clone())).collect();
+            self.current = Some((by_key, entries.clone()));
+            return Ok(line.snapshot);
         }
         let Some((by_key, list)) = self.current.as_mut() else {
             return Err(
@@ -134,20 +150,18 @@ impl Decoder {
             );
         };
         // An empty delta keeps the list, as the live collector does.
-        if !line.removed.is_empty() || !line.entries.is_empty() {
+        if !line.removed.is_empty() || !line.snapshot.entries.is_empty() {
             for k in &line.removed {
                 by_key.remove(k);
             }
-            for e in line.entries.iter() {
+            for e in line.snapshot.entries.iter() {
                 by_key.insert(e.id(), e.clone());
             }
             *list = by_key.values().cloned().collect();
         }
         Ok(Snapshot {
-            delta: false,
-            removed: Vec::new(),
             entries: list.clone(),
-            ..line.clone_without_entries()
+            ..line.snapshot.clone_without_entries()
         })
     }
 }
@@ -160,9 +174,7 @@ impl Snapshot {
             elapsed_secs: self.elapsed_secs,
             source: self.source.clone(),
             is_final: self.is_final,
-            delta: self.delta,
             entries: Entries::default(),
-            removed: self.removed.clone(),
             totals: self.totals.clone(),
             devices: self.devices.clone(),
             opens: self.opens,
@@ -176,7 +188,10 @@ mod tests {
     use probes_common::WriteStats;
 
     use super::*;
-    use crate::model::snapshot::{Counters, Histos};
+    use crate::{
+        model::snapshot::{Counters, Histos},
+        wire::json,
+    };
 
     fn entry(ino: u64, writes: u64) -> Arc<Entry> {
         Arc::new(Entry {
@@ -210,13 +225,13 @@ mod tests {
     }
 
     /// Through JSON and back, as `record` and `top --replay` do.
-    fn round_trip(lines: &[Snapshot]) -> Vec<Snapshot> {
+    fn round_trip(lines: &[Line]) -> Vec<Snapshot> {
         let mut d = Decoder::default();
         lines
             .iter()
             .map(|l| {
-                let text = serde_json::to_string(l).expect("json");
-                d.decode(serde_json::from_str(&text).expect("parse"))
+                let text = json::to_string(l).expect("json");
+                d.decode(json::from_str(&text).expect("parse"))
                     .expect("decode")
             })
             .collect()
@@ -236,24 +251,26 @@ mod tests {
             snap(vec![a.clone(), entry(3, 2), entry(5, 1)], true),
         ];
         let mut enc = Encoder::new(Lines::Deltas);
-        let lines: Vec<Snapshot> = snaps.iter().map(|s| enc.encode(s)).collect();
+        let lines: Vec<Line> = snaps.iter().map(|s| enc.encode(s)).collect();
         assert!(!lines[0].delta);
-        assert_eq!(lines[0].entries.len(), 3);
+        assert_eq!(lines[0].snapshot.entries.len(), 3);
         assert!(lines[1].delta);
-        let inos: Vec<u64> = sorted(&lines[1].entries).iter().map(|e| e.ino).collect();
+        let inos: Vec<u64> = sorted(&lines[1].snapshot.entries)
+            .iter()
+            .map(|e| e.ino)
+            .collect();
         assert_eq!(inos, [3, 5]);
         assert_eq!(lines[1].removed.len(), 1);
         assert_eq!(lines[1].removed[0].ino, 4);
         // Equal by value though not the same allocation: not sent again.
         assert!(lines[2].delta);
-        assert!(lines[2].entries.is_empty() && lines[2].removed.is_empty());
+        assert!(lines[2].snapshot.entries.is_empty() && lines[2].removed.is_empty());
         // The final line is whole.
         assert!(!lines[3].delta);
-        assert_eq!(lines[3].entries.len(), 3);
+        assert_eq!(lines[3].snapshot.entries.len(), 3);
 
         let decoded = round_trip(&lines);
         for (d, s) in decoded.iter().zip(&snaps) {
-            assert!(!d.delta && d.removed.is_empty());
             assert_eq!(sorted(&d.entries), sorted(&s.entries));
         }
     }
@@ -268,7 +285,9 @@ mod tests {
         };
         let mut enc = Encoder::new(Lines::Deltas);
         let lines = [enc.encode(&line(false)), enc.encode(&line(false))];
-        assert!(lines[1].delta && lines[1].entries.is_empty() && lines[1].removed.is_empty());
+        assert!(
+            lines[1].delta && lines[1].snapshot.entries.is_empty() && lines[1].removed.is_empty()
+        );
         let decoded = round_trip(&lines);
         assert_eq!(decoded[1].entries.len(), 2);
         // The list is shared, as the collector's is while nothing changes.
@@ -282,7 +301,7 @@ mod tests {
         enc.encode(&snap(vec![a.clone(), b.clone()], false));
         let line = enc.encode(&snap(vec![b, entry(2, 1)], false));
         assert!(
-            line.entries.is_empty() && line.removed.is_empty(),
+            line.snapshot.entries.is_empty() && line.removed.is_empty(),
             "{line:?}"
         );
     }
@@ -294,21 +313,23 @@ mod tests {
         for _ in 0..3 {
             let line = enc.encode(&s);
             assert!(!line.delta);
-            assert_eq!(line.entries.len(), 1);
+            assert_eq!(line.snapshot.entries.len(), 1);
         }
     }
 
     #[test]
     fn a_stream_must_start_whole() {
         let mut d = Decoder::default();
-        let line = Snapshot {
+        let line = Line {
+            snapshot: Snapshot::default(),
             delta: true,
-            ..Snapshot::default()
+            removed: Vec::new(),
         };
         assert!(d.decode(line).is_err());
-        let bad = Snapshot {
+        let bad = Line {
+            snapshot: Snapshot::default(),
+            delta: false,
             removed: vec![entry(1, 1).id()],
-            ..Snapshot::default()
         };
         assert!(d.decode(bad).is_err());
     }

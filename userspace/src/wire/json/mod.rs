@@ -1,0 +1,303 @@
+//! A stream's lines as JSON, one object per line: the documented
+//! `stat --json` schema (docs/json.md) and the record/replay format. The
+//! line's own fields (`final`, `delta`, `removed` and their order) are
+//! declared here, and the forms of the model's counting containers in
+//! [`counts`]; the entries, totals and health inside a line write themselves
+//! through their serde derives.
+
+mod counts;
+
+use std::{collections::HashMap, io, sync::Arc};
+
+use probes_common::OpenStats;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{
+    model::snapshot::{DeviceTotals, Entry, FileId, HealthReport, Snapshot, Source, Totals},
+    wire::stream::{Encoder, Line, Lines},
+};
+
+/// A line as written, borrowing from the snapshot; `entries` is either the
+/// entries themselves or their JSON as kept by [`Fragments`].
+#[derive(Serialize)]
+struct LineOut<'a, E: Serialize> {
+    /// Seconds since the Unix epoch.
+    timestamp: f64,
+    /// Seconds since fuselock attached.
+    elapsed_secs: f64,
+    source: &'a Source,
+    #[serde(rename = "final")]
+    is_final: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delta: bool,
+    entries: E,
+    #[serde(skip_serializing_if = "nothing_removed")]
+    removed: &'a [FileId],
+    totals: &'a Totals,
+    devices: &'a [DeviceTotals],
+    opens: &'a OpenStats,
+    health: &'a HealthReport,
+}
+
+fn nothing_removed(removed: &&[FileId]) -> bool {
+    removed.is_empty()
+}
+
+/// A line as read: what [`LineOut`] writes, `delta` and `removed` optional.
+#[derive(Deserialize)]
+struct LineIn {
+    timestamp: f64,
+    elapsed_secs: f64,
+    source: Source,
+    #[serde(rename = "final")]
+    is_final: bool,
+    #[serde(default)]
+    delta: bool,
+    entries: Vec<Arc<Entry>>,
+    #[serde(default)]
+    removed: Vec<FileId>,
+    totals: Totals,
+    devices: Vec<DeviceTotals>,
+    opens: OpenStats,
+    health: HealthReport,
+}
+
+fn line_out<'a, E: Serialize>(line: &'a Line, entries: E) -> LineOut<'a, E> {
+    let s = &line.snapshot;
+    LineOut {
+        timestamp: s.timestamp,
+        elapsed_secs: s.elapsed_secs,
+        source: &s.source,
+        is_final: s.is_final,
+        delta: line.delta,
+        entries,
+        removed: &line.removed,
+        totals: &s.totals,
+        devices: &s.devices,
+        opens: &s.opens,
+        health: &s.health,
+    }
+}
+
+/// `line` as one JSON object (no newline).
+pub fn to_string(line: &Line) -> serde_json::Result<String> {
+    serde_json::to_string(&line_out(line, &*line.snapshot.entries))
+}
+
+/// The line one JSON object stands for.
+pub fn from_str(text: &str) -> serde_json::Result<Line> {
+    let l: LineIn = serde_json::from_str(text)?;
+    Ok(Line {
+        snapshot: Snapshot {
+            timestamp: l.timestamp,
+            elapsed_secs: l.elapsed_secs,
+            source: l.source,
+            is_final: l.is_final,
+            entries: l.entries.into(),
+            totals: l.totals,
+            devices: l.devices,
+            opens: l.opens,
+            health: l.health,
+        },
+        delta: l.delta,
+        removed: l.removed,
+    })
+}
+
+/// Writes successive snapshots as a JSON-lines stream.
+pub struct Writer {
+    encoder: Encoder,
+    /// Only when every line is whole: then most entries of a line are the
+    /// same allocations as in the previous one, and formatting them again
+    /// would be most of the line's cost. Delta lines carry only new
+    /// allocations, so there nothing is kept.
+    fragments: Option<Fragments>,
+}
+
+impl Writer {
+    pub fn new(lines: Lines) -> Writer {
+        Writer {
+            encoder: Encoder::new(lines),
+            fragments: (lines == Lines::Whole).then(Fragments::default),
+        }
+    }
+
+    /// Writes the line for `snap`, and a newline.
+    pub fn write(&mut self, snap: &Snapshot, out: &mut dyn io::Write) -> io::Result<()> {
+        let line = self.encoder.encode(snap);
+        match self.fragments.as_mut() {
+            Some(fragments) if !line.delta => {
+                let raw = fragments.update(&line.snapshot.entries)?;
+                serde_json::to_writer(&mut *out, &line_out(&line, raw))?;
+            }
+            _ => serde_json::to_writer(&mut *out, &line_out(&line, &*line.snapshot.entries))?,
+        }
+        out.write_all(b"\n")
+    }
+}
+
+/// Each entry's JSON as last written, with the entry it was made from.
+///
+/// The collector hands out the same allocation for an entry that did not
+/// change (see [`crate::collect`]); keeping the `Arc` keeps that address
+/// from being reused by another entry while its JSON is kept here.
+#[derive(Default)]
+struct Fragments {
+    kept: Vec<(Arc<Entry>, Box<RawValue>)>,
+}
+
+impl Fragments {
+    /// The JSON of every entry of `entries`, in order: kept where the entry
+    /// is the same allocation, formatted where it is not; the rest dropped.
+    fn update(&mut self, entries: &[Arc<Entry>]) -> serde_json::Result<Vec<&RawValue>> {
+        let before = std::mem::take(&mut self.kept);
+        let format = |e: &Arc<Entry>| serde_json::value::to_raw_value(&**e);
+        let mut kept = Vec::with_capacity(entries.len());
+        if before.len() == entries.len() {
+            // The collector keeps its order: compare in place.
+            for ((old, raw), e) in before.into_iter().zip(entries) {
+                let raw = if Arc::ptr_eq(&old, e) {
+                    raw
+                } else {
+                    format(e)?
+                };
+                kept.push((e.clone(), raw));
+            }
+        } else {
+            let mut by_address: HashMap<*const Entry, Box<RawValue>> = before
+                .into_iter()
+                .map(|(e, raw)| (Arc::as_ptr(&e), raw))
+                .collect();
+            for e in entries {
+                let raw = match by_address.remove(&Arc::as_ptr(e)) {
+                    Some(raw) => raw,
+                    None => format(e)?,
+                };
+                kept.push((e.clone(), raw));
+            }
+        }
+        self.kept = kept;
+        Ok(self.kept.iter().map(|(_, raw)| &**raw).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use probes_common::WriteStats;
+
+    use super::*;
+    use crate::model::snapshot::{Counters, Entries, Histos};
+
+    fn entry(ino: u64, writes: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            dev: probes_common::Dev(45),
+            ino,
+            name: Some("a".into()),
+            mount: Some("/mnt/fuse".into()),
+            path: probes_common::WritePath::Passthrough,
+            counters: Counters::from(&WriteStats {
+                writes,
+                ..Default::default()
+            }),
+            histograms: Histos::default(),
+            writers: vec![],
+            open: None,
+        })
+    }
+
+    fn whole(snapshot: Snapshot) -> Line {
+        Line {
+            snapshot,
+            delta: false,
+            removed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn json_round_trips_with_documented_names() {
+        let line = whole(Snapshot {
+            entries: Entries::from(vec![entry(2, 1)]),
+            ..Default::default()
+        });
+        let text = to_string(&line).expect("serialise");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let e = &v["entries"][0];
+        for key in [
+            "dev",
+            "ino",
+            "name",
+            "path",
+            "writes",
+            "bytes",
+            "shared",
+            "exclusive",
+            "acquisitions",
+        ] {
+            assert!(e.get(key).is_some(), "entry lacks {key}: {e}");
+        }
+        assert_eq!(e["acquisitions"]["exclusive"]["past_eof"], 0);
+        assert_eq!(v["final"], false);
+        assert!(v.get("delta").is_none() && v.get("removed").is_none());
+        let back = from_str(&text).expect("parse");
+        assert_eq!(back.snapshot, line.snapshot);
+        assert!(!back.delta && back.removed.is_empty());
+    }
+
+    #[test]
+    fn the_line_keeps_its_field_order() {
+        let line = Line {
+            snapshot: Snapshot::default(),
+            delta: true,
+            removed: vec![entry(7, 1).id()],
+        };
+        let text = to_string(&line).expect("serialise");
+        let keys: Vec<&str> = [
+            "timestamp",
+            "elapsed_secs",
+            "source",
+            "final",
+            "delta",
+            "entries",
+            "removed",
+            "totals",
+            "devices",
+            "opens",
+            "health",
+        ]
+        .into_iter()
+        .filter(|k| text.contains(&format!("\"{k}\":")))
+        .collect();
+        assert_eq!(keys.len(), 11, "{text}");
+        let at = |k: &str| text.find(&format!("\"{k}\":")).expect("key");
+        assert!(keys.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
+        assert!(text.contains(r#""removed":[{"dev":"0:45","ino":7,"path":"passthrough"}]"#));
+    }
+
+    /// With `--every-entry`, what is written is byte for byte what a fresh
+    /// formatting writes, whether entries are kept, changed, added, removed
+    /// or reordered.
+    #[test]
+    fn kept_fragments_write_the_same_bytes() {
+        let (a, b, c) = (entry(2, 1), entry(3, 1), entry(4, 1));
+        let lists = [
+            vec![a.clone(), b.clone(), c.clone()],
+            vec![a.clone(), entry(3, 2), c.clone()],
+            vec![c.clone(), a.clone()],
+            vec![c.clone(), a.clone(), entry(9, 9)],
+            vec![],
+            vec![a.clone()],
+        ];
+        let mut writer = Writer::new(Lines::Whole);
+        for list in lists {
+            let snap = Snapshot {
+                entries: list.into(),
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            writer.write(&snap, &mut out).expect("write");
+            let fresh = to_string(&whole(snap)).expect("json") + "\n";
+            assert_eq!(String::from_utf8(out).expect("utf-8"), fresh);
+        }
+    }
+}
