@@ -135,7 +135,8 @@ pub struct StatArgs {
     #[arg(long)]
     pub json: bool,
     /// With --json: list every entry on every line, not only changed ones
-    /// (megabytes per line with thousands of live inodes).
+    /// (megabytes per line with thousands of live inodes, and as much memory
+    /// to keep unchanged entries' JSON).
     #[arg(long, requires = "json")]
     pub every_entry: bool,
     /// Seconds between snapshots when no COMMAND is given (0.1 to 3600).
