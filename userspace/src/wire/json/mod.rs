@@ -1,11 +1,9 @@
 //! A stream's lines as JSON, one object per line: the documented
 //! `stat --json` schema (docs/json.md) and the record/replay format. The
 //! line's own fields (`final`, `delta`, `removed` and their order) are
-//! declared here, and the forms of the model's counting containers in
-//! [`counts`]; the entries, totals and health inside a line write themselves
-//! through their serde derives.
-
-mod counts;
+//! declared here; the entries, totals and health inside a line write
+//! themselves through the model's serde derives (the model's field names),
+//! which do not depend on this layer.
 
 use std::{collections::HashMap, io, sync::Arc};
 
@@ -45,7 +43,9 @@ fn nothing_removed(removed: &&[FileId]) -> bool {
 }
 
 /// A line as read: what [`LineOut`] writes, `delta` and `removed` optional.
+/// (Named `Snapshot` in errors, as before.)
 #[derive(Deserialize)]
+#[serde(rename = "Snapshot")]
 struct LineIn {
     timestamp: f64,
     elapsed_secs: f64,
@@ -145,37 +145,52 @@ impl Writer {
 #[derive(Default)]
 struct Fragments {
     kept: Vec<(Arc<Entry>, Box<RawValue>)>,
+    /// How many entries the last update had to format.
+    formatted: usize,
 }
 
 impl Fragments {
     /// The JSON of every entry of `entries`, in order: kept where the entry
     /// is the same allocation, formatted where it is not; the rest dropped.
     fn update(&mut self, entries: &[Arc<Entry>]) -> serde_json::Result<Vec<&RawValue>> {
-        let before = std::mem::take(&mut self.kept);
-        let format = |e: &Arc<Entry>| serde_json::value::to_raw_value(&**e);
+        // The old entries stay alive until the end, so no address among
+        // them can be taken by a new entry meanwhile.
+        let mut before: Vec<Option<(Arc<Entry>, Box<RawValue>)>> = std::mem::take(&mut self.kept)
+            .into_iter()
+            .map(Some)
+            .collect();
+        // Built only when an entry is not where it was: the collector keeps
+        // its order, but a new file (or an evicted one) shifts the rest.
+        let mut by_address: Option<HashMap<*const Entry, usize>> = None;
         let mut kept = Vec::with_capacity(entries.len());
-        if before.len() == entries.len() {
-            // The collector keeps its order: compare in place.
-            for ((old, raw), e) in before.into_iter().zip(entries) {
-                let raw = if Arc::ptr_eq(&old, e) {
-                    raw
-                } else {
-                    format(e)?
-                };
-                kept.push((e.clone(), raw));
-            }
-        } else {
-            let mut by_address: HashMap<*const Entry, Box<RawValue>> = before
-                .into_iter()
-                .map(|(e, raw)| (Arc::as_ptr(&e), raw))
-                .collect();
-            for e in entries {
-                let raw = match by_address.remove(&Arc::as_ptr(e)) {
-                    Some(raw) => raw,
-                    None => format(e)?,
-                };
-                kept.push((e.clone(), raw));
-            }
+        self.formatted = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let in_place = before
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_some_and(|(old, _)| Arc::ptr_eq(old, e));
+            let at = if in_place {
+                Some(i)
+            } else {
+                by_address
+                    .get_or_insert_with(|| {
+                        before
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(k, o)| o.as_ref().map(|(old, _)| (Arc::as_ptr(old), k)))
+                            .collect()
+                    })
+                    .get(&Arc::as_ptr(e))
+                    .copied()
+            };
+            let raw = match at.and_then(|k| before[k].take()) {
+                Some((_, raw)) => raw,
+                None => {
+                    self.formatted += 1;
+                    serde_json::value::to_raw_value(&**e)?
+                }
+            };
+            kept.push((e.clone(), raw));
         }
         self.kept = kept;
         Ok(self.kept.iter().map(|(_, raw)| &**raw).collect())
@@ -299,5 +314,30 @@ mod tests {
             let fresh = to_string(&whole(snap)).expect("json") + "\n";
             assert_eq!(String::from_utf8(out).expect("utf-8"), fresh);
         }
+    }
+
+    /// A full map: a new file evicts an old one, so the list keeps its
+    /// length while every entry after the new one moves by one place. Only
+    /// the new entry is formatted.
+    #[test]
+    fn a_shifted_list_formats_only_its_new_entry() {
+        let old: Vec<Arc<Entry>> = (10..20).map(|ino| entry(ino, 1)).collect();
+        let mut shifted = vec![entry(1, 1)];
+        shifted.extend_from_slice(&old[..9]);
+        let mut fragments = Fragments::default();
+        fragments.update(&old).expect("json");
+        assert_eq!(fragments.formatted, 10);
+        let raw: Vec<String> = fragments
+            .update(&shifted)
+            .expect("json")
+            .iter()
+            .map(|r| r.get().to_owned())
+            .collect();
+        assert_eq!(fragments.formatted, 1);
+        let fresh: Vec<String> = shifted
+            .iter()
+            .map(|e| serde_json::to_string(&**e).expect("json"))
+            .collect();
+        assert_eq!(raw, fresh);
     }
 }
