@@ -95,12 +95,7 @@ fn every_entry_lines_are_what_a_fresh_formatting_writes() {
         let snap = collector.snapshot(false).expect("snapshot");
         let mut out = Vec::new();
         writer.write(&snap, &mut out).expect("write");
-        let fresh = json::to_string(&Line {
-            snapshot: snap.clone(),
-            delta: false,
-            removed: Vec::new(),
-        })
-        .expect("json");
+        let fresh = json::to_string(&Line::whole(snap.clone())).expect("json");
         assert_eq!(String::from_utf8(out).expect("utf-8"), fresh + "\n");
         let changed = snap
             .entries

@@ -23,7 +23,7 @@ use probes_common::{
     maps::{
         DirtyRing, COMM_LEN, INFLIGHT_EXCLUSIVE, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_HEALTH,
         MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_PATH_HISTS, MAP_PATH_TOTALS,
-        MAP_WRITERS, NAME_LEN,
+        MAP_WRITERS,
     },
     Health, Histograms, InFlight, InodeKey, InodeName, Reason, Reasons, WritePath, WriteStats,
     WriterKey, WriterStats,
@@ -77,6 +77,14 @@ fn on_cpu0<T: aya::Pod + Default + Clone>(cpus: usize, v: T) -> Result<PerCpuVal
     let mut all = vec![T::default(); cpus];
     all[0] = v;
     PerCpuValues::try_from(all).context("per-CPU values")
+}
+
+/// Copies as much of `s` into `dst` as leaves a NUL at the end, as the
+/// kernel's string helpers do; returns the bytes copied.
+fn copy_truncated(dst: &mut [u8], s: &str) -> usize {
+    let len = s.len().min(dst.len().saturating_sub(1));
+    dst[..len].copy_from_slice(&s.as_bytes()[..len]);
+    len
 }
 
 /// When every write ends: 1 µs after it started, 0.5 µs after the lock.
@@ -156,9 +164,7 @@ impl Kernel {
             h.inode_inserts += 1;
             self.health.set(0, on_cpu0(cpus, h)?, 0).context("HEALTH")?;
             let mut n = InodeName::default();
-            let len = name.len().min(NAME_LEN - 1);
-            n.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-            n.len = len as u32;
+            n.len = copy_truncated(&mut n.name, name) as u32;
             self.names.insert(key, n, 0).context("INODE_NAMES")?;
         }
         let mut h = self.hists.get(&key, 0).unwrap_or(Histograms::ZERO);
@@ -176,8 +182,7 @@ impl Kernel {
         let push = w.count(epoch);
         if push {
             w.comm = [0; COMM_LEN];
-            let len = comm.len().min(COMM_LEN - 1);
-            w.comm[..len].copy_from_slice(&comm.as_bytes()[..len]);
+            copy_truncated(&mut w.comm, comm);
         }
         self.writers
             .insert(wkey, on_cpu0(cpus, w)?, 0)

@@ -55,12 +55,7 @@ mod tests {
     use crate::wire::stream::Line;
 
     fn default_line() -> String {
-        json::to_string(&Line {
-            snapshot: Snapshot::default(),
-            delta: false,
-            removed: Vec::new(),
-        })
-        .expect("json")
+        json::to_string(&Line::whole(Snapshot::default())).expect("json")
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub struct Line {
     pub removed: Vec<FileId>,
 }
 
+impl Line {
+    /// A line listing every entry of `snapshot`.
+    pub fn whole(snapshot: Snapshot) -> Line {
+        Line {
+            snapshot,
+            delta: false,
+            removed: Vec::new(),
+        }
+    }
+}
+
 /// Turns successive whole snapshots into stream lines.
 pub struct Encoder {
     lines: Lines,
@@ -58,11 +69,7 @@ impl Encoder {
         let previous = self.previous.replace(snap.entries.clone());
         let whole = self.lines == Lines::Whole || snap.is_final;
         let (Some(previous), false) = (previous, whole) else {
-            return Line {
-                snapshot: snap.clone(),
-                delta: false,
-                removed: Vec::new(),
-            };
+            return Line::whole(snap.clone());
         };
         // The same list: nothing changed, and nothing needs comparing.
         let (entries, removed) = if previous.same_as(&snap.entries) {
@@ -184,7 +191,7 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use probes_common::WriteStats;
 
     use super::*;
@@ -193,7 +200,8 @@ mod tests {
         wire::json,
     };
 
-    fn entry(ino: u64, writes: u64) -> Arc<Entry> {
+    /// An entry of `ino` written `writes` times, named `f{ino}`.
+    pub(crate) fn entry(ino: u64, writes: u64) -> Arc<Entry> {
         Arc::new(Entry {
             dev: probes_common::Dev(45),
             ino,

@@ -199,39 +199,12 @@ impl Fragments {
 
 #[cfg(test)]
 mod tests {
-    use probes_common::WriteStats;
-
     use super::*;
-    use crate::model::snapshot::{Counters, Entries, Histos};
-
-    fn entry(ino: u64, writes: u64) -> Arc<Entry> {
-        Arc::new(Entry {
-            dev: probes_common::Dev(45),
-            ino,
-            name: Some("a".into()),
-            mount: Some("/mnt/fuse".into()),
-            path: probes_common::WritePath::Passthrough,
-            counters: Counters::from(&WriteStats {
-                writes,
-                ..Default::default()
-            }),
-            histograms: Histos::default(),
-            writers: vec![],
-            open: None,
-        })
-    }
-
-    fn whole(snapshot: Snapshot) -> Line {
-        Line {
-            snapshot,
-            delta: false,
-            removed: Vec::new(),
-        }
-    }
+    use crate::{model::snapshot::Entries, wire::stream::tests::entry};
 
     #[test]
     fn json_round_trips_with_documented_names() {
-        let line = whole(Snapshot {
+        let line = Line::whole(Snapshot {
             entries: Entries::from(vec![entry(2, 1)]),
             ..Default::default()
         });
@@ -311,7 +284,7 @@ mod tests {
             };
             let mut out = Vec::new();
             writer.write(&snap, &mut out).expect("write");
-            let fresh = to_string(&whole(snap)).expect("json") + "\n";
+            let fresh = to_string(&Line::whole(snap)).expect("json") + "\n";
             assert_eq!(String::from_utf8(out).expect("utf-8"), fresh);
         }
     }
