@@ -16,6 +16,7 @@ use libfuzzer_sys::fuzz_target;
 mod model {
     pub mod counts;
     pub mod snapshot;
+    pub mod verdict;
 }
 #[path = "../../userspace/src/wire"]
 mod wire {

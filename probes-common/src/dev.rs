@@ -44,30 +44,6 @@ impl fmt::Display for Dev {
     }
 }
 
-#[cfg(feature = "serde")]
-impl serde::Serialize for Dev {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-#[cfg(feature = "serde")]
-impl<'de> serde::Deserialize<'de> for Dev {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Dev, D::Error> {
-        struct MajMin;
-        impl serde::de::Visitor<'_> for MajMin {
-            type Value = Dev;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a device number such as \"0:45\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dev, E> {
-                Dev::parse(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
-            }
-        }
-        deserializer.deserialize_str(MajMin)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

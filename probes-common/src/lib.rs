@@ -10,8 +10,6 @@
 pub mod classify;
 pub mod config;
 pub mod dev;
-#[cfg(feature = "serde")]
-mod hex_flags;
 pub mod hist;
 pub mod maps;
 pub mod rwsem;

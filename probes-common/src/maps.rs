@@ -56,11 +56,6 @@ pub const MAX_INFLIGHT: u32 = 8_192;
 /// form is [`WritePath::name`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "snake_case")
-)]
 pub enum WritePath {
     /// `FOPEN_PASSTHROUGH`: `fuse_passthrough_write_iter()`.
     Passthrough = 0,
@@ -271,9 +266,26 @@ macro_rules! counters {
         }
 
         impl $name {
+            /// The fields' names, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
             /// Adds `other`'s counters to these (per-CPU copies into one).
             pub fn merge(&mut self, other: &$name) {
                 $(self.$field += other.$field;)*
+            }
+
+            /// Each field's name and value, in declaration order: for
+            /// formats that write every counter without naming them again.
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($field), self.$field)),*].into_iter()
+            }
+
+            /// The field called `name`.
+            pub fn field_mut(&mut self, name: &str) -> Option<&mut u64> {
+                match name {
+                    $(stringify!($field) => Some(&mut self.$field),)*
+                    _ => None,
+                }
             }
         }
     };
@@ -282,16 +294,16 @@ macro_rules! counters {
 counters! {
     /// The programs' own health: everything that could make counts incomplete
     /// is counted here, never dropped silently. This is the one declaration
-    /// of these counters: userspace's health report and its JSON embed it.
-    /// Fields marked `skip` are bookkeeping that userspace turns into other
-    /// figures (evictions) or uses only to decide whether to read the maps.
+    /// of these counters: userspace's health report embeds it, and its JSON
+    /// writes them through [`Health::fields`]. `inode_inserts`,
+    /// `unconfigured` and `opens` are bookkeeping that userspace turns into
+    /// other figures (evictions) or uses only to decide whether to read the
+    /// maps.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
     pub struct Health {
         /// New keys inserted into `INODE_STATS`. Evictions are
         /// `inserts - live entries - entries userspace deleted`.
-        #[cfg_attr(feature = "serde", serde(skip))]
         pub inode_inserts: u64,
         /// Inserts into `INODE_STATS` that failed (the write's counts are in
         /// `PATH_TOTALS` only).
@@ -310,14 +322,12 @@ counters! {
         /// Writes to FUSE files on the page-cache path (not watched).
         pub cached_path_writes: u64,
         /// Program runs with no configuration (should never happen).
-        #[cfg_attr(feature = "serde", serde(skip))]
         pub unconfigured: u64,
         /// Writes whose device had no room in `DEV_TOTALS`.
         pub dev_totals_full: u64,
         /// Opens counted in `OPENS`: with the write counters in `PATH_TOTALS` and
         /// `inode_inserts`, it tells userspace whether any per-inode map changed
         /// since its last read, so an idle host costs no whole-map reads.
-        #[cfg_attr(feature = "serde", serde(skip))]
         pub opens: u64,
     }
 }
@@ -515,11 +525,9 @@ impl WriterStats {
 /// entry and return of `fuse_file_io_open()` (where 6.12 strips
 /// `FOPEN_PARALLEL_DIRECT_WRITES` from opens without `FOPEN_DIRECT_IO`).
 ///
-/// The model's open-time evidence of a file too: its JSON form (flags as hex
-/// strings) is declared here with it.
+/// The model's open-time evidence of a file too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OpenStats {
     pub opens: u64,
     /// Opens whose server reply carried `FOPEN_PASSTHROUGH`.
@@ -536,9 +544,7 @@ pub struct OpenStats {
     pub passthrough_parallel_kept: u64,
     /// The `open_flags` of the last open as the server sent them, and as
     /// `fuse_file_io_open()` left them.
-    #[cfg_attr(feature = "serde", serde(with = "crate::hex_flags"))]
     pub last_flags_asked: u32,
-    #[cfg_attr(feature = "serde", serde(with = "crate::hex_flags"))]
     pub last_flags_kept: u32,
 }
 

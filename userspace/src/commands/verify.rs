@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use probes_common::{LockMode, OpenStats, Reason, WritePath};
 use serde::Serialize;
+use serde_with::serde_as;
 
 use fuselock_base::{escape, UsageError};
 use fuselock_testkit::exercise;
@@ -24,12 +25,15 @@ use crate::{
     },
     model::snapshot::{kernel_dev, Snapshot},
     model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
+    wire::json::verdict::{DecisionJson, EvidenceJson, SeriesGainJson},
 };
 
 /// What `--json` prints.
+#[serde_as]
 #[derive(Serialize)]
 struct Report<'a> {
     #[serde(flatten)]
+    #[serde_as(as = "&DecisionJson")]
     decision: &'a Decision,
     exit_code: u8,
     kernel: &'a str,
@@ -37,12 +41,14 @@ struct Report<'a> {
     /// `"all"` or the exercised file.
     scope: String,
     exercise: Option<exercise::ExerciseReport>,
+    #[serde_as(as = "&EvidenceJson")]
     evidence: &'a Evidence,
     /// Set when the user's file was opened with other flags than the scratch file.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'a str>,
     /// Set when eligible writes took the exclusive lock.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde_as(as = "Option<SeriesGainJson>")]
     series_gain: Option<SeriesGain>,
 }
 

@@ -7,7 +7,6 @@
 use std::{ops::Deref, sync::Arc};
 
 use probes_common::{hist, Dev, Health, Histograms, LockMode, OpenStats, WritePath, WriteStats};
-use serde::{Deserialize, Serialize};
 
 use crate::model::counts::{Histogram, PerMode, PerReason};
 
@@ -15,7 +14,7 @@ use crate::model::counts::{Histogram, PerMode, PerReason};
 pub type Acquisitions = PerMode<PerReason<u64>>;
 
 /// The counters of one (device, inode, path) or of a whole path.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub writes: u64,
     pub bytes: u64,
@@ -36,11 +35,8 @@ pub struct Counters {
     pub shared_extended: u64,
     /// Direct overwrites inside EOF that took the lock exclusive, their
     /// latency and their lock waits (absent from older recordings).
-    #[serde(default)]
     pub overwrites_exclusive: u64,
-    #[serde(default)]
     pub overwrites_exclusive_latency_ns: u64,
-    #[serde(default)]
     pub overwrites_exclusive_wait_ns: u64,
 }
 
@@ -79,7 +75,7 @@ impl Counters {
 }
 
 /// Wait, hold and latency histograms of an entry or a path.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Histos {
     pub wait_hist: PerMode<Histogram>,
     pub hold_hist: PerMode<Histogram>,
@@ -100,7 +96,7 @@ impl From<&Histograms> for Histos {
 }
 
 /// A process writing an entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Writer {
     pub pid: u32,
     pub comm: String,
@@ -108,7 +104,7 @@ pub struct Writer {
 }
 
 /// One (device, inode, path).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// The FUSE superblock's device.
     pub dev: Dev,
@@ -118,9 +114,7 @@ pub struct Entry {
     /// Mount point of `dev`, from /proc/self/mountinfo.
     pub mount: Option<String>,
     pub path: WritePath,
-    #[serde(flatten)]
     pub counters: Counters,
-    #[serde(flatten)]
     pub histograms: Histos,
     /// The processes writing it, most writes first (at most 8).
     pub writers: Vec<Writer>,
@@ -141,7 +135,7 @@ impl Entry {
 
 /// A watched file on one write path: what identifies an entry across
 /// snapshots, in the stream's `removed` list, and in `top`'s selection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId {
     pub dev: Dev,
     pub ino: u64,
@@ -149,7 +143,7 @@ pub struct FileId {
 }
 
 /// The programs' health and the map bookkeeping.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HealthReport {
     pub live_inodes: u64,
     pub max_inodes: u64,
@@ -157,17 +151,14 @@ pub struct HealthReport {
     /// in `totals`).
     pub evictions: u64,
     /// What the programs count, as they declare it (`probes_common::Health`).
-    #[serde(flatten)]
     pub kernel: Health,
     /// In-flight records fuselock deleted as stale (older than
     /// `--inflight-max-age`: a missed return probe).
-    #[serde(default)]
     pub inflight_aged_out: u64,
     /// Runs of fuselock's programs the kernel skipped (their
     /// `recursion_misses`, plus kprobe mode's missed returns): each may be
     /// a write lost or misclassified, so counts are incomplete when it is
     /// not 0.
-    #[serde(default)]
     pub recursion_misses: u64,
 }
 
@@ -206,7 +197,7 @@ impl HealthReport {
 }
 
 /// Where the numbers came from.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     /// `uname -r` of the observed kernel.
     pub kernel: String,
@@ -217,25 +208,22 @@ pub struct Source {
 }
 
 /// The never-evicted counters of one (device, path).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceTotals {
     pub dev: Dev,
     pub mount: Option<String>,
     pub path: WritePath,
-    #[serde(flatten)]
     pub counters: Counters,
 }
 
 /// The never-evicted sums of one path.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PathTotals {
-    #[serde(flatten)]
     pub counters: Counters,
-    #[serde(flatten)]
     pub histograms: Histos,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     pub passthrough: PathTotals,
     pub direct_io: PathTotals,
@@ -334,114 +322,12 @@ mod tests {
     use super::*;
     use crate::model::counts::Bucket;
 
-    /// A file's open evidence is the kernel's `OpenStats` as it is, its flags
-    /// written in hex as they always were.
-    #[test]
-    fn open_stats_json_writes_flags_in_hex() {
-        let open = OpenStats {
-            opens: 3,
-            passthrough: 2,
-            parallel_asked: 1,
-            last_flags_asked: 0xc0,
-            last_flags_kept: 0x80,
-            ..OpenStats::default()
-        };
-        let json = serde_json::to_string(&open).expect("json");
-        assert_eq!(
-            json,
-            r#"{"opens":3,"passthrough":2,"direct_io":0,"parallel_asked":1,"parallel_kept":0,"passthrough_parallel_asked":0,"passthrough_parallel_kept":0,"last_flags_asked":"0xc0","last_flags_kept":"0x80"}"#
-        );
-        assert_eq!(
-            serde_json::from_str::<OpenStats>(&json).expect("read back"),
-            open
-        );
-        // Older recordings wrote "" before any open.
-        let empty = json.replace("\"0xc0\"", "\"\"");
-        let read: OpenStats = serde_json::from_str(&empty).expect("empty flags");
-        assert_eq!(read.last_flags_asked, 0);
-        let bad = json.replace("0xc0", "c0");
-        let err = serde_json::from_str::<OpenStats>(&bad).expect_err("not hex");
-        assert!(err.to_string().contains("0xc0"), "{err}");
-    }
-
-    /// The health object is the kernel's counters (declared once, in
-    /// probes-common) between userspace's own: its JSON keeps the names and
-    /// order recordings have always had, and older recordings still read.
-    #[test]
-    fn health_report_json_keeps_its_keys_and_order() {
-        let kernel = Health {
-            inode_inserts: 100,
-            inode_insert_failed: 1,
-            inflight_full: 2,
-            inflight_replaced: 3,
-            exit_unmatched: 4,
-            read_errors: 5,
-            lock_state_unknown: 6,
-            cached_path_writes: 7,
-            unconfigured: 8,
-            dev_totals_full: 9,
-            opens: 10,
-        };
-        let report = HealthReport {
-            inflight_aged_out: 11,
-            recursion_misses: 12,
-            ..HealthReport::new(&kernel, 40, 16384, 50)
-        };
-        let json = serde_json::to_string(&report).expect("json");
-        assert_eq!(
-            json,
-            r#"{"live_inodes":40,"max_inodes":16384,"evictions":10,"inode_insert_failed":1,"inflight_full":2,"inflight_replaced":3,"exit_unmatched":4,"read_errors":5,"lock_state_unknown":6,"cached_path_writes":7,"dev_totals_full":9,"inflight_aged_out":11,"recursion_misses":12}"#
-        );
-        // Bookkeeping that is not in the JSON reads back as 0.
-        let back: HealthReport = serde_json::from_str(&json).expect("read back");
-        let unread = Health {
-            inode_inserts: 0,
-            unconfigured: 0,
-            opens: 0,
-            ..kernel
-        };
-        assert_eq!(back.kernel, unread);
-        assert_eq!((back.inflight_aged_out, back.recursion_misses), (11, 12));
-
-        // A recording from before `inflight_aged_out` and `recursion_misses`
-        // (tests/fixtures/replay.jsonl has this line).
-        let old: HealthReport = serde_json::from_str(
-            r#"{"live_inodes":0,"max_inodes":16384,"evictions":0,"inode_insert_failed":0,"inflight_full":0,"inflight_replaced":0,"exit_unmatched":0,"read_errors":0,"lock_state_unknown":0,"cached_path_writes":0,"dev_totals_full":0}"#,
-        )
-        .expect("older recording");
-        assert_eq!(old.max_inodes, 16384);
-        assert_eq!(old.recursion_misses, 0);
-        // A kernel counter missing is an error, as before.
-        let missing = serde_json::from_str::<HealthReport>(
-            r#"{"live_inodes":0,"max_inodes":1,"evictions":0}"#,
-        )
-        .expect_err("inode_insert_failed is required");
-        assert!(missing.to_string().contains("missing field"), "{missing}");
-    }
-
     #[test]
     fn dev_t_uses_kernel_encoding() {
         assert_eq!(Dev((8 << 20) | 1).to_string(), "8:1");
         assert_eq!(Dev(45).to_string(), "0:45");
         assert_eq!(kernel_dev(libc::makedev(8, 1)), Some(Dev((8 << 20) | 1)));
         assert_eq!(kernel_dev(libc::makedev(4096, 1)), None);
-        let id = FileId {
-            dev: Dev(45),
-            ino: 7,
-            path: WritePath::DirectIo,
-        };
-        let json = serde_json::to_string(&id).expect("json");
-        assert_eq!(json, r#"{"dev":"0:45","ino":7,"path":"direct_io"}"#);
-        assert_eq!(
-            serde_json::from_str::<FileId>(&json).expect("read back"),
-            id
-        );
-        for bad in [
-            r#"{"dev":"0:45","ino":7,"path":"splice"}"#,
-            r#"{"dev":"45","ino":7,"path":"direct_io"}"#,
-        ] {
-            assert!(serde_json::from_str::<FileId>(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

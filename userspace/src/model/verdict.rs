@@ -4,13 +4,11 @@
 use std::fmt::Write as _;
 
 use probes_common::{LockMode, OpenStats, Reason};
-use serde::Serialize;
 
 use crate::model::snapshot::{Counters, Snapshot};
 
 /// The answer, with its exit status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Eligible passthrough writes took the shared lock.
     Active,
@@ -39,8 +37,7 @@ impl Verdict {
 }
 
 /// Why, in a word a script can match on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
     SharedLockTaken,
     ExclusiveLockTaken,
@@ -58,7 +55,7 @@ pub enum Why {
 pub const EXIT_SHARED_EXTENDED: u8 = 5;
 
 /// What the verdict is decided on.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Evidence {
     pub passthrough: Counters,
     pub opens: OpenStats,
@@ -82,7 +79,7 @@ impl Evidence {
 
 /// What the series would give back: how much of the time of the direct
 /// overwrites that took the lock exclusive went to waiting for it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SeriesGain {
     /// Direct overwrites inside EOF that took the lock exclusive; the series
     /// takes it shared for them once the server asks for parallel writes.
@@ -148,7 +145,7 @@ pub fn series_gain(c: &Counters, waits_measured: bool) -> Option<SeriesGain> {
     })
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
     pub why: Why,

@@ -1,16 +1,58 @@
 //! A stream's lines as JSON, one object per line: the documented
-//! `stat --json` schema (docs/json.md) and the record/replay format. The
-//! line's own fields (`final`, `delta`, `removed` and their order) are
-//! declared here; the entries, totals and health inside a line write
-//! themselves through the model's serde derives (the model's field names),
-//! which do not depend on this layer.
+//! `stat --json` schema (docs/json.md) and the record/replay format.
+//!
+//! The JSON of every type in a line is declared in this module and nowhere
+//! else: the line's own fields (`final`, `delta`, `removed` and their order)
+//! here, the snapshot's parts in [`snapshot`], the count containers in
+//! [`counts`], the kernel's types in [`kernel`] and `verify`'s verdict in
+//! [`verdict`]. The model carries no serde of its own. Each form is a type
+//! that writes and reads its model type (serde_with's `SerializeAs` and
+//! `DeserializeAs`).
 
 use std::{collections::HashMap, io, sync::Arc};
 
 use probes_common::OpenStats;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use serde_with::{ser::SerializeAsWrap, serde_as};
 
+/// Makes the functions serde's `remote` derive gives `$json` the form of
+/// `$model` for `serde_as` (with `serialize` only, for output-only forms).
+macro_rules! via_remote {
+    ($($json:ident => $model:ty),+ $(,)?) => {$(
+        impl serde_with::SerializeAs<$model> for $json {
+            fn serialize_as<S: serde::Serializer>(v: &$model, s: S) -> Result<S::Ok, S::Error> {
+                $json::serialize(v, s)
+            }
+        }
+        impl<'de> serde_with::DeserializeAs<'de, $model> for $json {
+            fn deserialize_as<D: serde::Deserializer<'de>>(d: D) -> Result<$model, D::Error> {
+                $json::deserialize(d)
+            }
+        }
+    )+};
+    (serialize $($json:ident => $model:ty),+ $(,)?) => {$(
+        impl serde_with::SerializeAs<$model> for $json {
+            fn serialize_as<S: serde::Serializer>(v: &$model, s: S) -> Result<S::Ok, S::Error> {
+                $json::serialize(v, s)
+            }
+        }
+    )+};
+}
+use via_remote;
+
+mod counts;
+mod kernel;
+mod snapshot;
+pub mod verdict;
+
+use self::{
+    kernel::OpenStatsJson,
+    snapshot::{
+        DeviceTotalsJson, EntriesOut, EntryJson, FileIdJson, HealthReportJson, SourceJson,
+        TotalsJson,
+    },
+};
 use crate::{
     model::snapshot::{DeviceTotals, Entry, FileId, HealthReport, Snapshot, Source, Totals},
     wire::stream::{Encoder, Line, Lines},
@@ -18,12 +60,14 @@ use crate::{
 
 /// A line as written, borrowing from the snapshot; `entries` is either the
 /// entries themselves or their JSON as kept by [`Fragments`].
+#[serde_as]
 #[derive(Serialize)]
 struct LineOut<'a, E: Serialize> {
     /// Seconds since the Unix epoch.
     timestamp: f64,
     /// Seconds since fuselock attached.
     elapsed_secs: f64,
+    #[serde_as(as = "&SourceJson")]
     source: &'a Source,
     #[serde(rename = "final")]
     is_final: bool,
@@ -31,10 +75,15 @@ struct LineOut<'a, E: Serialize> {
     delta: bool,
     entries: E,
     #[serde(skip_serializing_if = "nothing_removed")]
+    #[serde_as(as = "&[FileIdJson]")]
     removed: &'a [FileId],
+    #[serde_as(as = "&TotalsJson")]
     totals: &'a Totals,
+    #[serde_as(as = "&[DeviceTotalsJson]")]
     devices: &'a [DeviceTotals],
+    #[serde_as(as = "&OpenStatsJson")]
     opens: &'a OpenStats,
+    #[serde_as(as = "&HealthReportJson")]
     health: &'a HealthReport,
 }
 
@@ -44,22 +93,30 @@ fn nothing_removed(removed: &&[FileId]) -> bool {
 
 /// A line as read: what [`LineOut`] writes, `delta` and `removed` optional.
 /// (Named `Snapshot` in errors, as before.)
+#[serde_as]
 #[derive(Deserialize)]
 #[serde(rename = "Snapshot")]
 struct LineIn {
     timestamp: f64,
     elapsed_secs: f64,
+    #[serde_as(as = "SourceJson")]
     source: Source,
     #[serde(rename = "final")]
     is_final: bool,
     #[serde(default)]
     delta: bool,
+    #[serde_as(as = "Vec<Arc<EntryJson>>")]
     entries: Vec<Arc<Entry>>,
     #[serde(default)]
+    #[serde_as(as = "Vec<FileIdJson>")]
     removed: Vec<FileId>,
+    #[serde_as(as = "TotalsJson")]
     totals: Totals,
+    #[serde_as(as = "Vec<DeviceTotalsJson>")]
     devices: Vec<DeviceTotals>,
+    #[serde_as(as = "OpenStatsJson")]
     opens: OpenStats,
+    #[serde_as(as = "HealthReportJson")]
     health: HealthReport,
 }
 
@@ -82,7 +139,7 @@ fn line_out<'a, E: Serialize>(line: &'a Line, entries: E) -> LineOut<'a, E> {
 
 /// `line` as one JSON object (no newline).
 pub fn to_string(line: &Line) -> serde_json::Result<String> {
-    serde_json::to_string(&line_out(line, &*line.snapshot.entries))
+    serde_json::to_string(&line_out(line, EntriesOut(&line.snapshot.entries)))
 }
 
 /// The line one JSON object stands for.
@@ -131,7 +188,10 @@ impl Writer {
                 let raw = fragments.update(&line.snapshot.entries)?;
                 serde_json::to_writer(&mut *out, &line_out(&line, raw))?;
             }
-            _ => serde_json::to_writer(&mut *out, &line_out(&line, &*line.snapshot.entries))?,
+            _ => serde_json::to_writer(
+                &mut *out,
+                &line_out(&line, EntriesOut(&line.snapshot.entries)),
+            )?,
         }
         out.write_all(b"\n")
     }
@@ -187,7 +247,7 @@ impl Fragments {
                 Some((_, raw)) => raw,
                 None => {
                     self.formatted += 1;
-                    serde_json::value::to_raw_value(&**e)?
+                    serde_json::value::to_raw_value(&SerializeAsWrap::<Entry, EntryJson>::new(e))?
                 }
             };
             kept.push((e.clone(), raw));
@@ -198,9 +258,23 @@ impl Fragments {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use serde_with::{de::DeserializeAsWrap, DeserializeAs, SerializeAs};
+
     use super::*;
     use crate::{model::snapshot::Entries, wire::stream::tests::entry};
+
+    /// `value` as JSON in the form `F`.
+    pub(crate) fn to_json<F: SerializeAs<T>, T>(value: &T) -> String {
+        serde_json::to_string(&SerializeAsWrap::<T, F>::new(value)).expect("json")
+    }
+
+    /// The value JSON `text` stands for in the form `F`.
+    pub(crate) fn from_json<'de, F: DeserializeAs<'de, T>, T>(
+        text: &'de str,
+    ) -> serde_json::Result<T> {
+        serde_json::from_str::<DeserializeAsWrap<T, F>>(text).map(DeserializeAsWrap::into_inner)
+    }
 
     #[test]
     fn json_round_trips_with_documented_names() {
@@ -309,7 +383,7 @@ mod tests {
         assert_eq!(fragments.formatted, 1);
         let fresh: Vec<String> = shifted
             .iter()
-            .map(|e| serde_json::to_string(&**e).expect("json"))
+            .map(|e| to_json::<EntryJson, Entry>(e))
             .collect();
         assert_eq!(raw, fresh);
     }
