@@ -184,11 +184,12 @@ impl Writer {
     pub fn write(&mut self, snap: &Snapshot, out: &mut dyn io::Write) -> io::Result<()> {
         let line = self.encoder.encode(snap);
         match self.fragments.as_mut() {
-            Some(fragments) if !line.delta => {
+            // Only a whole stream keeps fragments, and its every line is whole.
+            Some(fragments) => {
                 let raw = fragments.update(&line.snapshot.entries)?;
                 serde_json::to_writer(&mut *out, &line_out(&line, raw))?;
             }
-            _ => serde_json::to_writer(
+            None => serde_json::to_writer(
                 &mut *out,
                 &line_out(&line, EntriesOut(&line.snapshot.entries)),
             )?,
