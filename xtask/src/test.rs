@@ -260,14 +260,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 let code = match vm::run(&spec) {
                     Ok(code) => code,
                     Err(e) => {
-                        let Some(oops) = stale_patch_breakpoint(&e) else {
+                        let Some(why) = vm::earns_second_boot(&e) else {
                             return Err(e);
                         };
                         eprintln!(
-                            "\n==> {what}: the guest kernel died of {oops}, a stale breakpoint of \
-                             live text patching (see docs/development.md); running it once more"
+                            "\n==> {what}: {why} (see docs/development.md); running it once more"
                         );
-                        reruns.push(format!("{what}: {oops}"));
+                        reruns.push(format!("{what}: {why}"));
                         vm::run(&spec)?
                     }
                 };
@@ -284,7 +283,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     );
     if !reruns.is_empty() {
         eprintln!(
-            "{} VM run(s) passed only on a second boot, after a guest kernel oops in live text patching:",
+            "{} VM run(s) passed only on a second boot, after the guest kernel died where fuselock could not have caused it:",
             reruns.len()
         );
         for rerun in &reruns {
@@ -292,15 +291,6 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The oops, if a VM run failed because its kernel hit a stale breakpoint of
-/// live text patching ([`vm::GuestOops::is_stale_patch_breakpoint`]). Such a
-/// run earns one more boot; any other failure, or a second oops, fails.
-fn stale_patch_breakpoint(e: &anyhow::Error) -> Option<String> {
-    e.downcast_ref::<vm::GuestOops>()
-        .filter(|oops| oops.is_stale_patch_breakpoint())
-        .map(ToString::to_string)
 }
 
 #[cfg(test)]
@@ -317,30 +307,6 @@ mod tests {
             assert!(!core_of(line).any(|t| t == canary), "{line}");
             assert_eq!(core_of(line).count(), CORE.len());
         }
-    }
-
-    #[test]
-    fn only_a_stale_patch_breakpoint_earns_a_second_boot() {
-        let oops = |kind: &str, rip: &str| {
-            anyhow::Error::new(vm::GuestOops {
-                kind: kind.to_owned(),
-                rip: rip.to_owned(),
-            })
-            .context("the VM's kernel oopsed")
-        };
-        assert_eq!(
-            stale_patch_breakpoint(&oops("int3", "fuse_file_io_open+0x5/0x130")).as_deref(),
-            Some("Oops: int3 at fuse_file_io_open+0x5/0x130")
-        );
-        assert_eq!(
-            stale_patch_breakpoint(&oops("int3", "fuse_write_iter+0x42/0x300")),
-            None
-        );
-        assert_eq!(
-            stale_patch_breakpoint(&oops("invalid opcode", "f+0x5/0x10")),
-            None
-        );
-        assert_eq!(stale_patch_breakpoint(&anyhow::anyhow!("exit 1")), None);
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
         }
         files.push((host, guest));
     }
-    run(&VmSpec {
+    let spec = VmSpec {
         kernel,
         kernel_name,
         files,
@@ -179,7 +179,32 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
         timeout: Duration::from_secs(args.timeout),
         append: args.append.clone(),
         interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
-    })
+    };
+    match run(&spec) {
+        Err(e) if !spec.interactive => {
+            let Some(why) = earns_second_boot(&e) else {
+                return Err(e);
+            };
+            eprintln!("\nvm: {why}; booting once more (see docs/development.md)");
+            run(&spec)
+        }
+        done => done,
+    }
+}
+
+/// Why a failed VM run says nothing about fuselock and earns one more boot,
+/// if it does: the guest kernel died before our init ran, or of a stale
+/// breakpoint of live text patching ([`GuestOops::is_stale_patch_breakpoint`]).
+/// Any other failure is a result.
+pub fn earns_second_boot(e: &anyhow::Error) -> Option<String> {
+    if let Some(never) = e.downcast_ref::<GuestNeverBooted>() {
+        return Some(never.to_string());
+    }
+    e.downcast_ref::<GuestOops>()
+        .filter(|oops| oops.is_stale_patch_breakpoint())
+        .map(|oops| {
+            format!("the guest kernel died of {oops}, a stale breakpoint of live text patching")
+        })
 }
 
 /// Line by line, firmware chatter held back: for logs and CI. Lines that
@@ -188,7 +213,7 @@ fn forward_lines(
     stdout: std::process::ChildStdout,
     keep: Option<&str>,
     kept: &mut Vec<String>,
-) -> Result<(Option<i32>, Option<GuestOops>)> {
+) -> Result<Console> {
     let mut exit = None;
     let mut oops = OopsReader::default();
     let mut out = std::io::stdout();
@@ -224,7 +249,20 @@ fn forward_lines(
             let _ = writeln!(out, "{line}");
         }
     }
-    Ok((exit, oops.found))
+    Ok(Console {
+        exit,
+        oops: oops.found,
+        init_started,
+    })
+}
+
+/// What the console said of a run.
+struct Console {
+    /// The command's exit status, if the guest reported one.
+    exit: Option<i32>,
+    oops: Option<GuestOops>,
+    /// Whether our init printed its first line.
+    init_started: bool,
 }
 
 /// Byte for byte, as it comes: a full-screen program in the guest draws
@@ -442,28 +480,62 @@ pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String
     };
 
     let mut kept = Vec::new();
-    let (exit, oops) = if spec.interactive && keep.is_none() {
-        (forward_raw(stdout)?, None)
+    let console = if spec.interactive && keep.is_none() {
+        Console {
+            exit: forward_raw(stdout)?,
+            oops: None,
+            // Not told apart: an interactive run is not booted again.
+            init_started: true,
+        }
     } else {
         forward_lines(stdout, keep, &mut kept)?
     };
     let status = child.wait()?;
     finished.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
-    match exit {
-        Some(code) => {
+    match console {
+        Console {
+            exit: Some(code), ..
+        } => {
             eprintln!("vm: command exited {code} on {} after {:.1}s", spec.kernel_name, started.elapsed().as_secs_f64());
             Ok((code, kept))
         }
-        None => match oops {
-            Some(oops) => Err(anyhow::Error::new(oops).context(format!(
-                "the VM's kernel ({}) oopsed; see the console above",
-                spec.kernel_name
-            ))),
-            None => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
-        },
+        Console {
+            oops: Some(oops), ..
+        } => Err(anyhow::Error::new(oops).context(format!(
+            "the VM's kernel ({}) oopsed; see the console above",
+            spec.kernel_name
+        ))),
+        Console {
+            init_started: false,
+            ..
+        } => Err(anyhow::Error::new(GuestNeverBooted {
+            kernel: spec.kernel_name.clone(),
+            qemu: status.to_string(),
+        })),
+        Console { .. } => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
     }
 }
+
+/// The guest kernel stopped (a panic, under TCG) before our init printed its
+/// first line: nothing of fuselock's had run.
+#[derive(Debug)]
+pub struct GuestNeverBooted {
+    kernel: String,
+    qemu: String,
+}
+
+impl std::fmt::Display for GuestNeverBooted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the guest kernel ({}) stopped before the VM's init ran (qemu: {}); see the console above",
+            self.kernel, self.qemu
+        )
+    }
+}
+
+impl std::error::Error for GuestNeverBooted {}
 
 /// A guest kernel oops read from the console: its kind (`int3`, `general
 /// protection fault`, ...) and where it happened (`function+0x5/0x130`).
@@ -573,6 +645,42 @@ mod tests {
         let mut reader = OopsReader::default();
         console.lines().for_each(|l| reader.line(l));
         reader.found
+    }
+
+    /// A boot that never reached our init, or a stale patch breakpoint, says
+    /// nothing about fuselock; every other failure is a result.
+    #[test]
+    fn only_faults_fuselock_could_not_cause_earn_a_second_boot() {
+        let oops = |kind: &str, rip: &str| {
+            anyhow::Error::new(GuestOops {
+                kind: kind.to_owned(),
+                rip: rip.to_owned(),
+            })
+            .context("the VM's kernel oopsed")
+        };
+        assert_eq!(
+            earns_second_boot(&oops("int3", "fuse_file_io_open+0x5/0x130")).as_deref(),
+            Some(
+                "the guest kernel died of Oops: int3 at fuse_file_io_open+0x5/0x130, \
+                 a stale breakpoint of live text patching"
+            )
+        );
+        let never = anyhow::Error::new(GuestNeverBooted {
+            kernel: "6.12".to_owned(),
+            qemu: "exit status: 0".to_owned(),
+        });
+        assert!(
+            earns_second_boot(&never).is_some_and(|why| why.contains("before the VM's init ran"))
+        );
+        assert_eq!(
+            earns_second_boot(&oops("int3", "fuse_write_iter+0x42/0x300")),
+            None
+        );
+        assert_eq!(
+            earns_second_boot(&oops("invalid opcode", "f+0x5/0x10")),
+            None
+        );
+        assert_eq!(earns_second_boot(&anyhow::anyhow!("exit 1")), None);
     }
 
     #[test]
