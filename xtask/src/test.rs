@@ -257,19 +257,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     append: run.append.clone(),
                     interactive: false,
                 };
-                let code = match vm::run(&spec) {
-                    Ok(code) => code,
-                    Err(e) => {
-                        let Some(why) = vm::earns_second_boot(&e) else {
-                            return Err(e);
-                        };
-                        eprintln!(
-                            "\n==> {what}: {why} (see docs/development.md); running it once more"
-                        );
-                        reruns.push(format!("{what}: {why}"));
-                        vm::run(&spec)?
-                    }
-                };
+                let done = vm::run_keeping(&spec, None)?;
+                if let Some(why) = done.second_boot {
+                    reruns.push(format!("{what}: {why}"));
+                }
+                let code = done.code;
                 if code != 0 {
                     bail!("{what} failed (exit {code})");
                 }

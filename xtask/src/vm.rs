@@ -168,7 +168,7 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
         }
         files.push((host, guest));
     }
-    let spec = VmSpec {
+    run(&VmSpec {
         kernel,
         kernel_name,
         files,
@@ -179,17 +179,7 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
         timeout: Duration::from_secs(args.timeout),
         append: args.append.clone(),
         interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
-    };
-    match run(&spec) {
-        Err(e) if !spec.interactive => {
-            let Some(why) = earns_second_boot(&e) else {
-                return Err(e);
-            };
-            eprintln!("\nvm: {why}; booting once more (see docs/development.md)");
-            run(&spec)
-        }
-        done => done,
-    }
+    })
 }
 
 /// Why a failed VM run says nothing about fuselock and earns one more boot,
@@ -400,12 +390,44 @@ fn initramfs(spec: &VmSpec) -> Result<PathBuf> {
 
 /// Boots, streams the console to stdout, returns the guest command's status.
 pub fn run(spec: &VmSpec) -> Result<i32> {
-    run_keeping(spec, None).map(|(code, _)| code)
+    run_keeping(spec, None).map(|done| done.code)
+}
+
+/// A VM run that reported its command's status.
+pub struct Finished {
+    pub code: i32,
+    /// The console lines that start with `run_keeping`'s `keep`.
+    pub kept: Vec<String>,
+    /// Why the first boot did not count, when it did not.
+    pub second_boot: Option<String>,
 }
 
 /// As `run`, and also returns the console lines that start with `keep`
-/// (results a guest program prints for the host). Not interactive.
-pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
+/// (results a guest program prints for the host). A run that is not
+/// interactive boots once more after a death fuselock cannot have caused
+/// ([`earns_second_boot`]), and says so.
+pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<Finished> {
+    let (code, kept, second_boot) = match boot(spec, keep) {
+        Ok((code, kept)) => (code, kept, None),
+        Err(e) => {
+            let why = earns_second_boot(&e).filter(|_| !spec.interactive);
+            let Some(why) = why else {
+                return Err(e);
+            };
+            eprintln!("\nvm: {why}; booting once more (see docs/development.md)");
+            let (code, kept) = boot(spec, keep)?;
+            (code, kept, Some(why))
+        }
+    };
+    Ok(Finished {
+        code,
+        kept,
+        second_boot,
+    })
+}
+
+/// One boot of the VM.
+fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
     crate::setup::ensure_vm_tools()?;
     let initrd = initramfs(spec)?;
     let mut cmdline = "console=ttyS0 quiet panic=-1 mitigations=off".to_owned();

@@ -71,7 +71,9 @@ fn on_kernel(kernel: &str, rounds: u64, ios: u64, append: Option<&str>) -> Resul
         (build::vm_bench_static()?, "/bin/vm-bench".to_owned()),
     ];
     files.extend(vm::with_libraries("/usr/bin/fio")?);
-    let (code, lines) = vm::run_keeping(
+    let vm::Finished {
+        code, kept: lines, ..
+    } = vm::run_keeping(
         &vm::VmSpec {
             kernel: image,
             kernel_name,
