@@ -52,8 +52,7 @@ pub const DEFAULT_MAX_INODES: u32 = 16_384;
 /// Capacity of the in-flight map: concurrent FUSE writes, host-wide.
 pub const MAX_INFLIGHT: u32 = 8_192;
 
-/// The FUSE write path a write took in `fuse_file_write_iter()`. Its JSON
-/// form is [`WritePath::name`].
+/// The FUSE write path a write took in `fuse_file_write_iter()`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WritePath {
@@ -294,11 +293,10 @@ macro_rules! counters {
 counters! {
     /// The programs' own health: everything that could make counts incomplete
     /// is counted here, never dropped silently. This is the one declaration
-    /// of these counters: userspace's health report embeds it, and its JSON
-    /// writes them through [`Health::fields`]. `inode_inserts`,
-    /// `unconfigured` and `opens` are bookkeeping that userspace turns into
-    /// other figures (evictions) or uses only to decide whether to read the
-    /// maps.
+    /// of these counters: userspace's health report embeds it, and formats
+    /// that write every counter read them through [`Health::fields`]. Some
+    /// are bookkeeping that userspace turns into other figures (evictions)
+    /// or uses only to decide whether to read the maps.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Health {

@@ -98,6 +98,12 @@ impl<T> Index<Reason> for PerReason<T> {
     }
 }
 
+impl<T> IndexMut<Reason> for PerReason<T> {
+    fn index_mut(&mut self, r: Reason) -> &mut T {
+        &mut self.0[r.slot()]
+    }
+}
+
 /// A log2 histogram of durations ([`probes_common::hist`]'s buckets), dense
 /// as the kernel keeps it; an empty one holds no allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,11 @@
 //! keyed by the enum's name, in the kernel's order; a histogram as its
 //! non-empty buckets.
 
-use std::{fmt, marker::PhantomData, ops::Index};
+use std::{
+    fmt,
+    marker::PhantomData,
+    ops::{Index, IndexMut},
+};
 
 use probes_common::{LockMode, Reason};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
@@ -21,7 +25,7 @@ pub struct PerReasonJson<U>(PhantomData<U>);
 pub struct HistogramJson;
 
 /// The enums whose names key an object.
-trait Key: Copy + PartialEq + 'static {
+trait Key: Copy + 'static {
     /// In the order they are written.
     const ALL: &'static [Self];
     fn name(self) -> &'static str;
@@ -59,14 +63,42 @@ fn write_keyed<K: Key, C: Index<K, Output = T>, T, U: SerializeAs<T>, S: Seriali
     )
 }
 
+/// Reads a key of an object as what `lookup` makes of it (`None`: a key
+/// to skip), without allocating it.
+pub(super) struct KeyIn<F>(pub F);
+
+impl<'de, R, F: Fn(&str) -> Option<R>> de::DeserializeSeed<'de> for KeyIn<F> {
+    type Value = Option<R>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<R>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<R, F: Fn(&str) -> Option<R>> de::Visitor<'_> for KeyIn<F> {
+    type Value = Option<R>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<R>, E> {
+        Ok((self.0)(v))
+    }
+}
+
 /// Reads what the derived `Deserialize` of a struct with one field per key
 /// read: unknown keys skipped (a newer recording still replays), every key
 /// required but the optional ones, which read as the default.
-struct Keyed<K, T, U>(PhantomData<(K, T, U)>);
+struct Keyed<K, C, T, U>(PhantomData<(K, C, T, U)>);
 
-impl<'de, K: Key, T: Default, U: DeserializeAs<'de, T>> de::Visitor<'de> for Keyed<K, T, U> {
-    /// The values in `K::ALL`'s order.
-    type Value = Vec<T>;
+impl<'de, K, C, T, U> de::Visitor<'de> for Keyed<K, C, T, U>
+where
+    K: Key,
+    C: Default + IndexMut<K, Output = T>,
+    U: DeserializeAs<'de, T>,
+{
+    type Value = C;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object keyed by ")?;
@@ -79,39 +111,41 @@ impl<'de, K: Key, T: Default, U: DeserializeAs<'de, T>> de::Visitor<'de> for Key
         )
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
-        let mut read: Vec<Option<T>> = K::ALL.iter().map(|_| None).collect();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match K::ALL.iter().position(|k| k.name() == key) {
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<C, A::Error> {
+        let mut read = C::default();
+        // Bit i: `K::ALL[i]` was read.
+        let mut seen = 0u64;
+        let position = |name: &str| K::ALL.iter().position(|k| k.name() == name);
+        while let Some(key) = map.next_key_seed(KeyIn(position))? {
+            match key {
                 Some(i) => {
-                    read[i] = Some(map.next_value::<DeserializeAsWrap<T, U>>()?.into_inner())
+                    read[K::ALL[i]] = map.next_value::<DeserializeAsWrap<T, U>>()?.into_inner();
+                    seen |= 1 << i;
                 }
                 None => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
         }
-        K::ALL
+        let missing = K::ALL
             .iter()
-            .zip(read)
-            .map(|(k, v)| match v {
-                Some(v) => Ok(v),
-                None if k.optional() => Ok(T::default()),
-                None => Err(de::Error::missing_field(k.name())),
-            })
-            .collect()
+            .enumerate()
+            .find(|&(i, k)| seen & (1 << i) == 0 && !k.optional());
+        match missing {
+            Some((_, k)) => Err(de::Error::missing_field(k.name())),
+            None => Ok(read),
+        }
     }
 }
 
-/// The value of each key, for the containers' `from_fn`.
-fn read_keyed<'de, K: Key, T: Default, U: DeserializeAs<'de, T>, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<impl FnMut(K) -> T, D::Error> {
-    let mut values = deserializer.deserialize_map(Keyed::<K, T, U>(PhantomData))?;
-    Ok(move |key: K| {
-        let i = K::ALL.iter().position(|&k| k == key).unwrap_or(0);
-        std::mem::take(&mut values[i])
-    })
+fn read_keyed<'de, K, C, T, U, D>(deserializer: D) -> Result<C, D::Error>
+where
+    K: Key,
+    C: Default + IndexMut<K, Output = T>,
+    U: DeserializeAs<'de, T>,
+    D: Deserializer<'de>,
+{
+    deserializer.deserialize_map(Keyed::<K, C, T, U>(PhantomData))
 }
 
 impl<T, U: SerializeAs<T>> SerializeAs<PerMode<T>> for PerModeJson<U> {
@@ -122,7 +156,7 @@ impl<T, U: SerializeAs<T>> SerializeAs<PerMode<T>> for PerModeJson<U> {
 
 impl<'de, T: Default, U: DeserializeAs<'de, T>> DeserializeAs<'de, PerMode<T>> for PerModeJson<U> {
     fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<PerMode<T>, D::Error> {
-        read_keyed::<LockMode, T, U, D>(deserializer).map(PerMode::from_fn)
+        read_keyed::<LockMode, _, T, U, D>(deserializer)
     }
 }
 
@@ -139,7 +173,7 @@ impl<'de, T: Default, U: DeserializeAs<'de, T>> DeserializeAs<'de, PerReason<T>>
     for PerReasonJson<U>
 {
     fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<PerReason<T>, D::Error> {
-        read_keyed::<Reason, T, U, D>(deserializer).map(PerReason::from_fn)
+        read_keyed::<Reason, _, T, U, D>(deserializer)
     }
 }
 

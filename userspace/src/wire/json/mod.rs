@@ -3,8 +3,8 @@
 //!
 //! The JSON of every type in a line is declared in this module and nowhere
 //! else: the line's own fields (`final`, `delta`, `removed` and their order)
-//! here, the snapshot's parts in [`snapshot`], the count containers in
-//! [`counts`], the kernel's types in [`kernel`] and `verify`'s verdict in
+//! here, the snapshot's parts in `snapshot`, the count containers in
+//! `counts`, the kernel's types in `kernel` and `verify`'s verdict in
 //! [`verdict`]. The model carries no serde of its own. Each form is a type
 //! that writes and reads its model type (serde_with's `SerializeAs` and
 //! `DeserializeAs`).
@@ -186,6 +186,7 @@ impl Writer {
         match self.fragments.as_mut() {
             // Only a whole stream keeps fragments, and its every line is whole.
             Some(fragments) => {
+                debug_assert!(!line.delta);
                 let raw = fragments.update(&line.snapshot.entries)?;
                 serde_json::to_writer(&mut *out, &line_out(&line, raw))?;
             }

@@ -62,6 +62,29 @@ pub struct SeriesGainJson {
     wait_share: Option<f64>,
 }
 
+/// A form that only writes never builds its model type, so serde does not
+/// notice a model field the form lacks; these patterns name every field,
+/// and fail to compile then.
+fn _every_field_is_written(decision: &Decision, evidence: &Evidence, gain: &SeriesGain) {
+    let Decision {
+        verdict: _,
+        why: _,
+        message: _,
+        hint: _,
+        shared_extended: _,
+    } = decision;
+    let Evidence {
+        passthrough: _,
+        opens: _,
+        recursion_misses: _,
+        waits_measured: _,
+    } = evidence;
+    let SeriesGain {
+        overwrites_exclusive: _,
+        wait_share: _,
+    } = gain;
+}
+
 super::via_remote!(serialize
     VerdictJson => Verdict,
     WhyJson => Why,
