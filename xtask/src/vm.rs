@@ -200,18 +200,19 @@ pub fn earns_second_boot(e: &anyhow::Error) -> Option<String> {
 /// Line by line, firmware chatter held back: for logs and CI. Lines that
 /// start with `keep` (if given) are also handed back.
 fn forward_lines(
-    stdout: std::process::ChildStdout,
+    console: impl std::io::Read,
+    out: &mut dyn std::io::Write,
     keep: Option<&str>,
     kept: &mut Vec<String>,
 ) -> Result<Console> {
     let mut exit = None;
     let mut oops = OopsReader::default();
-    let mut out = std::io::stdout();
     // Firmware chatter before our init speaks is kept back, and shown only
     // if the guest never gets that far.
     let mut early: Vec<String> = Vec::new();
     let mut init_started = false;
-    for line in BufReader::new(stdout).split(b'\n') {
+    let mut boot_panic = false;
+    for line in BufReader::new(console).split(b'\n') {
         let line = line.context("reading the console")?;
         let line = String::from_utf8_lossy(&line);
         let line = line.trim_end_matches('\r');
@@ -219,11 +220,13 @@ fn forward_lines(
             exit = code.trim().parse::<i32>().ok();
             continue;
         }
+        oops.line(line);
         if !init_started {
             if let Some(pos) = line.find(INIT_BANNER) {
                 init_started = true;
                 let _ = writeln!(out, "{}", &line[pos..]);
             } else {
+                boot_panic |= line.contains(KERNEL_PANIC);
                 early.push(line.to_owned());
             }
             continue;
@@ -231,7 +234,6 @@ fn forward_lines(
         if keep.is_some_and(|k| line.starts_with(k)) {
             kept.push(line.to_owned());
         }
-        oops.line(line);
         let _ = writeln!(out, "{line}");
     }
     if !init_started {
@@ -242,17 +244,49 @@ fn forward_lines(
     Ok(Console {
         exit,
         oops: oops.found,
-        init_started,
+        boot_panic: boot_panic && !init_started,
     })
 }
+
+/// What the kernel prints when it gives up.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 
 /// What the console said of a run.
 struct Console {
     /// The command's exit status, if the guest reported one.
     exit: Option<i32>,
     oops: Option<GuestOops>,
-    /// Whether our init printed its first line.
-    init_started: bool,
+    /// The kernel panicked before our init printed its first line.
+    boot_panic: bool,
+}
+
+impl Console {
+    /// The command's status, or why there is none. `qemu_exited` says
+    /// whether qemu ended by itself (the guest powered off, or panicked
+    /// with `panic=-1` under `-no-reboot`), not killed by the watchdog.
+    fn status(self, kernel: &str, qemu: &str, qemu_exited: bool) -> Result<i32> {
+        match self {
+            Console {
+                exit: Some(code), ..
+            } => Ok(code),
+            Console {
+                boot_panic: true,
+                oops,
+                ..
+            } if qemu_exited => Err(anyhow::Error::new(GuestNeverBooted {
+                kernel: kernel.to_owned(),
+                died_of: oops,
+            })),
+            Console {
+                oops: Some(oops), ..
+            } => Err(anyhow::Error::new(oops).context(format!(
+                "the VM's kernel ({kernel}) oopsed; see the console above"
+            ))),
+            Console { .. } => bail!(
+                "the VM ended without reporting the command's status (qemu: {qemu}); see the console above"
+            ),
+        }
+    }
 }
 
 /// Byte for byte, as it comes: a full-screen program in the guest draws
@@ -507,53 +541,38 @@ fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
             exit: forward_raw(stdout)?,
             oops: None,
             // Not told apart: an interactive run is not booted again.
-            init_started: true,
+            boot_panic: false,
         }
     } else {
-        forward_lines(stdout, keep, &mut kept)?
+        forward_lines(stdout, &mut std::io::stdout(), keep, &mut kept)?
     };
     let status = child.wait()?;
     finished.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
-    match console {
-        Console {
-            exit: Some(code), ..
-        } => {
-            eprintln!("vm: command exited {code} on {} after {:.1}s", spec.kernel_name, started.elapsed().as_secs_f64());
-            Ok((code, kept))
-        }
-        Console {
-            oops: Some(oops), ..
-        } => Err(anyhow::Error::new(oops).context(format!(
-            "the VM's kernel ({}) oopsed; see the console above",
-            spec.kernel_name
-        ))),
-        Console {
-            init_started: false,
-            ..
-        } => Err(anyhow::Error::new(GuestNeverBooted {
-            kernel: spec.kernel_name.clone(),
-            qemu: status.to_string(),
-        })),
-        Console { .. } => bail!("the VM ended without reporting the command's status (qemu: {status}); see the console above"),
-    }
+    let code = console.status(&spec.kernel_name, &status.to_string(), status.success())?;
+    eprintln!(
+        "vm: command exited {code} on {} after {:.1}s",
+        spec.kernel_name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok((code, kept))
 }
 
-/// The guest kernel stopped (a panic, under TCG) before our init printed its
-/// first line: nothing of fuselock's had run.
+/// The guest kernel panicked before our init printed its first line: nothing
+/// of fuselock's had run.
 #[derive(Debug)]
 pub struct GuestNeverBooted {
     kernel: String,
-    qemu: String,
+    died_of: Option<GuestOops>,
 }
 
 impl std::fmt::Display for GuestNeverBooted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the guest kernel ({}) stopped before the VM's init ran (qemu: {}); see the console above",
-            self.kernel, self.qemu
-        )
+        write!(f, "the guest kernel ({}) panicked", self.kernel)?;
+        if let Some(oops) = &self.died_of {
+            write!(f, " of {oops}")?;
+        }
+        f.write_str(" before the VM's init printed its first line")
     }
 }
 
@@ -689,11 +708,10 @@ mod tests {
         );
         let never = anyhow::Error::new(GuestNeverBooted {
             kernel: "6.12".to_owned(),
-            qemu: "exit status: 0".to_owned(),
+            died_of: None,
         });
-        assert!(
-            earns_second_boot(&never).is_some_and(|why| why.contains("before the VM's init ran"))
-        );
+        assert!(earns_second_boot(&never)
+            .is_some_and(|why| why.contains("before the VM's init printed its first line")));
         assert_eq!(
             earns_second_boot(&oops("int3", "fuse_write_iter+0x42/0x300")),
             None
@@ -703,6 +721,50 @@ mod tests {
             None
         );
         assert_eq!(earns_second_boot(&anyhow::anyhow!("exit 1")), None);
+    }
+
+    /// How runs end, read from consoles as qemu prints them.
+    fn status_of(console: &str, qemu_exited: bool) -> Result<i32> {
+        let mut out = Vec::new();
+        forward_lines(console.as_bytes(), &mut out, None, &mut Vec::new())
+            .expect("console")
+            .status("6.12", "exit status: 0", qemu_exited)
+    }
+
+    const BOOT_PANIC: &str = "\
+        [    1.49] Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI\n\
+        [    1.51] RIP: 0010:enqueue_timer+0xa5/0x100\n\
+        [    1.51] Kernel panic - not syncing: Fatal exception in interrupt\n";
+
+    #[test]
+    fn only_a_panic_before_init_speaks_is_a_boot_that_never_happened() {
+        let never = status_of(BOOT_PANIC, true).expect_err("no status");
+        let never = never
+            .downcast_ref::<GuestNeverBooted>()
+            .expect("never booted");
+        assert_eq!(
+            never.to_string(),
+            "the guest kernel (6.12) panicked of Oops: invalid opcode at \
+             enqueue_timer+0xa5/0x100 before the VM's init printed its first line"
+        );
+        // Killed by the watchdog: a hang, whatever came before.
+        let hang = status_of(BOOT_PANIC, false).expect_err("no status");
+        assert!(
+            hang.downcast_ref::<GuestNeverBooted>().is_none(),
+            "{hang:#}"
+        );
+        // After init spoke, a panic is the run's own.
+        let after = format!("vm: kernel 6.12, 2 CPUs\n{BOOT_PANIC}");
+        let oops = status_of(&after, true).expect_err("no status");
+        assert!(oops.downcast_ref::<GuestOops>().is_some(), "{oops:#}");
+        // No banner and no panic (a garbled banner, say): no second boot.
+        let garbled =
+            status_of("vm: ker[ 2.0] x\nnel 6.12\ntest a ... ok\n", true).expect_err("no status");
+        assert_eq!(earns_second_boot(&garbled), None);
+        assert_eq!(
+            status_of(&format!("vm: kernel 6.12\n{EXIT_MARKER}3\n"), true).expect("status"),
+            3
+        );
     }
 
     #[test]
