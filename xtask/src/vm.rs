@@ -183,8 +183,8 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
 }
 
 /// Why a failed VM run says nothing about fuselock and earns one more boot,
-/// if it does: the guest kernel died before our init ran, or of a stale
-/// breakpoint of live text patching ([`GuestOops::is_stale_patch_breakpoint`]).
+/// if it does: the guest kernel panicked before our init printed its first
+/// line, or died of a stale breakpoint of live text patching ([`GuestOops::is_stale_patch_breakpoint`]).
 /// Any other failure is a result.
 pub fn earns_second_boot(e: &anyhow::Error) -> Option<String> {
     if let Some(never) = e.downcast_ref::<GuestNeverBooted>() {
@@ -244,7 +244,7 @@ fn forward_lines(
     Ok(Console {
         exit,
         oops: oops.found,
-        boot_panic: boot_panic && !init_started,
+        boot_panic,
     })
 }
 

@@ -12,6 +12,7 @@ use probes_common::{LockMode, Reason};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use serde_with::{de::DeserializeAsWrap, ser::SerializeAsWrap, DeserializeAs, SerializeAs};
 
+use super::object::read_object;
 use crate::model::counts::{Bucket, Histogram, PerMode, PerReason};
 
 /// `PerMode<T>` as `{"shared": .., "exclusive": ..}`, each value as `U`.
@@ -63,33 +64,8 @@ fn write_keyed<K: Key, C: Index<K, Output = T>, T, U: SerializeAs<T>, S: Seriali
     )
 }
 
-/// Reads a key of an object as what `lookup` makes of it (`None`: a key
-/// to skip), without allocating it.
-pub(super) struct KeyIn<F>(pub F);
-
-impl<'de, R, F: Fn(&str) -> Option<R>> de::DeserializeSeed<'de> for KeyIn<F> {
-    type Value = Option<R>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<R>, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<R, F: Fn(&str) -> Option<R>> de::Visitor<'_> for KeyIn<F> {
-    type Value = Option<R>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<R>, E> {
-        Ok((self.0)(v))
-    }
-}
-
-/// Reads what the derived `Deserialize` of a struct with one field per key
-/// read: unknown keys skipped (a newer recording still replays), every key
-/// required but the optional ones, which read as the default.
+/// Reads an object with one key per `K`, as [`read_object`] reads it; an
+/// optional key that is missing reads as the default.
 struct Keyed<K, C, T, U>(PhantomData<(K, C, T, U)>);
 
 impl<'de, K, C, T, U> de::Visitor<'de> for Keyed<K, C, T, U>
@@ -111,30 +87,22 @@ where
         )
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<C, A::Error> {
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<C, A::Error> {
         let mut read = C::default();
-        // Bit i: `K::ALL[i]` was read.
-        let mut seen = 0u64;
-        let position = |name: &str| K::ALL.iter().position(|k| k.name() == name);
-        while let Some(key) = map.next_key_seed(KeyIn(position))? {
-            match key {
-                Some(i) => {
-                    read[K::ALL[i]] = map.next_value::<DeserializeAsWrap<T, U>>()?.into_inner();
-                    seen |= 1 << i;
-                }
-                None => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-        }
-        let missing = K::ALL
-            .iter()
-            .enumerate()
-            .find(|&(i, k)| seen & (1 << i) == 0 && !k.optional());
-        match missing {
-            Some((_, k)) => Err(de::Error::missing_field(k.name())),
-            None => Ok(read),
-        }
+        read_object(
+            map,
+            |name| K::ALL.iter().position(|k| k.name() == name),
+            |i, map| {
+                read[K::ALL[i]] = map.next_value::<DeserializeAsWrap<T, U>>()?.into_inner();
+                Ok(())
+            },
+            K::ALL
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !k.optional())
+                .map(|(i, k)| (i, k.name())),
+        )?;
+        Ok(read)
     }
 }
 

@@ -8,7 +8,7 @@ use probes_common::{Dev, Health, OpenStats, WritePath};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use serde_with::{serde_as, DeserializeAs, SerializeAs};
 
-use super::counts::KeyIn;
+use super::object::read_object;
 
 /// A device as `"0:45"`, as `/proc/self/mountinfo` prints it.
 pub struct DevJson;
@@ -31,7 +31,7 @@ const NOT_WRITTEN: [&str; 3] = ["inode_inserts", "unconfigured", "opens"];
 /// when missing, where the others are required.
 const ADDED_LATER: [&str; 0] = [];
 
-// The reader marks the counters it has read in a u64.
+// `read_object` marks what it has read in a u64.
 const _: () = assert!(Health::NAMES.len() <= 64);
 
 impl SerializeAs<Dev> for DevJson {
@@ -149,31 +149,22 @@ impl<'de> DeserializeAs<'de, Health> for HealthJson {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("the programs' health counters")
             }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Health, A::Error> {
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Health, A::Error> {
                 let mut health = Health::default();
-                // Bit i: `Health::NAMES[i]` was read.
-                let mut seen = 0u64;
-                let position =
-                    |key: &str| Health::NAMES.iter().position(|&n| n == key && written(n));
-                while let Some(key) = map.next_key_seed(KeyIn(position))? {
-                    let field = key.and_then(|i| Some((i, health.field_mut(Health::NAMES[i])?)));
-                    match field {
-                        Some((i, field)) => {
-                            *field = map.next_value()?;
-                            seen |= 1 << i;
-                        }
-                        None => {
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                let missing = Health::NAMES.iter().enumerate().find(|&(i, name)| {
-                    seen & (1 << i) == 0 && written(name) && !ADDED_LATER.contains(name)
-                });
-                match missing {
-                    Some((_, name)) => Err(de::Error::missing_field(name)),
-                    None => Ok(health),
-                }
+                read_object(
+                    map,
+                    |key| Health::NAMES.iter().position(|&n| n == key && written(n)),
+                    |i, map| match health.field_mut(Health::NAMES[i]) {
+                        Some(field) => map.next_value().map(|v| *field = v),
+                        None => map.next_value::<de::IgnoredAny>().map(drop),
+                    },
+                    Health::NAMES
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .filter(|(_, name)| written(name) && !ADDED_LATER.contains(name)),
+                )?;
+                Ok(health)
             }
         }
         deserializer.deserialize_map(Counters)

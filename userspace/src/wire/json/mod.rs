@@ -43,6 +43,7 @@ use via_remote;
 
 mod counts;
 mod kernel;
+mod object;
 mod snapshot;
 pub mod verdict;
 
