@@ -13,7 +13,24 @@ use sha2::{Digest as _, Sha256};
 
 use anyhow::{bail, Context as _};
 
-fn bpf_linker_dirs() -> Vec<PathBuf> {
+/// The eBPF programs' pinned nightly, from the toolchain file that pins it
+/// (xtask reads the same file).
+fn ebpf_nightly(ebpf_dir: &std::path::Path) -> anyhow::Result<String> {
+    let file = ebpf_dir.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", file.display());
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line.trim().strip_prefix("channel")?.trim_start();
+            let value = value.strip_prefix('=')?.trim();
+            Some(value.strip_prefix('"')?.strip_suffix('"')?.to_owned())
+        })
+        .with_context(|| format!("{} names no channel", file.display()))
+}
+
+/// Where `cargo xtask setup` builds bpf-linker for `nightly`:
+/// `bpf-linker-VERSION+NIGHTLY/bin` in the fuselock cache.
+fn bpf_linker_dirs(nightly: &str) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = env::var_os("FUSELOCK_TOOLS_DIR") {
         dirs.push(PathBuf::from(dir).join("bin"));
@@ -27,8 +44,15 @@ fn bpf_linker_dirs() -> Vec<PathBuf> {
                 .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .map(|c| c.join("fuselock"))
         });
-    if let Some(cache) = cache {
-        dirs.push(cache.join("bpf-linker-0.13.0").join("bin"));
+    let suffix = format!("+{nightly}");
+    if let Some(entries) = cache.and_then(|c| fs::read_dir(c).ok()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("bpf-linker-") && name.ends_with(&suffix) {
+                dirs.push(entry.path().join("bin"));
+            }
+        }
     }
     dirs
 }
@@ -36,18 +60,21 @@ fn bpf_linker_dirs() -> Vec<PathBuf> {
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=FUSELOCK_TOOLS_DIR");
     println!("cargo:rerun-if-env-changed=FUSELOCK_CACHE");
+    let ebpf_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../probes-ebpf");
+    let nightly = ebpf_nightly(&ebpf_dir)?;
     let path = env::var_os("PATH").unwrap_or_default();
-    let mut search: Vec<PathBuf> = env::split_paths(&path).collect();
-    search.extend(bpf_linker_dirs());
+    // The cache's bpf-linker first: it is built against the pinned nightly's
+    // LLVM, which one found on PATH may not be.
+    let mut search: Vec<PathBuf> = bpf_linker_dirs(&nightly);
+    search.extend(env::split_paths(&path));
     let found = search.iter().any(|d| d.join("bpf-linker").is_file());
     if !found && env::var_os("AYA_BUILD_SKIP").is_none() {
         bail!(
-            "bpf-linker not found on PATH or in the fuselock cache; run `cargo xtask setup` first"
+            "bpf-linker for {nightly} not found in the fuselock cache or on PATH; run `cargo xtask setup` first"
         );
     }
     env::set_var("PATH", env::join_paths(search).context("PATH")?);
 
-    let ebpf_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../probes-ebpf");
     let ebpf_dir = ebpf_dir
         .to_str()
         .context("non-UTF-8 path to probes-ebpf")?
@@ -59,7 +86,7 @@ fn main() -> anyhow::Result<()> {
             root_dir: &ebpf_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&nightly),
     )?;
     stamp_version()
 }

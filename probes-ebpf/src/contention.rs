@@ -13,7 +13,7 @@ use crate::{
 
 #[inline(always)]
 pub fn on_begin(lock: u64) {
-    let Some(rec) = INFLIGHT.get_ptr_mut(pid_tgid()) else {
+    let Some(rec) = INFLIGHT.get_ptr_mut(&pid_tgid()) else {
         return;
     };
     // SAFETY: our own map value, owned by this task's in-flight write.
@@ -25,7 +25,7 @@ pub fn on_begin(lock: u64) {
 
 #[inline(always)]
 pub fn on_end(lock: u64) {
-    let Some(rec) = INFLIGHT.get_ptr_mut(pid_tgid()) else {
+    let Some(rec) = INFLIGHT.get_ptr_mut(&pid_tgid()) else {
         return;
     };
     // SAFETY: as above.

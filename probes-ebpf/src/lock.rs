@@ -25,7 +25,7 @@ pub const FUSE_DIO_WRITE: u64 = 1 << 0;
 
 #[inline(always)]
 pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
-    let Some(rec) = INFLIGHT.get_ptr_mut(pid_tgid()) else {
+    let Some(rec) = INFLIGHT.get_ptr_mut(&pid_tgid()) else {
         return;
     };
     // SAFETY: our own map value, owned by this task's in-flight write.

@@ -28,7 +28,8 @@ pub fn on_entry(file: u64) {
         flags_asked: flags,
         _pad: 0,
     };
-    if OPENS_INFLIGHT.insert(pid_tgid(), record, 0).is_err() {
+    if OPENS_INFLIGHT
+        .insert(&pid_tgid(), &record, 0).is_err() {
         health(|h| h.inflight_full += 1);
     }
 }
@@ -37,12 +38,12 @@ pub fn on_entry(file: u64) {
 #[inline(always)]
 pub fn on_exit(ret: i32) {
     let id = pid_tgid();
-    let Some(rec) = OPENS_INFLIGHT.get_ptr(id) else {
+    let Some(rec) = OPENS_INFLIGHT.get_ptr(&id) else {
         return;
     };
     // SAFETY: our own map value, copied before removal.
     let rec = unsafe { *rec };
-    let _ = OPENS_INFLIGHT.remove(id);
+    let _ = OPENS_INFLIGHT.remove(&id);
     if ret != 0 {
         return;
     }
@@ -61,11 +62,12 @@ pub fn on_exit(ret: i32) {
         return;
     };
     let key = InodeKey { ino, dev, path: 0 };
-    let stats = match OPENS.get_ptr_mut(key) {
+    let stats = match OPENS.get_ptr_mut(&key) {
         Some(s) => s,
         None => {
-            let _ = OPENS.insert(key, OpenStats::default(), u64::from(BPF_NOEXIST));
-            let Some(s) = OPENS.get_ptr_mut(key) else {
+            let _ = OPENS
+        .insert(&key, &OpenStats::default(), u64::from(BPF_NOEXIST));
+            let Some(s) = OPENS.get_ptr_mut(&key) else {
                 return;
             };
             s

@@ -95,11 +95,13 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     let id = pid_tgid();
     // Insert first and look only if that fails: the common case costs one
     // hash operation, not two.
-    let inserted = INFLIGHT.insert(id, record, u64::from(BPF_NOEXIST)).is_ok() || {
-        if INFLIGHT.get_ptr(id).is_some() {
+    let inserted = INFLIGHT
+        .insert(&id, &record, u64::from(BPF_NOEXIST)).is_ok() || {
+        if INFLIGHT.get_ptr(&id).is_some() {
             health(|h| h.inflight_replaced += 1);
         }
-        INFLIGHT.insert(id, record, 0).is_ok()
+        INFLIGHT
+        .insert(&id, &record, 0).is_ok()
     };
     if !inserted {
         health(|h| h.inflight_full += 1);
@@ -129,13 +131,13 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
 #[inline(always)]
 pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     let id = pid_tgid();
-    let Some(rec) = INFLIGHT.get_ptr(id) else {
+    let Some(rec) = INFLIGHT.get_ptr(&id) else {
         // Entry not recorded: page-cache path, or the entry failed (counted).
         return;
     };
     // SAFETY: a value of our own map, read before it is removed.
     let rec = unsafe { *rec };
-    let _ = INFLIGHT.remove(id);
+    let _ = INFLIGHT.remove(&id);
     if iocb.is_some_and(|iocb| iocb != rec.iocb) {
         health(|h| h.exit_unmatched += 1);
         return;
@@ -169,13 +171,14 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
 #[inline(always)]
 fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cfg: &Config) {
     let dev_key = InodeKey { ino: 0, ..rec.key };
-    let dev_totals = match DEV_TOTALS.get_ptr_mut(dev_key) {
+    let dev_totals = match DEV_TOTALS.get_ptr_mut(&dev_key) {
         Some(t) => Some(t),
         None => {
             if let Some(zero) = ZERO_STATS.get(0) {
-                let _ = DEV_TOTALS.insert(dev_key, zero, u64::from(BPF_NOEXIST));
+                let _ = DEV_TOTALS
+        .insert(&dev_key, &zero, u64::from(BPF_NOEXIST));
             }
-            DEV_TOTALS.get_ptr_mut(dev_key)
+            DEV_TOTALS.get_ptr_mut(&dev_key)
         }
     };
     match dev_totals {
@@ -183,14 +186,14 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
         Some(t) => unsafe { &mut *t }.account(rec, ret, now),
         None => health(|h| h.dev_totals_full += 1),
     }
-    let stats = match INODE_STATS.get_ptr_mut(rec.key) {
+    let stats = match INODE_STATS.get_ptr_mut(&rec.key) {
         Some(s) => s,
         None => {
             let Some(zero) = ZERO_STATS.get(0) else {
                 return;
             };
             if INODE_STATS
-                .insert(rec.key, zero, u64::from(BPF_NOEXIST))
+        .insert(&rec.key, &zero, u64::from(BPF_NOEXIST))
                 .is_ok()
             {
                 health(|h| h.inode_inserts += 1);
@@ -200,7 +203,7 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
                     cfg.offsets.dentry_d_name_name,
                 );
             }
-            match INODE_STATS.get_ptr_mut(rec.key) {
+            match INODE_STATS.get_ptr_mut(&rec.key) {
                 Some(s) => s,
                 None => {
                     health(|h| h.inode_insert_failed += 1);
@@ -216,13 +219,14 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
     // SAFETY: per-CPU value, this CPU only.
     unsafe { &mut *stats }.account(rec, ret, now);
 
-    let hists = match INODE_HISTS.get_ptr_mut(rec.key) {
+    let hists = match INODE_HISTS.get_ptr_mut(&rec.key) {
         Some(h) => Some(h),
         None => {
             if let Some(zero) = ZERO_HISTS.get(0) {
-                let _ = INODE_HISTS.insert(rec.key, zero, u64::from(BPF_NOEXIST));
+                let _ = INODE_HISTS
+        .insert(&rec.key, &zero, u64::from(BPF_NOEXIST));
             }
-            INODE_HISTS.get_ptr_mut(rec.key)
+            INODE_HISTS.get_ptr_mut(&rec.key)
         }
     };
     if let Some(h) = hists {
@@ -236,12 +240,12 @@ fn account_inode<C: EbpfContext>(ctx: &C, rec: &InFlight, ret: i64, now: u64, cf
 #[inline(always)]
 fn remember_name(rec: &InFlight, f_path_dentry: u32, d_name_name: u32) {
     if INODE_NAMES
-        .insert(rec.key, InodeName::EMPTY, u64::from(BPF_NOEXIST))
+        .insert(&rec.key, &InodeName::EMPTY, u64::from(BPF_NOEXIST))
         .is_err()
     {
         return;
     }
-    let Some(slot) = INODE_NAMES.get_ptr_mut(rec.key) else {
+    let Some(slot) = INODE_NAMES.get_ptr_mut(&rec.key) else {
         return;
     };
     let Some(dentry) = read::<u64>(rec.file, f_path_dentry) else {
@@ -268,14 +272,15 @@ fn remember_name(rec: &InFlight, f_path_dentry: u32, d_name_name: u32) {
 fn count_writer(rec: &InFlight) {
     let key = WriterKey::new(rec.key, (pid_tgid() >> 32) as u32);
     let epoch = EPOCH.get(0).copied().unwrap_or(0);
-    let writer = match WRITERS.get_ptr_mut(key) {
+    let writer = match WRITERS.get_ptr_mut(&key) {
         Some(w) => w,
         None => {
             // A new element gets this value on this CPU and zeros on the
             // others; if another CPU inserted it first, this fails and the
             // lookup below finds its element, with this CPU's slot at zero.
-            let _ = WRITERS.insert(key, WriterStats::fresh(epoch), u64::from(BPF_NOEXIST));
-            match WRITERS.get_ptr_mut(key) {
+            let _ = WRITERS
+        .insert(&key, &WriterStats::fresh(epoch), u64::from(BPF_NOEXIST));
+            match WRITERS.get_ptr_mut(&key) {
                 Some(w) => w,
                 // No room for the writer: the file's counts changed all the
                 // same, so the pair still goes in the ring.

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cache, setup};
+use crate::{cache, setup, toolchain};
 
 /// The fuzz targets, in the order they run.
 pub const TARGETS: &[&str] = &["btf", "replay"];
@@ -76,7 +76,7 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
     ));
     let t = Instant::now();
     setup::run_cmd(
-        cargo_fuzz(tools, "build")
+        cargo_fuzz(tools, "build")?
             .args(BUILD_FLAGS)
             .arg("--target-dir")
             .arg(&target_dir),
@@ -93,7 +93,7 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
         eprintln!("fuzz: {target} for {seconds}s, from {copied} committed inputs");
 
         let started = SystemTime::now();
-        let mut cmd = cargo_fuzz(tools, "run");
+        let mut cmd = cargo_fuzz(tools, "run")?;
         cmd.args(BUILD_FLAGS)
             .arg("--target-dir")
             .arg(&target_dir)
@@ -117,10 +117,11 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
             // Same flags and target directory as this run: no rebuild, same binary.
             bail!(
                 "fuzz target `{target}` found a crash; the input is {}\n  \
-                 reproduce: PATH={}:$PATH cargo +nightly fuzz run {} --target-dir {} {target} {}\n  \
+                 reproduce: PATH={}:$PATH cargo +{} fuzz run {} --target-dir {} {target} {}\n  \
                  then fix it, add a unit test, and copy the input into fuzz/corpus/{target}/",
                 list.join(", "),
                 tools.display(),
+                toolchain::nightly()?,
                 BUILD_FLAGS.join(" "),
                 target_dir.display(),
                 list[0],
@@ -138,18 +139,19 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
 /// `cargo +nightly fuzz SUBCOMMAND` from the workspace root, with the installed
 /// cargo-fuzz first on `PATH`. The variables `cargo xtask` was run with name the
 /// stable toolchain, so they are dropped.
-fn cargo_fuzz(tools: &Path, subcommand: &str) -> Command {
+fn cargo_fuzz(tools: &Path, subcommand: &str) -> Result<Command> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let paths = std::iter::once(tools.to_owned()).chain(std::env::split_paths(&path));
     let mut cmd = Command::new("cargo");
-    cmd.args(["+nightly", "fuzz", subcommand])
+    cmd.arg(format!("+{}", toolchain::nightly()?))
+        .args(["fuzz", subcommand])
         .current_dir(cache::workspace_root())
         .env("PATH", std::env::join_paths(paths).unwrap_or(path))
         .env_remove("CARGO")
         .env_remove("RUSTC")
         .env_remove("RUSTDOC")
         .env_remove("RUSTUP_TOOLCHAIN");
-    cmd
+    Ok(cmd)
 }
 
 /// Replaces `to` with a copy of the files in `from`; returns how many.

@@ -15,6 +15,7 @@ mod kernel;
 mod libfuse;
 mod setup;
 mod test;
+mod toolchain;
 mod vm;
 
 use std::process::ExitCode;

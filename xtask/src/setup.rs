@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cache;
+use crate::{cache, toolchain};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Pinned so a CI run never picks up a release with different defaults.
@@ -119,31 +119,60 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn ensure_rustup() -> Result<()> {
-    let components = output(Command::new("rustup").args([
+/// Whether rustup has `toolchain` installed.
+fn toolchain_installed(toolchain: &str) -> Result<bool> {
+    let list = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    Ok(list
+        .lines()
+        .any(|l| l.split_whitespace().next().is_some_and(|t| t.starts_with(toolchain))))
+}
+
+/// Installs `toolchain` (an exact pin, never a floating channel) with
+/// `components`, unless it is there.
+fn ensure_toolchain(toolchain: &str, components: &[&str], why: &str) -> Result<()> {
+    if !toolchain_installed(toolchain)? {
+        announce(&format!("installing Rust {toolchain} ({why})"));
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
+        for c in components {
+            cmd.args(["--component", c]);
+        }
+        return run_cmd(&mut cmd);
+    }
+    let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
-    ]))
-    .context("the nightly toolchain is needed for the eBPF programs")?;
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
-        announce("adding rust-src to the nightly toolchain (eBPF builds core from source)");
-        run_cmd(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    ]))?;
+    for c in components {
+        if !installed.lines().any(|l| l.starts_with(c)) {
+            announce(&format!("adding {c} to Rust {toolchain}"));
+            run_cmd(Command::new("rustup").args(["component", "add", c, "--toolchain", toolchain]))?;
+        }
     }
+    Ok(())
+}
+
+/// The pinned toolchains with what the builds need of them: the
+/// workspace's with clippy, rustfmt and the musl target, and the eBPF
+/// programs' nightly with `rust-src`.
+pub fn ensure_rustup() -> Result<()> {
+    let stable = toolchain::stable()?;
+    ensure_toolchain(&stable, &["clippy", "rustfmt"], "userspace, xtask and tests")?;
+    let nightly = toolchain::nightly()?;
+    ensure_toolchain(
+        &nightly,
+        &["rust-src"],
+        "the eBPF programs: it builds core from source",
+    )?;
     let targets = output(Command::new("rustup").args([
         "target",
         "list",
         "--installed",
         "--toolchain",
-        "stable",
+        &stable,
     ]))?;
     if !targets
         .lines()
@@ -155,26 +184,32 @@ pub fn ensure_rustup() -> Result<()> {
             "add",
             crate::build::MUSL_TARGET,
             "--toolchain",
-            "stable",
+            &stable,
         ]))?;
     }
     Ok(())
 }
 
-/// Where bpf-linker lives; userspace's build.rs looks in the same place.
+/// Where bpf-linker lives, one build per nightly (it links against that
+/// nightly's LLVM); userspace's build.rs looks in the same place.
 pub fn bpf_linker_root() -> Result<PathBuf> {
-    Ok(cache::dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}")))
+    Ok(cache::dir()?.join(format!(
+        "bpf-linker-{BPF_LINKER_VERSION}+{}",
+        toolchain::nightly()?
+    )))
 }
 
 /// bpf-linker's default feature wants a system LLVM that Debian lacks; build it
-/// against the LLVM shared library nightly rustc ships instead.
+/// against the LLVM shared library the pinned nightly ships instead, with the
+/// `llvm-NN` feature of that library's major version.
 pub fn ensure_bpf_linker() -> Result<()> {
     let root = bpf_linker_root()?;
     let bin = root.join("bin/bpf-linker");
     if bin.is_file() {
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let nightly = toolchain::nightly()?;
+    let sysroot = output(Command::new("rustc").arg(format!("+{nightly}")).args(["--print", "sysroot"]))?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib_dir)
         .with_context(|| format!("reading {}", lib_dir.display()))?
@@ -191,16 +226,9 @@ pub fn ensure_bpf_linker() -> Result<()> {
         .and_then(|n| n.to_str())
         .context("LLVM library name")?
         .to_owned();
-    // "libLLVM.so.22.1-rust-..." → major version 22 picks the llvm-22 feature.
-    let major: String = soname
-        .trim_start_matches("libLLVM.so.")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    if major.is_empty() {
-        bail!("cannot tell the LLVM major version from {soname}");
-    }
-    let prefix = cache::dir()?.join("llvm-prefix");
+    let major = llvm_major(&soname)
+        .with_context(|| format!("cannot tell the LLVM major version from {soname}"))?;
+    let prefix = cache::dir()?.join(format!("llvm-prefix+{nightly}"));
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
     for link in ["libLLVM.so", soname.as_str()] {
@@ -210,23 +238,41 @@ pub fn ensure_bpf_linker() -> Result<()> {
             .with_context(|| format!("linking {}", path.display()))?;
     }
     announce(&format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} into {} (about 3 minutes, once)",
+        "building bpf-linker {BPF_LINKER_VERSION} against {nightly}'s LLVM {major} into {} (1-3 minutes, once)",
         root.display()
     ));
+    // Into a scratch root, then one rename: an interrupted build leaves
+    // no binary that looks complete.
+    let scratch = cache::TempDir::new(root.with_extension("partial"))?;
     run_cmd(
         Command::new("cargo")
+            .arg(format!("+{}", toolchain::stable()?))
             .args([
                 "install",
                 "bpf-linker",
+                "--locked",
                 "--version",
                 BPF_LINKER_VERSION,
                 "--no-default-features",
             ])
             .args(["--features", &format!("llvm-{major}")])
             .arg("--root")
-            .arg(&root)
+            .arg(scratch.path())
             .env("LLVM_PREFIX", &prefix),
-    )
+    )?;
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(scratch.path(), &root)
+        .with_context(|| format!("moving bpf-linker into {}", root.display()))
+}
+
+/// "libLLVM.so.23.1-rust-1.101.0-nightly" → 23: the `llvm-NN` feature.
+fn llvm_major(soname: &str) -> Option<u32> {
+    let digits: String = soname
+        .strip_prefix("libLLVM.so.")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// cargo-fuzz (`cargo xtask fuzz`), installed beside bpf-linker in the cache; returns
@@ -281,4 +327,16 @@ pub fn ensure_cargo_deb() -> Result<PathBuf> {
             .arg(&root),
     )?;
     Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_llvm_feature_follows_the_library() {
+        assert_eq!(llvm_major("libLLVM.so.23.1-rust-1.101.0-nightly"), Some(23));
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major("libLLVM-23.so"), None);
+    }
 }

@@ -111,7 +111,7 @@ pub struct BatchReader<K, V> {
 impl<K: Pod + Default, V: Pod + Default> BatchReader<K, V> {
     pub fn new(map: MapData, per_cpu: bool, max_entries: u32) -> io::Result<Self> {
         let slots = if per_cpu {
-            aya::util::nr_cpus().map_err(|(_, e)| e)?
+            aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize
         } else {
             1
         };

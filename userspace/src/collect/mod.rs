@@ -323,7 +323,7 @@ impl Collector {
         // before it).
         self.epoch_value += 1;
         self.epoch
-            .set(0, self.epoch_value, 0)
+            .set(0, &self.epoch_value, 0)
             .context("writing EPOCH")?;
         let rings = self.dirty.get(&0, 0).context("reading DIRTY")?;
         let heads: Vec<u64> = rings.iter().map(|r| r.head).collect();

@@ -119,7 +119,7 @@ impl Kernel {
             health: typed(e, MAP_HEALTH)?,
             dirty: typed(e, MAP_DIRTY)?,
             epoch: typed(e, MAP_EPOCH)?,
-            cpus: nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?,
+            cpus: nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?.get() as usize,
         })
     }
 
@@ -135,7 +135,7 @@ impl Kernel {
             Err(_) => (WriteStats::default(), true),
         };
         v.account(rec, ret, WRITE_ENDS_NS);
-        map.insert(key, on_cpu0(cpus, v)?, 0)
+        map.insert(&key, on_cpu0(cpus, v)?, 0)
             .context("updating a per-CPU hash")?;
         Ok(new)
     }
@@ -165,11 +165,11 @@ impl Kernel {
             self.health.set(0, on_cpu0(cpus, h)?, 0).context("HEALTH")?;
             let mut n = InodeName::default();
             n.len = copy_truncated(&mut n.name, name) as u32;
-            self.names.insert(key, n, 0).context("INODE_NAMES")?;
+            self.names.insert(&key, &n, 0).context("INODE_NAMES")?;
         }
         let mut h = self.hists.get(&key, 0).unwrap_or(Histograms::ZERO);
         h.record(&rec, WRITE_ENDS_NS, |slot| *slot += 1);
-        self.hists.insert(key, h, 0).context("INODE_HISTS")?;
+        self.hists.insert(&key, &h, 0).context("INODE_HISTS")?;
 
         let wkey = WriterKey::new(key, tgid);
         // count_writer: this CPU's count, and once per epoch its name and
@@ -185,7 +185,7 @@ impl Kernel {
             copy_truncated(&mut w.comm, comm);
         }
         self.writers
-            .insert(wkey, on_cpu0(cpus, w)?, 0)
+            .insert(&wkey, on_cpu0(cpus, w)?, 0)
             .context("WRITERS")?;
         if push {
             let mut ring = self.dirty.get(&0, 0).context("DIRTY")?[0];

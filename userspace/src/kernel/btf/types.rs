@@ -319,7 +319,8 @@ pub(super) fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
 /// record is ignored (the parser has already checked there is none).
 fn u32_records<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u32; N]> + '_ {
     let (words, _) = bytes.as_chunks::<4>();
-    words.chunks_exact(N).map(|record| {
-        std::array::from_fn(|i| record.get(i).map_or(0, |word| u32::from_le_bytes(*word)))
-    })
+    let (records, _) = words.as_chunks::<N>();
+    records
+        .iter()
+        .map(|record| record.map(u32::from_le_bytes))
 }
