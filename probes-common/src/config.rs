@@ -15,6 +15,11 @@ pub const CONFIG_GLOBAL: &str = "FUSELOCK_CONFIG";
 pub const FLAG_DEBUG_LOG: u32 = 1 << 0;
 /// Bit in [`Config::flags`]: watch `lock:contention_*` for wait times.
 pub const FLAG_CONTENTION: u32 = 1 << 1;
+/// Bit in [`Config::flags`]: the kernel has cgroups, so each writer's
+/// cgroup id is read (`bpf_get_current_cgroup_id()`). The configuration is
+/// a read-only global, so on a kernel without cgroups the verifier prunes
+/// the call as dead code instead of refusing the program.
+pub const FLAG_CGROUP_ID: u32 = 1 << 2;
 
 /// Byte offsets of the kernel struct fields the programs read.
 #[repr(C)]

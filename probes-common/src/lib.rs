@@ -18,6 +18,6 @@ pub use classify::{classify, Reason, Reasons, WriteFacts};
 pub use config::Config;
 pub use dev::Dev;
 pub use maps::{
-    Health, Histograms, InFlight, InodeKey, InodeName, LockMode, OpenStats, WritePath, WriteStats,
-    WriterKey, WriterStats,
+    FileStats, Health, Histograms, InFlight, InodeKey, InodeName, LockMode, OpenStats, TaskState,
+    WritePath, WriteStats, WriterKey, WriterStats,
 };

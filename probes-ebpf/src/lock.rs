@@ -16,8 +16,8 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{current_task, now_ns, pid_tgid, read, read_words},
-    maps::{config, health, INFLIGHT},
+    kernel::{current_task, now_ns, read, read_words},
+    maps::{config, health, task},
 };
 
 /// `FUSE_DIO_WRITE` (`fs/fuse/fuse_i.h`).
@@ -25,12 +25,11 @@ pub const FUSE_DIO_WRITE: u64 = 1 << 0;
 
 #[inline(always)]
 pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
-    let Some(rec) = INFLIGHT.get_ptr_mut(&pid_tgid()) else {
+    let Some(task) = task() else {
         return;
     };
-    // SAFETY: our own map value, owned by this task's in-flight write.
-    let rec = unsafe { &mut *rec };
-    if rec.key.path != path as u32 || rec.mode != INFLIGHT_UNLOCKED {
+    let rec = &mut task.write;
+    if rec.active == 0 || rec.key.path != path as u32 || rec.mode != INFLIGHT_UNLOCKED {
         return;
     }
     if iocb.is_some_and(|iocb| iocb != rec.iocb) {

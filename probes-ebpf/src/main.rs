@@ -1,11 +1,11 @@
 //! fuselock's eBPF programs.
 //!
 //! Every hook exists twice, as fentry/fexit and as kprobe/kretprobe: userspace
-//! attaches the fentry set where the kernel has BPF trampolines (cheaper, and
-//! fexit has no `maxactive` limit that could drop returns under heavy
-//! concurrency) and falls back to kprobes elsewhere. Both variants are thin
-//! wrappers around the same handlers in `write.rs`, `lock.rs` and
-//! `contention.rs`.
+//! attaches the fentry set where the kernel has BPF trampolines and cannot
+//! preempt a running program (cheaper, and fexit has no `maxactive` limit
+//! that could drop returns under heavy concurrency), and kprobes elsewhere.
+//! Both variants are thin wrappers around the same handlers in `write.rs`,
+//! `lock.rs`, `open.rs` and `contention.rs`.
 #![no_std]
 #![no_main]
 // Atomic adds on shared (non-per-CPU) map values: `AtomicU64` is not
@@ -14,10 +14,12 @@
 #![allow(internal_features)]
 
 mod contention;
+mod finish;
 mod kernel;
 mod lock;
 mod maps;
 mod open;
+mod task_storage;
 mod write;
 
 use aya_ebpf::{

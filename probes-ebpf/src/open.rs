@@ -4,14 +4,18 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use probes_common::{
     classify::{FOPEN_DIRECT_IO, FOPEN_PARALLEL_DIRECT_WRITES, FOPEN_PASSTHROUGH},
-    maps::OpenInFlight,
+    maps::{Bump, OpenInFlight},
     InodeKey, OpenStats,
 };
 
 use crate::{
-    kernel::{inode_id, pid_tgid, read},
-    maps::{atomic_add, config, health, OPENS, OPENS_INFLIGHT},
+    kernel::{inode_id, read},
+    maps::{config, health, task, task_or_create, Atomic, OPENS},
 };
+
+fn atomic_add(slot: &mut u64, n: u64) {
+    Atomic::add(slot, n);
+}
 
 /// Entry: `ff->open_flags` is still what the server replied.
 #[inline(always)]
@@ -23,27 +27,28 @@ pub fn on_entry(file: u64) {
     let Some(flags) = read::<u32>(ff, cfg.offsets.fuse_file_open_flags) else {
         return;
     };
-    let record = OpenInFlight {
+    let Some(task) = task_or_create() else {
+        health(|h| h.inflight_full += 1);
+        return;
+    };
+    task.open = OpenInFlight {
         file,
         flags_asked: flags,
-        _pad: 0,
+        active: 1,
     };
-    if OPENS_INFLIGHT
-        .insert(&pid_tgid(), &record, 0).is_err() {
-        health(|h| h.inflight_full += 1);
-    }
 }
 
 /// Return: `ff->open_flags` is what the kernel kept.
 #[inline(always)]
 pub fn on_exit(ret: i32) {
-    let id = pid_tgid();
-    let Some(rec) = OPENS_INFLIGHT.get_ptr(&id) else {
+    let Some(task) = task() else {
         return;
     };
-    // SAFETY: our own map value, copied before removal.
-    let rec = unsafe { *rec };
-    let _ = OPENS_INFLIGHT.remove(&id);
+    if task.open.active == 0 {
+        return;
+    }
+    task.open.active = 0;
+    let rec = task.open;
     if ret != 0 {
         return;
     }
@@ -65,8 +70,7 @@ pub fn on_exit(ret: i32) {
     let stats = match OPENS.get_ptr_mut(&key) {
         Some(s) => s,
         None => {
-            let _ = OPENS
-        .insert(&key, &OpenStats::default(), u64::from(BPF_NOEXIST));
+            let _ = OPENS.insert(&key, &OpenStats::default(), u64::from(BPF_NOEXIST));
             let Some(s) = OPENS.get_ptr_mut(&key) else {
                 return;
             };

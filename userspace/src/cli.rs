@@ -117,12 +117,12 @@ pub struct ProbeArgs {
     /// Log every write from the kernel through aya-log (costly: debugging only).
     #[arg(long)]
     pub debug_probes: bool,
-    /// Seconds after which the record of a write still in flight is taken
-    /// for stale (its return probe was missed) and dropped; counted in
-    /// health.inflight_aged_out (1 to 86400).
-    #[arg(long, default_value_t = 300, value_name = "SECS",
+    /// No effect, kept so that scripts passing it still run: a write's
+    /// in-flight record lives in its task's BPF storage, which the kernel
+    /// frees with the task, so there is nothing to age out.
+    #[arg(long, hide = true, value_name = "SECS",
           value_parser = clap::value_parser!(u32).range(1..=86_400))]
-    pub inflight_max_age: u32,
+    pub inflight_max_age: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -122,9 +122,11 @@ pub fn is_root() -> bool {
 /// Whether rustup has `toolchain` installed.
 fn toolchain_installed(toolchain: &str) -> Result<bool> {
     let list = output(Command::new("rustup").args(["toolchain", "list"]))?;
-    Ok(list
-        .lines()
-        .any(|l| l.split_whitespace().next().is_some_and(|t| t.starts_with(toolchain))))
+    Ok(list.lines().any(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|t| t.starts_with(toolchain))
+    }))
 }
 
 /// Installs `toolchain` (an exact pin, never a floating channel) with
@@ -149,7 +151,13 @@ fn ensure_toolchain(toolchain: &str, components: &[&str], why: &str) -> Result<(
     for c in components {
         if !installed.lines().any(|l| l.starts_with(c)) {
             announce(&format!("adding {c} to Rust {toolchain}"));
-            run_cmd(Command::new("rustup").args(["component", "add", c, "--toolchain", toolchain]))?;
+            run_cmd(Command::new("rustup").args([
+                "component",
+                "add",
+                c,
+                "--toolchain",
+                toolchain,
+            ]))?;
         }
     }
     Ok(())
@@ -160,7 +168,11 @@ fn ensure_toolchain(toolchain: &str, components: &[&str], why: &str) -> Result<(
 /// programs' nightly with `rust-src`.
 pub fn ensure_rustup() -> Result<()> {
     let stable = toolchain::stable()?;
-    ensure_toolchain(&stable, &["clippy", "rustfmt"], "userspace, xtask and tests")?;
+    ensure_toolchain(
+        &stable,
+        &["clippy", "rustfmt"],
+        "userspace, xtask and tests",
+    )?;
     let nightly = toolchain::nightly()?;
     ensure_toolchain(
         &nightly,
@@ -209,7 +221,11 @@ pub fn ensure_bpf_linker() -> Result<()> {
         return Ok(());
     }
     let nightly = toolchain::nightly()?;
-    let sysroot = output(Command::new("rustc").arg(format!("+{nightly}")).args(["--print", "sysroot"]))?;
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{nightly}"))
+            .args(["--print", "sysroot"]),
+    )?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib_dir)
         .with_context(|| format!("reading {}", lib_dir.display()))?

@@ -41,7 +41,8 @@ mod tests {
 
     #[test]
     fn the_channel_is_read_from_the_toolchain_file() {
-        let text = "# a comment\n[toolchain]\nchannel = \"nightly-2026-10-29\"\nprofile = \"minimal\"\n";
+        let text =
+            "# a comment\n[toolchain]\nchannel = \"nightly-2026-10-29\"\nprofile = \"minimal\"\n";
         assert_eq!(channel_of(text), Some("nightly-2026-10-29"));
         assert_eq!(channel_of("[toolchain]\nprofile = \"minimal\"\n"), None);
     }
@@ -50,7 +51,8 @@ mod tests {
     fn both_pins_are_exact_versions() {
         let stable = stable().expect("workspace toolchain");
         assert!(
-            stable.split('.').count() == 3 && stable.chars().all(|c| c.is_ascii_digit() || c == '.'),
+            stable.split('.').count() == 3
+                && stable.chars().all(|c| c.is_ascii_digit() || c == '.'),
             "{stable} is not an exact version"
         );
         let nightly = nightly().expect("eBPF toolchain");

@@ -1,14 +1,40 @@
 use super::*;
+use crate::{
+    hist::{self, HIST_BUCKETS},
+    Reason, Reasons,
+};
 
 #[test]
-fn a_writer_is_pushed_once_per_epoch_and_counted_every_write() {
-    let mut w = WriterStats::fresh(7);
-    assert!(w.count(7), "the first write of the epoch");
-    assert!(!w.count(7) && !w.count(7));
-    assert!(w.count(8), "a new refresh epoch");
-    assert_eq!(w.writes, 4);
-    // Epoch 0 (before the first refresh) works the same.
-    assert!(WriterStats::fresh(0).count(0));
+fn a_pair_is_pushed_once_per_epoch_on_a_cpu() {
+    let key = |tgid| WriterKey {
+        ino: 42,
+        dev: 27,
+        tgid,
+        ..WriterKey::default()
+    };
+    let mut ring = DirtyRing::default();
+    // Epoch 0 (before the first refresh) works like any other.
+    assert!(
+        ring.first_in_epoch(key(1), 0),
+        "the first write of the epoch"
+    );
+    assert!(!ring.first_in_epoch(key(1), 0) && !ring.first_in_epoch(key(1), 0));
+    assert!(ring.first_in_epoch(key(2), 0), "another writer of the file");
+    assert!(!ring.first_in_epoch(key(2), 0));
+    assert!(ring.first_in_epoch(key(1), 1), "a new refresh epoch");
+    // Many pairs share the cache's slots: one evicted by another is pushed
+    // again, never skipped.
+    let mut pushes = 0;
+    for round in 0..2 {
+        for tgid in 0..(4 * RECENT_SLOTS as u32) {
+            if ring.first_in_epoch(key(tgid), 7) {
+                pushes += 1;
+            } else {
+                assert_eq!(round, 1, "pair {tgid} skipped before it was ever pushed");
+            }
+        }
+    }
+    assert!(pushes >= 4 * RECENT_SLOTS, "{pushes}");
 }
 
 #[test]
@@ -48,22 +74,22 @@ fn account_counts_mode_reasons_times_and_the_canary() {
     let none = Reasons::from_bits(0);
     let mut s = WriteStats::default();
     // A shared overwrite inside EOF, then one that grows the file.
-    s.account(&write(INFLIGHT_SHARED, none), 4096, 3_000);
+    s.account::<Plain>(&write(INFLIGHT_SHARED, none), 4096, 3_000);
     let mut grows = write(INFLIGHT_SHARED, none);
     grows.pos = 8192;
-    s.account(&grows, 4096, 3_000);
+    s.account::<Plain>(&grows, 4096, 3_000);
     // An exclusive overwrite that waited 700 ns for the lock.
     let mut waited = write(INFLIGHT_EXCLUSIVE, none.with(Reason::NoParallelFlag));
     waited.contended = 1;
     waited.wait_ns = 700;
-    s.account(&waited, 4096, 2_000);
+    s.account::<Plain>(&waited, 4096, 2_000);
     // An append, exclusive; an error before the lock.
-    s.account(
+    s.account::<Plain>(
         &write(INFLIGHT_EXCLUSIVE, none.with(Reason::Append)),
         10,
         2_000,
     );
-    s.account(&write(INFLIGHT_UNLOCKED, none), -22, 1_200);
+    s.account::<Plain>(&write(INFLIGHT_UNLOCKED, none), -22, 1_200);
 
     assert_eq!(
         (s.writes, s.errors, s.bytes, s.unlocked),
@@ -92,12 +118,8 @@ fn record_fills_latency_hold_and_wait_buckets() {
     let mut waited = write(INFLIGHT_EXCLUSIVE, Reasons::from_bits(0));
     waited.contended = 1;
     waited.wait_ns = 700;
-    h.record(&waited, 3_000, |slot| *slot += 1);
-    h.record(
-        &write(INFLIGHT_UNLOCKED, Reasons::from_bits(0)),
-        3_000,
-        |slot| *slot += 1,
-    );
+    h.record::<Plain>(&waited, 3_000);
+    h.record::<Plain>(&write(INFLIGHT_UNLOCKED, Reasons::from_bits(0)), 3_000);
     let ex = LockMode::Exclusive as usize;
     assert_eq!(h.latency[hist::bucket(2_000)], 2);
     assert_eq!(h.hold[ex][hist::bucket(1_500)], 1);
@@ -113,19 +135,30 @@ fn layouts_have_no_hidden_padding() {
         size_of::<WriteStats>(),
         8 * (3 + 2 * Reason::COUNT + 2 + 1 + 10 + 1 + 1 + 3)
     );
-    assert_eq!(size_of::<Health>(), 8 * 11);
-    assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 7 + 4 * 4);
+    assert_eq!(size_of::<Health>(), 8 * Health::NAMES.len());
+    assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 8 + 4 * 4);
     assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
     assert_eq!(size_of::<crate::Config>(), 8 + 4 * 20 + 8);
     assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
+    assert_eq!(
+        size_of::<FileStats>(),
+        size_of::<WriteStats>() + size_of::<Histograms>() + 8 + size_of::<InodeName>()
+    );
     assert_eq!(size_of::<WriterKey>(), 24);
     assert_eq!(size_of::<WriterStats>(), 32);
     // A per-CPU map value may be at most 32 KiB.
-    assert_eq!(size_of::<DirtyRing>(), 8 + 24 * DIRTY_SLOTS);
+    assert_eq!(
+        size_of::<DirtyRing>(),
+        8 + 24 * DIRTY_SLOTS + 32 * RECENT_SLOTS
+    );
     assert!(size_of::<DirtyRing>() <= 32 * 1024);
-    assert!(DIRTY_SLOTS.is_power_of_two());
+    assert!(DIRTY_SLOTS.is_power_of_two() && RECENT_SLOTS.is_power_of_two());
     assert_eq!(size_of::<OpenStats>(), 8 * 8);
     assert_eq!(size_of::<OpenInFlight>(), 16);
+    assert_eq!(
+        size_of::<TaskState>(),
+        size_of::<InFlight>() + size_of::<OpenInFlight>()
+    );
 }
 
 #[test]
@@ -170,4 +203,144 @@ fn merge_sums_and_maxes() {
     a.merge(&b);
     assert_eq!(a.writes, 5);
     assert_eq!(a.wait_ns_max, [5, 9]);
+}
+
+/// Maps in memory that log which value each update touched, in order.
+#[derive(Default)]
+struct Logged {
+    log: std::vec::Vec<&'static str>,
+    file: Option<FileStats>,
+    /// The file map is full: no room for a new file.
+    files_full: bool,
+    device: WriteStats,
+    writer: WriterStats,
+    ring: DirtyRing,
+    totals: WriteStats,
+    hists: Histograms,
+    health: Health,
+    epoch: u64,
+}
+
+extern crate std;
+
+impl WriteMaps for Logged {
+    type Shared = Plain;
+
+    fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
+        assert_eq!(key.ino, 0, "device totals are keyed by inode 0");
+        self.log.push("device");
+        f(&mut self.device);
+        Slot::Found
+    }
+
+    fn with_file(&mut self, _: &InodeKey, f: impl FnOnce(&mut FileStats)) -> Slot {
+        self.log.push("file");
+        match &mut self.file {
+            Some(file) => {
+                f(file);
+                Slot::Found
+            }
+            None if self.files_full => Slot::Full,
+            None => {
+                f(self.file.insert(FileStats::ZERO));
+                Slot::Inserted
+            }
+        }
+    }
+
+    fn with_writer(&mut self, _: &WriterKey, f: impl FnOnce(&mut WriterStats)) -> Slot {
+        self.log.push("writer");
+        f(&mut self.writer);
+        Slot::Found
+    }
+
+    fn with_ring<R>(&mut self, f: impl FnOnce(&mut DirtyRing) -> R) -> Option<R> {
+        self.log.push("ring");
+        Some(f(&mut self.ring))
+    }
+
+    fn with_path(&mut self, _: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms)) {
+        self.log.push("path");
+        f(&mut self.totals, &mut self.hists);
+    }
+
+    fn with_health(&mut self, f: impl FnOnce(&mut Health)) {
+        f(&mut self.health);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn tgid(&self) -> u32 {
+        77
+    }
+
+    fn identity(&self) -> ([u8; COMM_LEN], u64) {
+        (*b"writer\0\0\0\0\0\0\0\0\0\0", 4242)
+    }
+}
+
+#[test]
+fn a_finished_write_updates_every_map_with_the_path_totals_last() {
+    let mut maps = Logged::default();
+    let rec = InFlight {
+        key: InodeKey {
+            ino: 5,
+            dev: 27,
+            path: 0,
+        },
+        ..write(
+            INFLIGHT_EXCLUSIVE,
+            Reasons::NONE.with(Reason::NoParallelFlag),
+        )
+    };
+    finish_write(&mut maps, &rec, 4096, 3_000);
+    // The pair enters the ring after the file and writer, before the totals.
+    assert_eq!(
+        maps.log,
+        ["device", "file", "ring", "writer", "ring", "path"]
+    );
+    let file = maps.file.expect("the file was inserted");
+    assert_eq!((file.stats.writes, file.stats.bytes), (1, 4096));
+    assert_eq!(file.last_write_ns, 3_000);
+    assert_eq!(file.hists.latency[hist::bucket(2_000)], 1);
+    assert_eq!((maps.device.writes, maps.totals.writes), (1, 1));
+    assert_eq!(maps.hists.latency[hist::bucket(2_000)], 1);
+    assert_eq!(maps.health.inode_inserts, 1);
+    assert_eq!((maps.writer.writes, maps.writer.cgroup_id), (1, 4242));
+    assert_eq!(&maps.writer.comm[..6], b"writer");
+    assert_eq!(maps.ring.head, 1);
+    assert_eq!(maps.ring.keys[0], WriterKey::new(rec.key, 77));
+
+    // The same pair again in this epoch: counted, not pushed again, and its
+    // identity not read again.
+    maps.log.clear();
+    maps.writer.cgroup_id = 0;
+    finish_write(&mut maps, &rec, -5, 4_000);
+    assert_eq!(maps.log, ["device", "file", "ring", "writer", "path"]);
+    assert_eq!((maps.writer.writes, maps.writer.cgroup_id), (2, 0));
+    assert_eq!(maps.ring.head, 1);
+    let file = maps.file.expect("the file");
+    assert_eq!((file.stats.writes, file.stats.errors), (2, 1));
+    assert_eq!(maps.health.inode_inserts, 1);
+
+    // A new epoch pushes the pair again.
+    maps.epoch = 1;
+    finish_write(&mut maps, &rec, 1, 5_000);
+    assert_eq!(maps.ring.head, 2);
+}
+
+#[test]
+fn a_file_with_no_room_still_counts_in_the_totals() {
+    let mut maps = Logged {
+        files_full: true,
+        ..Logged::default()
+    };
+    let rec = write(INFLIGHT_SHARED, Reasons::NONE);
+    finish_write(&mut maps, &rec, 4096, 3_000);
+    assert!(maps.file.is_none());
+    assert_eq!(maps.health.inode_insert_failed, 1);
+    assert_eq!((maps.device.writes, maps.totals.writes), (1, 1));
+    assert_eq!(maps.writer.writes, 1);
 }

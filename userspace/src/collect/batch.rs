@@ -1,6 +1,6 @@
 //! Whole-map reads with `BPF_MAP_LOOKUP_BATCH`, and single-key lookups.
 //!
-//! aya 0.14 reads a hash map one key at a time (`get_next_key` then a
+//! aya reads a hash map one key at a time (`get_next_key` then a
 //! lookup: two syscalls per entry, 20,000 per refresh at 10,000 inodes) and
 //! has no batch API. This is the kernel's own interface for the job, a few
 //! syscalls per map; hash maps have it since Linux 5.6, and fuselock needs
@@ -206,8 +206,16 @@ impl<K: Pod + Default, V: Pod + Default> BatchReader<K, V> {
                 keys.push(*k);
             }
         })?;
+        self.delete_keys(&keys)
+    }
+
+    /// Removes `keys`; how many were there.
+    pub fn delete_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k K>) -> io::Result<u64>
+    where
+        K: 'k,
+    {
         let mut deleted = 0;
-        for key in &keys {
+        for key in keys {
             let mut attr = ElemAttr {
                 map_fd: self.fd(),
                 key: std::ptr::from_ref(key) as u64,
@@ -215,7 +223,7 @@ impl<K: Pod + Default, V: Pod + Default> BatchReader<K, V> {
             };
             match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
                 Ok(()) => deleted += 1,
-                // Evicted meanwhile: gone either way.
+                // Gone meanwhile: gone either way.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e),
             }

@@ -9,15 +9,15 @@ use std::{
 
 use probes_common::{
     maps::{DirtyRing, DIRTY_SLOTS},
-    InodeKey, OpenStats, WriteStats, WriterKey,
+    Dev, InodeKey, OpenStats, WritePath, WriteStats, WriterKey,
 };
 
 use crate::model::snapshot::{Entries, Entry, Writer};
 
-/// Counters that move whenever any per-inode map changes: every write's
-/// return bumps `PATH_TOTALS`, every new inode `inode_inserts` (and an LRU
-/// eviction only happens on an insert), every open `opens`. Equal marks
-/// mean the per-inode maps hold what they held at the last read.
+/// Counters that move whenever any per-file map changes: every write's
+/// return bumps `PATH_TOTALS`, every new file `inode_inserts`, every open
+/// `opens` (and only the janitor deletes). Equal marks mean the per-file
+/// maps hold what they held at the last read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ChangeMarks {
     pub(super) writes: u64,
@@ -28,10 +28,35 @@ pub(super) struct ChangeMarks {
 /// An entry as last built, with what it was built from.
 pub(super) struct Cached {
     pub(super) stats: WriteStats,
+    /// When the file was last written (`bpf_ktime_get_ns`), as last read.
+    pub(super) last_write_ns: u64,
     pub(super) open: Option<OpenStats>,
     /// Every writer of the entry by tgid (the entry shows the top ones).
     pub(super) writers: HashMap<u32, Writer>,
     pub(super) entry: Arc<Entry>,
+}
+
+impl Cached {
+    /// A file not read yet: an entry with no counts, to be built.
+    pub(super) fn empty(key: &InodeKey, path: WritePath) -> Cached {
+        Cached {
+            stats: WriteStats::default(),
+            last_write_ns: 0,
+            open: None,
+            writers: HashMap::new(),
+            entry: Arc::new(Entry {
+                dev: Dev(key.dev),
+                ino: key.ino,
+                name: None,
+                mount: None,
+                path,
+                counters: Default::default(),
+                histograms: Default::default(),
+                writers: Vec::new(),
+                open: None,
+            }),
+        }
+    }
 }
 
 /// Per-file open evidence as last read, and its sum.
@@ -183,6 +208,7 @@ mod tests {
     fn cached(ino: u64) -> Cached {
         Cached {
             stats: WriteStats::default(),
+            last_write_ns: 0,
             open: None,
             writers: HashMap::new(),
             entry: Arc::new(Entry {

@@ -1,18 +1,17 @@
 //! The collector's housekeeping: everything fuselock deletes from the maps,
-//! and when. In-flight records whose return was missed are aged out; the
-//! per-file entries of a device that was unmounted are deleted (the
-//! collector then drops what it cached of them).
+//! and when. The per-file entries of a device that was unmounted are
+//! deleted; when `FILES` nears its capacity, the files written longest ago
+//! are forgotten (counted as evictions), as an LRU map would, since a map
+//! that allocates on use cannot be one. The device and path totals are
+//! never deleted, so no count is lost either way.
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::collections::HashSet;
 
 use anyhow::{Context as _, Result};
-use probes_common::{Dev, InFlight, InodeKey};
+use probes_common::{Dev, InodeKey};
 
 use crate::{
-    collect::{batch::BatchReader, InodeMaps},
+    collect::InodeMaps,
     kernel::mounts::{MountTable, MountWatch},
 };
 
@@ -21,31 +20,37 @@ pub(super) struct Janitor {
     /// Devices whose entries were seen while they were mounted here: when
     /// one leaves the mount table, its entries are dropped from the maps.
     mounted_devs: HashSet<u32>,
-    /// In-flight write records, aged out after `inflight_max_age`.
-    inflight: BatchReader<u64, InFlight>,
-    inflight_max_age: Duration,
-    inflight_aged_out: u64,
-    /// `INODE_STATS` entries deleted here, which the kernel's insert count
-    /// must not take for evictions.
-    deleted: u64,
-    /// When `INFLIGHT` is next scanned: an eighth of the max age apart, so
-    /// a record is gone at most 12.5 % past its age, and a refresh on an
-    /// idle host usually scans nothing.
-    inflight_next_scan: Instant,
+    max_inodes: u64,
+    /// Files deleted because their device was unmounted.
+    unmounted_files: u64,
+    /// Files forgotten to make room: the evictions.
+    evicted: u64,
+}
+
+/// Room kept free in `FILES` (a tenth): files that appear between two
+/// refreshes find it, and a full map (whose inserts fail, counted in
+/// `inode_insert_failed`) is rare.
+const fn high_water(max: u64) -> u64 {
+    max - max / 10
+}
+
+/// Where making room stops (a fifth free), so that it runs once per tenth
+/// of the capacity of new files, not at every refresh.
+const fn low_water(max: u64) -> u64 {
+    let free = max / 5;
+    max - if free == 0 { 1 } else { free }
 }
 
 impl Janitor {
     /// Starts watching the mount table: create it before reading the table,
     /// so that a mount in between is seen.
-    pub(super) fn new(inflight: BatchReader<u64, InFlight>, inflight_max_age: Duration) -> Janitor {
+    pub(super) fn new(max_inodes: u32) -> Janitor {
         Janitor {
             mounts_watch: MountWatch::new(),
             mounted_devs: HashSet::new(),
-            inflight,
-            inflight_max_age,
-            inflight_aged_out: 0,
-            deleted: 0,
-            inflight_next_scan: Instant::now(),
+            max_inodes: u64::from(max_inodes),
+            unmounted_files: 0,
+            evicted: 0,
         }
     }
 
@@ -54,6 +59,19 @@ impl Janitor {
         if mounts.has(Dev(dev)) {
             self.mounted_devs.insert(dev);
         }
+    }
+
+    /// Files in `FILES` now, from the programs' insert count and what was
+    /// deleted here (nothing else deletes from it): no map read.
+    pub(super) fn live(&self, inode_inserts: u64) -> u64 {
+        inode_inserts
+            .saturating_sub(self.unmounted_files)
+            .saturating_sub(self.evicted)
+    }
+
+    /// Files forgotten to make room so far.
+    pub(super) fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Deletes the per-file entries of the devices that were mounted and are
@@ -69,16 +87,10 @@ impl Janitor {
             return Ok(gone);
         }
         let of_gone = |k: &InodeKey| gone.contains(&k.dev);
-        self.deleted += maps
-            .stats
+        self.unmounted_files += maps
+            .files
             .delete_where(|k, _| of_gone(k))
-            .context("deleting from INODE_STATS")?;
-        maps.names
-            .delete_where(|k, _| of_gone(k))
-            .context("deleting from INODE_NAMES")?;
-        maps.hists
-            .delete_where(|k, _| of_gone(k))
-            .context("deleting from INODE_HISTS")?;
+            .context("deleting from FILES")?;
         maps.opens
             .delete_where(|k, _| of_gone(k))
             .context("deleting from OPENS")?;
@@ -88,9 +100,47 @@ impl Janitor {
         Ok(gone)
     }
 
-    /// `INODE_STATS` entries deleted so far.
-    pub(super) fn deleted(&self) -> u64 {
-        self.deleted
+    /// When `FILES` holds more than its high water mark, forgets the files
+    /// written longest ago down to the low water mark, with their writers
+    /// and open evidence; returns their keys. A write racing the delete of
+    /// its file counts in the totals, and its file starts again.
+    pub(super) fn make_room(
+        &mut self,
+        inode_inserts: u64,
+        maps: &mut InodeMaps,
+    ) -> Result<HashSet<InodeKey>> {
+        if self.live(inode_inserts) < high_water(self.max_inodes) {
+            return Ok(HashSet::new());
+        }
+        let mut by_age: Vec<(u64, InodeKey)> = Vec::new();
+        maps.files
+            .for_each(|k, v| {
+                if let Some(file) = v.first() {
+                    by_age.push((file.last_write_ns, *k));
+                }
+            })
+            .context("reading FILES")?;
+        let excess = by_age
+            .len()
+            .saturating_sub(low_water(self.max_inodes) as usize);
+        if excess == 0 {
+            return Ok(HashSet::new());
+        }
+        by_age.select_nth_unstable(excess - 1);
+        let doomed: HashSet<InodeKey> = by_age[..excess].iter().map(|(_, k)| *k).collect();
+        self.evicted += maps
+            .files
+            .delete_keys(&doomed)
+            .context("deleting from FILES")?;
+        maps.writers
+            .delete_where(|k, _| doomed.contains(&k.inode()))
+            .context("deleting from WRITERS")?;
+        // Open evidence is kept per file, whatever its write paths.
+        let files: HashSet<InodeKey> = doomed.iter().map(InodeKey::file).collect();
+        maps.opens
+            .delete_keys(&files)
+            .context("deleting from OPENS")?;
+        Ok(doomed)
     }
 
     /// Re-reads `mounts` if the mount table changed, and returns the devices
@@ -109,44 +159,18 @@ impl Janitor {
         self.mounted_devs.retain(|d| !gone.contains(d));
         gone
     }
-
-    /// Records aged out so far.
-    pub(super) fn inflight_aged_out(&self) -> u64 {
-        self.inflight_aged_out
-    }
-
-    /// Deletes in-flight records older than `inflight_max_age`: a write
-    /// whose return probe was missed would otherwise hold its slot for ever,
-    /// and enough of them would fill `INFLIGHT`. Each is counted in
-    /// `inflight_aged_out`; a write that was really still running finds no
-    /// record when it returns and counts nothing more (not `exit_unmatched`,
-    /// which is a record of another call).
-    pub(super) fn age_out_inflight(&mut self) -> Result<()> {
-        if Instant::now() < self.inflight_next_scan {
-            return Ok(());
-        }
-        self.inflight_next_scan = Instant::now() + self.inflight_max_age / 8;
-        let now = monotonic_ns();
-        let max_age = u64::try_from(self.inflight_max_age.as_nanos()).unwrap_or(u64::MAX);
-        self.inflight_aged_out += self
-            .inflight
-            .delete_where(|_, rec| {
-                rec.first()
-                    .is_some_and(|r| now.saturating_sub(r.start_ns) > max_age)
-            })
-            .context("ageing out INFLIGHT")?;
-        Ok(())
-    }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, which stamps
-/// the in-flight records.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_made_from_a_tenth_free_down_to_a_fifth() {
+        assert_eq!((high_water(16_384), low_water(16_384)), (14_746, 13_108));
+        assert_eq!((high_water(500), low_water(500)), (450, 400));
+        // A tiny map makes room once full, one file at a time.
+        assert_eq!((high_water(4), low_water(4)), (4, 3));
+        assert_eq!((high_water(1), low_water(1)), (1, 0));
+    }
 }

@@ -1,5 +1,5 @@
-//! Reads the maps into [`Snapshot`]s. It is the only code that knows the maps
-//! exist; every output consumes the snapshots it produces.
+//! Reads the maps into [`Snapshot`]s: the one layer that reads them, so
+//! every output consumes the snapshots it produces.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -15,11 +15,10 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        DirtyRing, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_HEALTH, MAP_INFLIGHT, MAP_INODE_HISTS,
-        MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
-        MAX_DEVICES, MAX_INFLIGHT, MAX_WRITERS,
+        max_writers, DirtyRing, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH,
+        MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS, MAX_DEVICES,
     },
-    Dev, Health, Histograms, InodeKey, InodeName, OpenStats, WritePath, WriteStats, WriterKey,
+    Dev, FileStats, Health, Histograms, InodeKey, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
 };
 
@@ -50,16 +49,10 @@ pub enum Detail {
 /// Writers kept per entry.
 const TOP_WRITERS: usize = 8;
 
-/// Changed entries up to which histograms are looked up one key at a time
-/// rather than by reading the whole map.
-const HIST_LOOKUPS_MAX: usize = 256;
-
 /// The maps keyed by file: what the collector reads per entry, and what the
-/// janitor deletes when a file's device is unmounted.
+/// janitor deletes.
 pub(super) struct InodeMaps {
-    stats: BatchReader<InodeKey, WriteStats>,
-    names: BatchReader<InodeKey, InodeName>,
-    hists: BatchReader<InodeKey, Histograms>,
+    files: BatchReader<InodeKey, FileStats>,
     writers: BatchReader<WriterKey, WriterStats>,
     opens: BatchReader<InodeKey, OpenStats>,
 }
@@ -70,11 +63,9 @@ pub struct Collector {
     dev_totals: BatchReader<InodeKey, WriteStats>,
     health: PerCpuArray<MapData, Health>,
     path_hists: PerCpuArray<MapData, Histograms>,
-    /// Names already read, so each is fetched from the kernel once.
-    name_cache: HashMap<InodeKey, Option<String>>,
     /// Per-file open evidence, re-read only when `Health::opens` moved.
     opens_cache: OpenCache,
-    /// Entries of the last full read, reused while their counters stand still.
+    /// Entries as last read, reused while their counters stand still.
     inodes: InodeCache,
     /// The rings of recent writes, each CPU's head at the last refresh, and
     /// the pairs pushed in the range read then (`None`: not known).
@@ -86,11 +77,8 @@ pub struct Collector {
     epoch_value: u64,
     /// Whether the open evidence was re-read since the entries were built.
     opens_moved: bool,
-    /// Live entries counted at the last totals-only read, with the
-    /// `inode_inserts` they were counted at.
-    live_cache: Option<(u64, u64)>,
-    /// Ages out in-flight records and deletes the entries of unmounted
-    /// devices.
+    /// Forgets the files of unmounted devices, and the idle ones when the
+    /// map fills.
     janitor: Janitor,
     mounts: MountTable,
     /// The programs' skipped runs, read at each snapshot.
@@ -137,42 +125,35 @@ fn sum_percpu(values: &[WriteStats]) -> WriteStats {
     sum
 }
 
-/// One process's writes to one entry, summed over the CPUs it wrote from.
-/// Each CPU names the process as of the last refresh it wrote in; the name
-/// of the CPU that wrote most stands for all.
-fn writer_of(k: &WriterKey, per_cpu: &[WriterStats]) -> Writer {
-    let writes = per_cpu.iter().map(|w| w.writes).sum();
-    let comm = per_cpu
-        .iter()
-        .filter(|w| w.comm[0] != 0)
-        .max_by_key(|w| w.writes)
-        .map_or(&[][..], |w| {
-            let len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
-            &w.comm[..len]
-        });
+/// One process's writes to one entry.
+fn writer_of(k: &WriterKey, w: &WriterStats) -> Writer {
+    let len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
     Writer {
         pid: k.tgid,
-        comm: String::from_utf8_lossy(comm).into_owned(),
-        writes,
+        comm: String::from_utf8_lossy(&w.comm[..len]).into_owned(),
+        writes: w.writes,
     }
+}
+
+/// A file's name as its value holds it.
+fn name_of(file: &FileStats) -> Option<String> {
+    (file.name.len > 0).then(|| String::from_utf8_lossy(file.name.as_bytes()).into_owned())
 }
 
 impl Collector {
     /// Takes the maps out of `attached` (the programs stay attached there).
     pub fn new(attached: &mut Attached) -> Result<Collector> {
+        let max_inodes = attached.max_inodes;
         Ok(Collector {
             maps: InodeMaps {
-                stats: take_hash(attached, MAP_INODE_STATS, attached.max_inodes)?,
-                names: take_hash(attached, MAP_INODE_NAMES, attached.max_inodes)?,
-                hists: take_hash(attached, MAP_INODE_HISTS, attached.max_inodes)?,
-                writers: take_hash(attached, MAP_WRITERS, MAX_WRITERS)?,
-                opens: take_hash(attached, MAP_OPENS, attached.max_inodes)?,
+                files: take_hash(attached, MAP_FILES, max_inodes)?,
+                writers: take_hash(attached, MAP_WRITERS, max_writers(max_inodes))?,
+                opens: take_hash(attached, MAP_OPENS, max_inodes)?,
             },
             totals: take(attached, MAP_PATH_TOTALS)?,
             dev_totals: take_hash(attached, MAP_DEV_TOTALS, MAX_DEVICES)?,
             health: take(attached, MAP_HEALTH)?,
             path_hists: take(attached, MAP_PATH_HISTS)?,
-            name_cache: HashMap::new(),
             opens_cache: OpenCache::default(),
             inodes: InodeCache::default(),
             dirty: take(attached, MAP_DIRTY)?,
@@ -181,13 +162,9 @@ impl Collector {
             epoch: take(attached, MAP_EPOCH)?,
             epoch_value: 0,
             opens_moved: false,
-            live_cache: None,
             // The janitor's mount watch first: a mount between the two is
             // then seen.
-            janitor: Janitor::new(
-                take_hash(attached, MAP_INFLIGHT, MAX_INFLIGHT)?,
-                attached.inflight_max_age,
-            ),
+            janitor: Janitor::new(max_inodes),
             mounts: MountTable::read(),
             misses: Misses::new(attached),
             source: Source {
@@ -195,32 +172,9 @@ impl Collector {
                 probe_mode: attached.mode.to_string(),
                 contention: attached.contention,
             },
-            max_inodes: u64::from(attached.max_inodes),
+            max_inodes: u64::from(max_inodes),
             started: Instant::now(),
         })
-    }
-
-    /// Names of keys not seen before, read in one batch when any is new.
-    fn refresh_names(&mut self, keys: &[InodeKey]) -> Result<()> {
-        if keys.iter().all(|k| self.name_cache.contains_key(k)) {
-            return Ok(());
-        }
-        let cache = &mut self.name_cache;
-        self.maps
-            .names
-            .for_each(|key, names| {
-                if let Some(n) = names.first().filter(|n| n.len > 0) {
-                    cache.insert(
-                        *key,
-                        Some(String::from_utf8_lossy(n.as_bytes()).into_owned()),
-                    );
-                }
-            })
-            .context("reading INODE_NAMES")?;
-        for k in keys {
-            cache.entry(*k).or_insert(None);
-        }
-        Ok(())
     }
 
     /// Per-file open evidence, read again only if an open was counted since.
@@ -245,32 +199,40 @@ impl Collector {
         Ok(())
     }
 
-    /// Drops the per-inode entries of devices that were mounted and are not
-    /// any more. A new mount may reuse the device number, and its files the
-    /// inode numbers: without this, a new file's counts would add to an
-    /// unmounted one's. The never-evicted totals keep counting both. (An
-    /// unmount and a remount within one refresh are not told apart.)
-    fn forget_unmounted(&mut self) -> Result<()> {
+    /// Deletes what the janitor says must go (the files of unmounted
+    /// devices, and the idlest ones when `FILES` fills) and forgets it here.
+    /// A new mount may reuse a device number, and its files the inode
+    /// numbers: without this, a new file's counts would add to an
+    /// unmounted one's. The device totals keep counting both. (An unmount
+    /// and a remount within one refresh are not told apart.)
+    fn housekeeping(&mut self, inode_inserts: u64) -> Result<()> {
         let gone = self
             .janitor
             .forget_unmounted(&mut self.mounts, &mut self.maps)?;
-        if gone.is_empty() {
+        let aged = self.janitor.make_room(inode_inserts, &mut self.maps)?;
+        if gone.is_empty() && aged.is_empty() {
             return Ok(());
         }
-        let of_gone = |k: &InodeKey| gone.contains(&k.dev);
-        self.inodes.retain(|k| !of_gone(k));
+        let forgotten = |k: &InodeKey| gone.contains(&k.dev) || aged.contains(k);
+        self.inodes.retain(|k| !forgotten(k));
         self.inodes.marks = None;
-        self.last_range = None;
-        self.live_cache = None;
         self.opens_cache.mark = None;
-        self.name_cache.retain(|k, _| !of_gone(k));
-        log::info!(
-            "forgot the entries of unmounted device(s) {}",
-            gone.iter()
-                .map(|d| Dev(*d).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        if !gone.is_empty() {
+            log::info!(
+                "forgot the entries of unmounted device(s) {}",
+                gone.iter()
+                    .map(|d| Dev(*d).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !aged.is_empty() {
+            log::info!(
+                "forgot the {} files written longest ago: FILES holds at most {} (--max-inodes)",
+                aged.len(),
+                self.max_inodes
+            );
+        }
         Ok(())
     }
 
@@ -292,24 +254,6 @@ impl Collector {
         self.snapshot_with(is_final, Detail::Full)
     }
 
-    /// Live entries, counted: all the exporter needs of the per-inode maps.
-    /// The count moves only on an insert (which may evict) or a delete of
-    /// ours, so writes to known files cost no read.
-    fn count_live(&mut self, inode_inserts: u64) -> Result<u64> {
-        if let Some((at, live)) = self.live_cache {
-            if at == inode_inserts {
-                return Ok(live);
-            }
-        }
-        let mut live = 0u64;
-        self.maps
-            .stats
-            .for_each(|_, _| live += 1)
-            .context("reading INODE_STATS")?;
-        self.live_cache = Some((inode_inserts, live));
-        Ok(live)
-    }
-
     /// Brings the entry cache up to date. When the rings of recent writes
     /// cover everything since the last refresh, only the entries written
     /// since (and those whose open evidence moved) are looked up, key by
@@ -320,7 +264,7 @@ impl Collector {
         }
         // A new epoch first, then the rings (read after the marks: a write
         // counted in them has pushed its pair, or a push in its epoch came
-        // before it).
+        // before it on its CPU).
         self.epoch_value += 1;
         self.epoch
             .set(0, &self.epoch_value, 0)
@@ -331,20 +275,18 @@ impl Collector {
             .dirty_heads
             .as_ref()
             .and_then(|last| written_since(&rings, last));
-        // The pairs pushed since the refresh before last. An insert may have
-        // evicted an entry silently: then read them all.
+        // The pairs pushed since the refresh before last. Only the janitor
+        // deletes files, and it tells the cache: so these are every pair
+        // whose counts moved, and every new file.
         let written = match (&self.inodes.marks, &range, &self.last_range) {
-            (Some(m), Some(now), Some(before)) if m.inode_inserts == marks.inode_inserts => {
+            (Some(_), Some(now), Some(before)) => {
                 Some(now.union(before).copied().collect::<HashSet<_>>())
             }
             _ => None,
         };
-        let done = match written {
+        match written {
             Some(keys) => self.refresh_written(&keys)?,
-            None => false,
-        };
-        if !done {
-            self.refresh_all()?;
+            None => self.refresh_all()?,
         }
         self.dirty_heads = Some(heads);
         self.last_range = range;
@@ -353,75 +295,75 @@ impl Collector {
         Ok(())
     }
 
-    /// Looks up the entries in `written` and those whose open evidence
-    /// moved. `false` if one is not in the cache (the caller reads all).
-    fn refresh_written(&mut self, written: &HashSet<WriterKey>) -> Result<bool> {
+    /// Looks up the files in `written` and those whose open evidence moved.
+    fn refresh_written(&mut self, written: &HashSet<WriterKey>) -> Result<()> {
         let mut touched: BTreeMap<InodeKey, Vec<u32>> = BTreeMap::new();
         for w in written {
-            let key = w.inode();
-            touched.entry(key).or_default().push(w.tgid);
+            touched.entry(w.inode()).or_default().push(w.tgid);
         }
         if self.opens_moved {
             for (key, cached) in &self.inodes.entries {
-                let open = self.opens_cache.of(key);
-                if cached.open.as_ref() != open {
+                if cached.open.as_ref() != self.opens_cache.of(key) {
                     touched.entry(*key).or_default();
                 }
             }
         }
-        if touched.keys().any(|k| !self.inodes.entries.contains_key(k)) {
-            return Ok(false);
-        }
         for (key, tgids) in touched {
-            let Some(values) = self
+            let Some(path) = WritePath::from_u32(key.path) else {
+                continue;
+            };
+            let Some(file) = self
                 .maps
-                .stats
+                .files
                 .lookup(&key)
-                .context("reading INODE_STATS")?
+                .context("reading FILES")?
+                .and_then(|v| v.first().copied())
             else {
-                // Gone since (deleted): so is its entry.
+                // Gone (deleted), or never had room: no entry.
                 self.inodes.remove(&key);
                 continue;
             };
-            let stats = sum_percpu(values);
             let open = self.opens_cache.of(&key).copied();
-            let Some(mut cached) = self.inodes.entries.remove(&key) else {
-                continue;
+            let (mut cached, before) = match self.inodes.entries.remove(&key) {
+                Some(c) => {
+                    let before = Some(c.entry.clone());
+                    (c, before)
+                }
+                None => {
+                    self.janitor.seen(key.dev, &self.mounts);
+                    (Cached::empty(&key, path), None)
+                }
             };
-            let entry_before = cached.entry.clone();
             let mut writers_moved = false;
             for tgid in tgids {
                 let wkey = WriterKey::new(key, tgid);
                 if let Some(w) = self.maps.writers.lookup(&wkey).context("reading WRITERS")? {
-                    let writer = writer_of(&wkey, w);
+                    let writer = writer_of(&wkey, &w[0]);
                     if cached.writers.get(&tgid) != Some(&writer) {
                         cached.writers.insert(tgid, writer);
                         writers_moved = true;
                     }
                 }
             }
-            if stats != cached.stats || open != cached.open || writers_moved {
-                let hists = self
-                    .maps
-                    .hists
-                    .lookup(&key)
-                    .context("reading INODE_HISTS")?
-                    .map(|h| h[0]);
-                cached.entry = Arc::new(self.build_entry(
-                    key,
-                    entry_before.path,
-                    &stats,
-                    hists.as_ref(),
-                    &cached.writers,
-                    open,
-                ));
-                cached.stats = stats;
+            if before.is_none()
+                || file.stats != cached.stats
+                || open != cached.open
+                || writers_moved
+            {
+                cached.entry = Arc::new(self.build_entry(key, path, &file, &cached.writers, open));
+                cached.stats = file.stats;
                 cached.open = open;
             }
-            let replaced = !Arc::ptr_eq(&entry_before, &cached.entry);
-            self.inodes.put_back(key, cached, replaced);
+            cached.last_write_ns = file.last_write_ns;
+            match before {
+                Some(before) => {
+                    let replaced = !Arc::ptr_eq(&before, &cached.entry);
+                    self.inodes.put_back(key, cached, replaced);
+                }
+                None => self.inodes.insert(key, cached),
+            }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// An entry from what the maps hold for it.
@@ -429,8 +371,7 @@ impl Collector {
         &self,
         key: InodeKey,
         path: WritePath,
-        stats: &WriteStats,
-        hists: Option<&Histograms>,
+        file: &FileStats,
         writers: &HashMap<u32, Writer>,
         open: Option<OpenStats>,
     ) -> Entry {
@@ -440,85 +381,62 @@ impl Collector {
         top.truncate(TOP_WRITERS);
         Entry {
             mount: self.mounts.mount_of(dev).map(str::to_owned),
-            name: self.name_cache.get(&key).cloned().flatten(),
+            name: name_of(file),
             dev,
             ino: key.ino,
             path,
-            counters: Counters::from(stats),
-            histograms: hists.map(Histos::from).unwrap_or_default(),
+            counters: Counters::from(&file.stats),
+            histograms: Histos::from(&file.hists),
             writers: top,
             open,
         }
     }
 
-    /// Reads `INODE_STATS` whole and rebuilds the entries whose counters or
-    /// open evidence moved, reading only their histograms and writers.
+    /// Reads `FILES` whole and rebuilds the entries whose counters or open
+    /// evidence moved, reading the writers only of those.
     fn refresh_all(&mut self) -> Result<()> {
-        let mut current: Vec<(InodeKey, WriteStats)> =
-            Vec::with_capacity(self.inodes.entries.len());
+        let mut current: Vec<(InodeKey, FileStats)> = Vec::with_capacity(self.inodes.entries.len());
         self.maps
-            .stats
+            .files
             .for_each(|k, v| {
-                if WritePath::from_u32(k.path).is_some() {
-                    current.push((*k, sum_percpu(v)));
+                if let (Some(_), Some(file)) = (WritePath::from_u32(k.path), v.first()) {
+                    current.push((*k, *file));
                 }
             })
-            .context("reading INODE_STATS")?;
+            .context("reading FILES")?;
         current.sort_unstable_by_key(|(k, _)| *k);
 
-        let changed: Vec<(InodeKey, WriteStats)> = current
-            .iter()
-            .filter(|(k, stats)| {
-                let open = self.opens_cache.of(k);
-                self.inodes
-                    .entries
-                    .get(k)
-                    .is_none_or(|c| c.stats != *stats || c.open.as_ref() != open)
-            })
-            .copied()
-            .collect();
-        // Entries gone from the map (evicted) leave the cache.
+        // Entries gone from the map leave the cache.
         self.inodes
             .retain(|k| current.binary_search_by_key(k, |(ck, _)| *ck).is_ok());
-        let entries = &self.inodes.entries;
-        self.name_cache.retain(|k, _| entries.contains_key(k));
+        let mut changed: Vec<(InodeKey, FileStats)> = Vec::new();
+        for (key, file) in &current {
+            let open = self.opens_cache.of(key);
+            match self.inodes.entries.get_mut(key) {
+                Some(c) if c.stats == file.stats && c.open.as_ref() == open => {
+                    c.last_write_ns = file.last_write_ns;
+                }
+                _ => changed.push((*key, *file)),
+            }
+        }
         if changed.is_empty() {
             return Ok(());
         }
-        let keys: Vec<InodeKey> = changed.iter().map(|(k, _)| *k).collect();
-        self.refresh_names(&keys)?;
-        let is_changed = |k: &InodeKey| keys.binary_search(k).is_ok();
-        let mut hists: HashMap<InodeKey, Histograms> = HashMap::with_capacity(keys.len());
-        if keys.len() <= HIST_LOOKUPS_MAX {
-            for k in &keys {
-                if let Some(h) = self.maps.hists.lookup(k).context("reading INODE_HISTS")? {
-                    hists.insert(*k, h[0]);
-                }
-            }
-        } else {
-            self.maps
-                .hists
-                .for_each(|k, v| {
-                    if is_changed(k) {
-                        hists.insert(*k, v[0]);
-                    }
-                })
-                .context("reading INODE_HISTS")?;
-        }
+        let is_changed = |k: &InodeKey| changed.binary_search_by_key(k, |(ck, _)| *ck).is_ok();
         let mut writers: HashMap<InodeKey, HashMap<u32, Writer>> = HashMap::new();
         self.maps
             .writers
             .for_each(|k, v| {
                 let key = k.inode();
-                if is_changed(&key) {
+                if let (true, Some(w)) = (is_changed(&key), v.first()) {
                     writers
                         .entry(key)
                         .or_default()
-                        .insert(k.tgid, writer_of(k, v));
+                        .insert(k.tgid, writer_of(k, w));
                 }
             })
             .context("reading WRITERS")?;
-        for (key, stats) in changed {
+        for (key, file) in changed {
             // The programs key entries by `WritePath` values only.
             let Some(path) = WritePath::from_u32(key.path) else {
                 continue;
@@ -526,11 +444,12 @@ impl Collector {
             self.janitor.seen(key.dev, &self.mounts);
             let writers = writers.remove(&key).unwrap_or_default();
             let open = self.opens_cache.of(&key).copied();
-            let entry = self.build_entry(key, path, &stats, hists.get(&key), &writers, open);
+            let entry = self.build_entry(key, path, &file, &writers, open);
             self.inodes.insert(
                 key,
                 Cached {
-                    stats,
+                    stats: file.stats,
+                    last_write_ns: file.last_write_ns,
                     open,
                     writers,
                     entry: Arc::new(entry),
@@ -541,17 +460,16 @@ impl Collector {
     }
 
     /// Reads what `detail` asks for: the exporter without per-inode series
-    /// needs only totals, and skips the per-inode work (names, histograms,
-    /// writers, one entry per inode). Per-inode maps are read only when
+    /// needs only totals, and skips the per-file work (names, histograms,
+    /// writers, one entry per file). Per-file maps are read only when
     /// something changed since the last read, and only the entries that
     /// changed are rebuilt; the others are shared with the last snapshot.
     pub fn snapshot_with(&mut self, is_final: bool, detail: Detail) -> Result<Snapshot> {
-        self.forget_unmounted()?;
-        self.janitor.age_out_inflight()?;
         let mut health = Health::default();
         for h in self.health.get(&0, 0).context("reading HEALTH")?.iter() {
             health.merge(h);
         }
+        self.housekeeping(health.inode_inserts)?;
         let path_totals = |path: WritePath| -> Result<PathTotals> {
             let values = self
                 .totals
@@ -583,14 +501,13 @@ impl Collector {
             opens: health.opens,
         };
         self.refresh_opens(marks.opens)?;
-        let (entries, live) = match detail {
+        let live = self.janitor.live(health.inode_inserts);
+        let entries = match detail {
             Detail::Full => {
                 self.refresh_entries(marks)?;
-                let entries = self.inodes.list();
-                let live = entries.len() as u64;
-                (entries, live)
+                self.inodes.list()
             }
-            Detail::Totals => (Entries::default(), self.count_live(marks.inode_inserts)?),
+            Detail::Totals => Entries::default(),
         };
 
         let mut devices = Vec::new();
@@ -622,9 +539,8 @@ impl Collector {
             devices,
             opens: self.opens_cache.totals,
             health: HealthReport {
-                inflight_aged_out: self.janitor.inflight_aged_out(),
                 recursion_misses: self.misses.read(),
-                ..HealthReport::new(&health, live, self.max_inodes, self.janitor.deleted())
+                ..HealthReport::new(&health, live, self.max_inodes, self.janitor.evicted())
             },
         })
     }

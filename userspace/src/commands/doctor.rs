@@ -167,7 +167,6 @@ fn checks() -> Vec<Check> {
         max_inodes: 1024,
         contention: true,
         debug_log: false,
-        inflight_max_age: std::time::Duration::from_secs(300),
     });
     match attach {
         Ok(a) => v.push(ok(format!(

@@ -25,6 +25,12 @@ pub struct Session {
 impl Session {
     /// Loads and attaches the probes (needs a tokio runtime for the logs).
     pub fn start(args: &ProbeArgs) -> anyhow::Result<Session> {
+        if args.inflight_max_age.is_some() {
+            warn!(
+                "--inflight-max-age has no effect any more: in-flight records live in each \
+                 task's storage and go with the task"
+            );
+        }
         let mut attached = probes::attach(&AttachOptions::from(args))?;
         let logs = forward_probe_logs(&mut attached);
         let collector = Collector::new(&mut attached)?;
@@ -43,7 +49,6 @@ impl From<&ProbeArgs> for AttachOptions {
             max_inodes: a.max_inodes,
             contention: a.contention,
             debug_log: a.debug_probes,
-            inflight_max_age: std::time::Duration::from_secs(u64::from(a.inflight_max_age)),
         }
     }
 }

@@ -10,8 +10,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use probes_common::{
-    config::{Config, CONFIG_GLOBAL, FLAG_CONTENTION, FLAG_DEBUG_LOG},
-    maps::{MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_OPENS},
+    config::{Config, CONFIG_GLOBAL, FLAG_CGROUP_ID, FLAG_CONTENTION, FLAG_DEBUG_LOG},
+    maps::{max_writers, MAP_FILES, MAP_OPENS, MAP_WRITERS},
 };
 
 use fuselock_base::procfs;
@@ -151,8 +151,6 @@ pub struct AttachOptions {
     pub contention: bool,
     /// Log every write from the kernel (expensive; debugging only).
     pub debug_log: bool,
-    /// Age past which an in-flight record is dropped as stale.
-    pub inflight_max_age: std::time::Duration,
 }
 
 /// Attached programs. Dropping it detaches and unloads them all.
@@ -165,7 +163,6 @@ pub struct Attached {
     pub contention: bool,
     pub max_inodes: u32,
     pub kernel: String,
-    pub inflight_max_age: std::time::Duration,
 }
 
 /// Runs the checks, loads the programs with this kernel's offsets, and
@@ -183,6 +180,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     }
     if opts.contention {
         flags |= FLAG_CONTENTION;
+    }
+    // /proc/self/cgroup exists exactly when the kernel has cgroups.
+    if std::path::Path::new("/proc/self/cgroup").exists() {
+        flags |= FLAG_CGROUP_ID;
     }
     let config = Config::new(offsets, flags);
     if opts.max_inodes == 0 {
@@ -267,7 +268,6 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         contention,
         max_inodes: opts.max_inodes,
         kernel: procfs::kernel_release(),
-        inflight_max_age: opts.inflight_max_age,
     })
 }
 
@@ -282,12 +282,15 @@ fn both_failed(fentry_err: &anyhow::Error, kprobe_err: &anyhow::Error) -> anyhow
 fn load_object(config: &Config, max_inodes: u32) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, config, true)
-        // Every per-inode map holds as many inodes as the counts do: a
-        // smaller one would evict histograms or open evidence silently.
-        .map_max_entries(MAP_INODE_STATS, max_inodes)
-        .map_max_entries(MAP_INODE_NAMES, max_inodes)
-        .map_max_entries(MAP_INODE_HISTS, max_inodes)
+        // The per-file maps allocate on use: their capacity bounds the
+        // memory they may take, and the open evidence has room for every
+        // file counted.
+        .map_max_entries(MAP_FILES, max_inodes)
         .map_max_entries(MAP_OPENS, max_inodes)
+        .map_max_entries(MAP_WRITERS, max_writers(max_inodes))
+        // The task storage: aya has no userspace type for it, and fuselock
+        // reads nothing of it from userspace.
+        .allow_unsupported_maps()
         .load(PROBES_OBJECT)
         .context("loading fuselock's eBPF object")
 }
@@ -303,7 +306,6 @@ pub fn maps_only(max_inodes: u32) -> Result<Attached> {
         contention: false,
         max_inodes,
         kernel: procfs::kernel_release(),
-        inflight_max_age: std::time::Duration::from_secs(300),
     })
 }
 
@@ -387,7 +389,7 @@ fn attach_kprobes(ebpf: &mut Ebpf) -> Result<Option<RetProbes>> {
             warn!(
                 "return probes with the kernel's default maxactive ({e:#}): with more writers \
                  inside a hooked function at once than max(10, 2 x CPUs), returns are missed \
-                 and show in health as inflight_replaced or inflight_aged_out"
+                 and show in health as inflight_replaced"
             )
         })
         .ok();

@@ -147,14 +147,12 @@ pub struct FileId {
 pub struct HealthReport {
     pub live_inodes: u64,
     pub max_inodes: u64,
-    /// Per-inode entries pushed out of the LRU map (their writes still count
-    /// in `totals`).
+    /// Files forgotten to make room in the per-file map, those written
+    /// longest ago first (their writes still count in `totals` and
+    /// `devices`).
     pub evictions: u64,
     /// What the programs count, as they declare it (`probes_common::Health`).
     pub kernel: Health,
-    /// In-flight records fuselock deleted as stale (older than
-    /// `--inflight-max-age`: a missed return probe).
-    pub inflight_aged_out: u64,
     /// Runs of fuselock's programs the kernel skipped (their
     /// `recursion_misses`, plus kprobe mode's missed returns): each may be
     /// a write lost or misclassified, so counts are incomplete when it is
@@ -166,7 +164,7 @@ impl HealthReport {
     /// Every counter of events that may leave counts incomplete, by the name
     /// the metric's `kind` label and the table's warning give it: the one
     /// list both read, so neither can leave one out.
-    pub fn losses(&self) -> [(&'static str, u64); 9] {
+    pub fn losses(&self) -> [(&'static str, u64); 8] {
         let k = &self.kernel;
         [
             ("inode_insert_failed", k.inode_insert_failed),
@@ -176,21 +174,16 @@ impl HealthReport {
             ("read_error", k.read_errors),
             ("lock_state_unknown", k.lock_state_unknown),
             ("dev_totals_full", k.dev_totals_full),
-            ("inflight_aged_out", self.inflight_aged_out),
             ("recursion_miss", self.recursion_misses),
         ]
     }
 
-    pub fn new(h: &Health, live_inodes: u64, max_inodes: u64, deleted: u64) -> HealthReport {
+    pub fn new(h: &Health, live_inodes: u64, max_inodes: u64, evictions: u64) -> HealthReport {
         HealthReport {
             live_inodes,
             max_inodes,
-            evictions: h
-                .inode_inserts
-                .saturating_sub(live_inodes)
-                .saturating_sub(deleted),
+            evictions,
             kernel: *h,
-            inflight_aged_out: 0,
             recursion_misses: 0,
         }
     }

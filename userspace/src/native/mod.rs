@@ -1,11 +1,9 @@
 //! Test support: fuselock's maps, natively, filled the way its programs fill
 //! them. The machines that build fuselock can create BPF maps but attach no
 //! probes (no kprobes, no fentry); with [`rig`] a test creates the real maps
-//! and writes to them through [`Kernel`], which does what the programs'
-//! return (`probes-ebpf/src/write.rs`) does, with the same accounting from
-//! `probes-common` (`WriteStats::account`, `Histograms::record`,
-//! `WriterStats::count`, `DirtyRing::push`), and then reads them with the real
-//! collector and consumers.
+//! and writes to them through [`Kernel`], which runs the programs' own
+//! `finish_write` (`probes-common`) over them, and then reads them with the
+//! real collector and consumers.
 //!
 //! Built for the library's own tests and, with the `test-support` feature,
 //! for other crates' tests; never in the `fuselock` binary. The tests in
@@ -15,18 +13,18 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
 use probes_common::{
     maps::{
-        DirtyRing, COMM_LEN, INFLIGHT_EXCLUSIVE, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_HEALTH,
-        MAP_INODE_HISTS, MAP_INODE_NAMES, MAP_INODE_STATS, MAP_PATH_HISTS, MAP_PATH_TOTALS,
-        MAP_WRITERS,
+        finish_write, DirtyRing, FileStats, Plain, Slot, WriteMaps, COMM_LEN, INFLIGHT_EXCLUSIVE,
+        MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH, MAP_PATH_HISTS,
+        MAP_PATH_TOTALS, MAP_WRITERS,
     },
-    Health, Histograms, InFlight, InodeKey, InodeName, Reason, Reasons, WritePath, WriteStats,
-    WriterKey, WriterStats,
+    Health, Histograms, InFlight, InodeKey, Reason, Reasons, WritePath, WriteStats, WriterKey,
+    WriterStats,
 };
 
 use crate::kernel::probes::{self, Attached};
@@ -42,9 +40,6 @@ fn twin(ebpf: &Ebpf, name: &str) -> Result<Map> {
     };
     Ok(match map {
         Map::HashMap(d) => Map::HashMap(reopen(d)?),
-        Map::LruHashMap(d) => Map::LruHashMap(reopen(d)?),
-        Map::PerCpuHashMap(d) => Map::PerCpuHashMap(reopen(d)?),
-        Map::PerCpuLruHashMap(d) => Map::PerCpuLruHashMap(reopen(d)?),
         Map::Array(d) => Map::Array(reopen(d)?),
         Map::PerCpuArray(d) => Map::PerCpuArray(reopen(d)?),
         _ => anyhow::bail!("map {name}: unexpected kind"),
@@ -55,21 +50,32 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &Ebpf, name: &str) 
     T::try_from(twin(ebpf, name)?).with_context(|| format!("map {name}"))
 }
 
-/// The programs' side of the maps, for writes that all run on CPU 0: what
-/// `on_exit` does for a passthrough write on a stock kernel (exclusive, no
-/// parallel flag), in its order, the per-path totals last.
+/// The programs' side of the maps, for writes that all run on CPU 0: a
+/// write's return is the programs' own `finish_write` over these maps,
+/// each value read, updated and written back.
 pub struct Kernel {
-    stats: PerCpuHashMap<MapData, InodeKey, WriteStats>,
-    dev_totals: PerCpuHashMap<MapData, InodeKey, WriteStats>,
-    names: HashMap<MapData, InodeKey, InodeName>,
-    hists: HashMap<MapData, InodeKey, Histograms>,
-    writers: PerCpuHashMap<MapData, WriterKey, WriterStats>,
+    files: HashMap<MapData, InodeKey, FileStats>,
+    dev_totals: HashMap<MapData, InodeKey, WriteStats>,
+    writers: HashMap<MapData, WriterKey, WriterStats>,
     path_totals: PerCpuArray<MapData, WriteStats>,
     path_hists: PerCpuArray<MapData, Histograms>,
     health: PerCpuArray<MapData, Health>,
     dirty: PerCpuArray<MapData, DirtyRing>,
     epoch: Array<MapData, u64>,
     cpus: usize,
+    /// Capacity of `FILES` (a full map refuses new files, as in the kernel).
+    max_inodes: u32,
+    /// The write being finished: who writes, and the name a new file gets.
+    writing: Writing,
+    /// The first error of a write's updates (the trait's methods return none).
+    error: Option<anyhow::Error>,
+}
+
+#[derive(Default)]
+struct Writing {
+    name: String,
+    tgid: u32,
+    comm: String,
 }
 
 /// A per-CPU value with `v` on CPU 0 and zeros elsewhere.
@@ -93,54 +99,77 @@ const WRITE_ENDS_NS: u64 = 1_000;
 /// What the programs record of a write of `key` on a stock kernel
 /// (exclusive, no parallel flag) started at 0 and locked at 500 ns: the
 /// counters and histograms are then made from it by the programs' own
-/// accounting (`WriteStats::account`, `Histograms::record`).
+/// accounting.
 fn in_flight(key: InodeKey) -> InFlight {
     InFlight {
         key,
         start_ns: 0,
         locked_ns: 500,
-        reasons: Reasons::from_bits(0).with(Reason::NoParallelFlag).bits(),
+        reasons: Reasons::NONE.with(Reason::NoParallelFlag).bits(),
         mode: INFLIGHT_EXCLUSIVE,
+        active: 1,
         ..InFlight::default()
     }
+}
+
+/// Runs `f` on a copy of `key`'s value in `map` and writes it back,
+/// inserting a zeroed value for a new key unless the map holds `max`.
+fn update<K: aya::Pod, V: aya::Pod + Default>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    max: Option<u32>,
+    named: impl FnOnce(&mut V),
+    f: impl FnOnce(&mut V),
+) -> Result<Slot> {
+    let (mut v, slot) = match map.get(key, 0) {
+        Ok(v) => (v, Slot::Found),
+        Err(aya::maps::MapError::KeyNotFound) => {
+            if max.is_some_and(|max| map.keys().count() >= max as usize) {
+                return Ok(Slot::Full);
+            }
+            let mut v = V::default();
+            named(&mut v);
+            (v, Slot::Inserted)
+        }
+        Err(e) => return Err(e).context("reading a map value"),
+    };
+    f(&mut v);
+    map.insert(key, &v, 0).context("writing a map value")?;
+    Ok(slot)
 }
 
 impl Kernel {
     pub fn of(attached: &Attached) -> Result<Kernel> {
         let e = &attached.ebpf;
         Ok(Kernel {
-            stats: typed(e, MAP_INODE_STATS)?,
+            files: typed(e, MAP_FILES)?,
             dev_totals: typed(e, MAP_DEV_TOTALS)?,
-            names: typed(e, MAP_INODE_NAMES)?,
-            hists: typed(e, MAP_INODE_HISTS)?,
             writers: typed(e, MAP_WRITERS)?,
             path_totals: typed(e, MAP_PATH_TOTALS)?,
             path_hists: typed(e, MAP_PATH_HISTS)?,
             health: typed(e, MAP_HEALTH)?,
             dirty: typed(e, MAP_DIRTY)?,
             epoch: typed(e, MAP_EPOCH)?,
-            cpus: nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?.get() as usize,
+            cpus: nr_cpus()
+                .map_err(|(_, e)| e)
+                .context("counting CPUs")?
+                .get() as usize,
+            max_inodes: attached.max_inodes,
+            writing: Writing::default(),
+            error: None,
         })
     }
 
-    fn bump_percpu_hash(
-        map: &mut PerCpuHashMap<MapData, InodeKey, WriteStats>,
-        cpus: usize,
-        key: InodeKey,
-        rec: &InFlight,
-        ret: i64,
-    ) -> Result<bool> {
-        let (mut v, new) = match map.get(&key, 0) {
-            Ok(values) => (values[0], false),
-            Err(_) => (WriteStats::default(), true),
-        };
-        v.account(rec, ret, WRITE_ENDS_NS);
-        map.insert(&key, on_cpu0(cpus, v)?, 0)
-            .context("updating a per-CPU hash")?;
-        Ok(new)
+    /// Keeps the first error of a write's updates.
+    fn keep<T>(&mut self, r: Result<T>, otherwise: T) -> T {
+        r.unwrap_or_else(|e| {
+            self.error.get_or_insert(e);
+            otherwise
+        })
     }
 
-    /// One write of `bytes` to `key` by process `tgid` named `comm`.
+    /// One write of `bytes` to `key` (a file named `name`) by process
+    /// `tgid` named `comm`, as the programs count it.
     pub fn write(
         &mut self,
         key: InodeKey,
@@ -149,63 +178,89 @@ impl Kernel {
         comm: &str,
         bytes: u64,
     ) -> Result<()> {
-        let cpus = self.cpus;
-        let rec = in_flight(key);
         let ret = i64::try_from(bytes).context("a write's size")?;
-        Self::bump_percpu_hash(
-            &mut self.dev_totals,
-            cpus,
-            InodeKey { ino: 0, ..key },
-            &rec,
-            ret,
-        )?;
-        if Self::bump_percpu_hash(&mut self.stats, cpus, key, &rec, ret)? {
-            let mut h = self.health.get(&0, 0).context("HEALTH")?[0];
-            h.inode_inserts += 1;
-            self.health.set(0, on_cpu0(cpus, h)?, 0).context("HEALTH")?;
-            let mut n = InodeName::default();
-            n.len = copy_truncated(&mut n.name, name) as u32;
-            self.names.insert(&key, &n, 0).context("INODE_NAMES")?;
-        }
-        let mut h = self.hists.get(&key, 0).unwrap_or(Histograms::ZERO);
-        h.record(&rec, WRITE_ENDS_NS, |slot| *slot += 1);
-        self.hists.insert(&key, &h, 0).context("INODE_HISTS")?;
+        self.writing = Writing {
+            name: name.to_owned(),
+            tgid,
+            comm: comm.to_owned(),
+        };
+        finish_write(self, &in_flight(key), ret, WRITE_ENDS_NS);
+        self.error.take().map_or(Ok(()), Err)
+    }
 
-        let wkey = WriterKey::new(key, tgid);
-        // count_writer: this CPU's count, and once per epoch its name and
-        // a place in this CPU's ring.
-        let epoch = self.epoch.get(&0, 0).context("EPOCH")?;
-        let mut w = self
-            .writers
-            .get(&wkey, 0)
-            .map_or(WriterStats::fresh(epoch), |values| values[0]);
-        let push = w.count(epoch);
-        if push {
-            w.comm = [0; COMM_LEN];
-            copy_truncated(&mut w.comm, comm);
-        }
-        self.writers
-            .insert(&wkey, on_cpu0(cpus, w)?, 0)
-            .context("WRITERS")?;
-        if push {
-            let mut ring = self.dirty.get(&0, 0).context("DIRTY")?[0];
-            ring.push(wkey);
-            self.dirty
-                .set(0, on_cpu0(cpus, ring)?, 0)
-                .context("DIRTY")?;
-        }
+    /// Runs `f` on this "CPU"'s (CPU 0's) slot `index` of a per-CPU array.
+    fn with_cpu0<T: aya::Pod + Default + Clone>(
+        map: &mut PerCpuArray<MapData, T>,
+        cpus: usize,
+        index: u32,
+        f: impl FnOnce(&mut T),
+    ) -> Result<()> {
+        let mut v = map.get(&index, 0).context("reading a per-CPU slot")?[0];
+        f(&mut v);
+        map.set(index, on_cpu0(cpus, v)?, 0)
+            .context("writing a per-CPU slot")
+    }
+}
 
-        let path = key.path;
-        let mut ph = self.path_hists.get(&path, 0).context("PATH_HISTS")?[0];
-        ph.record(&rec, WRITE_ENDS_NS, |slot| *slot += 1);
-        self.path_hists
-            .set(path, on_cpu0(cpus, ph)?, 0)
-            .context("PATH_HISTS")?;
-        let mut t = self.path_totals.get(&path, 0).context("PATH_TOTALS")?[0];
-        t.account(&rec, ret, WRITE_ENDS_NS);
-        self.path_totals
-            .set(path, on_cpu0(cpus, t)?, 0)
-            .context("PATH_TOTALS")
+impl WriteMaps for Kernel {
+    type Shared = Plain;
+
+    fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
+        let r = update(&mut self.dev_totals, key, None, |_| {}, f);
+        self.keep(r, Slot::Full)
+    }
+
+    fn with_file(&mut self, key: &InodeKey, f: impl FnOnce(&mut FileStats)) -> Slot {
+        let name = std::mem::take(&mut self.writing.name);
+        let r = update(
+            &mut self.files,
+            key,
+            Some(self.max_inodes),
+            |v| v.name.len = copy_truncated(&mut v.name.name, &name) as u32,
+            f,
+        );
+        self.keep(r, Slot::Full)
+    }
+
+    fn with_writer(&mut self, key: &WriterKey, f: impl FnOnce(&mut WriterStats)) -> Slot {
+        let r = update(&mut self.writers, key, None, |_| {}, f);
+        self.keep(r, Slot::Full)
+    }
+
+    fn with_ring<R>(&mut self, f: impl FnOnce(&mut DirtyRing) -> R) -> Option<R> {
+        let mut out = None;
+        let r = Self::with_cpu0(&mut self.dirty, self.cpus, 0, |ring| out = Some(f(ring)));
+        self.keep(r, ());
+        out
+    }
+
+    fn with_path(&mut self, path: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms)) {
+        let mut hists = Histograms::ZERO;
+        let r = Self::with_cpu0(&mut self.path_hists, self.cpus, path, |h| hists = *h);
+        self.keep(r, ());
+        let r = Self::with_cpu0(&mut self.path_totals, self.cpus, path, |t| f(t, &mut hists));
+        self.keep(r, ());
+        let r = Self::with_cpu0(&mut self.path_hists, self.cpus, path, |h| *h = hists);
+        self.keep(r, ());
+    }
+
+    fn with_health(&mut self, f: impl FnOnce(&mut Health)) {
+        let r = Self::with_cpu0(&mut self.health, self.cpus, 0, f);
+        self.keep(r, ());
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.get(&0, 0).unwrap_or(0)
+    }
+
+    fn tgid(&self) -> u32 {
+        self.writing.tgid
+    }
+
+    fn identity(&self) -> ([u8; COMM_LEN], u64) {
+        let mut comm = [0; COMM_LEN];
+        copy_truncated(&mut comm, &self.writing.comm);
+        (comm, 0)
     }
 }
 

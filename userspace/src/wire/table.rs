@@ -232,13 +232,13 @@ mod tests {
     fn every_health_loss_that_moved_is_named() {
         let mut snap = Snapshot::default();
         snap.health.kernel.inflight_replaced = 3;
-        snap.health.inflight_aged_out = 2;
+        snap.health.kernel.dev_totals_full = 2;
         let mut out = Vec::new();
         write_table(&mut out, &snap).expect("write");
         let text = String::from_utf8(out).expect("utf8");
         assert!(
             text.contains(
-                "warning: counts may be incomplete (health: inflight_replaced 3, inflight_aged_out 2;"
+                "warning: counts may be incomplete (health: inflight_replaced 3, dev_totals_full 2;"
             ),
             "{text}"
         );

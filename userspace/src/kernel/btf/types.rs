@@ -320,7 +320,5 @@ pub(super) fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
 fn u32_records<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u32; N]> + '_ {
     let (words, _) = bytes.as_chunks::<4>();
     let (records, _) = words.as_chunks::<N>();
-    records
-        .iter()
-        .map(|record| record.map(u32::from_le_bytes))
+    records.iter().map(|record| record.map(u32::from_le_bytes))
 }

@@ -118,9 +118,9 @@ pub struct HealthReportJson {
     #[serde(flatten)]
     #[serde_as(as = "HealthJson")]
     kernel: Health,
-    // Absent from recordings made before they were counted.
-    #[serde(default)]
-    inflight_aged_out: u64,
+    // Absent from recordings made before it was counted. (Recordings
+    // from before in-flight records lived in task storage also carry an
+    // `inflight_aged_out`, which is read past.)
     #[serde(default)]
     recursion_misses: u64,
 }
@@ -217,16 +217,16 @@ mod tests {
             unconfigured: 8,
             dev_totals_full: 9,
             opens: 10,
+            writers_full: 11,
         };
         let report = HealthReport {
-            inflight_aged_out: 11,
             recursion_misses: 12,
-            ..HealthReport::new(&kernel, 40, 16384, 50)
+            ..HealthReport::new(&kernel, 40, 16384, 10)
         };
         let json = to_json::<HealthReportJson, _>(&report);
         assert_eq!(
             json,
-            r#"{"live_inodes":40,"max_inodes":16384,"evictions":10,"inode_insert_failed":1,"inflight_full":2,"inflight_replaced":3,"exit_unmatched":4,"read_errors":5,"lock_state_unknown":6,"cached_path_writes":7,"dev_totals_full":9,"inflight_aged_out":11,"recursion_misses":12}"#
+            r#"{"live_inodes":40,"max_inodes":16384,"evictions":10,"inode_insert_failed":1,"inflight_full":2,"inflight_replaced":3,"exit_unmatched":4,"read_errors":5,"lock_state_unknown":6,"cached_path_writes":7,"dev_totals_full":9,"writers_full":11,"recursion_misses":12}"#
         );
         // Bookkeeping that is not in the JSON reads back as 0.
         let back: HealthReport = from_json::<HealthReportJson, _>(&json).expect("read back");
@@ -237,9 +237,9 @@ mod tests {
             ..kernel
         };
         assert_eq!(back.kernel, unread);
-        assert_eq!((back.inflight_aged_out, back.recursion_misses), (11, 12));
+        assert_eq!(back.recursion_misses, 12);
 
-        // A recording from before `inflight_aged_out` and `recursion_misses`
+        // A recording from before `writers_full` and `recursion_misses`
         // (tests/fixtures/replay.jsonl has this line).
         let old: HealthReport = from_json::<HealthReportJson, _>(
             r#"{"live_inodes":0,"max_inodes":16384,"evictions":0,"inode_insert_failed":0,"inflight_full":0,"inflight_replaced":0,"exit_unmatched":0,"read_errors":0,"lock_state_unknown":0,"cached_path_writes":0,"dev_totals_full":0}"#,
@@ -247,6 +247,12 @@ mod tests {
         .expect("older recording");
         assert_eq!(old.max_inodes, 16384);
         assert_eq!(old.recursion_misses, 0);
+        // One from when in-flight records could be aged out: read past.
+        let aged: HealthReport = from_json::<HealthReportJson, _>(
+            r#"{"live_inodes":0,"max_inodes":16384,"evictions":0,"inode_insert_failed":0,"inflight_full":0,"inflight_replaced":0,"exit_unmatched":0,"read_errors":0,"lock_state_unknown":0,"cached_path_writes":0,"dev_totals_full":0,"inflight_aged_out":2,"recursion_misses":3}"#,
+        )
+        .expect("a recording with inflight_aged_out");
+        assert_eq!(aged.recursion_misses, 3);
         // A kernel counter missing is an error, as before.
         let missing = from_json::<HealthReportJson, HealthReport>(
             r#"{"live_inodes":0,"max_inodes":1,"evictions":0}"#,

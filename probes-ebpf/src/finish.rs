@@ -1,0 +1,157 @@
+//! The BPF maps as `probes-common`'s [`WriteMaps`]: a finished write's
+//! updates are declared there once (`finish_write`), and run here in place.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_cgroup_id,
+    },
+    maps::HashMap,
+};
+use probes_common::{
+    maps::{DirtyRing, FileStats, Slot, WriteMaps, COMM_LEN, NAME_LEN},
+    Health, Histograms, InFlight, InodeKey, WriteStats, WriterKey, WriterStats,
+};
+
+use crate::{
+    kernel::{pid_tgid, read},
+    maps::{
+        health, Atomic, DEV_TOTALS, DIRTY, EPOCH, FILES, PATH_HISTS, PATH_TOTALS, WRITERS,
+        ZERO_FILE,
+    },
+};
+
+/// The maps, for one write's return: what a new file is named after comes
+/// from the write's `struct file`.
+pub struct BpfMaps<'a> {
+    pub rec: &'a InFlight,
+    /// Offsets of `file.f_path.dentry` and `dentry.d_name.name`.
+    pub f_path_dentry: u32,
+    pub d_name_name: u32,
+    /// Whether the kernel has cgroups (`FLAG_CGROUP_ID`).
+    pub cgroup_ids: bool,
+}
+
+/// Runs `f` on `key`'s value in `map`, inserting `zero` first for a new
+/// key; `named` fills a value this call inserted.
+#[inline(always)]
+fn with_value<K, V>(
+    map: &HashMap<K, V>,
+    key: &K,
+    zero: Option<&V>,
+    named: impl FnOnce(&mut V),
+    f: impl FnOnce(&mut V),
+) -> Slot {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: a value of our own map, shared between CPUs: every
+        // counter in it is bumped atomically (`Atomic`).
+        f(unsafe { &mut *v });
+        return Slot::Found;
+    }
+    let Some(zero) = zero else {
+        return Slot::Full;
+    };
+    // Another CPU may insert the key first: then this fails, and the lookup
+    // below finds that CPU's value.
+    let inserted = map.insert(key, zero, u64::from(BPF_NOEXIST)).is_ok();
+    let Some(v) = map.get_ptr_mut(key) else {
+        return Slot::Full;
+    };
+    // SAFETY: as above.
+    let v = unsafe { &mut *v };
+    if inserted {
+        named(v);
+    }
+    f(v);
+    if inserted {
+        Slot::Inserted
+    } else {
+        Slot::Found
+    }
+}
+
+impl BpfMaps<'_> {
+    /// Reads the dentry name of the write's file into `file`.
+    #[inline(always)]
+    fn name(&self, file: &mut FileStats) {
+        let Some(dentry) = read::<u64>(self.rec.file, self.f_path_dentry) else {
+            return;
+        };
+        let Some(name) = read::<u64>(dentry, self.d_name_name) else {
+            return;
+        };
+        let buf: &mut [u8; NAME_LEN] = &mut file.name.name;
+        // SAFETY: bpf_probe_read_kernel_str validates the source address and
+        // bounds the copy by the buffer.
+        match unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, buf) } {
+            Ok(bytes) => file.name.len = bytes.len() as u32,
+            Err(_) => health(|h| h.read_errors += 1),
+        }
+    }
+}
+
+impl WriteMaps for BpfMaps<'_> {
+    type Shared = Atomic;
+
+    #[inline(always)]
+    fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
+        let zero = ZERO_FILE.get(0).map(|z| &z.stats);
+        with_value(&DEV_TOTALS, key, zero, |_| {}, f)
+    }
+
+    #[inline(always)]
+    fn with_file(&mut self, key: &InodeKey, f: impl FnOnce(&mut FileStats)) -> Slot {
+        with_value(&FILES, key, ZERO_FILE.get(0), |v| self.name(v), f)
+    }
+
+    #[inline(always)]
+    fn with_writer(&mut self, key: &WriterKey, f: impl FnOnce(&mut WriterStats)) -> Slot {
+        let zero = WriterStats::default();
+        with_value(&WRITERS, key, Some(&zero), |_| {}, f)
+    }
+
+    #[inline(always)]
+    fn with_ring<R>(&mut self, f: impl FnOnce(&mut DirtyRing) -> R) -> Option<R> {
+        let ring = DIRTY.get_ptr_mut(0)?;
+        // SAFETY: a per-CPU slot, this CPU only.
+        Some(f(unsafe { &mut *ring }))
+    }
+
+    #[inline(always)]
+    fn with_path(&mut self, path: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms)) {
+        let (Some(totals), Some(hists)) =
+            (PATH_TOTALS.get_ptr_mut(path), PATH_HISTS.get_ptr_mut(path))
+        else {
+            return;
+        };
+        // SAFETY: per-CPU slots, this CPU only.
+        f(unsafe { &mut *totals }, unsafe { &mut *hists });
+    }
+
+    #[inline(always)]
+    fn with_health(&mut self, f: impl FnOnce(&mut Health)) {
+        health(f);
+    }
+
+    #[inline(always)]
+    fn epoch(&self) -> u64 {
+        EPOCH.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn tgid(&self) -> u32 {
+        (pid_tgid() >> 32) as u32
+    }
+
+    #[inline(always)]
+    fn identity(&self) -> ([u8; COMM_LEN], u64) {
+        let cgroup = if self.cgroup_ids {
+            // SAFETY: no arguments; available to tracing programs on a
+            // kernel with cgroups.
+            unsafe { bpf_get_current_cgroup_id() }
+        } else {
+            0
+        };
+        (bpf_get_current_comm().unwrap_or_default(), cgroup)
+    }
+}
