@@ -13,19 +13,19 @@ use sha2::{Digest as _, Sha256};
 
 use anyhow::{bail, Context as _};
 
-/// The eBPF programs' pinned nightly, from the toolchain file that pins it
-/// (xtask reads the same file).
-fn ebpf_nightly(ebpf_dir: &std::path::Path) -> anyhow::Result<String> {
-    let file = ebpf_dir.join("rust-toolchain.toml");
+/// The eBPF programs' pinned nightly, from the workspace's
+/// `toolchains.toml` (xtask reads the same file).
+fn ebpf_nightly(workspace: &std::path::Path) -> anyhow::Result<String> {
+    let file = workspace.join("toolchains.toml");
     println!("cargo:rerun-if-changed={}", file.display());
     let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()
         .find_map(|line| {
-            let value = line.trim().strip_prefix("channel")?.trim_start();
+            let value = line.trim().strip_prefix("ebpf")?.trim_start();
             let value = value.strip_prefix('=')?.trim();
             Some(value.strip_prefix('"')?.strip_suffix('"')?.to_owned())
         })
-        .with_context(|| format!("{} names no channel", file.display()))
+        .with_context(|| format!("{} names no ebpf toolchain", file.display()))
 }
 
 /// Where `cargo xtask setup` builds bpf-linker for `nightly`:
@@ -60,8 +60,9 @@ fn bpf_linker_dirs(nightly: &str) -> Vec<PathBuf> {
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=FUSELOCK_TOOLS_DIR");
     println!("cargo:rerun-if-env-changed=FUSELOCK_CACHE");
-    let ebpf_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../probes-ebpf");
-    let nightly = ebpf_nightly(&ebpf_dir)?;
+    let workspace = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("..");
+    let ebpf_dir = workspace.join("probes-ebpf");
+    let nightly = ebpf_nightly(&workspace)?;
     let path = env::var_os("PATH").unwrap_or_default();
     // The cache's bpf-linker first: it is built against the pinned nightly's
     // LLVM, which one found on PATH may not be.

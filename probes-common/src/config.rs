@@ -21,6 +21,51 @@ pub const FLAG_CONTENTION: u32 = 1 << 1;
 /// the call as dead code instead of refusing the program.
 pub const FLAG_CGROUP_ID: u32 = 1 << 2;
 
+/// A part of a write's accounting that a benchmark can switch off, to
+/// measure what it costs (`cargo xtask bench --sections ablation`); never
+/// set otherwise. Each is a bit of [`Config::flags`]: the configuration
+/// is a read-only global, so the verifier prunes the part switched off as
+/// dead code, as it prunes every branch on a flag that is not set.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ablation {
+    /// The per-device totals (`DEV_TOTALS`).
+    DeviceTotals = 1 << 16,
+    /// The writer's count, name and place in the ring of recent writes.
+    Writers = 1 << 17,
+    /// The per-file and per-path histograms.
+    Histograms = 1 << 18,
+    /// The clock and `i_size` reads inside the lock (hold times, the EOF
+    /// canary).
+    LockTiming = 1 << 19,
+    /// The per-file value (`FILES`).
+    FileStats = 1 << 20,
+}
+
+impl Ablation {
+    pub const ALL: [Ablation; 5] = [
+        Ablation::DeviceTotals,
+        Ablation::Writers,
+        Ablation::Histograms,
+        Ablation::LockTiming,
+        Ablation::FileStats,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Ablation::DeviceTotals => "device-totals",
+            Ablation::Writers => "writers",
+            Ablation::Histograms => "histograms",
+            Ablation::LockTiming => "lock-timing",
+            Ablation::FileStats => "file-stats",
+        }
+    }
+
+    pub const fn bit(self) -> u32 {
+        self as u32
+    }
+}
+
 /// Byte offsets of the kernel struct fields the programs read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,15 +9,16 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use probes_common::{
-    maps::{DirtyRing, FileStats, Slot, WriteMaps, COMM_LEN, NAME_LEN},
+    config::{Ablation, FLAG_CGROUP_ID},
+    maps::{DirtyRing, FileStats, Slot, WriteMaps, COMM_LEN, DEVICE_SLOTS, NAME_LEN},
     Health, Histograms, InFlight, InodeKey, WriteStats, WriterKey, WriterStats,
 };
 
 use crate::{
     kernel::{pid_tgid, read},
     maps::{
-        health, Atomic, DEV_TOTALS, DIRTY, EPOCH, FILES, PATH_HISTS, PATH_TOTALS, WRITERS,
-        ZERO_FILE,
+        config, flag, health, Atomic, DEV_SLOTS, DEV_SLOT_NEXT, DEV_STATS, DEV_TOTALS, DIRTY,
+        EPOCH, FILES, PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_FILE,
     },
 };
 
@@ -25,11 +26,6 @@ use crate::{
 /// from the write's `struct file`.
 pub struct BpfMaps<'a> {
     pub rec: &'a InFlight,
-    /// Offsets of `file.f_path.dentry` and `dentry.d_name.name`.
-    pub f_path_dentry: u32,
-    pub d_name_name: u32,
-    /// Whether the kernel has cgroups (`FLAG_CGROUP_ID`).
-    pub cgroup_ids: bool,
 }
 
 /// Runs `f` on `key`'s value in `map`, inserting `zero` first for a new
@@ -74,10 +70,10 @@ impl BpfMaps<'_> {
     /// Reads the dentry name of the write's file into `file`.
     #[inline(always)]
     fn name(&self, file: &mut FileStats) {
-        let Some(dentry) = read::<u64>(self.rec.file, self.f_path_dentry) else {
+        let Some(dentry) = read::<u64>(self.rec.file, config!(offsets.file_f_path_dentry)) else {
             return;
         };
-        let Some(name) = read::<u64>(dentry, self.d_name_name) else {
+        let Some(name) = read::<u64>(dentry, config!(offsets.dentry_d_name_name)) else {
             return;
         };
         let buf: &mut [u8; NAME_LEN] = &mut file.name.name;
@@ -92,6 +88,32 @@ impl BpfMaps<'_> {
 
 impl WriteMaps for BpfMaps<'_> {
     type Shared = Atomic;
+
+    #[inline(always)]
+    fn device_slot(&mut self, key: &InodeKey) -> Option<u32> {
+        if let Some(slot) = DEV_SLOTS.get_ptr(key) {
+            // SAFETY: a value of our own map, never changed once inserted.
+            return Some(unsafe { *slot });
+        }
+        let next = DEV_SLOT_NEXT.get_ptr_mut(0)?;
+        // SAFETY: a value of our own array, changed only atomically.
+        let slot = Atomic::take_below(unsafe { &mut *next }, u64::from(DEVICE_SLOTS))? as u32;
+        // Another CPU may have given the device a slot meanwhile: then this
+        // one stays unused, and the device keeps that CPU's.
+        if DEV_SLOTS.insert(key, &slot, u64::from(BPF_NOEXIST)).is_ok() {
+            return Some(slot);
+        }
+        // SAFETY: as above.
+        DEV_SLOTS.get_ptr(key).map(|s| unsafe { *s })
+    }
+
+    #[inline(always)]
+    fn with_device_slot(&mut self, slot: u32, f: impl FnOnce(&mut WriteStats)) {
+        if let Some(totals) = DEV_STATS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU slot, this CPU only.
+            f(unsafe { &mut *totals });
+        }
+    }
 
     #[inline(always)]
     fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
@@ -139,13 +161,18 @@ impl WriteMaps for BpfMaps<'_> {
     }
 
     #[inline(always)]
+    fn skips(&self, part: Ablation) -> bool {
+        flag(part.bit())
+    }
+
+    #[inline(always)]
     fn tgid(&self) -> u32 {
         (pid_tgid() >> 32) as u32
     }
 
     #[inline(always)]
     fn identity(&self) -> ([u8; COMM_LEN], u64) {
-        let cgroup = if self.cgroup_ids {
+        let cgroup = if flag(FLAG_CGROUP_ID) {
             // SAFETY: no arguments; available to tracing programs on a
             // kernel with cgroups.
             unsafe { bpf_get_current_cgroup_id() }

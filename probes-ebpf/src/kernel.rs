@@ -2,9 +2,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
-use probes_common::config::Offsets;
-
-use crate::maps::health;
+use crate::maps::{config, health};
 
 /// Reads a `T` at `base + offset`, counting failures.
 #[inline(always)]
@@ -23,23 +21,43 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
-/// Bytes of kernel memory read at once by [`read_words`].
+/// Words of kernel memory read at most at once by [`read_words`].
 const WINDOW_WORDS: usize = 8;
 
 /// The 8-byte words at `base + offsets[i]` (a narrower field is in the low
 /// bytes). Each helper call costs more than the copy, so fields that lie
 /// within 64 bytes of each other at word distances, as the ones read
-/// together do on the kernels fuselock knows, come from one read; others
-/// cost one read each.
+/// together do on the kernels fuselock knows, come from one read of just
+/// the words from the first to the last; others cost one read each.
 #[inline(always)]
 pub fn read_words<const N: usize>(base: u64, offsets: [u32; N]) -> Option<[u64; N]> {
     let lo = offsets.iter().copied().min().unwrap_or(0);
-    let fits = offsets
-        .iter()
-        .all(|&off| off - lo <= 8 * (WINDOW_WORDS as u32 - 1) && (off - lo) % 8 == 0);
+    let hi = offsets.iter().copied().max().unwrap_or(0);
+    let fits =
+        hi - lo <= 8 * (WINDOW_WORDS as u32 - 1) && offsets.iter().all(|&off| (off - lo) % 8 == 0);
     let mut words = [0u64; N];
     if fits {
-        let window = read::<[u64; WINDOW_WORDS]>(base, lo)?;
+        if base == 0 {
+            health(|h| h.read_errors += 1);
+            return None;
+        }
+        let mut window = [0u64; WINDOW_WORDS];
+        // The offsets are the read-only configuration's, so the verifier
+        // knows the size is at most the window.
+        let size = (hi - lo + 8).min(8 * WINDOW_WORDS as u32);
+        // SAFETY: bpf_probe_read_kernel validates the source address and
+        // writes at most `size` bytes into the window.
+        let ret = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                window.as_mut_ptr().cast(),
+                size,
+                (base + u64::from(lo)) as *const core::ffi::c_void,
+            )
+        };
+        if ret != 0 {
+            health(|h| h.read_errors += 1);
+            return None;
+        }
         for (word, off) in words.iter_mut().zip(offsets) {
             *word = word_at(&window, (off - lo) / 8)?;
         }
@@ -88,8 +106,15 @@ pub fn current_task() -> u64 {
 /// `(i_ino, i_sb->s_dev, i_size)` of an inode: what names a file in every
 /// map, and its size.
 #[inline(always)]
-pub fn inode_id(inode: u64, o: &Offsets) -> Option<(u64, u32, i64)> {
-    let [ino, sb, size] = read_words(inode, [o.inode_i_ino, o.inode_i_sb, o.inode_i_size])?;
-    let dev = read::<u32>(sb, o.super_block_s_dev)?;
+pub fn inode_id(inode: u64) -> Option<(u64, u32, i64)> {
+    let [ino, sb, size] = read_words(
+        inode,
+        [
+            config!(offsets.inode_i_ino),
+            config!(offsets.inode_i_sb),
+            config!(offsets.inode_i_size),
+        ],
+    )?;
+    let dev = read::<u32>(sb, config!(offsets.super_block_s_dev))?;
     Some((ino, dev, size as i64))
 }

@@ -10,6 +10,7 @@
 
 use aya_ebpf::EbpfContext;
 use probes_common::{
+    config::Ablation,
     maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED},
     rwsem::held_mode,
     LockMode, WritePath,
@@ -17,7 +18,7 @@ use probes_common::{
 
 use crate::{
     kernel::{current_task, now_ns, read, read_words},
-    maps::{config, health, task},
+    maps::{config, configured, flag, health, task},
 };
 
 /// `FUSE_DIO_WRITE` (`fs/fuse/fuse_i.h`).
@@ -36,9 +37,13 @@ pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
         // overlayfs or a nested write: not the FUSE write we recorded.
         return;
     }
-    let Some(cfg) = config() else { return };
-    let o = &cfg.offsets;
-    let Some([count, owner]) = read_words(rec.rwsem, [o.rwsem_count, o.rwsem_owner]) else {
+    if !configured() {
+        return;
+    }
+    let Some([count, owner]) = read_words(
+        rec.rwsem,
+        [config!(offsets.rwsem_count), config!(offsets.rwsem_owner)],
+    ) else {
         return;
     };
     match held_mode(count, owner, current_task()) {
@@ -49,6 +54,9 @@ pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
             return;
         }
     }
+    if flag(Ablation::LockTiming.bit()) {
+        return;
+    }
     rec.locked_ns = now_ns();
-    rec.i_size_locked = read::<i64>(rec.inode, o.inode_i_size).unwrap_or(i64::MAX);
+    rec.i_size_locked = read::<i64>(rec.inode, config!(offsets.inode_i_size)).unwrap_or(i64::MAX);
 }

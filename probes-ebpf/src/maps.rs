@@ -7,8 +7,10 @@ use aya_ebpf::{
     Global,
 };
 use probes_common::{
-    config::Config,
-    maps::{Bump, DirtyRing, FileStats, DEFAULT_MAX_INODES, MAX_DEVICES, NO_PREALLOC},
+    config::{Config, CONFIG_MAGIC},
+    maps::{
+        Bump, DirtyRing, FileStats, DEFAULT_MAX_INODES, DEVICE_SLOTS, MAX_DEVICES, NO_PREALLOC,
+    },
     Health, Histograms, InodeKey, OpenStats, TaskState, WritePath, WriteStats, WriterKey,
     WriterStats,
 };
@@ -27,6 +29,15 @@ pub static FILES: HashMap<InodeKey, FileStats> =
 
 #[map]
 pub static ZERO_FILE: Array<FileStats> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static DEV_STATS: PerCpuArray<WriteStats> = PerCpuArray::with_max_entries(DEVICE_SLOTS, 0);
+
+#[map]
+pub static DEV_SLOTS: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_DEVICES, NO_PREALLOC);
+
+#[map]
+pub static DEV_SLOT_NEXT: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static DEV_TOTALS: HashMap<InodeKey, WriteStats> =
@@ -72,16 +83,45 @@ pub fn health(bump: impl FnOnce(&mut Health)) {
     }
 }
 
-/// The configuration, or `None` (counted) if the loader did not set it.
+/// Reads one field of the configuration: one load, not a copy of the whole
+/// struct, and a volatile one, so that LLVM does not fold in the
+/// unconfigured value the object carries (the loader overrides it). The
+/// verifier knows each value (the global is read-only), so a branch on a
+/// flag that is not set is pruned.
+macro_rules! config {
+    ($($field:tt)+) => {
+        // SAFETY: `FUSELOCK_CONFIG` is a `Config` (a `Global` is
+        // `repr(transparent)`), alive for the program's run.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*crate::maps::config_ptr()).$($field)+
+            ))
+        }
+    };
+}
+pub(crate) use config;
+
+/// The configuration global, as the `Config` it holds.
 #[inline(always)]
-pub fn config() -> Option<Config> {
-    let cfg = FUSELOCK_CONFIG.load();
-    if cfg.is_configured() {
-        Some(cfg)
+pub fn config_ptr() -> *const Config {
+    core::ptr::addr_of!(FUSELOCK_CONFIG).cast()
+}
+
+/// Whether the loader set the configuration; counted when not.
+#[inline(always)]
+pub fn configured() -> bool {
+    if config!(magic) == CONFIG_MAGIC {
+        true
     } else {
         health(|h| h.unconfigured += 1);
-        None
+        false
     }
+}
+
+/// Whether flag `bit` of the configuration is set.
+#[inline(always)]
+pub fn flag(bit: u32) -> bool {
+    config!(flags) & bit != 0
 }
 
 /// The current task's state, made on first use.
@@ -120,11 +160,22 @@ impl Bump for Atomic {
 
     #[inline(always)]
     fn raise(slot: &mut u64, v: u64) {
+        raise_shared(slot, v);
+    }
+}
+
+impl Atomic {
+    /// Takes the next number below `limit` from the shared counter `next`:
+    /// `None` once they are all taken (or, rarely, when other CPUs kept
+    /// taking them during every attempt). A compare-and-swap loop, because
+    /// bpf-linker's default CPU cannot use the value of an atomic add.
+    #[inline(always)]
+    pub fn take_below(next: &mut u64, limit: u64) -> Option<u64> {
         for _ in 0..RAISE_ATTEMPTS {
             // SAFETY: a map value's field, read as the compare-and-swap expects.
-            let current = unsafe { core::ptr::read_volatile(slot) };
-            if v <= current {
-                return;
+            let current = unsafe { core::ptr::read_volatile(next) };
+            if current >= limit {
+                return None;
             }
             // SAFETY: as in `add`; BPF_CMPXCHG (Linux >= 5.12).
             let (_, swapped) = unsafe {
@@ -132,11 +183,35 @@ impl Bump for Atomic {
                     u64,
                     { core::intrinsics::AtomicOrdering::Relaxed },
                     { core::intrinsics::AtomicOrdering::Relaxed },
-                >(slot, current, v)
+                >(next, current, current + 1)
             };
             if swapped {
-                return;
+                return Some(current);
             }
+        }
+        None
+    }
+}
+
+/// `*slot = max(*slot, v)` on a value CPUs share.
+#[inline(always)]
+fn raise_shared(slot: &mut u64, v: u64) {
+    for _ in 0..RAISE_ATTEMPTS {
+        // SAFETY: a map value's field, read as the compare-and-swap expects.
+        let current = unsafe { core::ptr::read_volatile(slot) };
+        if v <= current {
+            return;
+        }
+        // SAFETY: as in `Atomic::add`; BPF_CMPXCHG (Linux >= 5.12).
+        let (_, swapped) = unsafe {
+            core::intrinsics::atomic_cxchg::<
+                u64,
+                { core::intrinsics::AtomicOrdering::Relaxed },
+                { core::intrinsics::AtomicOrdering::Relaxed },
+            >(slot, current, v)
+        };
+        if swapped {
+            return;
         }
     }
 }

@@ -10,7 +10,7 @@ use probes_common::{
 
 use crate::{
     kernel::{inode_id, read},
-    maps::{config, health, task, task_or_create, Atomic, OPENS},
+    maps::{config, configured, health, task, task_or_create, Atomic, OPENS},
 };
 
 fn atomic_add(slot: &mut u64, n: u64) {
@@ -20,11 +20,13 @@ fn atomic_add(slot: &mut u64, n: u64) {
 /// Entry: `ff->open_flags` is still what the server replied.
 #[inline(always)]
 pub fn on_entry(file: u64) {
-    let Some(cfg) = config() else { return };
-    let Some(ff) = read::<u64>(file, cfg.offsets.file_private_data) else {
+    if !configured() {
+        return;
+    }
+    let Some(ff) = read::<u64>(file, config!(offsets.file_private_data)) else {
         return;
     };
-    let Some(flags) = read::<u32>(ff, cfg.offsets.fuse_file_open_flags) else {
+    let Some(flags) = read::<u32>(ff, config!(offsets.fuse_file_open_flags)) else {
         return;
     };
     let Some(task) = task_or_create() else {
@@ -52,18 +54,19 @@ pub fn on_exit(ret: i32) {
     if ret != 0 {
         return;
     }
-    let Some(cfg) = config() else { return };
-    let o = &cfg.offsets;
-    let Some(ff) = read::<u64>(rec.file, o.file_private_data) else {
+    if !configured() {
+        return;
+    }
+    let Some(ff) = read::<u64>(rec.file, config!(offsets.file_private_data)) else {
         return;
     };
-    let Some(kept) = read::<u32>(ff, o.fuse_file_open_flags) else {
+    let Some(kept) = read::<u32>(ff, config!(offsets.fuse_file_open_flags)) else {
         return;
     };
-    let Some(inode) = read::<u64>(rec.file, o.file_f_inode) else {
+    let Some(inode) = read::<u64>(rec.file, config!(offsets.file_f_inode)) else {
         return;
     };
-    let Some((ino, dev, _)) = inode_id(inode, o) else {
+    let Some((ino, dev, _)) = inode_id(inode) else {
         return;
     };
     let key = InodeKey { ino, dev, path: 0 };

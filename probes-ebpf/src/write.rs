@@ -4,7 +4,7 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::{debug, error};
 use probes_common::{
     classify,
-    config::{FLAG_CGROUP_ID, FLAG_DEBUG_LOG},
+    config::FLAG_DEBUG_LOG,
     maps::{finish_write, INFLIGHT_UNLOCKED},
     InFlight, InodeKey, WriteFacts, WritePath,
 };
@@ -12,7 +12,7 @@ use probes_common::{
 use crate::{
     finish::BpfMaps,
     kernel::{inode_id, now_ns, read, read_words},
-    maps::{config, health, task, task_or_create},
+    maps::{config, configured, flag, health, task, task_or_create},
 };
 
 /// Records the write in the task's storage if it takes the passthrough or direct-io
@@ -20,20 +20,36 @@ use crate::{
 /// makes its own decision.
 #[inline(always)]
 pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
-    let Some(cfg) = config() else { return };
-    let o = &cfg.offsets;
-    let Some([file, pos, ki_flags]) =
-        read_words(iocb, [o.kiocb_ki_filp, o.kiocb_ki_pos, o.kiocb_ki_flags])
-    else {
+    if !configured() {
+        return;
+    }
+    let Some([file, pos, ki_flags]) = read_words(
+        iocb,
+        [
+            config!(offsets.kiocb_ki_filp),
+            config!(offsets.kiocb_ki_pos),
+            config!(offsets.kiocb_ki_flags),
+        ],
+    ) else {
         return;
     };
     let (pos, ki_flags) = (pos as i64, ki_flags as u32);
-    let Some([ff, inode]) = read_words(file, [o.file_private_data, o.file_f_inode]) else {
+    let Some([ff, inode]) = read_words(
+        file,
+        [
+            config!(offsets.file_private_data),
+            config!(offsets.file_f_inode),
+        ],
+    ) else {
         return;
     };
-    let Some([open_flags, backing]) =
-        read_words(ff, [o.fuse_file_open_flags, o.fuse_file_passthrough])
-    else {
+    let Some([open_flags, backing]) = read_words(
+        ff,
+        [
+            config!(offsets.fuse_file_open_flags),
+            config!(offsets.fuse_file_passthrough),
+        ],
+    ) else {
         return;
     };
     let open_flags = open_flags as u32;
@@ -41,10 +57,10 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         health(|h| h.cached_path_writes += 1);
         return;
     };
-    let Some(count) = read::<u64>(from, o.iov_iter_count) else {
+    let Some(count) = read::<u64>(from, config!(offsets.iov_iter_count)) else {
         return;
     };
-    let Some((ino, dev, i_size)) = inode_id(inode, o) else {
+    let Some((ino, dev, i_size)) = inode_id(inode) else {
         return;
     };
     // Only `fuse_dio_lock()` looks at the inode's cached I/O mode, and a
@@ -53,11 +69,11 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         WritePath::Passthrough => false,
         WritePath::DirectIo => {
             // `get_fuse_inode()`: the VFS inode is a member of the FUSE one.
-            let fuse_inode = inode.wrapping_sub(u64::from(o.fuse_inode_inode));
-            let Some(state) = read::<u64>(fuse_inode, o.fuse_inode_state) else {
+            let fuse_inode = inode.wrapping_sub(u64::from(config!(offsets.fuse_inode_inode)));
+            let Some(state) = read::<u64>(fuse_inode, config!(offsets.fuse_inode_state)) else {
                 return;
             };
-            state & (1 << (o.fuse_i_cache_io_mode & 63)) != 0
+            state & (1 << (config!(offsets.fuse_i_cache_io_mode) & 63)) != 0
         }
     };
 
@@ -86,7 +102,7 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         iocb,
         file,
         inode,
-        rwsem: inode + u64::from(o.inode_i_rwsem),
+        rwsem: inode + u64::from(config!(offsets.inode_i_rwsem)),
         key: InodeKey {
             ino,
             dev,
@@ -101,7 +117,7 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         active: 1,
         ..InFlight::default()
     };
-    if cfg.has(FLAG_DEBUG_LOG) {
+    if flag(FLAG_DEBUG_LOG) {
         debug!(
             ctx,
             "write entry dev={} ino={} path={} pos={} count={} i_size={} reasons={}",
@@ -133,15 +149,11 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
         health(|h| h.exit_unmatched += 1);
         return;
     }
-    let Some(cfg) = config() else { return };
-    let mut maps = BpfMaps {
-        rec,
-        f_path_dentry: cfg.offsets.file_f_path_dentry,
-        d_name_name: cfg.offsets.dentry_d_name_name,
-        cgroup_ids: cfg.has(FLAG_CGROUP_ID),
-    };
-    finish_write(&mut maps, rec, ret, now_ns());
-    if cfg.has(FLAG_DEBUG_LOG) {
+    if !configured() {
+        return;
+    }
+    finish_write(&mut BpfMaps { rec }, rec, ret, now_ns());
+    if flag(FLAG_DEBUG_LOG) {
         debug!(
             ctx,
             "write exit ino={} ret={} mode={}", rec.key.ino, ret, rec.mode

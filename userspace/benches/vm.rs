@@ -327,13 +327,15 @@ fn main() {
     let writes = env_u64("FUSELOCK_BENCH_WRITES", 20_000);
     let rounds = env_u64("FUSELOCK_BENCH_ROUNDS", 3) as usize;
     let inodes = env_u64("FUSELOCK_BENCH_INODES", 10_000);
-    let sections = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "123".into());
-    if sections.contains("fio") {
+    let names = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "1,2,3".into());
+    let sections: Vec<&str> = names.split(',').collect();
+    let has = |s: &str| sections.contains(&s);
+    if has("fio") {
         if let Err(e) = fio::section(rounds as u64, env_u64("FUSELOCK_BENCH_FIO_IOS", 65_536)) {
             eprintln!("bench: fio section failed: {e:#}");
             std::process::exit(1);
         }
-        if !sections.contains(['1', '2', '3']) {
+        if !["1", "1b", "ablation", "2", "3"].into_iter().any(has) {
             println!("\nbench: done");
             return;
         }
@@ -357,13 +359,19 @@ fn main() {
         vec![Tracer::None, Tracer::Fuselock]
     };
     let fs = TestFs::mount(&[]);
-    if sections.contains('1') {
+    if has("1") {
         per_write(&fs, &tracers, writes, rounds);
     }
-    if sections.contains('2') {
+    if has("1b") && !has("1") {
+        bpf_time_per_write(&fs, &tracers, writes);
+    }
+    if has("ablation") {
+        ablation(&fs, writes, rounds);
+    }
+    if has("2") {
         unrelated(env_u64("FUSELOCK_BENCH_CHURN", 5_000));
     }
-    if sections.contains('3') {
+    if has("3") {
         userspace_cost(&fs, inodes);
     }
     println!("\nbench: done");
@@ -402,7 +410,12 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
             );
         }
     }
+    bpf_time_per_write(fs, tracers, writes);
+}
 
+/// Section 1b: the programs' own run time per write (bpf_stats), next to
+/// empty programs on the same attach points.
+fn bpf_time_per_write(fs: &TestFs, tracers: &[Tracer], writes: u64) {
     println!(
         "\n1b. BPF programs per write, from the kernel's bpf_stats (run_cnt, run_time_ns), \
          {writes} writes; the floor is empty programs on the same attach points"
@@ -472,6 +485,78 @@ fn per_write(fs: &TestFs, tracers: &[Tracer], writes: u64, rounds: usize) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// BPF run time per write of the programs of `tracer` started with `extra`
+/// arguments, over `writes` O_DIRECT overwrites from `threads` threads.
+fn bpf_ns_per_write(fs: &TestFs, tracer: Tracer, extra: &[&str], threads: u32, writes: u64) -> f64 {
+    let running = start_with(tracer, "3600", extra).expect("tracer");
+    let pid = running.child.id();
+    let stats = BpfStats::enable();
+    let (_, ns0) = prog_stats(pid);
+    load(fs, threads, writes);
+    let (_, ns1) = prog_stats(pid);
+    drop(stats);
+    drop(running);
+    (ns1 - ns0) as f64 / writes as f64
+}
+
+/// Section `ablation`: what each part of a write's accounting costs, as
+/// BPF run time per write with that part switched off (`--ablate`, which
+/// the verifier then prunes), next to the whole and the floor.
+fn ablation(fs: &TestFs, writes: u64, rounds: usize) {
+    const PARTS: [&str; 5] = [
+        "device-totals",
+        "writers",
+        "histograms",
+        "lock-timing",
+        "file-stats",
+    ];
+    println!(
+        "\nablation. BPF ns per write (bpf_stats) with one part of the accounting switched off, \
+         {writes} O_DIRECT overwrites, median of {rounds} rounds"
+    );
+    let all = PARTS.join(",");
+    let mut configs: Vec<(String, Tracer, Vec<&str>)> = vec![
+        ("floor".into(), Tracer::Floor, vec![]),
+        ("fuselock".into(), Tracer::Fuselock, vec![]),
+    ];
+    for part in PARTS {
+        configs.push((
+            format!("without {part}"),
+            Tracer::Fuselock,
+            vec!["--ablate", part],
+        ));
+    }
+    configs.push((
+        "without all five".into(),
+        Tracer::Fuselock,
+        vec!["--ablate", all.as_str()],
+    ));
+    println!(
+        "{:>7}  {:>26}  {:>10}  {:>12}  {:>9}",
+        "threads", "configuration", "ns/write", "vs whole", "x floor"
+    );
+    for threads in [1u32, 2, 4] {
+        let medians: Vec<f64> = configs
+            .iter()
+            .map(|(_, tracer, extra)| {
+                median(
+                    (0..rounds)
+                        .map(|_| bpf_ns_per_write(fs, *tracer, extra, threads, writes))
+                        .collect(),
+                )
+            })
+            .collect();
+        let (floor, whole) = (medians[0], medians[1]);
+        for ((name, _, _), ns) in configs.iter().zip(&medians) {
+            println!(
+                "{threads:>7}  {name:>26}  {ns:>10.0}  {:>+12.0}  {:>8.2}x",
+                ns - whole,
+                ns / floor
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use fuselock_testkit::{testfs::TestfsArgs, workload::LoadArgs};
+use probes_common::config::Ablation;
 
 use crate::kernel::probes::ProbeMode;
 
@@ -94,6 +95,16 @@ pub enum Command {
     Load(LoadArgs),
 }
 
+fn parse_ablation(name: &str) -> Result<Ablation, String> {
+    Ablation::ALL
+        .into_iter()
+        .find(|a| a.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Ablation::ALL.iter().map(|a| a.name()).collect();
+            format!("one of {}", names.join(", "))
+        })
+}
+
 /// Options shared by every command that attaches probes.
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
@@ -117,6 +128,11 @@ pub struct ProbeArgs {
     /// Log every write from the kernel through aya-log (costly: debugging only).
     #[arg(long)]
     pub debug_probes: bool,
+    /// Benchmarks only: switch parts of the accounting off, to measure
+    /// what each costs (`cargo xtask bench --sections ablation`). Counts are
+    /// then incomplete.
+    #[arg(long, hide = true, value_delimiter = ',', value_parser = parse_ablation)]
+    pub ablate: Vec<Ablation>,
     /// No effect, kept so that scripts passing it still run: a write's
     /// in-flight record lives in its task's BPF storage, which the kernel
     /// frees with the task, so there is nothing to age out.

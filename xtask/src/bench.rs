@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{build, cache, setup, vm};
+use crate::{build, cache, setup, toolchain, vm};
 
 mod fio;
 
@@ -21,10 +21,12 @@ pub struct BenchArgs {
     /// Live inodes for the userspace-cost measurement.
     #[arg(long, default_value_t = 10_000)]
     pub inodes: u64,
-    /// Which parts to run: 1 per-write overhead, 2 unrelated workload,
-    /// 3 userspace cost in the VM, 4 the same refresh work natively, `fio`
-    /// the series' fio benchmark on each series pair (see --fio-pair)
-    /// (two VM boots per pair; not by default). E.g. `1234`, `fio`, `12,fio`.
+    /// Which parts to run: 1 per-write overhead (1b: only its BPF time per
+    /// write), 2 unrelated workload, 3 userspace cost in the VM, 4 the same
+    /// refresh work natively, `fio` the series' fio benchmark on each series
+    /// pair (see --fio-pair) (two VM boots per pair; not by default),
+    /// `ablation` what each part of a write's accounting costs (not by
+    /// default). E.g. `1234`, `fio`, `12,fio`, `1b`, `ablation`.
     #[arg(long, default_value = "1234")]
     pub sections: String,
     /// fio section: 4 KiB writes per fio run (split among the jobs; a
@@ -47,25 +49,42 @@ pub struct BenchArgs {
     pub append: Option<String>,
 }
 
+/// The sections `--sections` names: digits run together, or names
+/// (`1b`, `fio`) between commas.
+fn parse_sections(text: &str) -> Result<Vec<String>> {
+    let mut sections = Vec::new();
+    for token in text.split(',').filter(|t| !t.is_empty()) {
+        match token {
+            "fio" | "1b" | "ablation" => sections.push(token.to_owned()),
+            _ => {
+                for c in token.chars() {
+                    if !"1234".contains(c) {
+                        bail!(
+                            "--sections {text}: unknown section {c:?} (sections are 1, 1b, ablation, 2, 3, 4 and fio)"
+                        );
+                    }
+                    sections.push(c.to_string());
+                }
+            }
+        }
+    }
+    if sections.is_empty() {
+        bail!("--sections is empty: name 1, 1b, 2, 3, 4 and/or fio");
+    }
+    Ok(sections)
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let with_fio = args.sections.contains("fio");
-    let digits: String = args
-        .sections
-        .replace("fio", "")
-        .chars()
-        .filter(|c| *c != ',')
-        .collect();
-    if let Some(bad) = digits.chars().find(|c| !"1234".contains(*c)) {
-        bail!(
-            "--sections {}: unknown section {bad:?} (sections are 1, 2, 3, 4 and fio)",
-            args.sections
-        );
-    }
-    if digits.is_empty() && !with_fio {
-        bail!("--sections is empty: name 1, 2, 3, 4 and/or fio");
-    }
+    let sections = parse_sections(&args.sections)?;
+    let has = |s: &str| sections.iter().any(|x| x == s);
+    let with_fio = has("fio");
+    let digits: String = ["1", "1b", "ablation", "2", "3"]
+        .into_iter()
+        .filter(|s| has(s))
+        .collect::<Vec<_>>()
+        .join(",");
     setup::ensure_all()?;
-    if digits.chars().any(|c| "123".contains(c)) {
+    if !digits.is_empty() {
         in_vm(args, &digits)?;
     }
     if with_fio {
@@ -76,7 +95,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             args.append.as_deref(),
         )?;
     }
-    if digits.contains('4') {
+    if has("4") {
         native()?;
     }
     Ok(())
@@ -89,7 +108,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// runs meanwhile.
 fn native() -> Result<()> {
     let recording = std::env::temp_dir().join("fuselock-bench-replay.jsonl");
-    let out = Command::new(env!("CARGO"))
+    let out = toolchain::cargo()
         .args([
             "test",
             "--release",
@@ -166,7 +185,7 @@ fn find_top() -> Option<u32> {
 /// line a second: 20 s idle, then 20 s with one busy file) in a 160x50
 /// tmux terminal; CPU over 15 s of each phase.
 fn replay_top(recording: &std::path::Path) -> Result<()> {
-    let built = Command::new(env!("CARGO"))
+    let built = toolchain::cargo()
         .args(["build", "--release", "-p", "fuselock"])
         .current_dir(cache::workspace_root())
         .output()

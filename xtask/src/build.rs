@@ -1,14 +1,10 @@
 //! Static builds for the VM's busybox userland (no libraries there).
 
-use std::{
-    io::BufRead as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{io::BufRead as _, path::PathBuf, process::Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cache, setup};
+use crate::{cache, setup, toolchain};
 
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// The C compiler cc-rs uses for [`MUSL_TARGET`].
@@ -17,7 +13,7 @@ const MUSL_CC: &str = "CC_x86_64_unknown_linux_musl";
 /// Runs a cargo build with JSON messages and returns the executables built.
 fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
     setup::ensure_build_tools()?;
-    let mut cargo = Command::new(env!("CARGO"));
+    let mut cargo = toolchain::cargo();
     cargo
         .args(args)
         .args([
@@ -112,7 +108,7 @@ pub fn vm_bench_static() -> Result<PathBuf> {
 /// The man page, rendered by the binary itself from its clap definition.
 pub fn man_page() -> Result<PathBuf> {
     setup::ensure_build_tools()?;
-    let out = Command::new(env!("CARGO"))
+    let out = toolchain::cargo()
         .args(["run", "--quiet", "--package", "fuselock", "--", "manpage"])
         .current_dir(cache::workspace_root())
         .output()

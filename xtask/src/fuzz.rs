@@ -121,7 +121,7 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
                  then fix it, add a unit test, and copy the input into fuzz/corpus/{target}/",
                 list.join(", "),
                 tools.display(),
-                toolchain::nightly()?,
+                toolchain::nightly(),
                 BUILD_FLAGS.join(" "),
                 target_dir.display(),
                 list[0],
@@ -142,15 +142,9 @@ fn fuzz_in(targets: &[&str], seconds: u64, tools: &Path, dir: &Path, scratch: &P
 fn cargo_fuzz(tools: &Path, subcommand: &str) -> Result<Command> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let paths = std::iter::once(tools.to_owned()).chain(std::env::split_paths(&path));
-    let mut cmd = Command::new("cargo");
-    cmd.arg(format!("+{}", toolchain::nightly()?))
-        .args(["fuzz", subcommand])
-        .current_dir(cache::workspace_root())
-        .env("PATH", std::env::join_paths(paths).unwrap_or(path))
-        .env_remove("CARGO")
-        .env_remove("RUSTC")
-        .env_remove("RUSTDOC")
-        .env_remove("RUSTUP_TOOLCHAIN");
+    let mut cmd = toolchain::toolchain_cargo(toolchain::nightly());
+    cmd.args(["fuzz", subcommand])
+        .env("PATH", std::env::join_paths(paths).unwrap_or(path));
     Ok(cmd)
 }
 

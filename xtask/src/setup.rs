@@ -167,15 +167,15 @@ fn ensure_toolchain(toolchain: &str, components: &[&str], why: &str) -> Result<(
 /// workspace's with clippy, rustfmt and the musl target, and the eBPF
 /// programs' nightly with `rust-src`.
 pub fn ensure_rustup() -> Result<()> {
-    let stable = toolchain::stable()?;
+    let stable = toolchain::stable();
     ensure_toolchain(
-        &stable,
+        stable,
         &["clippy", "rustfmt"],
         "userspace, xtask and tests",
     )?;
-    let nightly = toolchain::nightly()?;
+    let nightly = toolchain::nightly();
     ensure_toolchain(
-        &nightly,
+        nightly,
         &["rust-src"],
         "the eBPF programs: it builds core from source",
     )?;
@@ -184,7 +184,7 @@ pub fn ensure_rustup() -> Result<()> {
         "list",
         "--installed",
         "--toolchain",
-        &stable,
+        stable,
     ]))?;
     if !targets
         .lines()
@@ -196,7 +196,7 @@ pub fn ensure_rustup() -> Result<()> {
             "add",
             crate::build::MUSL_TARGET,
             "--toolchain",
-            &stable,
+            stable,
         ]))?;
     }
     Ok(())
@@ -207,7 +207,7 @@ pub fn ensure_rustup() -> Result<()> {
 pub fn bpf_linker_root() -> Result<PathBuf> {
     Ok(cache::dir()?.join(format!(
         "bpf-linker-{BPF_LINKER_VERSION}+{}",
-        toolchain::nightly()?
+        toolchain::nightly()
     )))
 }
 
@@ -220,7 +220,7 @@ pub fn ensure_bpf_linker() -> Result<()> {
     if bin.is_file() {
         return Ok(());
     }
-    let nightly = toolchain::nightly()?;
+    let nightly = toolchain::nightly();
     let sysroot = output(
         Command::new("rustc")
             .arg(format!("+{nightly}"))
@@ -261,8 +261,7 @@ pub fn ensure_bpf_linker() -> Result<()> {
     // no binary that looks complete.
     let scratch = cache::TempDir::new(root.with_extension("partial"))?;
     run_cmd(
-        Command::new("cargo")
-            .arg(format!("+{}", toolchain::stable()?))
+        toolchain::cargo()
             .args([
                 "install",
                 "bpf-linker",
@@ -304,7 +303,7 @@ pub fn ensure_cargo_fuzz() -> Result<PathBuf> {
         root.display()
     ));
     run_cmd(
-        Command::new("cargo")
+        toolchain::cargo()
             .args([
                 "install",
                 "cargo-fuzz",
@@ -331,7 +330,7 @@ pub fn ensure_cargo_deb() -> Result<PathBuf> {
         root.display()
     ));
     run_cmd(
-        Command::new("cargo")
+        toolchain::cargo()
             .args([
                 "install",
                 "cargo-deb",

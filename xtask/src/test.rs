@@ -1,10 +1,10 @@
 //! `cargo xtask test`: the whole suite, the command CI runs.
 
-use std::{process::Command, time::Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::{build, cache, dist, fuzz, install_test, libfuse, setup, vm};
+use crate::{build, dist, fuzz, install_test, libfuse, setup, toolchain, vm};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -123,11 +123,7 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    setup::run_cmd(
-        Command::new(env!("CARGO"))
-            .args(args)
-            .current_dir(cache::workspace_root()),
-    )
+    setup::run_cmd(toolchain::cargo().args(args))
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
@@ -288,6 +284,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache;
 
     #[test]
     fn the_canary_runs_on_series_pairs_only() {

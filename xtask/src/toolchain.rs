@@ -1,38 +1,52 @@
-//! The pinned toolchains, read from the project's own `rust-toolchain.toml`
-//! files, which are their one source of truth: the workspace's (userspace,
-//! xtask, tests) and `probes-ebpf`'s (the eBPF programs' dated nightly).
+//! The pinned toolchains, from the workspace's `toolchains.toml`, their one
+//! source of truth, and the cargo that builds with them.
+//!
+//! `cargo xtask` itself runs on whatever toolchain the machine has (it
+//! needs nothing new), and hands every build, lint and test to the pinned
+//! `stable` with an explicit `cargo +VERSION`.
 
-use std::path::Path;
-
-use anyhow::{Context as _, Result};
+use std::process::Command;
 
 use crate::cache;
 
-/// The `channel` of a `rust-toolchain.toml`.
-fn channel_of(text: &str) -> Option<&str> {
+const PINS: &str = include_str!("../../toolchains.toml");
+
+/// The value of `key` in `toolchains.toml`.
+fn pin(text: &'static str, key: &str) -> Option<&'static str> {
     text.lines().find_map(|line| {
-        let value = line.trim().strip_prefix("channel")?.trim_start();
+        let value = line.trim().strip_prefix(key)?.trim_start();
         let value = value.strip_prefix('=')?.trim();
         value.strip_prefix('"')?.strip_suffix('"')
     })
 }
 
-fn channel_in(file: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    channel_of(&text)
-        .map(str::to_owned)
-        .with_context(|| format!("{} names no channel", file.display()))
-}
-
-/// The workspace's toolchain (`1.99.1`).
-pub fn stable() -> Result<String> {
-    channel_in(&cache::workspace_root().join("rust-toolchain.toml"))
+/// The toolchain of userspace, xtask's builds and the tests (`1.99.1`).
+pub fn stable() -> &'static str {
+    // `toolchains_toml_names_both_pins` checks the file at test time.
+    pin(PINS, "stable").unwrap_or("toolchains.toml names no stable toolchain")
 }
 
 /// The eBPF programs' nightly (`nightly-2026-10-29`).
-pub fn nightly() -> Result<String> {
-    channel_in(&cache::workspace_root().join("probes-ebpf/rust-toolchain.toml"))
+pub fn nightly() -> &'static str {
+    pin(PINS, "ebpf").unwrap_or("toolchains.toml names no ebpf toolchain")
+}
+
+/// `cargo +STABLE` in the workspace, without the variables that the cargo
+/// running xtask set for its own toolchain.
+pub fn cargo() -> Command {
+    toolchain_cargo(stable())
+}
+
+/// `cargo +TOOLCHAIN` in the workspace (see [`cargo`]).
+pub fn toolchain_cargo(toolchain: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{toolchain}"))
+        .current_dir(cache::workspace_root())
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    cmd
 }
 
 #[cfg(test)]
@@ -40,22 +54,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_channel_is_read_from_the_toolchain_file() {
-        let text =
-            "# a comment\n[toolchain]\nchannel = \"nightly-2026-10-29\"\nprofile = \"minimal\"\n";
-        assert_eq!(channel_of(text), Some("nightly-2026-10-29"));
-        assert_eq!(channel_of("[toolchain]\nprofile = \"minimal\"\n"), None);
-    }
-
-    #[test]
-    fn both_pins_are_exact_versions() {
-        let stable = stable().expect("workspace toolchain");
+    fn toolchains_toml_names_both_pins() {
+        assert_eq!(
+            pin("[toolchains]\nstable = \"1.2.3\"\n", "stable"),
+            Some("1.2.3")
+        );
+        assert_eq!(pin("[toolchains]\nebpf = \"x\"\n", "stable"), None);
+        let stable = pin(PINS, "stable").expect("a stable pin");
         assert!(
             stable.split('.').count() == 3
                 && stable.chars().all(|c| c.is_ascii_digit() || c == '.'),
             "{stable} is not an exact version"
         );
-        let nightly = nightly().expect("eBPF toolchain");
+        let nightly = pin(PINS, "ebpf").expect("an ebpf pin");
         let date = nightly.strip_prefix("nightly-").expect("a nightly");
         assert_eq!(date.len(), "2026-10-29".len(), "{nightly} is not dated");
     }

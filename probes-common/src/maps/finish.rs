@@ -2,12 +2,14 @@
 //! [`finish_write`] over the BPF maps, and the host tests' rig over the same
 //! maps from userspace, so the two cannot drift apart.
 
+use crate::config::Ablation;
+
 use super::{
     bump::{Bump, Plain},
     health::Health,
     inflight::InFlight,
     keys::{InodeKey, WriterKey},
-    stats::{FileStats, Histograms, WriteStats},
+    stats::{FileStats, Histograms, WriteStats, NO_DEVICE_SLOT},
     writers::{DirtyRing, WriterStats, COMM_LEN},
 };
 
@@ -28,7 +30,13 @@ pub trait WriteMaps {
     /// How values shared between CPUs are bumped (atomically, in the kernel).
     type Shared: Bump;
 
-    /// The totals of `key`'s device and path (`DEV_TOTALS`, shared).
+    /// The slot of the device and path `key` (inode 0) in `DEV_STATS`,
+    /// handed out on its first write; `None` when they are all taken.
+    fn device_slot(&mut self, key: &InodeKey) -> Option<u32>;
+    /// This CPU's totals in `DEV_STATS` slot `slot`.
+    fn with_device_slot(&mut self, slot: u32, f: impl FnOnce(&mut WriteStats));
+    /// The totals of `key`'s device and path without a slot (`DEV_TOTALS`,
+    /// shared).
     fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot;
     /// The file `key` (`FILES`, shared); a new file's value gets its name.
     fn with_file(&mut self, key: &InodeKey, f: impl FnOnce(&mut FileStats)) -> Slot;
@@ -45,6 +53,10 @@ pub trait WriteMaps {
     fn epoch(&self) -> u64;
     /// The writing thread's process id.
     fn tgid(&self) -> u32;
+    /// Whether a benchmark switched `part` off (see [`Ablation`]).
+    fn skips(&self, _part: Ablation) -> bool {
+        false
+    }
     /// The writing thread's name and cgroup id: read only when its pair
     /// enters the ring, once per refresh and CPU.
     fn identity(&self) -> ([u8; COMM_LEN], u64);
@@ -57,23 +69,73 @@ pub trait WriteMaps {
 /// anything else changed).
 #[inline(always)]
 pub fn finish_write<M: WriteMaps>(maps: &mut M, rec: &InFlight, ret: i64, now: u64) {
-    if maps.with_device(&rec.key.device(), |t| {
-        t.account::<M::Shared>(rec, ret, now);
-    }) == Slot::Full
-    {
-        maps.with_health(|h| h.dev_totals_full += 1);
+    let histograms = !maps.skips(Ablation::Histograms);
+    // The file's record of its device's slot, if the file has a value.
+    let mut device_slot = None;
+    if !maps.skips(Ablation::FileStats) {
+        match maps.with_file(&rec.key, |f| {
+            f.stats.account::<M::Shared>(rec, ret, now);
+            if histograms {
+                f.hists.record::<M::Shared>(rec, now);
+            }
+            // A plain store: any recent time will do to tell idle files.
+            f.last_write_ns = now;
+            device_slot = Some(f.device_slot);
+        }) {
+            Slot::Found => {}
+            Slot::Inserted => maps.with_health(|h| h.inode_inserts += 1),
+            Slot::Full => maps.with_health(|h| h.inode_insert_failed += 1),
+        }
     }
-    match maps.with_file(&rec.key, |f| {
-        f.stats.account::<M::Shared>(rec, ret, now);
-        f.hists.record::<M::Shared>(rec, now);
-        // A plain store: any recent time will do to tell idle files.
-        f.last_write_ns = now;
-    }) {
-        Slot::Found => {}
-        Slot::Inserted => maps.with_health(|h| h.inode_inserts += 1),
-        Slot::Full => maps.with_health(|h| h.inode_insert_failed += 1),
+    if !maps.skips(Ablation::DeviceTotals) {
+        finish_device(maps, rec, device_slot, ret, now);
     }
+    if !maps.skips(Ablation::Writers) {
+        finish_writer(maps, rec);
+    }
+    maps.with_path(rec.key.path, |totals, hists| {
+        totals.account::<Plain>(rec, ret, now);
+        if histograms {
+            hists.record::<Plain>(rec, now);
+        }
+    });
+}
 
+/// The device and path's totals: in this CPU's `DEV_STATS` slot, which the
+/// file's value records after its first write (so later writes find it
+/// without a lookup), or in `DEV_TOTALS` for a device with no slot.
+#[inline(always)]
+fn finish_device<M: WriteMaps>(
+    maps: &mut M,
+    rec: &InFlight,
+    recorded: Option<u32>,
+    ret: i64,
+    now: u64,
+) {
+    let device = rec.key.device();
+    let slot = match recorded {
+        Some(slot) if slot != 0 => slot,
+        _ => {
+            let slot = maps.device_slot(&device).map_or(NO_DEVICE_SLOT, |s| s + 1);
+            if recorded.is_some() {
+                maps.with_file(&rec.key, |f| f.device_slot = slot);
+            }
+            slot
+        }
+    };
+    if slot == NO_DEVICE_SLOT {
+        if maps.with_device(&device, |t| t.account::<M::Shared>(rec, ret, now)) == Slot::Full {
+            maps.with_health(|h| h.dev_totals_full += 1);
+        }
+    } else {
+        maps.with_device_slot(slot - 1, |t| t.account::<Plain>(rec, ret, now));
+    }
+}
+
+/// The writer's count, and once per refresh and CPU its identity and the
+/// pair's place in this CPU's ring, after every per-file update.
+#[inline(always)]
+fn finish_writer<M: WriteMaps>(maps: &mut M, rec: &InFlight) {
     let key = WriterKey::new(rec.key, maps.tgid());
     let epoch = maps.epoch();
     // A ring that cannot be read: push, rather than lose track of the pair.
@@ -98,9 +160,4 @@ pub fn finish_write<M: WriteMaps>(maps: &mut M, rec: &InFlight, ret: i64, now: u
         // moved all the same.
         maps.with_ring(|ring| ring.push(key));
     }
-
-    maps.with_path(rec.key.path, |totals, hists| {
-        totals.account::<Plain>(rec, ret, now);
-        hists.record::<Plain>(rec, now);
-    });
 }

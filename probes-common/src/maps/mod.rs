@@ -25,7 +25,7 @@ pub use inflight::{
 };
 pub use keys::{InodeKey, LockMode, WritePath, WriterKey};
 pub use opens::OpenStats;
-pub use stats::{FileStats, Histograms, InodeName, WriteStats, NAME_LEN};
+pub use stats::{FileStats, Histograms, InodeName, WriteStats, NAME_LEN, NO_DEVICE_SLOT};
 pub use writers::{DirtyRing, RecentPush, WriterStats, COMM_LEN, DIRTY_SLOTS, RECENT_SLOTS};
 
 /// `BPF_F_NO_PREALLOC`: elements are allocated on insert.
@@ -33,12 +33,23 @@ pub const NO_PREALLOC: u32 = 1;
 
 /// Every file written: `HASH<InodeKey, FileStats>`, allocated on use.
 pub const MAP_FILES: &str = "FILES";
-/// Totals per (device, path), never deleted while fuselock runs:
-/// `HASH<InodeKey (ino 0), WriteStats>`, allocated on use. A counter
-/// exported to monitoring must never go backwards; a full map is counted
-/// in `Health::dev_totals_full`.
+/// Totals per (device, path), never deleted while fuselock runs (a counter
+/// exported to monitoring must never go backwards). Every FUSE write of a
+/// busy mount adds to them, from every CPU: so each of the first
+/// [`DEVICE_SLOTS`] (device, path) pairs gets a slot in a per-CPU array,
+/// `DEV_STATS`, which a write finds through its file's value and updates
+/// without atomics; `DEV_SLOTS` (`HASH<InodeKey (ino 0), u32>`) names each
+/// slot's pair, and `DEV_SLOT_NEXT` (`ARRAY<u64>`) hands the slots out.
+pub const MAP_DEV_STATS: &str = "DEV_STATS";
+pub const MAP_DEV_SLOTS: &str = "DEV_SLOTS";
+pub const MAP_DEV_SLOT_NEXT: &str = "DEV_SLOT_NEXT";
+/// Slots in `DEV_STATS`: each costs a `WriteStats` on every possible CPU.
+pub const DEVICE_SLOTS: u32 = 128;
+/// The totals of the pairs beyond the slots: `HASH<InodeKey (ino 0),
+/// WriteStats>`, shared, allocated on use; a full map is counted in
+/// `Health::dev_totals_full`.
 pub const MAP_DEV_TOTALS: &str = "DEV_TOTALS";
-/// Capacity of `DEV_TOTALS`: FUSE mounts × paths on one host.
+/// Capacity of `DEV_TOTALS` and `DEV_SLOTS`: FUSE mounts × paths on one host.
 pub const MAX_DEVICES: u32 = 4_096;
 /// Never-evicted totals per path: `PERCPU_ARRAY<WriteStats>` indexed by `WritePath`.
 pub const MAP_PATH_TOTALS: &str = "PATH_TOTALS";

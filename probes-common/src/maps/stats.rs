@@ -248,9 +248,17 @@ pub struct FileStats {
     /// `bpf_ktime_get_ns()` of the last write's return: when the map fills,
     /// userspace forgets the files idle longest.
     pub last_write_ns: u64,
+    /// The file's device and path's slot in `DEV_STATS`, plus one, as the
+    /// file's first write found it: 0 not looked up yet, [`NO_DEVICE_SLOT`]
+    /// none (the device's totals are in `DEV_TOTALS`).
+    pub device_slot: u32,
+    pub _pad: u32,
     /// The dentry name, read when the file was first written.
     pub name: InodeName,
 }
+
+/// [`FileStats::device_slot`] of a file whose device has no slot.
+pub const NO_DEVICE_SLOT: u32 = u32::MAX;
 
 impl FileStats {
     pub const ZERO: FileStats = FileStats {
@@ -274,6 +282,8 @@ impl FileStats {
         },
         hists: Histograms::ZERO,
         last_write_ns: 0,
+        device_slot: 0,
+        _pad: 0,
         name: InodeName::EMPTY,
     };
 }

@@ -142,7 +142,7 @@ fn layouts_have_no_hidden_padding() {
     assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
     assert_eq!(
         size_of::<FileStats>(),
-        size_of::<WriteStats>() + size_of::<Histograms>() + 8 + size_of::<InodeName>()
+        size_of::<WriteStats>() + size_of::<Histograms>() + 16 + size_of::<InodeName>()
     );
     assert_eq!(size_of::<WriterKey>(), 24);
     assert_eq!(size_of::<WriterStats>(), 32);
@@ -212,7 +212,10 @@ struct Logged {
     file: Option<FileStats>,
     /// The file map is full: no room for a new file.
     files_full: bool,
+    /// Every device slot is taken.
+    slots_taken: bool,
     device: WriteStats,
+    shared_device: WriteStats,
     writer: WriterStats,
     ring: DirtyRing,
     totals: WriteStats,
@@ -226,10 +229,22 @@ extern crate std;
 impl WriteMaps for Logged {
     type Shared = Plain;
 
-    fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
-        assert_eq!(key.ino, 0, "device totals are keyed by inode 0");
+    fn device_slot(&mut self, key: &InodeKey) -> Option<u32> {
+        assert_eq!(key.ino, 0, "device slots are keyed by inode 0");
+        self.log.push("slot");
+        (!self.slots_taken).then_some(3)
+    }
+
+    fn with_device_slot(&mut self, slot: u32, f: impl FnOnce(&mut WriteStats)) {
+        assert_eq!(slot, 3);
         self.log.push("device");
         f(&mut self.device);
+    }
+
+    fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
+        assert_eq!(key.ino, 0, "device totals are keyed by inode 0");
+        self.log.push("shared device");
+        f(&mut self.shared_device);
         Slot::Found
     }
 
@@ -296,12 +311,14 @@ fn a_finished_write_updates_every_map_with_the_path_totals_last() {
         )
     };
     finish_write(&mut maps, &rec, 4096, 3_000);
-    // The pair enters the ring after the file and writer, before the totals.
+    // A new file looks its device's slot up and keeps it; the pair enters
+    // the ring after the file and writer, before the totals.
     assert_eq!(
         maps.log,
-        ["device", "file", "ring", "writer", "ring", "path"]
+        ["file", "slot", "file", "device", "ring", "writer", "ring", "path"]
     );
     let file = maps.file.expect("the file was inserted");
+    assert_eq!(file.device_slot, 4, "slot 3, plus one");
     assert_eq!((file.stats.writes, file.stats.bytes), (1, 4096));
     assert_eq!(file.last_write_ns, 3_000);
     assert_eq!(file.hists.latency[hist::bucket(2_000)], 1);
@@ -318,7 +335,7 @@ fn a_finished_write_updates_every_map_with_the_path_totals_last() {
     maps.log.clear();
     maps.writer.cgroup_id = 0;
     finish_write(&mut maps, &rec, -5, 4_000);
-    assert_eq!(maps.log, ["device", "file", "ring", "writer", "path"]);
+    assert_eq!(maps.log, ["file", "device", "ring", "writer", "path"]);
     assert_eq!((maps.writer.writes, maps.writer.cgroup_id), (2, 0));
     assert_eq!(maps.ring.head, 1);
     let file = maps.file.expect("the file");
@@ -343,4 +360,24 @@ fn a_file_with_no_room_still_counts_in_the_totals() {
     assert_eq!(maps.health.inode_insert_failed, 1);
     assert_eq!((maps.device.writes, maps.totals.writes), (1, 1));
     assert_eq!(maps.writer.writes, 1);
+}
+
+#[test]
+fn a_device_with_no_slot_counts_in_the_shared_totals_without_looking_again() {
+    let mut maps = Logged {
+        slots_taken: true,
+        ..Logged::default()
+    };
+    let rec = write(INFLIGHT_SHARED, Reasons::NONE);
+    finish_write(&mut maps, &rec, 4096, 3_000);
+    assert_eq!(
+        maps.file.expect("the file").device_slot,
+        NO_DEVICE_SLOT,
+        "the file records that its device has no slot"
+    );
+    maps.log.clear();
+    finish_write(&mut maps, &rec, 4096, 3_000);
+    assert!(!maps.log.contains(&"slot"), "{:?}", maps.log);
+    assert_eq!((maps.shared_device.writes, maps.device.writes), (2, 0));
+    assert_eq!(maps.health.dev_totals_full, 0);
 }

@@ -15,8 +15,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
-        max_writers, DirtyRing, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH,
-        MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS, MAX_DEVICES,
+        max_writers, DirtyRing, MAP_DEV_SLOTS, MAP_DEV_STATS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH,
+        MAP_FILES, MAP_HEALTH, MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
+        MAX_DEVICES,
     },
     Dev, FileStats, Health, Histograms, InodeKey, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -60,6 +61,10 @@ pub(super) struct InodeMaps {
 pub struct Collector {
     maps: InodeMaps,
     totals: PerCpuArray<MapData, WriteStats>,
+    /// Device totals: each device's slot, the slots' per-CPU values, and
+    /// the devices beyond the slots.
+    dev_slots: BatchReader<InodeKey, u32>,
+    dev_stats: PerCpuArray<MapData, WriteStats>,
     dev_totals: BatchReader<InodeKey, WriteStats>,
     health: PerCpuArray<MapData, Health>,
     path_hists: PerCpuArray<MapData, Histograms>,
@@ -151,6 +156,8 @@ impl Collector {
                 opens: take_hash(attached, MAP_OPENS, max_inodes)?,
             },
             totals: take(attached, MAP_PATH_TOTALS)?,
+            dev_slots: take_hash(attached, MAP_DEV_SLOTS, MAX_DEVICES)?,
+            dev_stats: take(attached, MAP_DEV_STATS)?,
             dev_totals: take_hash(attached, MAP_DEV_TOTALS, MAX_DEVICES)?,
             health: take(attached, MAP_HEALTH)?,
             path_hists: take(attached, MAP_PATH_HISTS)?,
@@ -459,6 +466,21 @@ impl Collector {
         Ok(())
     }
 
+    /// Every (device, path)'s totals: its slot's per-CPU values, plus what
+    /// it counted in `DEV_TOTALS` (a device beyond the slots).
+    fn device_totals(&mut self) -> Result<BTreeMap<InodeKey, WriteStats>> {
+        let mut totals: BTreeMap<InodeKey, WriteStats> = BTreeMap::new();
+        for (key, slot) in self.dev_slots.read_all().context("reading DEV_SLOTS")? {
+            let Some(&slot) = slot.first() else { continue };
+            let values = self.dev_stats.get(&slot, 0).context("reading DEV_STATS")?;
+            totals.entry(key).or_default().merge(&sum_percpu(&values));
+        }
+        for (key, values) in self.dev_totals.read_all().context("reading DEV_TOTALS")? {
+            totals.entry(key).or_default().merge(&sum_percpu(&values));
+        }
+        Ok(totals)
+    }
+
     /// Reads what `detail` asks for: the exporter without per-inode series
     /// needs only totals, and skips the per-file work (names, histograms,
     /// writers, one entry per file). Per-file maps are read only when
@@ -511,7 +533,7 @@ impl Collector {
         };
 
         let mut devices = Vec::new();
-        for (key, values) in self.dev_totals.read_all().context("reading DEV_TOTALS")? {
+        for (key, stats) in self.device_totals()? {
             let Some(path) = WritePath::from_u32(key.path) else {
                 continue;
             };
@@ -521,7 +543,7 @@ impl Collector {
                 mount: self.mounts.mount_of(dev).map(str::to_owned),
                 dev,
                 path,
-                counters: Counters::from(&sum_percpu(&values)),
+                counters: Counters::from(&stats),
             });
         }
         // The order the JSON has always had: by the names as text.

@@ -167,6 +167,7 @@ fn checks() -> Vec<Check> {
         max_inodes: 1024,
         contention: true,
         debug_log: false,
+        ablate: Vec::new(),
     });
     match attach {
         Ok(a) => v.push(ok(format!(

@@ -49,6 +49,7 @@ impl From<&ProbeArgs> for AttachOptions {
             max_inodes: a.max_inodes,
             contention: a.contention,
             debug_log: a.debug_probes,
+            ablate: a.ablate.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@ use aya::{
 };
 use log::{debug, info, warn};
 use probes_common::{
-    config::{Config, CONFIG_GLOBAL, FLAG_CGROUP_ID, FLAG_CONTENTION, FLAG_DEBUG_LOG},
+    config::{Ablation, Config, CONFIG_GLOBAL, FLAG_CGROUP_ID, FLAG_CONTENTION, FLAG_DEBUG_LOG},
     maps::{max_writers, MAP_FILES, MAP_OPENS, MAP_WRITERS},
 };
 
@@ -151,6 +151,8 @@ pub struct AttachOptions {
     pub contention: bool,
     /// Log every write from the kernel (expensive; debugging only).
     pub debug_log: bool,
+    /// Parts of the accounting a benchmark switched off.
+    pub ablate: Vec<Ablation>,
 }
 
 /// Attached programs. Dropping it detaches and unloads them all.
@@ -180,6 +182,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     }
     if opts.contention {
         flags |= FLAG_CONTENTION;
+    }
+    for part in &opts.ablate {
+        warn!(
+            "benchmark ablation: {} switched off, counts are incomplete",
+            part.name()
+        );
+        flags |= part.bit();
     }
     // /proc/self/cgroup exists exactly when the kernel has cgroups.
     if std::path::Path::new("/proc/self/cgroup").exists() {

@@ -19,9 +19,9 @@ use aya::{
 };
 use probes_common::{
     maps::{
-        finish_write, DirtyRing, FileStats, Plain, Slot, WriteMaps, COMM_LEN, INFLIGHT_EXCLUSIVE,
-        MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH, MAP_PATH_HISTS,
-        MAP_PATH_TOTALS, MAP_WRITERS,
+        finish_write, DirtyRing, FileStats, Plain, Slot, WriteMaps, COMM_LEN, DEVICE_SLOTS,
+        INFLIGHT_EXCLUSIVE, MAP_DEV_SLOTS, MAP_DEV_SLOT_NEXT, MAP_DEV_STATS, MAP_DEV_TOTALS,
+        MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
     },
     Health, Histograms, InFlight, InodeKey, Reason, Reasons, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -55,6 +55,9 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &Ebpf, name: &str) 
 /// each value read, updated and written back.
 pub struct Kernel {
     files: HashMap<MapData, InodeKey, FileStats>,
+    dev_slots: HashMap<MapData, InodeKey, u32>,
+    dev_slot_next: Array<MapData, u64>,
+    dev_stats: PerCpuArray<MapData, WriteStats>,
     dev_totals: HashMap<MapData, InodeKey, WriteStats>,
     writers: HashMap<MapData, WriterKey, WriterStats>,
     path_totals: PerCpuArray<MapData, WriteStats>,
@@ -143,6 +146,9 @@ impl Kernel {
         let e = &attached.ebpf;
         Ok(Kernel {
             files: typed(e, MAP_FILES)?,
+            dev_slots: typed(e, MAP_DEV_SLOTS)?,
+            dev_slot_next: typed(e, MAP_DEV_SLOT_NEXT)?,
+            dev_stats: typed(e, MAP_DEV_STATS)?,
             dev_totals: typed(e, MAP_DEV_TOTALS)?,
             writers: typed(e, MAP_WRITERS)?,
             path_totals: typed(e, MAP_PATH_TOTALS)?,
@@ -204,6 +210,26 @@ impl Kernel {
 
 impl WriteMaps for Kernel {
     type Shared = Plain;
+
+    fn device_slot(&mut self, key: &InodeKey) -> Option<u32> {
+        if let Ok(slot) = self.dev_slots.get(key, 0) {
+            return Some(slot);
+        }
+        let next = self.dev_slot_next.get(&0, 0).ok()?;
+        let slot = u32::try_from(next).ok().filter(|s| *s < DEVICE_SLOTS)?;
+        let r = self
+            .dev_slot_next
+            .set(0, &(next + 1), 0)
+            .and_then(|()| self.dev_slots.insert(key, &slot, 0))
+            .context("handing out a device slot");
+        self.keep(r, ());
+        Some(slot)
+    }
+
+    fn with_device_slot(&mut self, slot: u32, f: impl FnOnce(&mut WriteStats)) {
+        let r = Self::with_cpu0(&mut self.dev_stats, self.cpus, slot, f);
+        self.keep(r, ());
+    }
 
     fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
         let r = update(&mut self.dev_totals, key, None, |_| {}, f);
