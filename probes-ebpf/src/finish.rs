@@ -4,7 +4,8 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_cgroup_id,
+        bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     },
     maps::HashMap,
 };
@@ -20,6 +21,14 @@ use crate::{
         config, flag, health, Atomic, DEV_SLOTS, DEV_SLOT_NEXT, DEV_STATS, DEV_TOTALS, DIRTY,
         EPOCH, FILES, PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_FILE,
     },
+};
+
+/// What a new writer's value is inserted from: in read-only memory, so
+/// that no insert zeroes one first.
+static ZERO_WRITER: WriterStats = WriterStats {
+    writes: 0,
+    comm: [0; COMM_LEN],
+    cgroup_id: 0,
 };
 
 /// The maps, for one write's return: what a new file is named after comes
@@ -128,8 +137,7 @@ impl WriteMaps for BpfMaps<'_> {
 
     #[inline(always)]
     fn with_writer(&mut self, key: &WriterKey, f: impl FnOnce(&mut WriterStats)) -> Slot {
-        let zero = WriterStats::default();
-        with_value(&WRITERS, key, Some(&zero), |_| {}, f)
+        with_value(&WRITERS, key, Some(&ZERO_WRITER), |_| {}, f)
     }
 
     #[inline(always)]
@@ -172,6 +180,13 @@ impl WriteMaps for BpfMaps<'_> {
 
     #[inline(always)]
     fn identity(&self) -> ([u8; COMM_LEN], u64) {
+        // Not zeroed first (the BPF target zeroes with a byte loop): the
+        // helper fills it, or zeroes it on failure.
+        let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
+        // SAFETY: the helper writes `COMM_LEN` bytes into `comm`.
+        unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+        // SAFETY: written above.
+        let comm = unsafe { comm.assume_init() };
         let cgroup = if flag(FLAG_CGROUP_ID) {
             // SAFETY: no arguments; available to tracing programs on a
             // kernel with cgroups.
@@ -179,6 +194,6 @@ impl WriteMaps for BpfMaps<'_> {
         } else {
             0
         };
-        (bpf_get_current_comm().unwrap_or_default(), cgroup)
+        (comm, cgroup)
     }
 }

@@ -41,12 +41,14 @@ pub fn read_words<const N: usize>(base: u64, offsets: [u32; N]) -> Option<[u64; 
             health(|h| h.read_errors += 1);
             return None;
         }
-        let mut window = [0u64; WINDOW_WORDS];
+        // Not zeroed first: the BPF target zeroes with a byte loop, and the
+        // helper writes every byte read (or zeroes them on failure).
+        let mut window = core::mem::MaybeUninit::<[u64; WINDOW_WORDS]>::uninit();
         // The offsets are the read-only configuration's, so the verifier
         // knows the size is at most the window.
         let size = (hi - lo + 8).min(8 * WINDOW_WORDS as u32);
         // SAFETY: bpf_probe_read_kernel validates the source address and
-        // writes at most `size` bytes into the window.
+        // writes `size` bytes into the window.
         let ret = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                 window.as_mut_ptr().cast(),
@@ -58,8 +60,9 @@ pub fn read_words<const N: usize>(base: u64, offsets: [u32; N]) -> Option<[u64; 
             health(|h| h.read_errors += 1);
             return None;
         }
+        let window = window.as_ptr().cast::<u64>();
         for (word, off) in words.iter_mut().zip(offsets) {
-            *word = word_at(&window, (off - lo) / 8)?;
+            *word = word_at(window, (off - lo) / 8)?;
         }
     } else {
         for (word, off) in words.iter_mut().zip(offsets) {
@@ -69,20 +72,25 @@ pub fn read_words<const N: usize>(base: u64, offsets: [u32; N]) -> Option<[u64; 
     Some(words)
 }
 
-/// `window[i]` with a constant index in each arm: the verifier sees no
-/// variable-offset stack read and no bounds-check panic path.
+/// Word `i` of a window read from the kernel, with a constant offset in
+/// each arm: the verifier sees no variable-offset stack read and no
+/// bounds-check panic path. Only words the read filled are asked for.
 #[inline(always)]
-fn word_at(window: &[u64; WINDOW_WORDS], i: u32) -> Option<u64> {
-    Some(match i {
-        0 => window[0],
-        1 => window[1],
-        2 => window[2],
-        3 => window[3],
-        4 => window[4],
-        5 => window[5],
-        6 => window[6],
-        7 => window[7],
-        _ => return None,
+fn word_at(window: *const u64, i: u32) -> Option<u64> {
+    // SAFETY: `i` is below the words read (the caller's offsets lie within
+    // `size`), so each word read here was written by the helper.
+    Some(unsafe {
+        match i {
+            0 => *window,
+            1 => *window.add(1),
+            2 => *window.add(2),
+            3 => *window.add(3),
+            4 => *window.add(4),
+            5 => *window.add(5),
+            6 => *window.add(6),
+            7 => *window.add(7),
+            _ => return None,
+        }
     })
 }
 

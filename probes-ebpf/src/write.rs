@@ -6,7 +6,7 @@ use probes_common::{
     classify,
     config::FLAG_DEBUG_LOG,
     maps::{finish_write, INFLIGHT_UNLOCKED},
-    InFlight, InodeKey, WriteFacts, WritePath,
+    InodeKey, WriteFacts, WritePath,
 };
 
 use crate::{
@@ -98,25 +98,32 @@ pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
         // or FUSE is stacked on FUSE: the older record is dropped.
         health(|h| h.inflight_replaced += 1);
     }
-    task.write = InFlight {
-        iocb,
-        file,
-        inode,
-        rwsem: inode + u64::from(config!(offsets.inode_i_rwsem)),
-        key: InodeKey {
-            ino,
-            dev,
-            path: path as u32,
-        },
-        start_ns: now_ns(),
-        count,
-        i_size_entry: i_size,
-        pos,
-        reasons: reasons.bits(),
-        mode: INFLIGHT_UNLOCKED,
-        active: 1,
-        ..InFlight::default()
+    // Field by field: a struct literal would zero the rest with a call to
+    // the BPF target's byte-loop memset, and the volatile stores of zeros
+    // keep LLVM from merging them into one.
+    let rec = &mut task.write;
+    rec.iocb = iocb;
+    rec.file = file;
+    rec.inode = inode;
+    rec.rwsem = inode + u64::from(config!(offsets.inode_i_rwsem));
+    rec.key = InodeKey {
+        ino,
+        dev,
+        path: path as u32,
     };
+    rec.start_ns = now_ns();
+    rec.count = count;
+    rec.i_size_entry = i_size;
+    rec.pos = pos;
+    rec.reasons = reasons.bits();
+    for zero in [&mut rec.locked_ns, &mut rec.wait_start_ns, &mut rec.wait_ns] {
+        // SAFETY: a field of the task's own storage.
+        unsafe { core::ptr::write_volatile(zero, 0) };
+    }
+    rec.i_size_locked = 0;
+    rec.mode = INFLIGHT_UNLOCKED;
+    rec.contended = 0;
+    rec.active = 1;
     if flag(FLAG_DEBUG_LOG) {
         debug!(
             ctx,
