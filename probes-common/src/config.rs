@@ -101,6 +101,8 @@ pub struct Offsets {
     /// The bit number of `FUSE_I_CACHE_IO_MODE` in `fuse_inode.state` (an
     /// enumerator, so it comes from BTF too).
     pub fuse_i_cache_io_mode: u32,
+    /// `struct fuse_io_priv`: `iocb`, the write `fuse_direct_io()` serves.
+    pub fuse_io_priv_iocb: u32,
 }
 
 #[repr(C)]
@@ -110,7 +112,6 @@ pub struct Config {
     pub offsets: Offsets,
     /// `FLAG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
 }
 
 impl Config {
@@ -138,9 +139,9 @@ impl Config {
             fuse_inode_inode: 0,
             fuse_inode_state: 0,
             fuse_i_cache_io_mode: 0,
+            fuse_io_priv_iocb: 0,
         },
         flags: 0,
-        _pad: 0,
     };
 
     pub const fn new(offsets: Offsets, flags: u32) -> Config {
@@ -148,7 +149,6 @@ impl Config {
             magic: CONFIG_MAGIC,
             offsets,
             flags,
-            _pad: 0,
         }
     }
 

@@ -1,4 +1,6 @@
-//! Reading kernel memory at offsets resolved from BTF.
+//! Reading kernel memory at offsets resolved from BTF, in the way the
+//! running program can: plain loads through BTF-typed pointers (fentry and
+//! fexit programs), or `bpf_probe_read_kernel` (kprobes).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
@@ -105,24 +107,153 @@ pub fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
 }
 
+/// How a program reads kernel memory; the hooks are generic over it.
+pub trait Access {
+    /// Whether the pointers the program is handed, and those it reads from
+    /// them, are BTF-typed, so that plain loads work.
+    const TYPED: bool;
+}
+
+/// fentry and fexit programs: their arguments are BTF-typed pointers, and
+/// so is every pointer field loaded from one. A load through one is a plain
+/// instruction that the verifier checks against BTF (the field's offset and
+/// width) and the JIT guards against faults: no helper call.
+pub struct Typed;
+
+impl Access for Typed {
+    const TYPED: bool = true;
+}
+
+/// kprobe programs: their arguments are plain numbers, read through
+/// `bpf_probe_read_kernel`, the fields of one object in one call.
+pub struct Probed;
+
+impl Access for Probed {
+    const TYPED: bool = false;
+}
+
+/// The field of `base` at `off`, by a plain load: only for a BTF-typed
+/// `base` ([`Typed`]), whose field at `off` is a `T` (offsets.rs checks the
+/// widths against BTF).
 #[inline(always)]
-pub fn current_task() -> u64 {
-    // SAFETY: no arguments, always available to tracing programs.
-    unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() }
+fn load<T: Copy>(base: u64, off: u32) -> T {
+    // SAFETY: the verifier accepts this load only from a BTF-typed pointer,
+    // at a field of this width, and the JIT turns a fault into zero.
+    unsafe { core::ptr::read_volatile((base as *const u8).wrapping_add(off as usize).cast::<T>()) }
+}
+
+/// `iocb->ki_filp`, `ki_pos` and `ki_flags`.
+#[inline(always)]
+pub fn kiocb<A: Access>(iocb: u64) -> Option<(u64, i64, u32)> {
+    let (filp, pos, flags) = (
+        config!(offsets.kiocb_ki_filp),
+        config!(offsets.kiocb_ki_pos),
+        config!(offsets.kiocb_ki_flags),
+    );
+    if A::TYPED {
+        if iocb == 0 {
+            return None;
+        }
+        return Some((load(iocb, filp), load(iocb, pos), load(iocb, flags)));
+    }
+    let [file, pos, flags] = read_words(iocb, [filp, pos, flags])?;
+    Some((file, pos as i64, flags as u32))
+}
+
+/// `file->private_data` (the FUSE file, as a number: it is a `void *`)
+/// and `file->f_inode`.
+#[inline(always)]
+pub fn file<A: Access>(file: u64) -> Option<(u64, u64)> {
+    let (private_data, f_inode) = (
+        config!(offsets.file_private_data),
+        config!(offsets.file_f_inode),
+    );
+    if A::TYPED {
+        if file == 0 {
+            return None;
+        }
+        return Some((load(file, private_data), load(file, f_inode)));
+    }
+    let [ff, inode] = read_words(file, [private_data, f_inode])?;
+    Some((ff, inode))
+}
+
+/// `ff->open_flags` and `ff->passthrough` of a FUSE file: always read
+/// through the helper, since `file->private_data` is a `void *` and the
+/// verifier cannot type it.
+#[inline(always)]
+pub fn fuse_file(ff: u64) -> Option<(u32, u64)> {
+    let [open_flags, backing] = read_words(
+        ff,
+        [
+            config!(offsets.fuse_file_open_flags),
+            config!(offsets.fuse_file_passthrough),
+        ],
+    )?;
+    Some((open_flags as u32, backing))
+}
+
+/// `iov_iter_count(iter)`.
+#[inline(always)]
+pub fn iov_count<A: Access>(iter: u64) -> Option<u64> {
+    let count = config!(offsets.iov_iter_count);
+    if A::TYPED {
+        return (iter != 0).then(|| load(iter, count));
+    }
+    read::<u64>(iter, count)
 }
 
 /// `(i_ino, i_sb->s_dev, i_size)` of an inode: what names a file in every
 /// map, and its size.
 #[inline(always)]
-pub fn inode_id(inode: u64) -> Option<(u64, u32, i64)> {
-    let [ino, sb, size] = read_words(
-        inode,
-        [
-            config!(offsets.inode_i_ino),
-            config!(offsets.inode_i_sb),
-            config!(offsets.inode_i_size),
-        ],
-    )?;
-    let dev = read::<u32>(sb, config!(offsets.super_block_s_dev))?;
+pub fn inode_id<A: Access>(inode: u64) -> Option<(u64, u32, i64)> {
+    let (i_ino, i_sb, i_size, s_dev) = (
+        config!(offsets.inode_i_ino),
+        config!(offsets.inode_i_sb),
+        config!(offsets.inode_i_size),
+        config!(offsets.super_block_s_dev),
+    );
+    if A::TYPED {
+        if inode == 0 {
+            return None;
+        }
+        let sb: u64 = load(inode, i_sb);
+        if sb == 0 {
+            return None;
+        }
+        return Some((load(inode, i_ino), load(sb, s_dev), load(inode, i_size)));
+    }
+    let [ino, sb, size] = read_words(inode, [i_ino, i_sb, i_size])?;
+    let dev = read::<u32>(sb, s_dev)?;
     Some((ino, dev, size as i64))
+}
+
+/// The `count` and `owner` words of `inode->i_rwsem`, and `inode->i_size`.
+#[inline(always)]
+pub fn lock_state<A: Access>(inode: u64) -> Option<(u64, u64, i64)> {
+    let rwsem = config!(offsets.inode_i_rwsem);
+    let (count, owner, i_size) = (
+        rwsem + config!(offsets.rwsem_count),
+        rwsem + config!(offsets.rwsem_owner),
+        config!(offsets.inode_i_size),
+    );
+    if A::TYPED {
+        if inode == 0 {
+            return None;
+        }
+        return Some((load(inode, count), load(inode, owner), load(inode, i_size)));
+    }
+    let [count, owner] = read_words(inode, [count, owner])?;
+    let size = read::<i64>(inode, i_size)?;
+    Some((count, owner, size))
+}
+
+/// `io->iocb` of a `struct fuse_io_priv`.
+#[inline(always)]
+pub fn io_priv_iocb<A: Access>(io: u64) -> Option<u64> {
+    let iocb = config!(offsets.fuse_io_priv_iocb);
+    if A::TYPED {
+        return (io != 0).then(|| load(io, iocb));
+    }
+    read::<u64>(io, iocb)
 }

@@ -8,7 +8,6 @@
 //! FUSE inode's own `i_rwsem` (its address was recorded at entry) is read, so
 //! the backing filesystem's inode lock is never counted.
 
-use aya_ebpf::EbpfContext;
 use probes_common::{
     config::Ablation,
     maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED},
@@ -17,16 +16,20 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{current_task, now_ns, read, read_words},
-    maps::{config, configured, flag, health, task},
+    kernel::{self, now_ns, Access},
+    maps::{configured, current_task_btf, flag, health, task_of},
 };
 
 /// `FUSE_DIO_WRITE` (`fs/fuse/fuse_i.h`).
 pub const FUSE_DIO_WRITE: u64 = 1 << 0;
 
+/// A hook inside the FUSE write's critical section: `iocb` is the FUSE
+/// write's (`None` where the hook does not know it, a kprobe on the
+/// direct-io path).
 #[inline(always)]
-pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
-    let Some(task) = task() else {
+pub fn on_locked<A: Access>(path: WritePath, iocb: Option<u64>) {
+    let me = current_task_btf();
+    let Some(task) = task_of(me) else {
         return;
     };
     let rec = &mut task.write;
@@ -40,13 +43,26 @@ pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
     if !configured() {
         return;
     }
-    let Some([count, owner]) = read_words(
-        rec.rwsem,
-        [config!(offsets.rwsem_count), config!(offsets.rwsem_owner)],
-    ) else {
+    // A typed pointer to the inode, from the hook's own typed argument; a
+    // kprobe reads through the one recorded at entry.
+    let inode = match (A::TYPED, iocb) {
+        (true, Some(iocb)) => {
+            let Some((file, _, _)) = kernel::kiocb::<A>(iocb) else {
+                return;
+            };
+            let Some((_, inode)) = kernel::file::<A>(file) else {
+                return;
+            };
+            inode
+        }
+        // Nothing typed to start from.
+        (true, None) => return,
+        (false, _) => rec.inode,
+    };
+    let Some((count, owner, i_size)) = kernel::lock_state::<A>(inode) else {
         return;
     };
-    match held_mode(count, owner, current_task()) {
+    match held_mode(count, owner, me as u64) {
         Some(LockMode::Shared) => rec.mode = INFLIGHT_SHARED,
         Some(LockMode::Exclusive) => rec.mode = INFLIGHT_EXCLUSIVE,
         None => {
@@ -54,9 +70,8 @@ pub fn on_locked<C: EbpfContext>(_ctx: &C, path: WritePath, iocb: Option<u64>) {
             return;
         }
     }
-    if flag(Ablation::LockTiming.bit()) {
-        return;
+    rec.i_size_locked = i_size;
+    if !flag(Ablation::LockTiming.bit()) {
+        rec.locked_ns = now_ns();
     }
-    rec.locked_ns = now_ns();
-    rec.i_size_locked = read::<i64>(rec.inode, config!(offsets.inode_i_size)).unwrap_or(i64::MAX);
 }

@@ -28,17 +28,19 @@ use aya_ebpf::{
 };
 use probes_common::WritePath;
 
+use crate::kernel::{Probed, Typed};
+
 /// `ssize_t fuse_file_write_iter(struct kiocb *iocb, struct iov_iter *from)`:
 /// the `write_iter` of every FUSE file, the common entry of all FUSE writes.
 #[fentry(function = "fuse_file_write_iter")]
 pub fn write_entry_fentry(ctx: FEntryContext) -> u32 {
-    write::on_entry(&ctx, ctx.arg(0), ctx.arg(1));
+    write::on_entry::<Typed, _>(&ctx, ctx.arg(0), ctx.arg(1));
     0
 }
 
 #[kprobe]
 pub fn write_entry_kprobe(ctx: ProbeContext) -> u32 {
-    write::on_entry(&ctx, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    write::on_entry::<Probed, _>(&ctx, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
     0
 }
 
@@ -65,13 +67,13 @@ pub fn write_exit_kretprobe(ctx: RetProbeContext) -> u32 {
 /// `fuse_passthrough_write_iter()` with the FUSE inode lock held.
 #[fentry(function = "backing_file_write_iter")]
 pub fn passthrough_locked_fentry(ctx: FEntryContext) -> u32 {
-    lock::on_locked(&ctx, WritePath::Passthrough, Some(ctx.arg(2)));
+    lock::on_locked::<Typed>(WritePath::Passthrough, Some(ctx.arg(2)));
     0
 }
 
 #[kprobe]
 pub fn passthrough_locked_kprobe(ctx: ProbeContext) -> u32 {
-    lock::on_locked(&ctx, WritePath::Passthrough, ctx.arg(2));
+    lock::on_locked::<Probed>(WritePath::Passthrough, ctx.arg(2));
     0
 }
 
@@ -82,7 +84,9 @@ pub fn passthrough_locked_kprobe(ctx: ProbeContext) -> u32 {
 pub fn direct_locked_fentry(ctx: FEntryContext) -> u32 {
     let flags: u64 = ctx.arg(3);
     if flags & lock::FUSE_DIO_WRITE != 0 {
-        lock::on_locked(&ctx, WritePath::DirectIo, None);
+        // The write's iocb, typed, from `io->iocb`.
+        let iocb = kernel::io_priv_iocb::<Typed>(ctx.arg(0));
+        lock::on_locked::<Typed>(WritePath::DirectIo, iocb);
     }
     0
 }
@@ -91,7 +95,7 @@ pub fn direct_locked_fentry(ctx: FEntryContext) -> u32 {
 pub fn direct_locked_kprobe(ctx: ProbeContext) -> u32 {
     let flags: u64 = ctx.arg(3).unwrap_or(0);
     if flags & lock::FUSE_DIO_WRITE != 0 {
-        lock::on_locked(&ctx, WritePath::DirectIo, None);
+        lock::on_locked::<Probed>(WritePath::DirectIo, None);
     }
     0
 }

@@ -15,6 +15,8 @@ use probes_common::{
     WriterStats,
 };
 
+use aya_ebpf::{bindings::task_struct, helpers::generated::bpf_get_current_task_btf};
+
 use crate::task_storage::TaskStorage;
 
 /// Overridden by the loader with offsets resolved from the running kernel.
@@ -129,14 +131,30 @@ pub fn flag(bit: u32) -> bool {
 pub fn task_or_create() -> Option<&'static mut TaskState> {
     // SAFETY: the current task's own storage, which only its own programs
     // touch, one at a time (a task runs on one CPU at once).
-    TASKS.get_or_create().map(|t| unsafe { &mut *t })
+    TASKS
+        .get_or_create(current_task_btf())
+        .map(|t| unsafe { &mut *t })
 }
 
 /// The current task's state, if it ever wrote or opened a FUSE file.
 #[inline(always)]
 pub fn task() -> Option<&'static mut TaskState> {
+    task_of(current_task_btf())
+}
+
+/// The state of `current`, the running task as [`current_task_btf`] gave
+/// it (a hook that also needs the task pointer asks once).
+#[inline(always)]
+pub fn task_of(current: *mut task_struct) -> Option<&'static mut TaskState> {
     // SAFETY: as in `task_or_create`.
-    TASKS.get().map(|t| unsafe { &mut *t })
+    TASKS.get(current).map(|t| unsafe { &mut *t })
+}
+
+/// The running task, as a BTF-typed pointer.
+#[inline(always)]
+pub fn current_task_btf() -> *mut task_struct {
+    // SAFETY: no arguments, always available to tracing programs.
+    unsafe { bpf_get_current_task_btf() }
 }
 
 /// Bumps for values CPUs share: BPF atomic instructions.

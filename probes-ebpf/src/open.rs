@@ -9,7 +9,7 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{inode_id, read},
+    kernel::{inode_id, read, Probed},
     maps::{config, configured, health, task, task_or_create, Atomic, OPENS},
 };
 
@@ -66,7 +66,7 @@ pub fn on_exit(ret: i32) {
     let Some(inode) = read::<u64>(rec.file, config!(offsets.file_f_inode)) else {
         return;
     };
-    let Some((ino, dev, _)) = inode_id(inode) else {
+    let Some((ino, dev, _)) = inode_id::<Probed>(inode) else {
         return;
     };
     let key = InodeKey { ino, dev, path: 0 };

@@ -11,8 +11,8 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC},
-    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
+    helpers::generated::bpf_task_storage_get,
 };
 
 /// `BPF_LOCAL_STORAGE_GET_F_CREATE`.
@@ -45,14 +45,14 @@ impl<T> TaskStorage<T> {
     }
 
     #[inline(always)]
-    fn get_with(&self, flags: u64) -> Option<*mut T> {
-        // SAFETY: the helpers take this map and the current task, which
-        // the verifier checks (a BTF pointer to `task_struct`); a NULL
-        // value asks for a zeroed one on create.
+    fn get_with(&self, task: *mut task_struct, flags: u64) -> Option<*mut T> {
+        // SAFETY: the helper takes this map and a task, which the verifier
+        // checks (a BTF pointer to `task_struct`, `bpf_get_current_task_btf`'s);
+        // a NULL value asks for a zeroed one on create.
         let value = unsafe {
             bpf_task_storage_get(
                 ptr::from_ref(self).cast_mut().cast::<c_void>(),
-                bpf_get_current_task_btf(),
+                task,
                 ptr::null_mut(),
                 flags,
             )
@@ -60,16 +60,16 @@ impl<T> TaskStorage<T> {
         (!value.is_null()).then_some(value.cast::<T>())
     }
 
-    /// The current task's value, zeroed on first use; `None` if none could
-    /// be made (out of memory, or the storage busy on this CPU).
+    /// `task`'s value, zeroed on first use; `None` if none could be made
+    /// (out of memory, or the storage busy on this CPU).
     #[inline(always)]
-    pub fn get_or_create(&self) -> Option<*mut T> {
-        self.get_with(F_CREATE)
+    pub fn get_or_create(&self, task: *mut task_struct) -> Option<*mut T> {
+        self.get_with(task, F_CREATE)
     }
 
-    /// The current task's value, if it has one.
+    /// `task`'s value, if it has one.
     #[inline(always)]
-    pub fn get(&self) -> Option<*mut T> {
-        self.get_with(0)
+    pub fn get(&self, task: *mut task_struct) -> Option<*mut T> {
+        self.get_with(task, 0)
     }
 }

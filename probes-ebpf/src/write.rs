@@ -11,7 +11,7 @@ use probes_common::{
 
 use crate::{
     finish::BpfMaps,
-    kernel::{inode_id, now_ns, read, read_words},
+    kernel::{self, now_ns, read, Access},
     maps::{config, configured, flag, health, task, task_or_create},
 };
 
@@ -19,48 +19,27 @@ use crate::{
 /// path. Everything the classifier needs is read here, before the kernel
 /// makes its own decision.
 #[inline(always)]
-pub fn on_entry<C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
+pub fn on_entry<A: Access, C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     if !configured() {
         return;
     }
-    let Some([file, pos, ki_flags]) = read_words(
-        iocb,
-        [
-            config!(offsets.kiocb_ki_filp),
-            config!(offsets.kiocb_ki_pos),
-            config!(offsets.kiocb_ki_flags),
-        ],
-    ) else {
+    let Some((file, pos, ki_flags)) = kernel::kiocb::<A>(iocb) else {
         return;
     };
-    let (pos, ki_flags) = (pos as i64, ki_flags as u32);
-    let Some([ff, inode]) = read_words(
-        file,
-        [
-            config!(offsets.file_private_data),
-            config!(offsets.file_f_inode),
-        ],
-    ) else {
+    let Some((ff, inode)) = kernel::file::<A>(file) else {
         return;
     };
-    let Some([open_flags, backing]) = read_words(
-        ff,
-        [
-            config!(offsets.fuse_file_open_flags),
-            config!(offsets.fuse_file_passthrough),
-        ],
-    ) else {
+    let Some((open_flags, backing)) = kernel::fuse_file(ff) else {
         return;
     };
-    let open_flags = open_flags as u32;
     let Some(path) = WritePath::of(open_flags, backing != 0) else {
         health(|h| h.cached_path_writes += 1);
         return;
     };
-    let Some(count) = read::<u64>(from, config!(offsets.iov_iter_count)) else {
+    let Some(count) = kernel::iov_count::<A>(from) else {
         return;
     };
-    let Some((ino, dev, i_size)) = inode_id(inode) else {
+    let Some((ino, dev, i_size)) = kernel::inode_id::<A>(inode) else {
         return;
     };
     // Only `fuse_dio_lock()` looks at the inode's cached I/O mode, and a

@@ -119,6 +119,7 @@ pub fn resolve(kernel: &KernelBtf) -> Result<Offsets> {
             .context("kernel BTF: `struct fuse_inode.inode`")?,
         fuse_inode_state: field(f, "fuse_inode", &["state"], 8)?,
         fuse_i_cache_io_mode: cache_io_mode_bit(f)?,
+        fuse_io_priv_iocb: field(f, "fuse_io_priv", &["iocb"], 8)?,
     })
 }
 
