@@ -1,6 +1,8 @@
 //! The BPF maps as `probes-common`'s [`WriteMaps`]: a finished write's
 //! updates are declared there once (`finish_write`), and run here in place.
 
+use core::marker::PhantomData;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -16,10 +18,10 @@ use probes_common::{
 };
 
 use crate::{
-    kernel::{pid_tgid, read},
+    kernel::{pid_tgid, read, Access},
     maps::{
         config, flag, health, Atomic, DEV_SLOTS, DEV_SLOT_NEXT, DEV_STATS, DEV_TOTALS, DIRTY,
-        EPOCH, FILES, PATH_HISTS, PATH_TOTALS, WRITERS, ZERO_FILE,
+        EPOCH, FILES, PATH_HISTS, WRITERS, ZERO_FILE,
     },
 };
 
@@ -32,13 +34,20 @@ static ZERO_WRITER: WriterStats = WriterStats {
 };
 
 /// The maps, for one write's return: what a new file is named after comes
-/// from the write's `struct file`.
-pub struct BpfMaps<'a> {
+/// from the write's `struct file`. Generic over the program's [`Access`],
+/// though it reads nothing typed, so that each program has its own copy of
+/// `finish_write`: LLVM then inlines its closures, each called once,
+/// instead of sharing them between the fexit and kretprobe programs as BPF
+/// subprograms.
+pub struct BpfMaps<'a, A: Access> {
     pub rec: &'a InFlight,
+    pub access: PhantomData<A>,
 }
 
 /// Runs `f` on `key`'s value in `map`, inserting `zero` first for a new
-/// key; `named` fills a value this call inserted.
+/// key; `named` fills a value this call inserted. Each closure is called
+/// from one place, so that LLVM inlines it rather than make it a BPF
+/// subprogram.
 #[inline(always)]
 fn with_value<K, V>(
     map: &HashMap<K, V>,
@@ -47,35 +56,39 @@ fn with_value<K, V>(
     named: impl FnOnce(&mut V),
     f: impl FnOnce(&mut V),
 ) -> Slot {
-    if let Some(v) = map.get_ptr_mut(key) {
-        // SAFETY: a value of our own map, shared between CPUs: every
-        // counter in it is bumped atomically (`Atomic`).
-        f(unsafe { &mut *v });
-        return Slot::Found;
-    }
-    let Some(zero) = zero else {
-        return Slot::Full;
+    let (value, slot) = match map.get_ptr_mut(key) {
+        Some(v) => (v, Slot::Found),
+        None => {
+            let Some(zero) = zero else {
+                return Slot::Full;
+            };
+            // Another CPU may insert the key first: then this fails, and the
+            // lookup below finds that CPU's value.
+            let inserted = map.insert(key, zero, u64::from(BPF_NOEXIST)).is_ok();
+            let Some(v) = map.get_ptr_mut(key) else {
+                return Slot::Full;
+            };
+            (
+                v,
+                if inserted {
+                    Slot::Inserted
+                } else {
+                    Slot::Found
+                },
+            )
+        }
     };
-    // Another CPU may insert the key first: then this fails, and the lookup
-    // below finds that CPU's value.
-    let inserted = map.insert(key, zero, u64::from(BPF_NOEXIST)).is_ok();
-    let Some(v) = map.get_ptr_mut(key) else {
-        return Slot::Full;
-    };
-    // SAFETY: as above.
-    let v = unsafe { &mut *v };
-    if inserted {
-        named(v);
+    // SAFETY: a value of our own map, shared between CPUs: every counter
+    // in it is bumped atomically (`Atomic`).
+    let value = unsafe { &mut *value };
+    if slot == Slot::Inserted {
+        named(value);
     }
-    f(v);
-    if inserted {
-        Slot::Inserted
-    } else {
-        Slot::Found
-    }
+    f(value);
+    slot
 }
 
-impl BpfMaps<'_> {
+impl<A: Access> BpfMaps<'_, A> {
     /// Reads the dentry name of the write's file into `file`.
     #[inline(always)]
     fn name(&self, file: &mut FileStats) {
@@ -95,7 +108,7 @@ impl BpfMaps<'_> {
     }
 }
 
-impl WriteMaps for BpfMaps<'_> {
+impl<A: Access> WriteMaps for BpfMaps<'_, A> {
     type Shared = Atomic;
 
     #[inline(always)]
@@ -148,14 +161,11 @@ impl WriteMaps for BpfMaps<'_> {
     }
 
     #[inline(always)]
-    fn with_path(&mut self, path: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms)) {
-        let (Some(totals), Some(hists)) =
-            (PATH_TOTALS.get_ptr_mut(path), PATH_HISTS.get_ptr_mut(path))
-        else {
-            return;
-        };
-        // SAFETY: per-CPU slots, this CPU only.
-        f(unsafe { &mut *totals }, unsafe { &mut *hists });
+    fn with_path_hists(&mut self, path: u32, f: impl FnOnce(&mut Histograms)) {
+        if let Some(hists) = PATH_HISTS.get_ptr_mut(path) {
+            // SAFETY: a per-CPU slot, this CPU only.
+            f(unsafe { &mut *hists });
+        }
     }
 
     #[inline(always)]

@@ -51,14 +51,14 @@ pub fn write_exit_fexit(ctx: FExitContext) -> u32 {
     // fexit's context holds the arguments followed by the return value.
     let iocb: u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(2);
-    write::on_exit(&ctx, Some(iocb), ret);
+    write::on_exit::<Typed, _>(&ctx, Some(iocb), ret);
     0
 }
 
 #[kretprobe]
 pub fn write_exit_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    write::on_exit(&ctx, None, ret);
+    write::on_exit::<Probed, _>(&ctx, None, ret);
     0
 }
 

@@ -54,10 +54,6 @@ pub static OPENS: HashMap<InodeKey, OpenStats> =
     HashMap::with_max_entries(DEFAULT_MAX_INODES, NO_PREALLOC);
 
 #[map]
-pub static PATH_TOTALS: PerCpuArray<WriteStats> =
-    PerCpuArray::with_max_entries(WritePath::COUNT as u32, 0);
-
-#[map]
 pub static PATH_HISTS: PerCpuArray<Histograms> =
     PerCpuArray::with_max_entries(WritePath::COUNT as u32, 0);
 

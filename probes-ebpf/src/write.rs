@@ -1,5 +1,7 @@
 //! Entry and return of `fuse_file_write_iter()`: classify, then count.
 
+use core::marker::PhantomData;
+
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::{debug, error};
 use probes_common::{
@@ -121,7 +123,7 @@ pub fn on_entry<A: Access, C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
 /// Counts a finished write. `iocb` is known under fexit and checked against
 /// the record; a kretprobe only knows the task.
 #[inline(always)]
-pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
+pub fn on_exit<A: Access, C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     let Some(task) = task() else {
         return;
     };
@@ -138,7 +140,11 @@ pub fn on_exit<C: EbpfContext>(ctx: &C, iocb: Option<u64>, ret: i64) {
     if !configured() {
         return;
     }
-    finish_write(&mut BpfMaps { rec }, rec, ret, now_ns());
+    let mut maps = BpfMaps::<A> {
+        rec,
+        access: PhantomData,
+    };
+    finish_write(&mut maps, rec, ret, now_ns());
     if flag(FLAG_DEBUG_LOG) {
         debug!(
             ctx,

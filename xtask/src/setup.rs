@@ -168,11 +168,7 @@ fn ensure_toolchain(toolchain: &str, components: &[&str], why: &str) -> Result<(
 /// programs' nightly with `rust-src`.
 pub fn ensure_rustup() -> Result<()> {
     let stable = toolchain::stable();
-    ensure_toolchain(
-        stable,
-        &["clippy", "rustfmt"],
-        "userspace, xtask and tests",
-    )?;
+    ensure_toolchain(stable, &["clippy", "rustfmt"], "userspace, xtask and tests")?;
     let nightly = toolchain::nightly();
     ensure_toolchain(
         nightly,

@@ -44,9 +44,8 @@ pub trait WriteMaps {
     fn with_writer(&mut self, key: &WriterKey, f: impl FnOnce(&mut WriterStats)) -> Slot;
     /// This CPU's ring of recent writes (`DIRTY`); `None` if unreadable.
     fn with_ring<R>(&mut self, f: impl FnOnce(&mut DirtyRing) -> R) -> Option<R>;
-    /// This CPU's totals and histograms of one path (`PATH_TOTALS`,
-    /// `PATH_HISTS`).
-    fn with_path(&mut self, path: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms));
+    /// This CPU's histograms of one path (`PATH_HISTS`).
+    fn with_path_hists(&mut self, path: u32, f: impl FnOnce(&mut Histograms));
     /// This CPU's health counters (`HEALTH`).
     fn with_health(&mut self, f: impl FnOnce(&mut Health));
     /// The refresh epoch userspace last set (`EPOCH`).
@@ -63,10 +62,11 @@ pub trait WriteMaps {
 }
 
 /// Counts one finished write (`ret`: its return value) at `now` in every
-/// map, in the order userspace relies on: the device's totals, the file,
-/// the writer, the pair in this CPU's ring (after every per-file update),
-/// and the per-path totals last (userspace reads them as the mark that
-/// anything else changed).
+/// map, in the order userspace relies on: the file, the writer and the
+/// pair in this CPU's ring (after every per-file update), the path's
+/// histograms, and the device's totals last: userspace reads the devices'
+/// counts of writes, whose sum per path is the path's totals, as the mark
+/// that anything else changed.
 #[inline(always)]
 pub fn finish_write<M: WriteMaps>(maps: &mut M, rec: &InFlight, ret: i64, now: u64) {
     let histograms = !maps.skips(Ablation::Histograms);
@@ -87,18 +87,15 @@ pub fn finish_write<M: WriteMaps>(maps: &mut M, rec: &InFlight, ret: i64, now: u
             Slot::Full => maps.with_health(|h| h.inode_insert_failed += 1),
         }
     }
-    if !maps.skips(Ablation::DeviceTotals) {
-        finish_device(maps, rec, device_slot, ret, now);
-    }
     if !maps.skips(Ablation::Writers) {
         finish_writer(maps, rec);
     }
-    maps.with_path(rec.key.path, |totals, hists| {
-        totals.account::<Plain>(rec, ret, now);
-        if histograms {
-            hists.record::<Plain>(rec, now);
-        }
-    });
+    if histograms {
+        maps.with_path_hists(rec.key.path, |hists| hists.record::<Plain>(rec, now));
+    }
+    if !maps.skips(Ablation::DeviceTotals) {
+        finish_device(maps, rec, device_slot, ret, now);
+    }
 }
 
 /// The device and path's totals: in this CPU's `DEV_STATS` slot, which the

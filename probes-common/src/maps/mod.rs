@@ -5,8 +5,9 @@
 //! allocate an element when a key first appears (`BPF_F_NO_PREALLOC`) and
 //! hold values shared between CPUs (atomic adds), so a host pays for the
 //! files written, not for its CPU count times a maximum. Per-CPU values are
-//! kept for what every FUSE write on the host touches: the per-path totals,
-//! the health counters and the rings of recent writes.
+//! kept for what every FUSE write of a mount touches: its device's totals
+//! (whose sums are the per-path totals), the per-path histograms, the
+//! health counters and the rings of recent writes.
 
 mod bump;
 mod finish;
@@ -25,7 +26,9 @@ pub use inflight::{
 };
 pub use keys::{InodeKey, LockMode, WritePath, WriterKey};
 pub use opens::OpenStats;
-pub use stats::{FileStats, Histograms, InodeName, WriteStats, NAME_LEN, NO_DEVICE_SLOT};
+pub use stats::{
+    FileStats, Histograms, InodeName, WriteStats, NAME_LEN, NO_DEVICE_SLOT, REASON_SETS,
+};
 pub use writers::{DirtyRing, RecentPush, WriterStats, COMM_LEN, DIRTY_SLOTS, RECENT_SLOTS};
 
 /// `BPF_F_NO_PREALLOC`: elements are allocated on insert.
@@ -44,15 +47,13 @@ pub const MAP_DEV_STATS: &str = "DEV_STATS";
 pub const MAP_DEV_SLOTS: &str = "DEV_SLOTS";
 pub const MAP_DEV_SLOT_NEXT: &str = "DEV_SLOT_NEXT";
 /// Slots in `DEV_STATS`: each costs a `WriteStats` on every possible CPU.
-pub const DEVICE_SLOTS: u32 = 128;
+pub const DEVICE_SLOTS: u32 = 64;
 /// The totals of the pairs beyond the slots: `HASH<InodeKey (ino 0),
 /// WriteStats>`, shared, allocated on use; a full map is counted in
 /// `Health::dev_totals_full`.
 pub const MAP_DEV_TOTALS: &str = "DEV_TOTALS";
 /// Capacity of `DEV_TOTALS` and `DEV_SLOTS`: FUSE mounts × paths on one host.
 pub const MAX_DEVICES: u32 = 4_096;
-/// Never-evicted totals per path: `PERCPU_ARRAY<WriteStats>` indexed by `WritePath`.
-pub const MAP_PATH_TOTALS: &str = "PATH_TOTALS";
 /// Histograms per path, never evicted: `PERCPU_ARRAY<Histograms>` indexed by `WritePath`.
 pub const MAP_PATH_HISTS: &str = "PATH_HISTS";
 /// The programs' own health counters: `PERCPU_ARRAY<Health>` with one slot.

@@ -7,28 +7,31 @@ use crate::{
     Reason, Reasons,
 };
 
-/// Counters of the writes to one (device, inode, path), one (device, path)
-/// or one whole path.
+/// Sets of reasons a write can have: one bit per [`Reason`] but
+/// `Eligible` (the empty set), as [`Reasons`] holds them.
+pub const REASON_SETS: usize = 1 << (Reason::COUNT - 1);
+
+/// Counters of the writes to one (device, inode, path) or one (device, path).
 ///
-/// In per-CPU maps userspace sums the CPUs' copies, except `*_max`, which it
-/// maxes.
+/// A write adds to as few counters as it can (each one an atomic add where
+/// CPUs share the value): it counts once in `acquisitions`, under its lock
+/// mode and the whole set of its reasons, and every other count of writes
+/// and acquisitions is a sum of those (see the methods). In per-CPU maps
+/// userspace sums the CPUs' copies, except `*_max`, which it maxes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteStats {
-    /// Calls of `fuse_file_write_iter()` that took this path.
-    pub writes: u64,
+    /// Lock acquisitions by `[LockMode][reason set]`.
+    pub acquisitions: [[u64; REASON_SETS]; LockMode::COUNT],
+    /// Writes during which the FUSE inode lock was never seen held (zero-length
+    /// writes and writes rejected before the lock or before the I/O).
+    pub unlocked: u64,
     /// Bytes written (sum of positive return values).
     pub bytes: u64,
     /// Calls that returned an error.
     pub errors: u64,
-    /// Lock acquisitions by `[LockMode][Reason slot]`; a write counts once
-    /// under each reason it has.
-    pub acquisitions: [[u64; Reason::COUNT]; LockMode::COUNT],
-    /// Lock acquisitions by `[LockMode]` (each write once).
-    pub acquired: [u64; LockMode::COUNT],
-    /// Writes during which the FUSE inode lock was never seen held (zero-length
-    /// writes and writes rejected before the lock or before the I/O).
-    pub unlocked: u64,
+    /// Sum of whole-call latencies.
+    pub latency_ns_total: u64,
     /// Acquisitions by `[LockMode]` that had to wait.
     pub contended: [u64; LockMode::COUNT],
     pub wait_ns_total: [u64; LockMode::COUNT],
@@ -36,26 +39,44 @@ pub struct WriteStats {
     /// Time from the first point inside the critical section to the return.
     pub hold_ns_total: [u64; LockMode::COUNT],
     pub hold_ns_max: [u64; LockMode::COUNT],
-    /// Sum of whole-call latencies.
-    pub latency_ns_total: u64,
     /// Writes that held the lock shared and still grew the file: the race the
     /// patch's unlocked EOF check allows.
     pub shared_extended: u64,
-    /// Direct overwrites inside EOF that took the lock exclusive (eligible
-    /// but, perhaps, for the server's flag), their whole-call latency and
-    /// their lock waits: the writes and the time the series gives back.
-    pub overwrites_exclusive: u64,
+    /// The whole-call latency and lock waits of the direct overwrites inside
+    /// EOF that took the lock exclusive (eligible but, perhaps, for the
+    /// server's flag): the time the series gives back.
     pub overwrites_exclusive_latency_ns: u64,
     pub overwrites_exclusive_wait_ns: u64,
 }
 
+impl Default for WriteStats {
+    fn default() -> WriteStats {
+        WriteStats::ZERO
+    }
+}
+
 impl WriteStats {
+    pub const ZERO: WriteStats = WriteStats {
+        acquisitions: [[0; REASON_SETS]; LockMode::COUNT],
+        unlocked: 0,
+        bytes: 0,
+        errors: 0,
+        latency_ns_total: 0,
+        contended: [0; LockMode::COUNT],
+        wait_ns_total: [0; LockMode::COUNT],
+        wait_ns_max: [0; LockMode::COUNT],
+        hold_ns_total: [0; LockMode::COUNT],
+        hold_ns_max: [0; LockMode::COUNT],
+        shared_extended: 0,
+        overwrites_exclusive_latency_ns: 0,
+        overwrites_exclusive_wait_ns: 0,
+    };
+
     /// Counts one finished write (`ret`: bytes written, or an error) at
     /// `now`: the programs' accounting for every value of counters, shared
     /// so that host tests fill maps exactly as the programs do.
     #[inline(always)]
     pub fn account<B: Bump>(&mut self, rec: &InFlight, ret: i64, now: u64) {
-        B::add(&mut self.writes, 1);
         if ret < 0 {
             B::add(&mut self.errors, 1);
         } else {
@@ -70,23 +91,16 @@ impl WriteStats {
         };
         let m = mode as usize;
         let reasons = Reasons::from_bits(rec.reasons);
-        // `get_mut` rather than indexing throughout: if a loop is not
-        // unrolled the index is not a constant, and a bounds check would
+        // `get_mut` rather than indexing throughout: a bounds check would
         // leave a panic path the verifier rejects.
-        if let Some(acquired) = self.acquired.get_mut(m) {
-            B::add(acquired, 1);
-        }
-        if let Some(row) = self.acquisitions.get_mut(m) {
-            for reason in Reason::ALL {
-                if let Some(count) = row.get_mut(reason.slot()) {
-                    if reasons.contains(reason) {
-                        B::add(count, 1);
-                    }
-                }
-            }
+        if let Some(count) = self
+            .acquisitions
+            .get_mut(m)
+            .and_then(|row| row.get_mut(reasons.bits() as usize))
+        {
+            B::add(count, 1);
         }
         if mode == LockMode::Exclusive && reasons.is_direct_overwrite() {
-            B::add(&mut self.overwrites_exclusive, 1);
             B::add(&mut self.overwrites_exclusive_latency_ns, latency);
             if rec.contended != 0 {
                 B::add(&mut self.overwrites_exclusive_wait_ns, rec.wait_ns);
@@ -117,16 +131,47 @@ impl WriteStats {
         }
     }
 
+    /// Adds `n` acquisitions in `mode` by writes with `reasons` (tests,
+    /// and formats that read counts back).
+    pub fn add_acquisitions(&mut self, mode: LockMode, reasons: Reasons, n: u64) {
+        self.acquisitions[mode as usize][reasons.bits() as usize] += n;
+    }
+
+    /// Calls of `fuse_file_write_iter()` counted.
+    pub fn writes(&self) -> u64 {
+        self.acquisitions.iter().flatten().sum::<u64>() + self.unlocked
+    }
+
+    /// Lock acquisitions in `mode`, each write once.
+    pub fn acquired(&self, mode: LockMode) -> u64 {
+        self.acquisitions[mode as usize].iter().sum()
+    }
+
+    /// Lock acquisitions in `mode` of writes that had `reason` (`Eligible`:
+    /// no reason at all).
+    pub fn acquired_for(&self, mode: LockMode, reason: Reason) -> u64 {
+        let row = &self.acquisitions[mode as usize];
+        (0..REASON_SETS)
+            .filter(|&set| Reasons::from_bits(set as u32).contains(reason))
+            .map(|set| row[set])
+            .sum()
+    }
+
+    /// Direct overwrites inside EOF that took the lock exclusive.
+    pub fn overwrites_exclusive(&self) -> u64 {
+        let row = &self.acquisitions[LockMode::Exclusive as usize];
+        (0..REASON_SETS)
+            .filter(|&set| Reasons::from_bits(set as u32).is_direct_overwrite())
+            .map(|set| row[set])
+            .sum()
+    }
+
     /// Adds `other` into `self` the way per-CPU copies combine.
     pub fn merge(&mut self, other: &WriteStats) {
-        self.writes += other.writes;
-        self.bytes += other.bytes;
-        self.errors += other.errors;
         for m in 0..LockMode::COUNT {
-            for r in 0..Reason::COUNT {
-                self.acquisitions[m][r] += other.acquisitions[m][r];
+            for (a, b) in self.acquisitions[m].iter_mut().zip(&other.acquisitions[m]) {
+                *a += b;
             }
-            self.acquired[m] += other.acquired[m];
             self.contended[m] += other.contended[m];
             self.wait_ns_total[m] += other.wait_ns_total[m];
             self.wait_ns_max[m] = self.wait_ns_max[m].max(other.wait_ns_max[m]);
@@ -134,9 +179,10 @@ impl WriteStats {
             self.hold_ns_max[m] = self.hold_ns_max[m].max(other.hold_ns_max[m]);
         }
         self.unlocked += other.unlocked;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
         self.latency_ns_total += other.latency_ns_total;
         self.shared_extended += other.shared_extended;
-        self.overwrites_exclusive += other.overwrites_exclusive;
         self.overwrites_exclusive_latency_ns += other.overwrites_exclusive_latency_ns;
         self.overwrites_exclusive_wait_ns += other.overwrites_exclusive_wait_ns;
     }
@@ -262,24 +308,7 @@ pub const NO_DEVICE_SLOT: u32 = u32::MAX;
 
 impl FileStats {
     pub const ZERO: FileStats = FileStats {
-        stats: WriteStats {
-            writes: 0,
-            bytes: 0,
-            errors: 0,
-            acquisitions: [[0; Reason::COUNT]; LockMode::COUNT],
-            acquired: [0; LockMode::COUNT],
-            unlocked: 0,
-            contended: [0; LockMode::COUNT],
-            wait_ns_total: [0; LockMode::COUNT],
-            wait_ns_max: [0; LockMode::COUNT],
-            hold_ns_total: [0; LockMode::COUNT],
-            hold_ns_max: [0; LockMode::COUNT],
-            latency_ns_total: 0,
-            shared_extended: 0,
-            overwrites_exclusive: 0,
-            overwrites_exclusive_latency_ns: 0,
-            overwrites_exclusive_wait_ns: 0,
-        },
+        stats: WriteStats::ZERO,
         hists: Histograms::ZERO,
         last_write_ns: 0,
         device_slot: 0,

@@ -92,21 +92,31 @@ fn account_counts_mode_reasons_times_and_the_canary() {
     s.account::<Plain>(&write(INFLIGHT_UNLOCKED, none), -22, 1_200);
 
     assert_eq!(
-        (s.writes, s.errors, s.bytes, s.unlocked),
+        (s.writes(), s.errors, s.bytes, s.unlocked),
         (5, 1, 3 * 4096 + 10, 1)
     );
-    assert_eq!(s.acquired, [2, 2]);
-    let (shared, exclusive) = (LockMode::Shared as usize, LockMode::Exclusive as usize);
-    assert_eq!(s.acquisitions[shared][Reason::Eligible.slot()], 2);
-    assert_eq!(s.acquisitions[exclusive][Reason::NoParallelFlag.slot()], 1);
-    assert_eq!(s.acquisitions[exclusive][Reason::Append.slot()], 1);
+    assert_eq!(
+        (
+            s.acquired(LockMode::Shared),
+            s.acquired(LockMode::Exclusive)
+        ),
+        (2, 2)
+    );
+    let exclusive = LockMode::Exclusive as usize;
+    assert_eq!(s.acquired_for(LockMode::Shared, Reason::Eligible), 2);
+    assert_eq!(
+        s.acquired_for(LockMode::Exclusive, Reason::NoParallelFlag),
+        1
+    );
+    assert_eq!(s.acquired_for(LockMode::Exclusive, Reason::Append), 1);
+    assert_eq!(s.acquired_for(LockMode::Exclusive, Reason::Eligible), 0);
     assert_eq!(s.shared_extended, 1, "only the write past the locked size");
     assert_eq!(
         (s.contended[exclusive], s.wait_ns_total[exclusive]),
         (1, 700)
     );
     assert_eq!(s.wait_ns_max[exclusive], 700);
-    assert_eq!(s.overwrites_exclusive, 1, "the append is no overwrite");
+    assert_eq!(s.overwrites_exclusive(), 1, "the append is no overwrite");
     assert_eq!(s.overwrites_exclusive_wait_ns, 700);
     assert_eq!(s.hold_ns_total, [2 * 1_500, 2 * 500]);
     assert_eq!(s.latency_ns_total, 2 * 2_000 + 2 * 1_000 + 200);
@@ -131,10 +141,8 @@ use core::mem::size_of;
 #[test]
 fn layouts_have_no_hidden_padding() {
     assert_eq!(size_of::<InodeKey>(), 16);
-    assert_eq!(
-        size_of::<WriteStats>(),
-        8 * (3 + 2 * Reason::COUNT + 2 + 1 + 10 + 1 + 1 + 3)
-    );
+    assert_eq!(size_of::<WriteStats>(), 8 * (2 * REASON_SETS + 4 + 10 + 3));
+    assert_eq!(REASON_SETS, 1 << (Reason::COUNT - 1));
     assert_eq!(size_of::<Health>(), 8 * Health::NAMES.len());
     assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 8 + 4 * 4);
     assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
@@ -191,18 +199,46 @@ fn histograms_merge_bucket_by_bucket() {
 #[test]
 fn merge_sums_and_maxes() {
     let mut a = WriteStats {
-        writes: 2,
+        unlocked: 2,
         wait_ns_max: [5, 1],
         ..Default::default()
     };
-    let b = WriteStats {
-        writes: 3,
+    a.acquisitions[1][3] = 4;
+    let mut b = WriteStats {
+        unlocked: 3,
         wait_ns_max: [4, 9],
         ..Default::default()
     };
+    b.acquisitions[1][3] = 1;
     a.merge(&b);
-    assert_eq!(a.writes, 5);
+    assert_eq!((a.unlocked, a.acquisitions[1][3], a.writes()), (5, 5, 10));
     assert_eq!(a.wait_ns_max, [5, 9]);
+}
+
+#[test]
+fn counts_by_reason_are_sums_over_the_sets_holding_the_reason() {
+    let mut s = WriteStats::default();
+    let set = |reasons: &[Reason]| {
+        reasons
+            .iter()
+            .fold(Reasons::NONE, |set, r| set.with(*r))
+            .bits() as usize
+    };
+    let ex = LockMode::Exclusive as usize;
+    s.acquisitions[ex][set(&[Reason::NoParallelFlag])] = 7;
+    s.acquisitions[ex][set(&[Reason::NoParallelFlag, Reason::Buffered])] = 2;
+    s.acquisitions[ex][set(&[Reason::Append])] = 1;
+    s.acquisitions[LockMode::Shared as usize][0] = 5;
+    assert_eq!(
+        s.acquired_for(LockMode::Exclusive, Reason::NoParallelFlag),
+        9
+    );
+    assert_eq!(s.acquired_for(LockMode::Exclusive, Reason::Buffered), 2);
+    assert_eq!(s.acquired_for(LockMode::Shared, Reason::Eligible), 5);
+    assert_eq!(s.acquired(LockMode::Exclusive), 10);
+    // A direct overwrite: no reason, or only the missing flag.
+    assert_eq!(s.overwrites_exclusive(), 7);
+    assert_eq!(s.writes(), 15);
 }
 
 /// Maps in memory that log which value each update touched, in order.
@@ -218,7 +254,6 @@ struct Logged {
     shared_device: WriteStats,
     writer: WriterStats,
     ring: DirtyRing,
-    totals: WriteStats,
     hists: Histograms,
     health: Health,
     epoch: u64,
@@ -274,9 +309,9 @@ impl WriteMaps for Logged {
         Some(f(&mut self.ring))
     }
 
-    fn with_path(&mut self, _: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms)) {
+    fn with_path_hists(&mut self, _: u32, f: impl FnOnce(&mut Histograms)) {
         self.log.push("path");
-        f(&mut self.totals, &mut self.hists);
+        f(&mut self.hists);
     }
 
     fn with_health(&mut self, f: impl FnOnce(&mut Health)) {
@@ -311,18 +346,18 @@ fn a_finished_write_updates_every_map_with_the_path_totals_last() {
         )
     };
     finish_write(&mut maps, &rec, 4096, 3_000);
-    // A new file looks its device's slot up and keeps it; the pair enters
-    // the ring after the file and writer, before the totals.
+    // The pair enters the ring after the file and writer; a new file looks
+    // its device's slot up and keeps it; the device's totals come last.
     assert_eq!(
         maps.log,
-        ["file", "slot", "file", "device", "ring", "writer", "ring", "path"]
+        ["file", "ring", "writer", "ring", "path", "slot", "file", "device"]
     );
     let file = maps.file.expect("the file was inserted");
     assert_eq!(file.device_slot, 4, "slot 3, plus one");
-    assert_eq!((file.stats.writes, file.stats.bytes), (1, 4096));
+    assert_eq!((file.stats.writes(), file.stats.bytes), (1, 4096));
     assert_eq!(file.last_write_ns, 3_000);
     assert_eq!(file.hists.latency[hist::bucket(2_000)], 1);
-    assert_eq!((maps.device.writes, maps.totals.writes), (1, 1));
+    assert_eq!(maps.device.writes(), 1);
     assert_eq!(maps.hists.latency[hist::bucket(2_000)], 1);
     assert_eq!(maps.health.inode_inserts, 1);
     assert_eq!((maps.writer.writes, maps.writer.cgroup_id), (1, 4242));
@@ -335,11 +370,11 @@ fn a_finished_write_updates_every_map_with_the_path_totals_last() {
     maps.log.clear();
     maps.writer.cgroup_id = 0;
     finish_write(&mut maps, &rec, -5, 4_000);
-    assert_eq!(maps.log, ["file", "device", "ring", "writer", "path"]);
+    assert_eq!(maps.log, ["file", "ring", "writer", "path", "device"]);
     assert_eq!((maps.writer.writes, maps.writer.cgroup_id), (2, 0));
     assert_eq!(maps.ring.head, 1);
     let file = maps.file.expect("the file");
-    assert_eq!((file.stats.writes, file.stats.errors), (2, 1));
+    assert_eq!((file.stats.writes(), file.stats.errors), (2, 1));
     assert_eq!(maps.health.inode_inserts, 1);
 
     // A new epoch pushes the pair again.
@@ -358,7 +393,7 @@ fn a_file_with_no_room_still_counts_in_the_totals() {
     finish_write(&mut maps, &rec, 4096, 3_000);
     assert!(maps.file.is_none());
     assert_eq!(maps.health.inode_insert_failed, 1);
-    assert_eq!((maps.device.writes, maps.totals.writes), (1, 1));
+    assert_eq!(maps.device.writes(), 1);
     assert_eq!(maps.writer.writes, 1);
 }
 
@@ -378,6 +413,6 @@ fn a_device_with_no_slot_counts_in_the_shared_totals_without_looking_again() {
     maps.log.clear();
     finish_write(&mut maps, &rec, 4096, 3_000);
     assert!(!maps.log.contains(&"slot"), "{:?}", maps.log);
-    assert_eq!((maps.shared_device.writes, maps.device.writes), (2, 0));
+    assert_eq!((maps.shared_device.writes(), maps.device.writes()), (2, 0));
     assert_eq!(maps.health.dev_totals_full, 0);
 }

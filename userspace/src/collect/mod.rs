@@ -16,8 +16,7 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use probes_common::{
     maps::{
         max_writers, DirtyRing, MAP_DEV_SLOTS, MAP_DEV_STATS, MAP_DEV_TOTALS, MAP_DIRTY, MAP_EPOCH,
-        MAP_FILES, MAP_HEALTH, MAP_OPENS, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
-        MAX_DEVICES,
+        MAP_FILES, MAP_HEALTH, MAP_OPENS, MAP_PATH_HISTS, MAP_WRITERS, MAX_DEVICES,
     },
     Dev, FileStats, Health, Histograms, InodeKey, OpenStats, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -60,7 +59,6 @@ pub(super) struct InodeMaps {
 
 pub struct Collector {
     maps: InodeMaps,
-    totals: PerCpuArray<MapData, WriteStats>,
     /// Device totals: each device's slot, the slots' per-CPU values, and
     /// the devices beyond the slots.
     dev_slots: BatchReader<InodeKey, u32>,
@@ -155,7 +153,6 @@ impl Collector {
                 writers: take_hash(attached, MAP_WRITERS, max_writers(max_inodes))?,
                 opens: take_hash(attached, MAP_OPENS, max_inodes)?,
             },
-            totals: take(attached, MAP_PATH_TOTALS)?,
             dev_slots: take_hash(attached, MAP_DEV_SLOTS, MAX_DEVICES)?,
             dev_stats: take(attached, MAP_DEV_STATS)?,
             dev_totals: take_hash(attached, MAP_DEV_TOTALS, MAX_DEVICES)?,
@@ -492,11 +489,17 @@ impl Collector {
             health.merge(h);
         }
         self.housekeeping(health.inode_inserts)?;
+        // The devices' totals, whose sums are the paths': read after HEALTH,
+        // and the mark that anything changed (the programs update them
+        // last), so a write landing after them is seen at the next read.
+        let device_totals = self.device_totals()?;
+        let mut by_path = [WriteStats::ZERO; WritePath::COUNT];
+        for (key, stats) in &device_totals {
+            if let Some(total) = by_path.get_mut(key.path as usize) {
+                total.merge(stats);
+            }
+        }
         let path_totals = |path: WritePath| -> Result<PathTotals> {
-            let values = self
-                .totals
-                .get(&(path as u32), 0)
-                .context("reading PATH_TOTALS")?;
             let mut hists = Histograms::ZERO;
             for h in self
                 .path_hists
@@ -507,7 +510,7 @@ impl Collector {
                 hists.merge(h);
             }
             Ok(PathTotals {
-                counters: Counters::from(&sum_percpu(&values)),
+                counters: Counters::from(&by_path[path as usize]),
                 histograms: Histos::from(&hists),
             })
         };
@@ -515,8 +518,6 @@ impl Collector {
             passthrough: path_totals(WritePath::Passthrough)?,
             direct_io: path_totals(WritePath::DirectIo)?,
         };
-        // Read after HEALTH and PATH_TOTALS: a write landing in between makes
-        // the marks stale, so the next read looks again rather than missing it.
         let marks = ChangeMarks {
             writes: totals.passthrough.counters.writes + totals.direct_io.counters.writes,
             inode_inserts: health.inode_inserts,
@@ -533,7 +534,7 @@ impl Collector {
         };
 
         let mut devices = Vec::new();
-        for (key, stats) in self.device_totals()? {
+        for (key, stats) in device_totals {
             let Some(path) = WritePath::from_u32(key.path) else {
                 continue;
             };

@@ -43,13 +43,13 @@ pub struct Counters {
 impl From<&WriteStats> for Counters {
     fn from(s: &WriteStats) -> Counters {
         Counters {
-            writes: s.writes,
+            writes: s.writes(),
             bytes: s.bytes,
             errors: s.errors,
-            shared: s.acquired[LockMode::Shared as usize],
-            exclusive: s.acquired[LockMode::Exclusive as usize],
+            shared: s.acquired(LockMode::Shared),
+            exclusive: s.acquired(LockMode::Exclusive),
             unlocked: s.unlocked,
-            acquisitions: PerMode::from_fn(|m| PerReason::from_slots(&s.acquisitions[m as usize])),
+            acquisitions: PerMode::from_fn(|m| PerReason::from_fn(|r| s.acquired_for(m, r))),
             contended: PerMode::from_array(s.contended),
             wait_ns_total: PerMode::from_array(s.wait_ns_total),
             wait_ns_max: PerMode::from_array(s.wait_ns_max),
@@ -57,7 +57,7 @@ impl From<&WriteStats> for Counters {
             hold_ns_max: PerMode::from_array(s.hold_ns_max),
             latency_ns_total: s.latency_ns_total,
             shared_extended: s.shared_extended,
-            overwrites_exclusive: s.overwrites_exclusive,
+            overwrites_exclusive: s.overwrites_exclusive(),
             overwrites_exclusive_latency_ns: s.overwrites_exclusive_latency_ns,
             overwrites_exclusive_wait_ns: s.overwrites_exclusive_wait_ns,
         }
@@ -310,7 +310,7 @@ pub fn kernel_dev(dev: u64) -> Option<Dev> {
 
 #[cfg(test)]
 mod tests {
-    use probes_common::Reason;
+    use probes_common::{Reason, Reasons};
 
     use super::*;
     use crate::model::counts::Bucket;
@@ -326,15 +326,18 @@ mod tests {
     #[test]
     fn counters_decode_every_mode_and_reason() {
         let mut s = WriteStats {
-            writes: 7,
             bytes: 7 * 4096,
             ..Default::default()
         };
-        s.acquired = [3, 4];
-        s.acquisitions[LockMode::Shared as usize][Reason::Eligible.slot()] = 3;
-        s.acquisitions[LockMode::Exclusive as usize][Reason::Append.slot()] = 4;
-        s.acquisitions[LockMode::Exclusive as usize][Reason::Buffered.slot()] = 1;
+        s.add_acquisitions(LockMode::Shared, Reasons::NONE, 3);
+        s.add_acquisitions(LockMode::Exclusive, Reasons::NONE.with(Reason::Append), 3);
+        s.add_acquisitions(
+            LockMode::Exclusive,
+            Reasons::NONE.with(Reason::Append).with(Reason::Buffered),
+            1,
+        );
         let c = Counters::from(&s);
+        assert_eq!(c.writes, 7);
         assert_eq!((c.shared, c.exclusive), (3, 4));
         assert_eq!(c.acquired(LockMode::Exclusive), 4);
         assert_eq!(c.acquisitions[LockMode::Shared][Reason::Eligible], 3);

@@ -298,7 +298,7 @@ fn decide_on_counts(e: &Evidence) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use probes_common::WriteStats;
+    use probes_common::{Reasons, WriteStats};
 
     #[test]
     fn skipped_probe_runs_make_any_verdict_inconclusive() {
@@ -331,11 +331,11 @@ mod tests {
     }
 
     fn acquired(s: &mut WriteStats, mode: LockMode, reasons: &[Reason], n: u64) {
-        s.writes += n;
-        s.acquired[mode as usize] += n;
-        for r in reasons {
-            s.acquisitions[mode as usize][r.slot()] += n;
-        }
+        let set = reasons
+            .iter()
+            .filter(|r| **r != Reason::Eligible)
+            .fold(Reasons::NONE, |set, r| set.with(*r));
+        s.add_acquisitions(mode, set, n);
     }
 
     fn opens(asked: u64, kept: u64) -> OpenStats {
@@ -390,7 +390,6 @@ mod tests {
     fn series_gain_is_the_exclusive_overwrites_share_of_time_waiting() {
         let c = counters(|s| {
             acquired(s, LockMode::Exclusive, &[Reason::NoParallelFlag], 1000);
-            s.overwrites_exclusive = 1000;
             s.overwrites_exclusive_latency_ns = 4_000_000;
             s.overwrites_exclusive_wait_ns = 3_000_000;
         });

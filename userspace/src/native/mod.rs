@@ -21,7 +21,7 @@ use probes_common::{
     maps::{
         finish_write, DirtyRing, FileStats, Plain, Slot, WriteMaps, COMM_LEN, DEVICE_SLOTS,
         INFLIGHT_EXCLUSIVE, MAP_DEV_SLOTS, MAP_DEV_SLOT_NEXT, MAP_DEV_STATS, MAP_DEV_TOTALS,
-        MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH, MAP_PATH_HISTS, MAP_PATH_TOTALS, MAP_WRITERS,
+        MAP_DIRTY, MAP_EPOCH, MAP_FILES, MAP_HEALTH, MAP_PATH_HISTS, MAP_WRITERS,
     },
     Health, Histograms, InFlight, InodeKey, Reason, Reasons, WritePath, WriteStats, WriterKey,
     WriterStats,
@@ -60,7 +60,6 @@ pub struct Kernel {
     dev_stats: PerCpuArray<MapData, WriteStats>,
     dev_totals: HashMap<MapData, InodeKey, WriteStats>,
     writers: HashMap<MapData, WriterKey, WriterStats>,
-    path_totals: PerCpuArray<MapData, WriteStats>,
     path_hists: PerCpuArray<MapData, Histograms>,
     health: PerCpuArray<MapData, Health>,
     dirty: PerCpuArray<MapData, DirtyRing>,
@@ -151,7 +150,6 @@ impl Kernel {
             dev_stats: typed(e, MAP_DEV_STATS)?,
             dev_totals: typed(e, MAP_DEV_TOTALS)?,
             writers: typed(e, MAP_WRITERS)?,
-            path_totals: typed(e, MAP_PATH_TOTALS)?,
             path_hists: typed(e, MAP_PATH_HISTS)?,
             health: typed(e, MAP_HEALTH)?,
             dirty: typed(e, MAP_DIRTY)?,
@@ -260,13 +258,8 @@ impl WriteMaps for Kernel {
         out
     }
 
-    fn with_path(&mut self, path: u32, f: impl FnOnce(&mut WriteStats, &mut Histograms)) {
-        let mut hists = Histograms::ZERO;
-        let r = Self::with_cpu0(&mut self.path_hists, self.cpus, path, |h| hists = *h);
-        self.keep(r, ());
-        let r = Self::with_cpu0(&mut self.path_totals, self.cpus, path, |t| f(t, &mut hists));
-        self.keep(r, ());
-        let r = Self::with_cpu0(&mut self.path_hists, self.cpus, path, |h| *h = hists);
+    fn with_path_hists(&mut self, path: u32, f: impl FnOnce(&mut Histograms)) {
+        let r = Self::with_cpu0(&mut self.path_hists, self.cpus, path, f);
         self.keep(r, ());
     }
 

@@ -209,7 +209,7 @@ pub(crate) mod tests {
             mount: Some("/mnt/fuse".into()),
             path: probes_common::WritePath::Passthrough,
             counters: Counters::from(&WriteStats {
-                writes,
+                unlocked: writes,
                 ..WriteStats::default()
             }),
             histograms: Histos::default(),

@@ -143,17 +143,18 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::model::snapshot::Counters;
-    use probes_common::WriteStats;
+    use probes_common::{LockMode, Reasons, WriteStats};
 
     #[test]
     fn table_is_aligned_and_names_reasons() {
-        let mut stats = WriteStats {
-            writes: 12,
-            ..Default::default()
-        };
-        stats.acquired = [0, 12];
-        stats.acquisitions[1][Reason::Append.slot()] = 12;
-        stats.acquisitions[1][Reason::NoParallelFlag.slot()] = 12;
+        let mut stats = WriteStats::default();
+        stats.add_acquisitions(
+            LockMode::Exclusive,
+            Reasons::NONE
+                .with(Reason::Append)
+                .with(Reason::NoParallelFlag),
+            12,
+        );
         let snap = Snapshot {
             entries: vec![std::sync::Arc::new(Entry {
                 dev: probes_common::Dev(45),

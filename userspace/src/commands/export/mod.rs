@@ -251,18 +251,18 @@ mod tests {
         collect::Collector,
         model::snapshot::{Counters, DeviceTotals, Snapshot},
     };
-    use probes_common::{LockMode, Reason, WriteStats};
+    use probes_common::{LockMode, Reason, Reasons, WriteStats};
 
     /// A snapshot like a run on stock 6.12 with the flag requested.
     pub(crate) fn sample() -> Snapshot {
         let mut s = WriteStats {
-            writes: 120,
             bytes: 120 * 4096,
             ..Default::default()
         };
-        s.acquired[LockMode::Exclusive as usize] = 120;
-        s.acquisitions[LockMode::Exclusive as usize][Reason::NoParallelFlag.slot()] = 120;
-        s.acquisitions[LockMode::Exclusive as usize][Reason::Append.slot()] = 23;
+        // 120 exclusive writes without the flag, 23 of them appends.
+        let no_flag = Reasons::NONE.with(Reason::NoParallelFlag);
+        s.add_acquisitions(LockMode::Exclusive, no_flag, 97);
+        s.add_acquisitions(LockMode::Exclusive, no_flag.with(Reason::Append), 23);
         s.contended[LockMode::Exclusive as usize] = 7;
         let mut snap = Snapshot::default();
         snap.source.kernel = "6.12.117".into();
@@ -367,7 +367,7 @@ mod tests {
             mount: None,
             path: probes_common::WritePath::Passthrough,
             counters: Counters::from(&WriteStats {
-                writes: 1,
+                unlocked: 1,
                 ..Default::default()
             }),
             histograms: Default::default(),

@@ -221,19 +221,23 @@ pub fn totals(cur: &Snapshot, base: Option<&Snapshot>, mode: Mode) -> Totals {
 /// Sample entries for tests of the model, the state and the drawing.
 #[cfg(test)]
 pub mod tests_support {
-    use probes_common::{LockMode, Reason, WriteStats};
+    use probes_common::{LockMode, Reason, Reasons, WriteStats};
 
     use crate::model::snapshot::{Counters, Entry, Writer};
 
     pub fn entry(name: &str, writes: u64, excl_append: u64, contended: u64) -> Entry {
         let mut s = WriteStats {
-            writes,
             bytes: writes * 4096,
             ..Default::default()
         };
-        s.acquired[LockMode::Exclusive as usize] = writes;
-        s.acquisitions[LockMode::Exclusive as usize][Reason::NoParallelFlag.slot()] = writes;
-        s.acquisitions[LockMode::Exclusive as usize][Reason::Append.slot()] = excl_append;
+        // Every write exclusive without the flag, `excl_append` of them appends.
+        let no_flag = Reasons::NONE.with(Reason::NoParallelFlag);
+        s.add_acquisitions(LockMode::Exclusive, no_flag, writes - excl_append);
+        s.add_acquisitions(
+            LockMode::Exclusive,
+            no_flag.with(Reason::Append),
+            excl_append,
+        );
         s.contended[LockMode::Exclusive as usize] = contended;
         s.wait_ns_total[LockMode::Exclusive as usize] = contended * 1000;
         Entry {
