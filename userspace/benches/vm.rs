@@ -23,6 +23,8 @@ mod common;
 // Not `benches/fio.rs`: cargo would take that for a bench target of its own.
 #[path = "vm/fio.rs"]
 mod fio;
+#[path = "vm/memory.rs"]
+mod memory;
 
 use std::{
     fs::OpenOptions,
@@ -330,15 +332,24 @@ fn main() {
     let names = std::env::var("FUSELOCK_BENCH_SECTIONS").unwrap_or_else(|_| "1,2,3".into());
     let sections: Vec<&str> = names.split(',').collect();
     let has = |s: &str| sections.contains(&s);
+    if has("mem") {
+        if let Err(e) = memory::section(
+            env_u64("FUSELOCK_BENCH_MEM_FILES", 10_000),
+            env_u64("FUSELOCK_BENCH_MEM_EXTRA", 1_000),
+        ) {
+            eprintln!("bench: memory section failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
     if has("fio") {
         if let Err(e) = fio::section(rounds as u64, env_u64("FUSELOCK_BENCH_FIO_IOS", 65_536)) {
             eprintln!("bench: fio section failed: {e:#}");
             std::process::exit(1);
         }
-        if !["1", "1b", "ablation", "2", "3"].into_iter().any(has) {
-            println!("\nbench: done");
-            return;
-        }
+    }
+    if !["1", "1b", "ablation", "2", "3"].into_iter().any(has) {
+        println!("\nbench: done");
+        return;
     }
     // Sections 1-3 name their steps (starting, writing, stopping); none
     // takes minutes.

@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{build, cache, setup, toolchain, vm};
 
 mod fio;
+mod memory;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -21,13 +22,14 @@ pub struct BenchArgs {
     /// Live inodes for the userspace-cost measurement.
     #[arg(long, default_value_t = 10_000)]
     pub inodes: u64,
-    /// Which parts to run: 1 per-write overhead (1b: only its BPF time per
-    /// write), 2 unrelated workload, 3 userspace cost in the VM, 4 the same
-    /// refresh work natively, `fio` the series' fio benchmark on each series
-    /// pair (see --fio-pair) (two VM boots per pair; not by default),
+    /// Which parts to run: `mem` fuselock's kernel memory at 2 and 64
+    /// possible CPUs (two VM boots), 1 per-write overhead (1b: only its BPF
+    /// time per write), 2 unrelated workload, 3 userspace cost in the VM, 4
+    /// the same refresh work natively, `fio` the series' fio benchmark on
+    /// each series pair (see --fio-pair) (two VM boots per pair),
     /// `ablation` what each part of a write's accounting costs (not by
-    /// default). E.g. `1234`, `fio`, `12,fio`, `1b`, `ablation`.
-    #[arg(long, default_value = "1234")]
+    /// default). E.g. `mem,1234`, `fio`, `12,fio`, `1b`, `ablation`.
+    #[arg(long, default_value = "mem,1234,fio")]
     pub sections: String,
     /// fio section: 4 KiB writes per fio run (split among the jobs; a
     /// multiple of 8).
@@ -55,12 +57,12 @@ fn parse_sections(text: &str) -> Result<Vec<String>> {
     let mut sections = Vec::new();
     for token in text.split(',').filter(|t| !t.is_empty()) {
         match token {
-            "fio" | "1b" | "ablation" => sections.push(token.to_owned()),
+            "fio" | "1b" | "ablation" | "mem" => sections.push(token.to_owned()),
             _ => {
                 for c in token.chars() {
                     if !"1234".contains(c) {
                         bail!(
-                            "--sections {text}: unknown section {c:?} (sections are 1, 1b, ablation, 2, 3, 4 and fio)"
+                            "--sections {text}: unknown section {c:?} (sections are mem, 1, 1b, ablation, 2, 3, 4 and fio)"
                         );
                     }
                     sections.push(c.to_string());
@@ -84,6 +86,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     setup::ensure_all()?;
+    if has("mem") {
+        memory::run(&args.kernel)?;
+    }
     if !digits.is_empty() {
         in_vm(args, &digits)?;
     }
