@@ -95,6 +95,46 @@ pub enum Command {
     Load(LoadArgs),
 }
 
+/// Set by the man page's rendering: help then names no host's figures.
+static FOR_ANY_HOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Help text from here on describes any host, not the one running
+/// fuselock (for the man page, which is rendered at build time).
+pub fn help_for_any_host() {
+    FOR_ANY_HOST.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `--max-inodes`' long help, with the kernel memory fuselock takes on
+/// this host (the kernel sizes per-CPU maps by its possible CPUs).
+fn max_inodes_help() -> String {
+    let max = probes_common::maps::DEFAULT_MAX_INODES;
+    let this_host = (!FOR_ANY_HOST.load(std::sync::atomic::Ordering::Relaxed))
+        .then(crate::kernel::memory::possible_cpus)
+        .flatten();
+    let memory = this_host.map_or_else(
+        || {
+            let per_file = crate::kernel::memory::estimate(1, max).per_file;
+            format!(
+                "Kernel memory: about 70 KiB per possible CPU (`fuselock doctor` gives this \
+                 host's figure), plus about {:.1} KiB per file written, allocated when first \
+                 written.",
+                per_file as f64 / 1024.0
+            )
+        },
+        |cpus| {
+            format!(
+                "Kernel memory on this host: {}.",
+                crate::kernel::memory::estimate(cpus, max).describe(max)
+            )
+        },
+    );
+    format!(
+        "Files watched one by one at most: when the per-file map nears it, the files written \
+         longest ago are forgotten (counted as evictions; their writes stay in the totals). \
+         {memory}"
+    )
+}
+
 fn parse_ablation(name: &str) -> Result<Ablation, String> {
     Ablation::ALL
         .into_iter()
@@ -111,11 +151,12 @@ pub struct ProbeArgs {
     /// How to hook kernel functions.
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
-    /// Capacity of the per-inode maps (LRU; evictions are counted and shown).
-    /// Each file costs kernel memory: 264 bytes on every CPU plus about
-    /// 1.4 KiB once (docs/benchmarks.md, "Kernel memory").
+    /// Files watched one by one at most: when the per-file map nears it,
+    /// the files written longest ago are forgotten (counted as evictions;
+    /// their writes stay in the totals).
     #[arg(long, default_value_t = probes_common::maps::DEFAULT_MAX_INODES,
-          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576),
+          long_help = max_inodes_help())]
     pub max_inodes: u32,
     /// Also measure how often and how long writers wait for the FUSE inode
     /// lock, from the lock:contention_begin/end tracepoints. They fire on

@@ -54,6 +54,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Manpage => {
+            fuselock::cli::help_for_any_host();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut std::io::stdout())
                 .context("writing the man page")?;

@@ -31,6 +31,10 @@ pub struct TestArgs {
     /// Run only the core VM tests (see [`CORE`]) on the kernels named.
     #[arg(long)]
     pub core: bool,
+    /// Run only the scale tests (see [`SCALE`]), in a guest with 16 CPUs,
+    /// on the kernels named.
+    #[arg(long, conflicts_with = "core")]
+    pub scale: bool,
     /// Only VM tests whose name contains this (libtest's filter).
     #[arg(long)]
     pub filter: Option<String>,
@@ -71,6 +75,11 @@ pub const CORE: &[&str] = &[
 /// the core: the EOF canary, which only the series can trip.
 pub const SERIES_CORE: &[&str] = &["truncates_racing_shared_overwrites_trip_the_canary"];
 
+/// What a guest with many CPUs runs ([`SCALE_CPUS`]).
+pub const SCALE: &[&str] = &["many_cpus_count_32_writers_of_every_kind_exactly"];
+/// The CPUs of the scale run's guest.
+const SCALE_CPUS: u32 = 16;
+
 /// The core tests of `kernel`: [`CORE`], plus [`SERIES_CORE`] on a series pair.
 fn core_of(kernel: &str) -> impl Iterator<Item = &'static str> {
     let series = matches!(test_kernel_name(kernel), "patched" | "unpatched");
@@ -79,28 +88,40 @@ fn core_of(kernel: &str) -> impl Iterator<Item = &'static str> {
         .copied()
 }
 
+/// Which VM tests a run boots for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    /// Every test.
+    Whole,
+    /// [`CORE`] (and [`SERIES_CORE`] on a series pair).
+    Core,
+    /// [`SCALE`], in a guest with [`SCALE_CPUS`] CPUs.
+    Scale,
+}
+
 /// One VM run of the suite.
 struct Run {
     kernel: String,
     append: Option<String>,
-    core: bool,
+    tier: Tier,
 }
 
 /// `cargo xtask test`'s kernels: the whole suite where the 6.12 series pair
 /// and the reference kernel are, the core on the 7.3 series pair (the newest
 /// line), on every other Debian line users run, and on 6.12 booted
 /// preemptible as some distributions boot it.
-const MATRIX: &[(&str, Option<&str>, bool)] = &[
-    ("stock", None, false),
-    ("patched", None, false),
-    ("unpatched", None, false),
-    ("patched:7.3", None, true),
-    ("unpatched:7.3", None, true),
-    ("debian:6.12", Some("preempt=full"), true),
-    ("debian:7.0", None, true),
-    ("debian:7.1", None, true),
-    ("debian:7.2", None, true),
-    ("debian:7.3", None, true),
+const MATRIX: &[(&str, Option<&str>, Tier)] = &[
+    ("stock", None, Tier::Whole),
+    ("patched", None, Tier::Whole),
+    ("unpatched", None, Tier::Whole),
+    ("patched:7.3", None, Tier::Core),
+    ("unpatched:7.3", None, Tier::Core),
+    ("debian:6.12", Some("preempt=full"), Tier::Core),
+    ("debian:7.0", None, Tier::Core),
+    ("debian:7.1", None, Tier::Core),
+    ("debian:7.2", None, Tier::Core),
+    ("debian:7.3", None, Tier::Core),
+    ("debian:7.3", None, Tier::Scale),
 ];
 
 /// What the tests are told about the kernel (`FUSELOCK_TEST_KERNEL`): the
@@ -174,10 +195,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let runs: Vec<Run> = if args.kernels.is_empty() {
             MATRIX
                 .iter()
-                .map(|(kernel, append, core)| Run {
+                .map(|(kernel, append, tier)| Run {
                     kernel: (*kernel).to_owned(),
                     append: append.map(str::to_owned),
-                    core: *core,
+                    tier: *tier,
                 })
                 .collect()
         } else {
@@ -186,7 +207,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 .map(|kernel| Run {
                     kernel: kernel.clone(),
                     append: args.append.clone(),
-                    core: args.core,
+                    tier: match (args.core, args.scale) {
+                        (true, _) => Tier::Core,
+                        (_, true) => Tier::Scale,
+                        _ => Tier::Whole,
+                    },
                 })
                 .collect()
         };
@@ -194,10 +219,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
             let (image, kernel_name) = vm::resolve_kernel(&run.kernel)?;
             let what = format!(
                 "VM {} on {kernel_name}{}",
-                if run.core {
-                    "core tests"
-                } else {
-                    "end-to-end tests"
+                match run.tier {
+                    Tier::Core => "core tests".to_owned(),
+                    Tier::Whole => "end-to-end tests".to_owned(),
+                    Tier::Scale => format!("scale tests, {SCALE_CPUS} CPUs,"),
                 },
                 run.append
                     .as_deref()
@@ -206,17 +231,23 @@ pub fn run(args: &TestArgs) -> Result<()> {
             );
             // libtest runs a test if any filter matches: the core's names,
             // narrowed by --filter when given.
-            let filters: Vec<String> = match (&args.filter, run.core) {
-                (Some(f), true) => core_of(&run.kernel)
-                    .filter(|c| c.contains(f.as_str()))
-                    .map(str::to_owned)
-                    .collect(),
-                (Some(f), false) => vec![f.clone()],
-                (None, true) => core_of(&run.kernel).map(str::to_owned).collect(),
-                (None, false) => Vec::new(),
+            let selected: Option<Vec<&str>> = match run.tier {
+                Tier::Whole => None,
+                Tier::Core => Some(core_of(&run.kernel).collect()),
+                Tier::Scale => Some(SCALE.to_vec()),
             };
-            if run.core && args.filter.is_some() && filters.is_empty() {
-                eprintln!("\n==> {what}: no core test matches the filter; skipped");
+            let filters: Vec<String> = match (&args.filter, &selected) {
+                (Some(f), Some(names)) => names
+                    .iter()
+                    .filter(|c| c.contains(f.as_str()))
+                    .map(|c| (*c).to_owned())
+                    .collect(),
+                (Some(f), None) => vec![f.clone()],
+                (None, Some(names)) => names.iter().map(|c| (*c).to_owned()).collect(),
+                (None, None) => Vec::new(),
+            };
+            if selected.is_some() && args.filter.is_some() && filters.is_empty() {
+                eprintln!("\n==> {what}: no test of this run matches the filter; skipped");
                 continue;
             }
             step(&what, || {
@@ -247,7 +278,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
                     .chain(args.nocapture.then(|| "--nocapture".to_owned()))
                     .chain(filters)
                     .collect(),
-                    cpus: 2,
+                    cpus: if run.tier == Tier::Scale {
+                        SCALE_CPUS
+                    } else {
+                        2
+                    },
                     memory_mb: 1024,
                     timeout: std::time::Duration::from_secs(1800),
                     append: run.append.clone(),
@@ -305,7 +340,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|f| std::fs::read_to_string(f.expect("dir entry").path()).expect("test source"))
             .collect();
-        for name in CORE.iter().chain(SERIES_CORE) {
+        for name in CORE.iter().chain(SERIES_CORE).chain(SCALE) {
             assert!(
                 sources.contains(&format!("fn {name}()")),
                 "no VM test {name}"

@@ -6,6 +6,7 @@ use std::fs;
 use fuselock_base::procfs;
 
 use crate::{
+    kernel::memory,
     kernel::offsets::{self, KernelBtf},
     kernel::preempt,
     kernel::preflight,
@@ -161,6 +162,13 @@ fn checks() -> Vec<Check> {
     }));
     let (mode, why) = probes::auto_choice();
     v.push(info(format!("probe mode auto: {mode}, because the {why}")));
+    if let Some(cpus) = memory::possible_cpus() {
+        let max = probes_common::maps::DEFAULT_MAX_INODES;
+        v.push(info(format!(
+            "kernel memory: {}",
+            memory::estimate(cpus, max).describe(max)
+        )));
+    }
     // The real test: load and attach, then detach (ebpf_exporter's --config.check).
     let attach = probes::attach(&AttachOptions {
         mode: ProbeMode::Auto,

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod kretprobe;
+pub mod memory;
 pub mod misses;
 pub mod mounts;
 pub mod offsets;
