@@ -39,11 +39,34 @@ pub enum Reason {
     /// direct writes share the lock beside it. A passthrough inode never
     /// enters that mode, so on that path this reason does not occur.
     CacheIoMode = 5,
+    /// The write was eligible when it entered, reached past EOF by the
+    /// time the lock was held, and ran exclusive. With the series' v3 (and
+    /// `fuse_dio_lock()` on the direct-io path) that is the kernel's
+    /// re-check of EOF under the shared lock; on v2 the same race lets the
+    /// write run shared and grow the file (the canary); without the series
+    /// the write was exclusive anyway.
+    PastEofAtLock = 6,
+}
+
+/// How a reason is named wherever it is shown: the one declaration every
+/// output reads (a new reason is its variant, its entry in [`Reason::info`]
+/// and its classification).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasonInfo {
+    /// JSON keys, metric labels, `verify`'s text.
+    pub name: &'static str,
+    /// `stat`'s table: the column of exclusive acquisitions.
+    pub column: &'static str,
+    /// `top`'s exclusive column header.
+    pub abbreviation: &'static str,
+    /// The JSON schema version (docs/json.md) that first wrote it: older
+    /// recordings lack it, and read it as 0.
+    pub since_schema: u32,
 }
 
 impl Reason {
     /// Number of reason slots, `Eligible` included.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every reason in slot order.
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::Eligible,
@@ -52,6 +75,7 @@ impl Reason {
         Reason::Append,
         Reason::PastEof,
         Reason::CacheIoMode,
+        Reason::PastEofAtLock,
     ];
     /// The reasons a write can have to be exclusive: every one but
     /// `Eligible`, in slot order (the columns of tables and `top`).
@@ -61,18 +85,32 @@ impl Reason {
         Reason::Append,
         Reason::PastEof,
         Reason::CacheIoMode,
+        Reason::PastEofAtLock,
     ];
+
+    /// How the reason is shown: an exhaustive match, so that a new reason
+    /// cannot be left without a name anywhere.
+    pub const fn info(self) -> ReasonInfo {
+        let (name, column, abbreviation, since_schema) = match self {
+            Reason::Eligible => ("eligible", "EXCL:ELIGIBLE", "ok", 1),
+            Reason::NoParallelFlag => ("no_parallel_flag", "EXCL:NO_PARALLEL", "np", 1),
+            Reason::Buffered => ("buffered", "EXCL:BUFFERED", "buf", 1),
+            Reason::Append => ("append", "EXCL:APPEND", "app", 1),
+            Reason::PastEof => ("past_eof", "EXCL:PAST_EOF", "eof", 1),
+            Reason::CacheIoMode => ("cache_io_mode", "EXCL:CACHE_IO", "cio", 2),
+            Reason::PastEofAtLock => ("past_eof_at_lock", "EXCL:EOF_AT_LOCK", "eol", 3),
+        };
+        ReasonInfo {
+            name,
+            column,
+            abbreviation,
+            since_schema,
+        }
+    }
 
     /// The name used in JSON, metrics and tables.
     pub const fn name(self) -> &'static str {
-        match self {
-            Reason::Eligible => "eligible",
-            Reason::NoParallelFlag => "no_parallel_flag",
-            Reason::Buffered => "buffered",
-            Reason::Append => "append",
-            Reason::PastEof => "past_eof",
-            Reason::CacheIoMode => "cache_io_mode",
-        }
+        self.info().name
     }
 
     pub const fn slot(self) -> usize {
@@ -147,6 +185,44 @@ pub struct WriteFacts {
     pub cache_io_mode: bool,
 }
 
+/// `ki_pos + count > i_size` with C's arithmetic: `loff_t + size_t` is
+/// computed as unsigned and compared with `i_size` converted to unsigned.
+#[inline(always)]
+pub const fn past_eof(pos: i64, count: u64, i_size: i64) -> bool {
+    (pos as u64).wrapping_add(count) > i_size as u64
+}
+
+/// The reasons of a write once its lock is held, judged where the kernel
+/// judges EOF last (the series' v3 and `fuse_dio_lock()` re-check it under
+/// the shared lock, where no truncate can move it):
+/// - held exclusive, eligible when it entered, past EOF with the
+///   `i_size_locked` the lock found: [`Reason::PastEofAtLock`] (the
+///   kernel's re-check upgraded it);
+/// - held shared, past EOF when it entered and for no other reason, inside
+///   EOF under the lock: eligible (a truncate fuselock read at entry was
+///   undone before the kernel checked).
+///
+/// Every other write keeps `entry`. A write held shared and past EOF under
+/// the lock keeps it too: the series' v2 lets it grow the file, which the
+/// canary (`shared_extended`) counts.
+#[inline(always)]
+pub fn at_lock(
+    entry: Reasons,
+    exclusive: bool,
+    pos: i64,
+    count: u64,
+    i_size_locked: i64,
+) -> Reasons {
+    let past = past_eof(pos, count, i_size_locked);
+    if exclusive && entry.is_eligible() && past {
+        entry.with(Reason::PastEofAtLock)
+    } else if !exclusive && entry.0 == Reason::PastEof.bit() && !past {
+        Reasons::NONE
+    } else {
+        entry
+    }
+}
+
 /// Every patch condition `facts` fails.
 ///
 /// `past_eof` is the kernel's own expression, `ki_pos + count > i_size`, with
@@ -166,7 +242,7 @@ pub fn classify(facts: &WriteFacts) -> Reasons {
     }
     if facts.ki_flags & IOCB_APPEND != 0 {
         reasons = reasons.with(Reason::Append);
-    } else if (facts.pos as u64).wrapping_add(facts.count) > facts.i_size as u64 {
+    } else if past_eof(facts.pos, facts.count, facts.i_size) {
         reasons = reasons.with(Reason::PastEof);
     }
     if facts.cache_io_mode {
@@ -306,12 +382,53 @@ mod tests {
                 "buffered",
                 "append",
                 "past_eof",
-                "cache_io_mode"
+                "cache_io_mode",
+                "past_eof_at_lock"
             ]
         );
         assert_eq!(Reason::EXCLUSIVE, Reason::ALL[1..]);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.slot(), i);
         }
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_column_and_abbreviation() {
+        for a in Reason::ALL {
+            for b in Reason::ALL.iter().filter(|b| **b != a) {
+                assert_ne!(a.info().column, b.info().column);
+                assert_ne!(a.info().abbreviation, b.info().abbreviation);
+            }
+            assert!(a.info().column.starts_with("EXCL:"), "{a:?}");
+            assert!(a.info().since_schema >= 1);
+        }
+    }
+
+    #[test]
+    fn eof_is_judged_again_under_the_lock() {
+        let eligible = Reasons::NONE;
+        // Inside EOF at entry (8192 bytes), past it once locked (4096).
+        let at = |exclusive, size| at_lock(eligible, exclusive, 4096, 4096, size);
+        assert_eq!(at(true, 4096), eligible.with(Reason::PastEofAtLock));
+        // Still inside EOF: exclusive for another cause, not this one.
+        assert_eq!(at(true, 8192), eligible);
+        // Shared and past EOF: v2's race, which the canary counts instead.
+        assert_eq!(at(false, 4096), eligible);
+        // A write with a reason at entry was never eligible.
+        let buffered = Reasons::NONE.with(Reason::Buffered);
+        assert_eq!(at_lock(buffered, true, 4096, 4096, 0), buffered);
+        // Past EOF at entry (4096 bytes), inside it once locked shared
+        // (8192): the kernel checked after the file grew back.
+        let past = Reasons::NONE.with(Reason::PastEof);
+        assert_eq!(at_lock(past, false, 4096, 4096, 8192), eligible);
+        // ... but not when it holds the lock exclusive, nor for an append's
+        // or a buffered write's other reasons, nor while still past EOF.
+        assert_eq!(at_lock(past, true, 4096, 4096, 8192), past);
+        assert_eq!(
+            at_lock(past.with(Reason::Buffered), false, 4096, 4096, 8192),
+            past.with(Reason::Buffered)
+        );
+        assert_eq!(at_lock(past, false, 4096, 4096, 4096), past);
+        assert!(!eligible.with(Reason::PastEofAtLock).is_direct_overwrite());
     }
 }

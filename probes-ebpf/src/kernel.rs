@@ -248,6 +248,17 @@ pub fn lock_state<A: Access>(inode: u64) -> Option<(u64, u64, i64)> {
     Some((count, owner, size))
 }
 
+/// Whether `FUSE_I_CACHE_IO_MODE` is set on the FUSE inode around the VFS
+/// `inode` (`get_fuse_inode()`: the VFS inode is a member of the FUSE
+/// one), read through the helper: the address comes from subtracting, which
+/// a typed pointer does not allow.
+#[inline(always)]
+pub fn cache_io_mode(inode: u64) -> Option<bool> {
+    let fuse_inode = inode.wrapping_sub(u64::from(config!(offsets.fuse_inode_inode)));
+    let state = read::<u64>(fuse_inode, config!(offsets.fuse_inode_state))?;
+    Some(state & (1 << (config!(offsets.fuse_i_cache_io_mode) & 63)) != 0)
+}
+
 /// `io->iocb` of a `struct fuse_io_priv`.
 #[inline(always)]
 pub fn io_priv_iocb<A: Access>(io: u64) -> Option<u64> {

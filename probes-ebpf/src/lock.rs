@@ -9,10 +9,11 @@
 //! the backing filesystem's inode lock is never counted.
 
 use probes_common::{
+    classify::at_lock,
     config::Ablation,
     maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED},
     rwsem::held_mode,
-    LockMode, WritePath,
+    LockMode, Reason, Reasons, WritePath,
 };
 
 use crate::{
@@ -62,15 +63,36 @@ pub fn on_locked<A: Access>(path: WritePath, iocb: Option<u64>) {
     let Some((count, owner, i_size)) = kernel::lock_state::<A>(inode) else {
         return;
     };
-    match held_mode(count, owner, me as u64) {
-        Some(LockMode::Shared) => rec.mode = INFLIGHT_SHARED,
-        Some(LockMode::Exclusive) => rec.mode = INFLIGHT_EXCLUSIVE,
+    let exclusive = match held_mode(count, owner, me as u64) {
+        Some(LockMode::Shared) => false,
+        Some(LockMode::Exclusive) => true,
         None => {
             health(|h| h.lock_state_unknown += 1);
             return;
         }
-    }
+    };
+    rec.mode = if exclusive {
+        INFLIGHT_EXCLUSIVE
+    } else {
+        INFLIGHT_SHARED
+    };
     rec.i_size_locked = i_size;
+    // EOF judged again where the kernel judges it last, under the lock.
+    let mut reasons = at_lock(
+        Reasons::from_bits(rec.reasons),
+        exclusive,
+        rec.pos,
+        rec.count,
+        i_size,
+    );
+    // `fuse_dio_lock()` also upgrades when the inode entered cached I/O mode
+    // meanwhile (another open that uses the page cache).
+    if exclusive && reasons.is_eligible() && path == WritePath::DirectIo {
+        if let Some(true) = kernel::cache_io_mode(rec.inode) {
+            reasons = reasons.with(Reason::CacheIoMode);
+        }
+    }
+    rec.reasons = reasons.bits();
     if !flag(Ablation::LockTiming.bit()) {
         rec.locked_ns = now_ns();
     }

@@ -13,7 +13,7 @@ use probes_common::{
 
 use crate::{
     finish::BpfMaps,
-    kernel::{self, now_ns, read, Access},
+    kernel::{self, now_ns, Access},
     maps::{config, configured, flag, health, task, task_or_create},
 };
 
@@ -49,12 +49,10 @@ pub fn on_entry<A: Access, C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
     let cache_io_mode = match path {
         WritePath::Passthrough => false,
         WritePath::DirectIo => {
-            // `get_fuse_inode()`: the VFS inode is a member of the FUSE one.
-            let fuse_inode = inode.wrapping_sub(u64::from(config!(offsets.fuse_inode_inode)));
-            let Some(state) = read::<u64>(fuse_inode, config!(offsets.fuse_inode_state)) else {
+            let Some(cache_io_mode) = kernel::cache_io_mode(inode) else {
                 return;
             };
-            state & (1 << (config!(offsets.fuse_i_cache_io_mode) & 63)) != 0
+            cache_io_mode
         }
     };
 

@@ -1,11 +1,13 @@
 //! `cargo xtask kernel`: Linux from Debian's `linux-source-LINE`, small
 //! config, with and without the parallel-direct-writes series, for each line
-//! the series is ported to ([`SERIES`]: 6.12 and 7.3).
+//! the series is ported to ([`SERIES`]: 6.12 and 7.3), in the series' v2
+//! (the version that started fuselock) and v3 (as posted today, with its
+//! EOF re-check under the shared lock).
 //!
-//! One source tree per line serves both variants: the patched kernel is
-//! built first, then the patch is reversed and the unpatched twin rebuilt
-//! incrementally, so the two differ by the patch only. Results are cached by
-//! source package, patch and config.
+//! One source tree per line serves every variant: the v2 kernel is built
+//! first, then each other variant is a twin, its patch swapped in and the
+//! tree rebuilt incrementally, so variants differ by their patch only.
+//! Results are cached by source package, patch and config.
 
 use std::{
     fs,
@@ -17,13 +19,19 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{apt::Apt, cache, setup};
 
-/// A kernel line the series is ported to, with its port.
+/// A kernel line the series is ported to, with its ports.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Series {
     /// `6.12`: Debian's source package is `linux-source-6.12`.
     pub line: &'static str,
+    /// v2: the four-condition shared lock, EOF checked before locking.
     patch_name: &'static str,
     patch: &'static str,
+    /// v3: both patches as the author posted them (`FOPEN_IOMODE()`
+    /// helpers in `iomode.c`, `fuse_passthrough_lock()` re-checking EOF
+    /// under the shared lock), changing the same lines.
+    v3_name: &'static str,
+    v3: &'static str,
     /// Options of `tiny-vm.config` this line knows by another name (old,
     /// new): Kconfig would drop the old name without a word.
     renamed: &'static [(&'static str, &'static str)],
@@ -37,6 +45,12 @@ macro_rules! series {
             patch_name: concat!("fuse-passthrough-parallel-direct-writes-", $line, ".patch"),
             patch: include_str!(concat!(
                 "../patches/fuse-passthrough-parallel-direct-writes-",
+                $line,
+                ".patch"
+            )),
+            v3_name: concat!("fuse-passthrough-parallel-direct-writes-v3-", $line, ".patch"),
+            v3: include_str!(concat!(
+                "../patches/fuse-passthrough-parallel-direct-writes-v3-",
                 $line,
                 ".patch"
             )),
@@ -98,16 +112,48 @@ const BUILD_DEPS: &[&str] = &[
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    /// The series' v2.
     Patched,
     Unpatched,
+    /// The series' v3.
+    PatchedV3,
 }
 
 impl Variant {
-    fn name(self) -> &'static str {
+    pub const ALL: [Variant; 3] = [Variant::Patched, Variant::Unpatched, Variant::PatchedV3];
+
+    /// The name in `--kernel NAME:LINE` and in the built image's name.
+    pub fn name(self) -> &'static str {
         match self {
             Variant::Patched => "patched",
             Variant::Unpatched => "unpatched",
+            Variant::PatchedV3 => "patched-v3",
         }
+    }
+
+    /// What `cargo xtask vm` says the kernel is.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Patched => "tiny + parallel-direct-writes patch (v2)",
+            Variant::Unpatched => "tiny, unpatched twin",
+            Variant::PatchedV3 => "tiny + parallel-direct-writes series v3",
+        }
+    }
+
+    /// The variant's patch on `series`' line (name, text), if any.
+    fn patch(self, series: &Series) -> Option<(&'static str, &'static str)> {
+        match self {
+            Variant::Patched => Some((series.patch_name, series.patch)),
+            Variant::Unpatched => None,
+            Variant::PatchedV3 => Some((series.v3_name, series.v3)),
+        }
+    }
+
+    /// What the built kernel's cache key covers beside the source and
+    /// config: its own patch (the unpatched twin keeps v2's, as it always
+    /// had, so that a cache built before v3 stays valid).
+    fn key_patch(self, series: &Series) -> &'static str {
+        self.patch(series).map_or(series.patch, |(_, text)| text)
     }
 }
 
@@ -116,20 +162,25 @@ pub struct KernelArgs {
     /// The kernel line: 6.12 or 7.3 (the lines the series is ported to).
     #[arg(long, default_value = "6.12", value_name = "LINE")]
     pub line: String,
-    /// Build (or find cached) only the patched kernel.
-    #[arg(long, conflicts_with = "unpatched")]
-    pub patched: bool,
-    /// Build (or find cached) only the unpatched twin.
-    #[arg(long)]
-    pub unpatched: bool,
+    /// Build (or find cached) only these variants: patched (v2),
+    /// unpatched, patched-v3 (default: all three).
+    #[arg(long = "variant", value_name = "VARIANT", value_parser = parse_variant)]
+    pub variants: Vec<Variant>,
+}
+
+fn parse_variant(name: &str) -> Result<Variant, String> {
+    Variant::ALL
+        .into_iter()
+        .find(|v| v.name() == name)
+        .ok_or_else(|| "one of patched, unpatched, patched-v3".to_owned())
 }
 
 pub fn run(args: &KernelArgs) -> Result<()> {
     let series = Series::for_line(&args.line)?;
-    let variants: &[Variant] = match (args.patched, args.unpatched) {
-        (true, _) => &[Variant::Patched],
-        (_, true) => &[Variant::Unpatched],
-        _ => &[Variant::Patched, Variant::Unpatched],
+    let variants: &[Variant] = if args.variants.is_empty() {
+        &Variant::ALL
+    } else {
+        &args.variants
     };
     for v in variants {
         println!("{}", ensure(series, *v)?.display());
@@ -280,34 +331,55 @@ fn lost_options<'a>(wanted: &'a str, actual: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Applies or reverses `series`' patch so the tree is `variant`.
-fn set_variant(tree: &Path, series: &Series, variant: Variant) -> Result<()> {
-    let stamp = tree.join(".fuselock-patched");
-    let patched = stamp.exists();
-    let want = variant == Variant::Patched;
-    if patched == want {
-        return Ok(());
+/// The variant the tree is in: `.fuselock-variant` names it; a tree from
+/// before v3 marks v2 with `.fuselock-patched`.
+fn tree_variant(tree: &Path) -> Variant {
+    if let Ok(name) = fs::read_to_string(tree.join(".fuselock-variant")) {
+        if let Some(v) = Variant::ALL.into_iter().find(|v| v.name() == name.trim()) {
+            return v;
+        }
     }
+    if tree.join(".fuselock-patched").exists() {
+        Variant::Patched
+    } else {
+        Variant::Unpatched
+    }
+}
+
+/// Applies (`reverse` false) or reverses one patch in `tree`.
+fn patch(tree: &Path, name: &str, text: &str, reverse: bool) -> Result<()> {
     announce(&format!(
-        "{} {}",
-        if want { "applying" } else { "reverting" },
-        series.patch_name
+        "{} {name}",
+        if reverse { "reverting" } else { "applying" }
     ));
     let patch_file = tree.join(".fuselock.patch");
-    fs::write(&patch_file, series.patch)?;
+    fs::write(&patch_file, text)?;
     let mut cmd = Command::new("patch");
     cmd.args(["-p1", "--forward", "--quiet", "-i"])
         .arg(&patch_file)
         .current_dir(tree);
-    if !want {
+    if reverse {
         cmd.arg("-R");
     }
-    setup::run_cmd(&mut cmd)?;
-    if want {
-        fs::write(&stamp, b"")?;
-    } else {
-        fs::remove_file(&stamp)?;
+    setup::run_cmd(&mut cmd)
+}
+
+/// Swaps patches so the tree is `variant`: the current one's reversed,
+/// the wanted one's applied.
+fn set_variant(tree: &Path, series: &Series, variant: Variant) -> Result<()> {
+    let current = tree_variant(tree);
+    if current == variant {
+        return Ok(());
     }
+    if let Some((name, text)) = current.patch(series) {
+        patch(tree, name, text, true)?;
+    }
+    let _ = fs::remove_file(tree.join(".fuselock-patched"));
+    fs::write(tree.join(".fuselock-variant"), Variant::Unpatched.name())?;
+    if let Some((name, text)) = variant.patch(series) {
+        patch(tree, name, text, false)?;
+    }
+    fs::write(tree.join(".fuselock-variant"), variant.name())?;
     Ok(())
 }
 
@@ -324,7 +396,7 @@ pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
         "{:016x}",
         fnv(&[
             deb_name.as_bytes(),
-            series.patch.as_bytes(),
+            variant.key_patch(series).as_bytes(),
             config.as_bytes()
         ])
     );
@@ -342,8 +414,8 @@ pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
         .map(|n| n.get())
         .unwrap_or(2);
     announce(&format!(
-        "building the {} {} kernel from {deb_name} with {jobs} jobs (a clean build took ~6 min for 6.12 on 2 idle \
-         cores, 17 min for 7.3 on 2 busy ones; the twin rebuilds incrementally in under a minute)",
+        "building the {} {} kernel from {deb_name} with {jobs} jobs (a clean build took ~5 min for 6.12 and \
+         ~10 min for 7.3 on 2 busy cores; a twin rebuilds incrementally in under a minute)",
         series.line,
         variant.name()
     ));
@@ -424,6 +496,50 @@ mod tests {
                 assert!(patch.contains(line), "{}: {line}", series.patch_name);
             }
         }
+    }
+
+    /// v3 as the author posted it: the `FOPEN_IOMODE()` helpers decide the
+    /// flag in `iomode.c`, and `fuse_passthrough_lock()` re-checks EOF under
+    /// the shared lock and upgrades.
+    #[test]
+    fn v3_changes_the_lines_the_author_changes() {
+        for series in SERIES {
+            let patch = series.v3;
+            let files: Vec<&str> = patch
+                .lines()
+                .filter_map(|l| l.strip_prefix("+++ b/"))
+                .collect();
+            assert_eq!(
+                files,
+                ["fs/fuse/iomode.c", "fs/fuse/passthrough.c"],
+                "{}",
+                series.v3_name
+            );
+            for line in [
+                "+#define FOPEN_IOMODE_IS_CACHED(oflags) \\",
+                "+\tif (FOPEN_IOMODE_IS_CACHED(ff->open_flags))",
+                "-\tif (!(ff->open_flags & FOPEN_DIRECT_IO))",
+                "+\tif (FOPEN_IOMODE_IS_DIRECT(ff->open_flags) &&",
+                "+static void fuse_passthrough_lock(struct kiocb *iocb, struct iov_iter *iter,",
+                "+\t\tif (fuse_passthrough_io_past_eof(iocb, iter)) {",
+                "+\t\t\tinode_unlock_shared(inode);",
+                "+\t\t\tinode_lock(inode);",
+                "+\t\t\t*exclusive = true;",
+                "-\tinode_lock(inode);",
+                "+\tfuse_passthrough_lock(iocb, iter, &exclusive);",
+                "+\tfuse_passthrough_unlock(iocb, exclusive);",
+            ] {
+                assert!(patch.contains(line), "{}: {line}", series.v3_name);
+            }
+        }
+    }
+
+    #[test]
+    fn variants_are_named_as_kernel_names_give_them() {
+        for v in Variant::ALL {
+            assert_eq!(parse_variant(v.name()), Ok(v));
+        }
+        assert!(parse_variant("v4").is_err());
     }
 
     #[test]

@@ -71,9 +71,10 @@ pub const CORE: &[&str] = &[
     "plain_demo_prints_its_table_and_verdict",
 ];
 
-/// What a series pair (`patched:LINE`, `unpatched:LINE`) also runs beside
-/// the core: the EOF canary, which only the series can trip.
-pub const SERIES_CORE: &[&str] = &["truncates_racing_shared_overwrites_trip_the_canary"];
+/// What a series kernel (`patched:LINE`, `patched-v3:LINE`,
+/// `unpatched:LINE`) also runs beside the core: the race on EOF that tells
+/// the series' versions apart.
+pub const SERIES_CORE: &[&str] = &["racing_truncates_tell_the_series_versions_apart"];
 
 /// What a guest with many CPUs runs ([`SCALE_CPUS`]).
 pub const SCALE: &[&str] = &["many_cpus_count_32_writers_of_every_kind_exactly"];
@@ -82,7 +83,10 @@ const SCALE_CPUS: u32 = 16;
 
 /// The core tests of `kernel`: [`CORE`], plus [`SERIES_CORE`] on a series pair.
 fn core_of(kernel: &str) -> impl Iterator<Item = &'static str> {
-    let series = matches!(test_kernel_name(kernel), "patched" | "unpatched");
+    let series = matches!(
+        test_kernel_name(kernel),
+        "patched" | "patched-v3" | "unpatched"
+    );
     CORE.iter()
         .chain(SERIES_CORE.iter().filter(move |_| series))
         .copied()
@@ -130,7 +134,7 @@ fn test_kernel_name(kernel: &str) -> &str {
     kernel
         .split_once(':')
         .map_or(kernel, |(kind, _)| match kind {
-            "patched" | "unpatched" => kind,
+            "patched" | "patched-v3" | "unpatched" => kind,
             _ => kernel,
         })
 }
@@ -324,7 +328,7 @@ mod tests {
     #[test]
     fn the_canary_runs_on_series_pairs_only() {
         let canary = SERIES_CORE[0];
-        for pair in ["patched", "unpatched:6.12", "patched:7.3"] {
+        for pair in ["patched", "unpatched:6.12", "patched:7.3", "patched-v3:7.3"] {
             assert!(core_of(pair).any(|t| t == canary), "{pair}");
         }
         for line in ["stock", "debian:7.3"] {

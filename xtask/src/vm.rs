@@ -118,27 +118,22 @@ pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
         let k = debian_kernel::ensure(debian_kernel::Wanted::parse(line)?)?;
         return Ok((k.vmlinuz, format!("Debian {}", k.release)));
     }
-    for (prefix, variant, what) in [
-        (
-            "patched:",
-            kernel::Variant::Patched,
-            "tiny + parallel-direct-writes patch",
-        ),
-        (
-            "unpatched:",
-            kernel::Variant::Unpatched,
-            "tiny, unpatched twin",
-        ),
-    ] {
-        if let Some(line) = name.strip_prefix(prefix) {
+    if let Some((variant, line)) = name.split_once(':') {
+        if let Some(variant) = kernel::Variant::ALL
+            .into_iter()
+            .find(|v| v.name() == variant)
+        {
             let series = kernel::Series::for_line(line)
                 .map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?;
-            return Ok((kernel::ensure(series, variant)?, format!("{line} {what}")));
+            return Ok((
+                kernel::ensure(series, variant)?,
+                format!("{line} {}", variant.describe()),
+            ));
         }
     }
     let p = PathBuf::from(name);
     if !p.is_file() {
-        bail!("--kernel {name}: not debian:LINE (6.12, 7.0 … 7.3, newest), stock, patched[:LINE], unpatched[:LINE] (LINE 6.12 or 7.3), nor a file");
+        bail!("--kernel {name}: not debian:LINE (6.12, 7.0 … 7.3, newest), stock, patched[:LINE], unpatched[:LINE], patched-v3:LINE (LINE 6.12 or 7.3), nor a file");
     }
     Ok((p, name.to_owned()))
 }

@@ -47,7 +47,7 @@ pub const MAP_DEV_STATS: &str = "DEV_STATS";
 pub const MAP_DEV_SLOTS: &str = "DEV_SLOTS";
 pub const MAP_DEV_SLOT_NEXT: &str = "DEV_SLOT_NEXT";
 /// Slots in `DEV_STATS`: each costs a `WriteStats` on every possible CPU.
-pub const DEVICE_SLOTS: u32 = 64;
+pub const DEVICE_SLOTS: u32 = 32;
 /// The totals of the pairs beyond the slots: `HASH<InodeKey (ino 0),
 /// WriteStats>`, shared, allocated on use; a full map is counted in
 /// `Health::dev_totals_full`.

@@ -46,7 +46,8 @@ struct Report<'a> {
     /// Set when the user's file was opened with other flags than the scratch file.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'a str>,
-    /// Set when eligible writes took the exclusive lock.
+    /// Set when eligible writes took the exclusive lock and the series is
+    /// not seen at work.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde_as(as = "Option<SeriesGainJson>")]
     series_gain: Option<SeriesGain>,
@@ -102,6 +103,12 @@ fn flags_differ(named: &OpenStats, scratch: &OpenStats, path: &std::path::Path) 
     })
 }
 
+/// What the series would buy, while it is not seen at work: once it is,
+/// exclusive overwrites left are races it already handles.
+fn shown_gain(d: &Decision, e: &Evidence) -> Option<SeriesGain> {
+    series_gain(&e.passthrough, e.waits_measured).filter(|_| d.series_missing())
+}
+
 fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
     println!("{}: {}", d.verdict.label(), d.message);
     if let Some(hint) = &d.hint {
@@ -139,8 +146,14 @@ fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
         "  kernel {}, {} probes",
         snap.source.kernel, snap.source.probe_mode
     );
-    if let Some(gain) = series_gain(p, e.waits_measured) {
+    if let Some(gain) = shown_gain(d, e) {
         println!("  what the series would buy: {}", gain.sentence());
+    }
+    for line in [d.eof_recheck_sentence(), d.unseen_upgrade_sentence()]
+        .into_iter()
+        .flatten()
+    {
+        println!("  {line}");
     }
     if d.shared_extended > 0 {
         println!(
@@ -209,7 +222,7 @@ impl Outcome {
                 exercise: self.exercised.clone(),
                 evidence: &self.evidence,
                 note: self.note.as_deref(),
-                series_gain: series_gain(&self.evidence.passthrough, self.evidence.waits_measured),
+                series_gain: shown_gain(&self.decision, &self.evidence),
             };
             println!("{}", serde_json::to_string(&report)?);
         } else {

@@ -211,10 +211,10 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::ALL[r.slot()], r);
         }
-        let r = PerReason::from_slots(&[1, 2, 3, 4, 5, 6]);
+        let r = PerReason::from_slots(&[1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(r[Reason::Append], 4);
         assert_eq!(
-            r.minus(&PerReason::from_slots(&[1, 1, 1, 1, 9, 1]))[Reason::PastEof],
+            r.minus(&PerReason::from_slots(&[1, 1, 1, 1, 9, 1, 1]))[Reason::PastEof],
             0
         );
     }

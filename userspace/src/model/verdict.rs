@@ -155,9 +155,50 @@ pub struct Decision {
     pub hint: Option<String>,
     /// Writes that held the shared lock and still grew the file.
     pub shared_extended: u64,
+    /// Writes eligible at entry that reached past EOF once the lock was
+    /// held and re-took it exclusive (`past_eof_at_lock`): the kernel
+    /// re-checks EOF under the shared lock, as the series' v3 does.
+    pub eof_rechecks: u64,
+    /// With the series active: eligible writes that ran exclusive though
+    /// still inside EOF when fuselock read it under the lock. EOF moved
+    /// between the kernel's check and fuselock's read (a racing truncate
+    /// or extension), so fuselock cannot name the kernel's reason.
+    pub unseen_upgrades: u64,
 }
 
 impl Decision {
+    /// The line that says the kernel re-checked EOF under the lock, if it
+    /// was seen doing so.
+    pub fn eof_recheck_sentence(&self) -> Option<String> {
+        (self.verdict == Verdict::Active && self.eof_rechecks > 0).then(|| {
+            format!(
+                "EOF re-check seen: {} reached past EOF once the lock was held and re-took it \
+                 exclusive, as the series' v3 does (v2 runs them shared and lets them grow the \
+                 file)",
+                plural(self.eof_rechecks, "eligible write", "eligible writes")
+            )
+        })
+    }
+
+    /// The line that owns up to exclusive acquisitions fuselock saw no
+    /// reason for, while the series was active.
+    pub fn unseen_upgrade_sentence(&self) -> Option<String> {
+        (self.unseen_upgrades > 0).then(|| {
+            format!(
+                "{} ran exclusive though inside EOF when fuselock read it under the lock: EOF \
+                 moved between the kernel's check and fuselock's (a racing truncate or \
+                 extension), which fuselock cannot see",
+                plural(self.unseen_upgrades, "eligible write", "eligible writes")
+            )
+        })
+    }
+
+    /// Whether "what the series would buy" means anything: not once the
+    /// series is seen at work.
+    pub fn series_missing(&self) -> bool {
+        self.verdict != Verdict::Active
+    }
+
     pub fn exit_code(&self) -> u8 {
         if self.shared_extended > 0 {
             EXIT_SHARED_EXTENDED
@@ -194,6 +235,8 @@ pub fn decide(e: &Evidence) -> Decision {
                 .into(),
         ),
         shared_extended: on_counts.shared_extended,
+        eof_rechecks: on_counts.eof_rechecks,
+        unseen_upgrades: on_counts.unseen_upgrades,
     }
 }
 
@@ -205,12 +248,18 @@ fn decide_on_counts(e: &Evidence) -> Decision {
     let stripped = o
         .passthrough_parallel_asked
         .saturating_sub(o.passthrough_parallel_kept);
-    let decision = |verdict, why, message: String, hint: Option<&str>| Decision {
+    let decision = |verdict: Verdict, why, message: String, hint: Option<&str>| Decision {
         verdict,
         why,
         message,
         hint: hint.map(str::to_owned),
         shared_extended: p.shared_extended,
+        eof_rechecks: p.acquisitions[LockMode::Exclusive][Reason::PastEofAtLock],
+        unseen_upgrades: if verdict == Verdict::Active {
+            exclusive_eligible
+        } else {
+            0
+        },
     };
 
     if shared_eligible > 0 {
@@ -384,6 +433,54 @@ mod tests {
             "1000 eligible direct overwrites took the exclusive lock"
         );
         assert_eq!(d.exit_code(), 1);
+    }
+
+    /// v3 under a racing truncate: eligible writes that found the file
+    /// shrunk once locked re-took the lock exclusive. The series is active,
+    /// the re-check is named, and those writes are not what it would buy.
+    #[test]
+    fn writes_upgraded_at_the_eof_recheck_are_the_series_at_work() {
+        let c = counters(|s| {
+            acquired(s, LockMode::Shared, &[Reason::Eligible], 1972);
+            acquired(s, LockMode::Exclusive, &[Reason::PastEofAtLock], 27);
+            acquired(s, LockMode::Exclusive, &[Reason::PastEof], 1);
+            acquired(s, LockMode::Exclusive, &[Reason::Eligible], 3);
+        });
+        let d = decide(&Evidence {
+            passthrough: c.clone(),
+            opens: opens(7, 7),
+            ..Evidence::default()
+        });
+        assert_eq!(d.verdict, Verdict::Active);
+        assert_eq!(
+            d.message,
+            "1972 eligible direct overwrites took the shared lock (3 others took it exclusive)"
+        );
+        assert_eq!(d.eof_rechecks, 27);
+        assert_eq!(d.exit_code(), 0);
+        assert!(d
+            .eof_recheck_sentence()
+            .is_some_and(|l| l.starts_with("EOF re-check seen: 27 eligible writes")));
+        // The 3 ran exclusive with EOF back in place when fuselock looked:
+        // said so, and not offered as what the series would buy.
+        assert_eq!(d.unseen_upgrades, 3);
+        assert!(d
+            .unseen_upgrade_sentence()
+            .is_some_and(|l| l.starts_with("3 eligible writes ran exclusive though inside EOF")));
+        assert!(!d.series_missing());
+        // Without the series the same kinds of counts name no re-check.
+        let stock = decide(&Evidence {
+            passthrough: counters(|s| {
+                acquired(s, LockMode::Exclusive, &[Reason::Eligible], 10);
+                acquired(s, LockMode::Exclusive, &[Reason::PastEofAtLock], 2);
+            }),
+            opens: opens(1, 1),
+            ..Evidence::default()
+        });
+        assert_eq!(stock.verdict, Verdict::NotActive);
+        assert_eq!(stock.eof_recheck_sentence(), None);
+        assert_eq!(stock.unseen_upgrades, 0);
+        assert!(stock.series_missing());
     }
 
     #[test]

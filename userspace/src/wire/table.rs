@@ -8,17 +8,9 @@ use fuselock_base::escape;
 
 use crate::model::snapshot::{Entry, Snapshot};
 
-/// The column of exclusive acquisitions for `reason`: an exhaustive match,
-/// so a new reason cannot be left without its column.
+/// The column of exclusive acquisitions for `reason`.
 fn exclusive_column(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Eligible => "EXCL:ELIGIBLE",
-        Reason::NoParallelFlag => "EXCL:NO_PARALLEL",
-        Reason::Buffered => "EXCL:BUFFERED",
-        Reason::Append => "EXCL:APPEND",
-        Reason::PastEof => "EXCL:PAST_EOF",
-        Reason::CacheIoMode => "EXCL:CACHE_IO",
-    }
+    reason.info().column
 }
 
 /// The file's path as the table shows it: mount point and name, escaped

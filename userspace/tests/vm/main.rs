@@ -24,7 +24,8 @@ use common::{churn, fuselock, prog_stats, BpfStats, TestFs};
 enum Kernel {
     /// Debian's stock 6.12 cloud kernel.
     Stock,
-    /// 6.12 with the parallel-direct-writes series.
+    /// A tiny kernel with the parallel-direct-writes series, v2 or v3 (see
+    /// [`series_v3`]): what they share.
     Patched,
     /// The same tree and config without it.
     Unpatched,
@@ -32,10 +33,15 @@ enum Kernel {
 
 fn kernel() -> Kernel {
     match std::env::var("FUSELOCK_TEST_KERNEL").as_deref() {
-        Ok("patched") => Kernel::Patched,
+        Ok("patched" | "patched-v3") => Kernel::Patched,
         Ok("unpatched") => Kernel::Unpatched,
         _ => Kernel::Stock,
     }
+}
+
+/// Whether the series is v3, which re-checks EOF under the shared lock.
+fn series_v3() -> bool {
+    std::env::var("FUSELOCK_TEST_KERNEL").as_deref() == Ok("patched-v3")
 }
 
 /// One `fuselock load` invocation.
@@ -1162,37 +1168,83 @@ fn nothing_is_left_attached_after_any_exit() {
     }
 }
 
-/// The EOF canary. The series checks `past_eof` before it takes the lock;
-/// truncates racing O_DIRECT overwrites make some writes that passed the
-/// check run under the shared lock on a file shrunk meanwhile, and extend
-/// it. fuselock counts those, and `verify` makes it its own exit status.
-/// Without the series every passthrough write is exclusive: never counted.
+/// Concurrent O_DIRECT overwrites near EOF while the file is truncated and
+/// extended again: the versions of the series tell themselves apart. v2
+/// checks EOF before locking, so a write the truncate overtakes runs
+/// shared and grows the file (the canary, exit 5); v3 re-checks under the
+/// shared lock and re-takes it exclusive (`past_eof_at_lock`, ACTIVE, exit
+/// 0); without the series every write is exclusive. Every count is exact.
 #[test]
 #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn truncates_racing_shared_overwrites_trip_the_canary() {
+fn racing_truncates_tell_the_series_versions_apart() {
+    const WRITES: u64 = 30_000;
     let fs = TestFs::mount(&["--parallel"]);
     let file = fs.path("raced");
     let script = format!(
-        "{} load {file} --kind overwrite --writes 30000 --threads 2 --file-size 65536 >/dev/null & \
+        "{} load {file} --kind overwrite --writes {WRITES} --threads 2 --file-size 65536 >/dev/null & \
          i=0; while [ $i -lt 3000 ]; do truncate -s 4096 {file}; truncate -s 65536 {file}; i=$((i+1)); done; wait",
         fuselock()
     );
-    // The race is a matter of timing: give it a few tries on the patched kernel.
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
+    // The race is a matter of timing: give it a few tries.
     for attempt in 1..=3 {
         let (code, report) = verify(&["--", "sh", "-c", &script]);
-        let extended = report["shared_extended"].as_u64().expect("shared_extended");
-        println!("attempt {attempt}: shared_extended={extended}, exit {code}");
+        let p = &report["evidence"]["passthrough"];
+        let (shared, exclusive) = (
+            &p["acquisitions"]["shared"],
+            &p["acquisitions"]["exclusive"],
+        );
+        let extended = n(&report["shared_extended"]);
+        let upgraded = n(&exclusive["past_eof_at_lock"]);
+        println!(
+            "attempt {attempt}: shared {} exclusive {} (past_eof {}, past_eof_at_lock {upgraded}), \
+             shared_extended {extended}, exit {code}",
+            p["shared"], p["exclusive"], exclusive["past_eof"]
+        );
+        // Exact: every write counted once, shared or exclusive, each
+        // exclusive one for a reason it had.
+        assert_eq!(n(&p["writes"]), WRITES, "{report}");
+        assert_eq!(n(&p["shared"]) + n(&p["exclusive"]), WRITES, "{report}");
+        assert_eq!(n(&report["eof_rechecks"]), upgraded, "{report}");
         if kernel() != Kernel::Patched {
-            assert_eq!(extended, 0, "no shared lock without the series: {report}");
-            assert_eq!(report["evidence"]["passthrough"]["shared"], 0);
+            assert_eq!((extended, upgraded), (0, 0), "{report}");
+            assert_eq!(n(&p["shared"]), 0, "no shared lock without the series");
+            assert_eq!(exclusive["no_parallel_flag"], p["exclusive"], "{report}");
             return;
         }
-        if extended > 0 {
-            assert_eq!(code, 5, "the canary is its own exit status: {report}");
-            return;
+        // With the series, a write is exclusive only for EOF: past it at
+        // entry, or once locked (v3's re-check), or past it when the kernel
+        // checked though not when fuselock looked, before and after (a
+        // truncate and the extension after it both fell in between: still
+        // "eligible" as far as fuselock can see).
+        assert_eq!(
+            n(&exclusive["past_eof"]) + upgraded + n(&exclusive["eligible"]),
+            n(&p["exclusive"]),
+            "{report}"
+        );
+        assert_eq!(shared["eligible"], p["shared"], "{report}");
+        // Those last ones are owned up to, and with the series at work no
+        // exclusive overwrite is offered as what the series would buy.
+        assert_eq!(report["unseen_upgrades"], exclusive["eligible"], "{report}");
+        assert!(report.get("series_gain").is_none(), "{report}");
+        if series_v3() {
+            assert_eq!(
+                extended, 0,
+                "v3 never grows a file under the shared lock: {report}"
+            );
+            if upgraded > 0 {
+                assert_eq!(code, 0, "{report}");
+                assert_eq!(report["verdict"], "ACTIVE", "{report}");
+                return;
+            }
+        } else {
+            if extended > 0 {
+                assert_eq!(code, 5, "the canary is its own exit status: {report}");
+                return;
+            }
         }
     }
-    panic!("three runs of racing truncates never extended a file under the shared lock");
+    panic!("three runs of racing truncates never caught the series on the race");
 }
 
 /// Once attached, a long-running fuselock keeps CAP_BPF (to read its maps)

@@ -171,14 +171,7 @@ static COLUMNS: LazyLock<[Column; 10]> = LazyLock::new(|| {
 
 /// A reason's short name in the exclusive column's header.
 const fn abbreviation(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Eligible => "ok",
-        Reason::NoParallelFlag => "np",
-        Reason::Buffered => "buf",
-        Reason::Append => "app",
-        Reason::PastEof => "eof",
-        Reason::CacheIoMode => "cio",
-    }
+    reason.info().abbreviation
 }
 
 fn col(
@@ -355,7 +348,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         )));
     }
     let contention = app.current.as_ref().is_some_and(|s| s.source.contention);
-    let gain = (e.path == WritePath::Passthrough)
+    // Once this file's eligible writes run shared, exclusive overwrites
+    // left are EOF races the series already handles.
+    let series_missing =
+        c.acquisitions[probes_common::LockMode::Shared][probes_common::Reason::Eligible] == 0;
+    let gain = (e.path == WritePath::Passthrough && series_missing)
         .then(|| crate::model::verdict::series_gain(c, contention))
         .flatten();
     if let Some(gain) = gain {
@@ -478,7 +475,7 @@ mod tests {
 
     #[test]
     fn the_exclusive_header_names_every_exclusive_reason_in_order() {
-        assert_eq!(COLUMNS[6].header, "EXCL np/buf/app/eof/cio");
+        assert_eq!(COLUMNS[6].header, "EXCL np/buf/app/eof/cio/eol");
     }
 
     fn screen(app: &App, w: u16, h: u16) -> String {
@@ -621,7 +618,7 @@ mod tests {
             assert_eq!(words(&rest).count(), 0, "cut header at {w} columns: {s}");
         }
         // Where the mount must be cut, it keeps the end that tells it apart.
-        let s = screen(&demo_app(), 68, 24);
+        let s = screen(&demo_app(), 44, 24);
         let (_, row) = table_lines(&s, "overwrite");
         assert!(row.contains("…ock-demo-114/mnt"), "{s}");
     }

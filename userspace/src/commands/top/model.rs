@@ -302,7 +302,7 @@ mod tests {
         let b = snap(3.0, vec![entry("f", 500, 30, 8)]);
         let r = &rows(&b, Some(&a), Mode::Rates)[0];
         assert_eq!(r.writes, 200.0);
-        assert_eq!(r.exclusive_by_reason, [200.0, 0.0, 10.0, 0.0, 0.0]);
+        assert_eq!(r.exclusive_by_reason, [200.0, 0.0, 10.0, 0.0, 0.0, 0.0]);
         assert_eq!(r.contended, 2.0);
         assert_eq!(r.wait_avg_ns, Some(1000.0));
         assert_eq!(r.shared_pct(), Some(0.0));

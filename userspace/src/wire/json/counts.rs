@@ -49,7 +49,8 @@ impl Key for Reason {
         Reason::name(self)
     }
     fn optional(self) -> bool {
-        self == Reason::CacheIoMode
+        // Recordings from before the reason existed lack it.
+        self.info().since_schema > 1
     }
 }
 
@@ -188,22 +189,23 @@ mod tests {
 
     #[test]
     fn reason_counts_read_and_write_the_named_json_object() {
-        let counts: PerReason<u64> = PerReason::from_slots(&[1, 2, 3, 4, 5, 6]);
+        let counts: PerReason<u64> = PerReason::from_slots(&[1, 2, 3, 4, 5, 6, 7]);
         let json = to_json::<Reasons, _>(&counts);
         assert_eq!(
             json,
-            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"cache_io_mode":6}"#
+            r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"cache_io_mode":6,"past_eof_at_lock":7}"#
         );
         let back: PerReason<u64> = from_json::<Reasons, _>(&json).expect("read back");
         assert_eq!(back, counts);
         assert_eq!(back[Reason::Append], 4);
 
-        // A recording from before `cache_io_mode`, with a key from a newer one.
+        // A recording from before `cache_io_mode` and `past_eof_at_lock`,
+        // with a key from a newer one.
         let old: PerReason<u64> = from_json::<Reasons, _>(
             r#"{"eligible":1,"no_parallel_flag":2,"buffered":3,"append":4,"past_eof":5,"later":{"x":1}}"#,
         )
         .expect("older recording");
-        assert_eq!(old, PerReason::from_slots(&[1, 2, 3, 4, 5, 0]));
+        assert_eq!(old, PerReason::from_slots(&[1, 2, 3, 4, 5, 0, 0]));
 
         let missing = from_json::<Reasons, PerReason<u64>>(r#"{"eligible":1}"#)
             .expect_err("no_parallel_flag is required");

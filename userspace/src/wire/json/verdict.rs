@@ -41,6 +41,8 @@ pub struct DecisionJson {
     message: String,
     hint: Option<String>,
     shared_extended: u64,
+    eof_rechecks: u64,
+    unseen_upgrades: u64,
 }
 
 #[serde_as]
@@ -72,6 +74,8 @@ fn _every_field_is_written(decision: &Decision, evidence: &Evidence, gain: &Seri
         message: _,
         hint: _,
         shared_extended: _,
+        eof_rechecks: _,
+        unseen_upgrades: _,
     } = decision;
     let Evidence {
         passthrough: _,
@@ -106,10 +110,12 @@ mod tests {
             message: "m".into(),
             hint: None,
             shared_extended: 0,
+            eof_rechecks: 0,
+            unseen_upgrades: 0,
         };
         assert_eq!(
             to_json::<DecisionJson, _>(&decision),
-            r#"{"verdict":"NOT_ACTIVE","why":"exclusive_lock_taken","message":"m","hint":null,"shared_extended":0}"#
+            r#"{"verdict":"NOT_ACTIVE","why":"exclusive_lock_taken","message":"m","hint":null,"shared_extended":0,"eof_rechecks":0,"unseen_upgrades":0}"#
         );
         let gain = SeriesGain {
             overwrites_exclusive: 3,
