@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// repeatable). Default: every pair `cargo xtask kernel` builds.
     #[arg(long = "fio-pair", value_name = "LINE")]
     pub fio_pairs: Vec<String>,
+    /// fio section: the version of the series on the patched side of each
+    /// pair: `v2` (`patched:LINE`) or `v3` (`patched-v3:LINE`).
+    #[arg(long, value_enum, default_value_t = fio::SeriesVersion::V2)]
+    pub fio_series: fio::SeriesVersion,
     /// fio section: rounds of 1/2/4/8 jobs, each with and without fuselock.
     #[arg(long, default_value_t = 5)]
     pub fio_rounds: u64,
@@ -95,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if with_fio {
         fio::run(
             &args.fio_pairs,
+            args.fio_series,
             args.fio_rounds,
             args.fio_ios,
             args.append.as_deref(),

@@ -15,11 +15,15 @@ pub struct TestArgs {
     #[arg(long, conflicts_with = "no_vm")]
     pub vm_only: bool,
     /// Kernels to run the VM tests on, as `cargo xtask vm --kernel` names
-    /// them (default: the whole suite on stock, patched and unpatched, and
-    /// the core on patched:7.3, unpatched:7.3 and every other line of the
-    /// matrix, see [`MATRIX`]).
+    /// them (default: the kernels of --matrix).
     #[arg(long = "kernel")]
     pub kernels: Vec<String>,
+    /// Which kernels run which VM tests when no --kernel is named: `ci`
+    /// (the whole suite on Debian's stock 6.12 and the 6.12 series kernel,
+    /// the core on every other kernel) or `full` (the whole suite on every
+    /// series kernel too).
+    #[arg(long, value_enum, default_value_t = Matrix::Ci, conflicts_with = "kernels")]
+    pub matrix: Matrix,
     /// Extra kernel parameters for the kernels named with --kernel.
     #[arg(
         long,
@@ -83,13 +87,18 @@ const SCALE_CPUS: u32 = 16;
 
 /// The core tests of `kernel`: [`CORE`], plus [`SERIES_CORE`] on a series pair.
 fn core_of(kernel: &str) -> impl Iterator<Item = &'static str> {
-    let series = matches!(
-        test_kernel_name(kernel),
-        "patched" | "patched-v3" | "unpatched"
-    );
+    let series = is_series(kernel);
     CORE.iter()
         .chain(SERIES_CORE.iter().filter(move |_| series))
         .copied()
+}
+
+/// Whether `kernel` is one of the series kernels `cargo xtask kernel` builds.
+fn is_series(kernel: &str) -> bool {
+    matches!(
+        test_kernel_name(kernel),
+        "patched" | "patched-v3" | "unpatched"
+    )
 }
 
 /// Which VM tests a run boots for.
@@ -110,16 +119,28 @@ struct Run {
     tier: Tier,
 }
 
-/// `cargo xtask test`'s kernels: the whole suite where the 6.12 series pair
-/// and the reference kernel are, the core on the 7.3 series pair (the newest
-/// line), on every other Debian line users run, and on 6.12 booted
-/// preemptible as some distributions boot it.
+/// The kernels of a run of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Matrix {
+    /// [`MATRIX`]: what CI runs, sized to its time limit.
+    Ci,
+    /// [`MATRIX`] with the whole suite on every series kernel.
+    Full,
+}
+
+/// `cargo xtask test`'s kernels: the whole suite on Debian's stock 6.12 (the
+/// reference kernel) and on 6.12 with the series' v2 (the lock modes flip),
+/// the core on every other series kernel (v2's unpatched twin, v3, the 7.3
+/// pair), on every other Debian line users run, and on 6.12 booted
+/// preemptible as some distributions boot it; the scale test on the newest.
 const MATRIX: &[(&str, Option<&str>, Tier)] = &[
     ("stock", None, Tier::Whole),
     ("patched", None, Tier::Whole),
-    ("unpatched", None, Tier::Whole),
+    ("unpatched", None, Tier::Core),
+    ("patched-v3:6.12", None, Tier::Core),
     ("patched:7.3", None, Tier::Core),
     ("unpatched:7.3", None, Tier::Core),
+    ("patched-v3:7.3", None, Tier::Core),
     ("debian:6.12", Some("preempt=full"), Tier::Core),
     ("debian:7.0", None, Tier::Core),
     ("debian:7.1", None, Tier::Core),
@@ -127,6 +148,22 @@ const MATRIX: &[(&str, Option<&str>, Tier)] = &[
     ("debian:7.3", None, Tier::Core),
     ("debian:7.3", None, Tier::Scale),
 ];
+
+impl Matrix {
+    fn runs(self) -> Vec<Run> {
+        MATRIX
+            .iter()
+            .map(|(kernel, append, tier)| Run {
+                kernel: (*kernel).to_owned(),
+                append: append.map(str::to_owned),
+                tier: match (self, *tier) {
+                    (Matrix::Full, Tier::Core) if is_series(kernel) => Tier::Whole,
+                    (_, tier) => tier,
+                },
+            })
+            .collect()
+    }
+}
 
 /// What the tests are told about the kernel (`FUSELOCK_TEST_KERNEL`): the
 /// series pair by its short name, since the expected lock modes differ.
@@ -139,12 +176,45 @@ fn test_kernel_name(kernel: &str) -> &str {
         })
 }
 
-fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    eprintln!("\n==> {name}");
-    let t = Instant::now();
-    f()?;
-    eprintln!("==> {name}: ok ({:.0}s)", t.elapsed().as_secs_f64());
-    Ok(())
+/// Each step's seconds, printed as a table when the run ends, passed or
+/// not, so that the next person sees where the time goes.
+#[derive(Default)]
+struct Timings {
+    steps: Vec<(String, f64, bool)>,
+}
+
+impl Timings {
+    fn step<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        eprintln!("\n==> {name}");
+        let t = Instant::now();
+        let result = f();
+        let secs = t.elapsed().as_secs_f64();
+        let ok = result.is_ok();
+        eprintln!(
+            "==> {name}: {} ({secs:.0}s)",
+            if ok { "ok" } else { "FAILED" }
+        );
+        self.steps.push((name.to_owned(), secs, ok));
+        result
+    }
+
+    fn table(&self, total: f64) -> String {
+        let width = self.steps.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
+        let mut out = format!("\n{:<width$}  {:>7}  {:>5}\n", "step", "seconds", "share");
+        for (name, secs, ok) in &self.steps {
+            out += &format!(
+                "{name:<width$}  {secs:>7.0}  {:>4.0}%{}\n",
+                100.0 * secs / total.max(1.0),
+                if *ok { "" } else { "  FAILED" }
+            );
+        }
+        out += &format!(
+            "{:<width$}  {total:>7.0}  ({:.1} min)\n",
+            "total",
+            total / 60.0
+        );
+        out
+    }
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -152,15 +222,36 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
-    let t = Instant::now();
-    step("toolchain set-up", setup::ensure_all)?;
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    // VM runs that passed only on a second boot, said again at the end.
+    let mut reruns: Vec<String> = Vec::new();
+    let result = run_steps(args, &mut timings, &mut reruns);
+    let total = started.elapsed().as_secs_f64();
+    eprint!("{}", timings.table(total));
+    result?;
+    eprintln!("\nall test steps passed in {total:.0}s");
+    if !reruns.is_empty() {
+        eprintln!(
+            "{} VM run(s) passed only on a second boot, after the guest kernel died where fuselock could not have caused it:",
+            reruns.len()
+        );
+        for rerun in &reruns {
+            eprintln!("  {rerun}");
+        }
+    }
+    Ok(())
+}
+
+fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -> Result<()> {
+    timings.step("toolchain set-up", setup::ensure_all)?;
     if !args.vm_only {
-        step("cargo fmt --check", || {
+        timings.step("cargo fmt --check", || {
             cargo(&["fmt", "--all", "--", "--check"])
         })?;
         // With the library's test support, so that its public use
         // (`userspace/tests/native.rs`) is built, linted and run too.
-        step("cargo clippy", || {
+        timings.step("cargo clippy", || {
             cargo(&[
                 "clippy",
                 "--all-targets",
@@ -171,40 +262,39 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 "warnings",
             ])
         })?;
-        step("host tests", || {
+        timings.step("host tests", || {
             cargo(&["test", "--features", "fuselock/test-support"])
         })?;
-        step("install path: cargo xtask dist, dpkg -i, dpkg -r", || {
+        timings.step("install path: cargo xtask dist, dpkg -i, dpkg -r", || {
             install_test::run(&dist::run()?)
         })?;
         if args.fuzz_seconds > 0 {
-            step(
+            timings.step(
                 &format!("fuzzing, {}s per target", args.fuzz_seconds),
                 || fuzz::fuzz(fuzz::TARGETS, args.fuzz_seconds),
             )?;
         }
     }
-    // VM runs that passed only on a second boot, said again at the end.
-    let mut reruns: Vec<String> = Vec::new();
     if !args.no_vm {
-        let fuselock = build::fuselock_static()?;
-        let tests = build::vm_tests_static()?;
-        // A real Prometheus scrapes `fuselock export` in the exporter test.
-        let prometheus = vm::with_libraries("/usr/bin/prometheus")?;
-        // tmux drives `fuselock top` in the VM as a person would.
-        let tmux = vm::tmux_files()?;
-        // libfuse's reference server, for the tests of a server fuselock
-        // did not write (built from Debian's source once, then cached).
-        let passthrough_hp = libfuse::vm_files()?;
+        let (fuselock, tests) = timings.step("build: fuselock and the VM tests (musl)", || {
+            Ok((build::fuselock_static()?, build::vm_tests_static()?))
+        })?;
+        let (prometheus, tmux, passthrough_hp) =
+            timings.step("guest programs: prometheus, tmux, passthrough_hp", || {
+                Ok((
+                    // A real Prometheus scrapes `fuselock export` in the
+                    // exporter test.
+                    vm::with_libraries("/usr/bin/prometheus")?,
+                    // tmux drives `fuselock top` in the VM as a person would.
+                    vm::tmux_files()?,
+                    // libfuse's reference server, for the tests of a server
+                    // fuselock did not write (built from Debian's source
+                    // once, then cached).
+                    libfuse::vm_files()?,
+                ))
+            })?;
         let runs: Vec<Run> = if args.kernels.is_empty() {
-            MATRIX
-                .iter()
-                .map(|(kernel, append, tier)| Run {
-                    kernel: (*kernel).to_owned(),
-                    append: append.map(str::to_owned),
-                    tier: *tier,
-                })
-                .collect()
+            args.matrix.runs()
         } else {
             args.kernels
                 .iter()
@@ -219,8 +309,19 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 })
                 .collect()
         };
+        // Every kernel first (downloaded, built or cached): a broken one
+        // fails before the first long boot, and builds time apart from tests.
+        let mut images = std::collections::BTreeMap::new();
         for run in &runs {
-            let (image, kernel_name) = vm::resolve_kernel(&run.kernel)?;
+            if !images.contains_key(&run.kernel) {
+                let resolved = timings.step(&format!("kernel {}", run.kernel), || {
+                    vm::resolve_kernel(&run.kernel)
+                })?;
+                images.insert(run.kernel.clone(), resolved);
+            }
+        }
+        for run in &runs {
+            let (image, kernel_name) = images[&run.kernel].clone();
             let what = format!(
                 "VM {} on {kernel_name}{}",
                 match run.tier {
@@ -254,7 +355,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 eprintln!("\n==> {what}: no test of this run matches the filter; skipped");
                 continue;
             }
-            step(&what, || {
+            timings.step(&what, || {
                 let spec = vm::VmSpec {
                     kernel: image,
                     kernel_name: kernel_name.clone(),
@@ -304,19 +405,6 @@ pub fn run(args: &TestArgs) -> Result<()> {
             })?;
         }
     }
-    eprintln!(
-        "\nall test steps passed in {:.0}s",
-        t.elapsed().as_secs_f64()
-    );
-    if !reruns.is_empty() {
-        eprintln!(
-            "{} VM run(s) passed only on a second boot, after the guest kernel died where fuselock could not have caused it:",
-            reruns.len()
-        );
-        for rerun in &reruns {
-            eprintln!("  {rerun}");
-        }
-    }
     Ok(())
 }
 
@@ -335,6 +423,59 @@ mod tests {
             assert!(!core_of(line).any(|t| t == canary), "{line}");
             assert_eq!(core_of(line).count(), CORE.len());
         }
+    }
+
+    #[test]
+    fn ci_runs_the_whole_suite_on_two_kernels_and_full_on_every_series_kernel() {
+        let whole = |m: Matrix| -> Vec<String> {
+            m.runs()
+                .into_iter()
+                .filter(|r| r.tier == Tier::Whole)
+                .map(|r| r.kernel)
+                .collect()
+        };
+        assert_eq!(whole(Matrix::Ci), ["stock", "patched"]);
+        assert_eq!(
+            whole(Matrix::Full),
+            [
+                "stock",
+                "patched",
+                "unpatched",
+                "patched-v3:6.12",
+                "patched:7.3",
+                "unpatched:7.3",
+                "patched-v3:7.3"
+            ]
+        );
+        // Both pairs of both versions are in CI, at least for the core.
+        for kernel in ["patched-v3:6.12", "patched-v3:7.3", "unpatched:7.3"] {
+            assert!(
+                Matrix::Ci.runs().iter().any(|r| r.kernel == kernel),
+                "{kernel}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_timing_table_names_every_step_and_the_failed_one() {
+        let mut t = Timings::default();
+        t.step("fast", || Ok(())).expect("passes");
+        assert!(t.step("broken", || -> Result<()> { bail!("no") }).is_err());
+        let table = t.table(120.0);
+        assert!(table.contains("\nfast "), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("broken") && l.ends_with("FAILED")),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with("total") && l.contains("(2.0 min)")),
+            "{table}"
+        );
     }
 
     #[test]

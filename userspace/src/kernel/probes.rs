@@ -174,8 +174,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     preflight::check_privileges()?;
     let functions = preflight::kernel_functions()?;
     preflight::check_functions(&functions, &required_functions())?;
+    let started = std::time::Instant::now();
     let kernel_btf = offsets::KernelBtf::load()?;
     let offsets = offsets::resolve(&kernel_btf)?;
+    debug!(
+        "start-up: kernel BTF read, offsets resolved at {:?}",
+        started.elapsed()
+    );
     let mut flags = 0;
     if opts.debug_log {
         flags |= FLAG_DEBUG_LOG;
@@ -200,6 +205,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     }
 
     let mut ebpf = load_object(&config, opts.max_inodes)?;
+    debug!(
+        "start-up: object loaded, maps created at {:?}",
+        started.elapsed()
+    );
 
     // fentry attaches by BTF id: every hooked function must be a BTF FUNC.
     let missing_in_btf: Vec<&str> = required_functions()
@@ -270,6 +279,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     };
 
     let contention = opts.contention && attach_contention(&mut ebpf);
+    debug!(
+        "start-up: {mode} programs attached at {:?}",
+        started.elapsed()
+    );
     Ok(Attached {
         ebpf,
         _retprobes: retprobes,
@@ -324,7 +337,9 @@ fn program_err(function: &str, program: &str) -> impl FnOnce(ProgramError) -> an
 }
 
 fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
+    let t = std::time::Instant::now();
     let btf = Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
+    debug!("start-up: aya parsed the kernel's BTF in {:?}", t.elapsed());
     for p in PROBES {
         let prog = ebpf
             .program_mut(p.fentry_program)

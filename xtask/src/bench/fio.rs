@@ -23,6 +23,22 @@ const COVER_LETTER: [(u64, f64, f64); 4] = [
     (8, 635e3, 1.73e6),
 ];
 
+/// The version of the series on a pair's patched side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeriesVersion {
+    V2,
+    V3,
+}
+
+impl SeriesVersion {
+    fn variant(self) -> kernel::Variant {
+        match self {
+            SeriesVersion::V2 => kernel::Variant::Patched,
+            SeriesVersion::V3 => kernel::Variant::PatchedV3,
+        }
+    }
+}
+
 /// One run as the guest reported it.
 struct Run {
     round: u64,
@@ -144,7 +160,13 @@ fn by_key(runs: &[Run]) -> BTreeMap<(u64, bool, u64), f64> {
 }
 
 /// The section on each pair in `lines` (every ported line when empty).
-pub fn run(lines: &[String], rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
+pub fn run(
+    lines: &[String],
+    version: SeriesVersion,
+    rounds: u64,
+    ios: u64,
+    append: Option<&str>,
+) -> Result<()> {
     ensure!(rounds > 0, "--rounds must be at least 1");
     ensure!(
         ios > 0 && ios.is_multiple_of(8),
@@ -161,16 +183,24 @@ pub fn run(lines: &[String], rounds: u64, ios: u64, append: Option<&str>) -> Res
     };
     setup::ensure_apt_packages(&["fio"])?;
     for series in pairs {
-        on_pair(series.line, rounds, ios, append)?;
+        on_pair(series.line, version.variant(), rounds, ios, append)?;
     }
     Ok(())
 }
 
-/// The table of one pair: `unpatched:LINE` against `patched:LINE`.
-fn on_pair(line: &str, rounds: u64, ios: u64, append: Option<&str>) -> Result<()> {
+/// The table of one pair: `unpatched:LINE` against `patched:LINE` (or
+/// `patched-v3:LINE`).
+fn on_pair(
+    line: &str,
+    patched_variant: kernel::Variant,
+    rounds: u64,
+    ios: u64,
+    append: Option<&str>,
+) -> Result<()> {
     let started = std::time::Instant::now();
+    let patched_name = patched_variant.name();
     let unpatched = on_kernel(&format!("unpatched:{line}"), rounds, ios, append)?;
-    let patched = on_kernel(&format!("patched:{line}"), rounds, ios, append)?;
+    let patched = on_kernel(&format!("{patched_name}:{line}"), rounds, ios, append)?;
     let (u, p) = (by_key(&unpatched), by_key(&patched));
     let get = |m: &BTreeMap<(u64, bool, u64), f64>, k| {
         m.get(&k)
@@ -179,7 +209,7 @@ fn on_pair(line: &str, rounds: u64, ios: u64, append: Option<&str>) -> Result<()
     };
 
     println!(
-        "\nfio on the {line} pair: randwrite 4 KiB O_DIRECT, one shared file on a passthrough \
+        "\nfio on the {line} pair (unpatched, {patched_name}): randwrite 4 KiB O_DIRECT, one shared file on a passthrough \
          mount asking for parallel direct writes; {ios} I/Os per run, {rounds} rounds; TCG, \
          2 vCPUs"
     );
@@ -247,7 +277,7 @@ fn on_pair(line: &str, rounds: u64, ios: u64, append: Option<&str>) -> Result<()
         );
     }
     // What fuselock saw: the lock the kernel took for these writes.
-    for (name, runs) in [("unpatched", &unpatched), ("patched", &patched)] {
+    for (name, runs) in [("unpatched", &unpatched), (patched_name, &patched)] {
         let attached: Vec<&Run> = runs.iter().filter(|r| r.fuselock).collect();
         let writes: u64 = attached.iter().map(|r| r.ios).sum();
         let shared: u64 = attached.iter().filter_map(|r| r.shared).sum();
