@@ -6,18 +6,25 @@
 //! and race-free. Instead it creates `.fuselock-exercise.<pidns>.<pid>` with
 //! `O_EXCL` in the named directory (or the named file's), on the same mount,
 //! so the same server opens it, and removes it at the end, when interrupted,
-//! and, if fuselock was killed, at the next run. Everything after the one
-//! lookup of the directory goes through its descriptor (`openat` with
-//! `O_NOFOLLOW`, `fstatfs`), so renaming a path component half-way cannot
-//! redirect the writes anywhere else.
+//! and, if fuselock was killed, at the next run.
+//!
+//! The directory is looked up once and held open; the scratch file is
+//! created beneath that descriptor (`openat`, `O_NOFOLLOW`) and every later
+//! open of it goes through the descriptor that created it
+//! (`/proc/self/fd`), never through its name: anyone who may write to the
+//! directory can rename another file to that name, and that file is then
+//! neither written nor (the name is checked first) removed.
 
 use std::{
     ffi::{CStr, CString, OsStr},
-    fs::File,
+    fs::{File, Metadata},
     io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{ffi::OsStrExt as _, fs::FileExt as _},
+        unix::{
+            ffi::OsStrExt as _,
+            fs::{FileExt as _, FileTypeExt as _, MetadataExt as _},
+        },
     },
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,7 +34,11 @@ use anyhow::{bail, Context as _, Result};
 
 use fuselock_base::{escape, procfs, UsageError};
 
-use crate::{aligned::AlignedBuf, fs_type, FUSE_SUPER_MAGIC};
+use crate::{
+    aligned::AlignedBuf,
+    fd::{self, Identity},
+    fs_type, FUSE_SUPER_MAGIC,
+};
 
 fn usage(msg: String) -> anyhow::Error {
     UsageError(msg).into()
@@ -39,6 +50,9 @@ const REGION_BLOCKS: usize = 16;
 pub const THREADS: usize = 4;
 pub const OVERWRITES_PER_THREAD: usize = 64;
 const SCRATCH_PREFIX: &str = ".fuselock-exercise.";
+/// Most directory entries the sweep for stale scratch files reads: a FUSE
+/// server can list entries without end.
+const SWEEP_MAX_ENTRIES: usize = 100_000;
 
 /// What was issued, for the record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -87,23 +101,6 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
-    // SAFETY: openat(2) on a live directory descriptor with a valid C string.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            libc::c_uint::from(mode),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 /// Checks `path` (a FUSE directory, or a regular file in one) and holds its
 /// directory open. Whether the mount is *passthrough* only the kernel can
 /// tell; `verify` checks which path the writes took afterwards.
@@ -140,6 +137,50 @@ pub fn check_target(path: &Path) -> Result<Target> {
     })
 }
 
+/// What a file that is not a regular one is, for a message.
+fn kind_of(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens the user's file read-only, once, and never writes to it: its open
+/// flags are the evidence that the scratch file stands for it.
+///
+/// `check_target` looked at it by path; it may have been replaced since. It
+/// is looked up again with `O_PATH | O_NOFOLLOW`, which opens nothing in the
+/// file system's sense (a FIFO put in its place cannot block root's
+/// `verify`), its type is checked on that descriptor, and the read-only open
+/// goes through that descriptor, to the file checked.
+fn open_named(target: &Target, named: &Path) -> Result<File> {
+    let shown = escape::path(named);
+    let name = named
+        .file_name()
+        .with_context(|| format!("--exercise {shown} names no file"))?;
+    let found = fd::openat(&target.dir, &c_name(name)?, libc::O_PATH, 0)
+        .map_err(|e| usage(format!("--exercise {shown}: {e}")))?;
+    let meta = found.metadata().with_context(|| format!("stat {shown}"))?;
+    if !meta.is_file() {
+        return Err(usage(format!(
+            "--exercise {shown}: not a regular file any more ({}); name a regular file or a \
+             directory on a FUSE passthrough mount",
+            kind_of(&meta)
+        )));
+    }
+    fd::reopen(&found, libc::O_RDONLY).with_context(|| format!("opening {shown} read-only"))
+}
+
 fn scratch_name(pidns: u64, pid: u32) -> String {
     format!("{SCRATCH_PREFIX}{pidns}.{pid}")
 }
@@ -159,40 +200,59 @@ fn is_stale(name: &str, pidns: u64, alive: impl Fn(u32) -> bool) -> bool {
     }
 }
 
-/// The scratch file, removed when dropped.
+/// `unlinkat(2)` of `name` in `dir`.
+fn unlink_at(dir: &OwnedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: unlinkat(2) on a live directory descriptor with a valid C string.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The scratch file, held open from its creation, and its name removed
+/// when dropped (if it is still its name).
 struct Scratch<'a> {
     target: &'a Target,
     name: CString,
     display: PathBuf,
+    /// The descriptor that created it: every other open goes through it.
+    file: File,
+    id: Identity,
 }
 
 impl<'a> Scratch<'a> {
     /// Removes scratch files that killed fuselocks left, then creates ours.
-    fn create(target: &'a Target) -> Result<(Scratch<'a>, File)> {
+    fn create(target: &'a Target) -> Result<Scratch<'a>> {
         let pidns = procfs::my_pid_namespace();
         remove_stale(target, pidns);
-        let name = scratch_name(pidns, std::process::id());
-        let display = target.dir_path.join(&name);
-        let c = c_name(OsStr::new(&name))?;
-        let file = openat(
+        Scratch::create_named(target, &scratch_name(pidns, std::process::id()))
+    }
+
+    fn create_named(target: &'a Target, name: &str) -> Result<Scratch<'a>> {
+        let display = target.dir_path.join(name);
+        let c = c_name(OsStr::new(name))?;
+        let file = fd::openat(
             &target.dir,
             &c,
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
             0o600,
         )
         .with_context(|| format!("creating the scratch file {}", escape::path(&display)))?;
-        Ok((
-            Scratch {
-                target,
-                name: c,
-                display,
-            },
+        let id = Identity::of(&file)
+            .with_context(|| format!("stat of the scratch file {}", escape::path(&display)))?;
+        Ok(Scratch {
+            target,
+            name: c,
+            display,
             file,
-        ))
+            id,
+        })
     }
 
+    /// Another descriptor of the scratch file, opened with `flags` through
+    /// the one that created it: whatever its name refers to by now.
     fn open(&self, flags: libc::c_int) -> Result<File> {
-        openat(&self.target.dir, &self.name, flags, 0).with_context(|| {
+        fd::reopen(&self.file, flags).with_context(|| {
             format!(
                 "opening {} (flags {flags:#o}; does the file system support O_DIRECT?)",
                 escape::path(&self.display)
@@ -203,35 +263,135 @@ impl<'a> Scratch<'a> {
 
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
-        // SAFETY: unlinkat(2) on a live directory descriptor with a valid C string.
-        if unsafe { libc::unlinkat(self.target.dir.as_raw_fd(), self.name.as_ptr(), 0) } != 0 {
-            log::warn!(
-                "cannot remove the scratch file {}: {}",
-                escape::path(&self.display),
-                io::Error::last_os_error()
-            );
+        // Unlinked only while the name is still the scratch file's: a file
+        // renamed to it since is someone else's. (Whoever can rename files
+        // here can also unlink them: the window between this check and the
+        // unlink gives them nothing.)
+        let shown = escape::path(&self.display);
+        match fd::lstat_at(&self.target.dir, &self.name) {
+            Ok(meta) if Identity::of_metadata(&meta) == self.id => {
+                if let Err(e) = unlink_at(&self.target.dir, &self.name) {
+                    log::warn!("cannot remove the scratch file {shown}: {e}");
+                }
+            }
+            Ok(_) => log::warn!(
+                "{shown} is no longer fuselock's scratch file (another file was renamed to its \
+                 name): left alone"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                log::warn!("the scratch file {shown} was removed or renamed by someone else");
+            }
+            Err(e) => log::warn!("cannot check the scratch file {shown} before removing it: {e}"),
         }
     }
 }
 
-fn remove_stale(target: &Target, pidns: u64) {
-    let Ok(entries) = std::fs::read_dir(&target.dir_path) else {
-        return;
+/// How a sweep for stale scratch files ended.
+#[derive(Debug)]
+enum SweepEnd {
+    /// Every entry read.
+    Done,
+    /// `limit` entries read and there were more.
+    Limit,
+    /// The listing failed part-way.
+    Failed(io::Error),
+}
+
+/// What a sweep for stale scratch files did.
+#[derive(Debug)]
+struct Sweep {
+    removed: Vec<CString>,
+    /// Names of stale scratch files that were not files of ours.
+    left: usize,
+    read: usize,
+    end: SweepEnd,
+}
+
+/// Removes, in `dir`, the scratch files of `pidns`'s dead processes: at
+/// most `limit` entries are read. Read through the descriptor; a name is
+/// removed only if it is a regular file with one link, owned by this
+/// process's effective uid: anything else with such a name was not left by
+/// fuselock.
+fn sweep_stale(
+    dir: &OwnedFd,
+    pidns: u64,
+    alive: impl Fn(u32) -> bool,
+    limit: usize,
+) -> io::Result<Sweep> {
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut sweep = Sweep {
+        removed: Vec::new(),
+        left: 0,
+        read: 0,
+        end: SweepEnd::Done,
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(text) = name.to_str() else { continue };
-        if !is_stale(text, pidns, procfs::alive) {
+    for entry in fd::Listing::of(dir)? {
+        if sweep.read == limit {
+            sweep.end = SweepEnd::Limit;
+            break;
+        }
+        sweep.read += 1;
+        let name = match entry {
+            Ok(name) => name,
+            Err(e) => {
+                sweep.end = SweepEnd::Failed(e);
+                break;
+            }
+        };
+        let Ok(text) = name.to_str() else { continue };
+        if !is_stale(text, pidns, &alive) {
             continue;
         }
-        let Ok(c) = c_name(&name) else { continue };
-        // SAFETY: unlinkat(2) on a live directory descriptor with a valid C string.
-        if unsafe { libc::unlinkat(target.dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
-            eprintln!(
-                "verify: removed {}, left by a fuselock that was killed",
-                escape::path(&target.dir_path.join(&name))
-            );
+        let ours =
+            fd::lstat_at(dir, &name).is_ok_and(|m| m.is_file() && m.uid() == me && m.nlink() == 1);
+        if !ours {
+            sweep.left += 1;
+            continue;
         }
+        match unlink_at(dir, &name) {
+            Ok(()) => sweep.removed.push(name),
+            Err(e) => log::debug!("cannot remove the stale scratch file {text}: {e}"),
+        }
+    }
+    Ok(sweep)
+}
+
+fn remove_stale(target: &Target, pidns: u64) {
+    let shown = escape::path(&target.dir_path);
+    let sweep = match sweep_stale(&target.dir, pidns, procfs::alive, SWEEP_MAX_ENTRIES) {
+        Ok(sweep) => sweep,
+        Err(e) => {
+            log::debug!("cannot list {shown} for stale scratch files: {e}");
+            return;
+        }
+    };
+    for name in &sweep.removed {
+        eprintln!(
+            "verify: removed {}, left by a fuselock that was killed",
+            escape::path(&target.dir_path.join(OsStr::from_bytes(name.as_bytes())))
+        );
+    }
+    if sweep.left > 0 {
+        log::warn!(
+            "{shown}: left alone {} files named like stale scratch files that are not regular \
+             files of uid {} with one link",
+            sweep.left,
+            // SAFETY: geteuid(2) cannot fail.
+            unsafe { libc::geteuid() }
+        );
+    }
+    match sweep.end {
+        SweepEnd::Done => {}
+        SweepEnd::Limit => log::warn!(
+            "{shown}: stopped looking for stale scratch files after {} entries (a server may \
+             list without end)",
+            sweep.read
+        ),
+        SweepEnd::Failed(e) => log::debug!(
+            "{shown}: listing for stale scratch files failed after {} entries: {e}",
+            sweep.read
+        ),
     }
 }
 
@@ -264,32 +424,30 @@ pub fn run(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ExerciseReport> {
     if let Some(named) = &target.named_file {
-        // Read-only, never written: its open flags are the evidence that the
-        // scratch file stands for it.
-        let name = named.file_name().context("the named file has no name")?;
-        let _ = openat(&target.dir, &c_name(name)?, libc::O_RDONLY, 0)
-            .with_context(|| format!("opening {} read-only", escape::path(named)))?;
+        drop(open_named(target, named)?);
     }
-    let (scratch, file) = Scratch::create(target)?;
+    let scratch = Scratch::create(target)?;
     eprintln!(
         "verify: exercising the scratch file {} (removed afterwards)",
         escape::path(&scratch.display)
     );
-    if fs_type(&file)? != FUSE_SUPER_MAGIC {
+    if fs_type(&scratch.file)? != FUSE_SUPER_MAGIC {
         bail!("the scratch file is not on FUSE: the directory was replaced");
     }
     // Overwrites must land inside EOF.
-    file.set_len((REGION_BLOCKS * BLOCK) as u64)
+    scratch
+        .file
+        .set_len((REGION_BLOCKS * BLOCK) as u64)
         .context("sizing the scratch file")?;
-    exercise(&scratch, &file, cancel, progress)
+    exercise(&scratch, cancel, progress)
 }
 
 fn exercise(
     scratch: &Scratch<'_>,
-    file: &File,
     cancel: &AtomicBool,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ExerciseReport> {
+    let file = &scratch.file;
     let total = (THREADS * OVERWRITES_PER_THREAD + 3) as u64;
     let done = AtomicU64::new(0);
     let block = AlignedBuf::new(BLOCK, b'f')?;
@@ -344,10 +502,9 @@ fn exercise(
         "O_DIRECT write past EOF",
     )?;
     progress(total, total);
-    let meta = file.metadata().context("stat of the scratch file")?;
     Ok(ExerciseReport {
-        scratch_dev: std::os::unix::fs::MetadataExt::dev(&meta),
-        scratch_ino: std::os::unix::fs::MetadataExt::ino(&meta),
+        scratch_dev: scratch.id.dev,
+        scratch_ino: scratch.id.ino,
         direct_overwrites: (THREADS * OVERWRITES_PER_THREAD) as u64,
         buffered_overwrites: 1,
         appends: 1,
@@ -358,7 +515,191 @@ fn exercise(
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::mpsc, time::Duration};
+
     use super::*;
+
+    /// A target on a fresh host directory (not FUSE): for what happens
+    /// after `check_target`.
+    fn host_target(name: &str) -> Target {
+        let dir_path =
+            std::env::temp_dir().join(format!("fuselock-exercise-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir_path);
+        std::fs::create_dir_all(&dir_path).expect("mkdir");
+        Target {
+            dir: open_dir(&dir_path).expect("open dir"),
+            dir_path,
+            named_file: None,
+        }
+    }
+
+    fn cleanup(target: Target) {
+        std::fs::remove_dir_all(&target.dir_path).expect("cleanup");
+    }
+
+    /// A user who may write to the directory renames another file to the
+    /// scratch file's name between its creation and the next open: that
+    /// file is neither written through the reopen nor unlinked at the end.
+    #[test]
+    fn a_file_renamed_to_the_scratch_name_is_neither_written_nor_removed() {
+        let target = host_target("renamed");
+        let name = scratch_name(7, 9);
+        let at_name = target.dir_path.join(&name);
+        let victim = target.dir_path.join("victim");
+        std::fs::write(&victim, b"keep me").expect("write");
+        let scratch = Scratch::create_named(&target, &name).expect("create");
+        std::fs::rename(&victim, &at_name).expect("rename over the scratch name");
+        let writer = scratch.open(libc::O_WRONLY).expect("reopen");
+        writer.write_at(b"scratch", 0).expect("write");
+        assert_eq!(scratch.file.metadata().expect("stat").len(), 7);
+        drop(writer);
+        drop(scratch);
+        assert_eq!(std::fs::read(&at_name).expect("still there"), b"keep me");
+        cleanup(target);
+    }
+
+    #[test]
+    fn the_scratch_file_is_removed_while_its_name_is_its_own() {
+        let target = host_target("removed");
+        let name = scratch_name(7, 10);
+        let scratch = Scratch::create_named(&target, &name).expect("create");
+        let writer = scratch
+            .open(libc::O_WRONLY | libc::O_APPEND)
+            .expect("reopen");
+        assert_eq!(
+            Identity::of(&writer).expect("stat"),
+            scratch.id,
+            "another file"
+        );
+        drop(writer);
+        drop(scratch);
+        assert!(!target.dir_path.join(&name).exists(), "left behind");
+        cleanup(target);
+    }
+
+    /// Cancelled (SIGINT, SIGTERM, SIGHUP): the writes stop, the run fails
+    /// and the scratch file goes with it.
+    #[test]
+    fn a_cancelled_exercise_removes_its_scratch_file() {
+        let target = host_target("cancelled");
+        let name = scratch_name(7, 11);
+        let scratch = Scratch::create_named(&target, &name).expect("create");
+        let cancel = AtomicBool::new(true);
+        assert!(exercise(&scratch, &cancel, &|_, _| {}).is_err());
+        drop(scratch);
+        assert!(!target.dir_path.join(&name).exists(), "left behind");
+        cleanup(target);
+    }
+
+    /// The named file, replaced by a FIFO after `check_target`: refused at
+    /// once (an open for reading would wait for a writer for ever), and so
+    /// are a symlink and a directory.
+    #[test]
+    fn a_named_file_replaced_by_a_fifo_is_refused_at_once() {
+        let target = host_target("fifo");
+        let fifo = target.dir_path.join("data");
+        let c = CString::new(fifo.as_os_str().as_bytes()).expect("path");
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _ = tx.send(
+                    open_named(&target, &fifo)
+                        .map(drop)
+                        .map_err(|e| format!("{e:#}")),
+                );
+            });
+            let result = rx.recv_timeout(Duration::from_secs(10));
+            if result.is_err() {
+                // Release the blocked open so that the test can end.
+                let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            }
+            let err = result
+                .expect("opening the named file blocked on a FIFO")
+                .expect_err("a FIFO is not a regular file");
+            assert!(
+                err.contains("not a regular file any more (a FIFO)"),
+                "{err}"
+            );
+        });
+        let link = target.dir_path.join("link");
+        std::os::unix::fs::symlink("data", &link).expect("symlink");
+        let sub = target.dir_path.join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        for (path, kind) in [(&link, "a symbolic link"), (&sub, "a directory")] {
+            let err = open_named(&target, path).expect_err("not a regular file");
+            assert!(format!("{err:#}").contains(kind), "{err:#}");
+        }
+        let file = target.dir_path.join("file");
+        std::fs::write(&file, b"x").expect("write");
+        open_named(&target, &file).expect("a regular file");
+        cleanup(target);
+    }
+
+    /// Only regular files of ours with one link and a dead owner's name are
+    /// removed; anything else named like them is left alone.
+    #[test]
+    fn the_sweep_removes_only_stale_regular_files_of_ours() {
+        let target = host_target("sweep");
+        let path = |pid: u32| target.dir_path.join(scratch_name(7, pid));
+        std::fs::write(path(1), b"").expect("stale file");
+        std::fs::create_dir(path(2)).expect("stale-named directory");
+        std::os::unix::fs::symlink("elsewhere", path(3)).expect("stale-named symlink");
+        std::fs::write(target.dir_path.join("linked"), b"keep").expect("write");
+        std::fs::hard_link(target.dir_path.join("linked"), path(4)).expect("hard link");
+        let someone_elses = path(5);
+        std::fs::write(&someone_elses, b"").expect("write");
+        // SAFETY: geteuid(2) cannot fail.
+        let other_owner = unsafe { libc::geteuid() } == 0;
+        if other_owner {
+            std::os::unix::fs::chown(&someone_elses, Some(65534), Some(65534)).expect("chown");
+        }
+        std::fs::write(target.dir_path.join("data"), b"keep").expect("write");
+        let sweep = sweep_stale(&target.dir, 7, |_| false, 100).expect("sweep");
+        assert!(matches!(sweep.end, SweepEnd::Done), "{sweep:?}");
+        let mut removed: Vec<_> = sweep
+            .removed
+            .iter()
+            .map(|n| n.to_str().expect("utf8").to_owned())
+            .collect();
+        removed.sort();
+        if other_owner {
+            assert_eq!(removed, [scratch_name(7, 1)]);
+            assert_eq!(sweep.left, 4);
+        } else {
+            // Not root: the file meant to be someone else's is ours.
+            assert_eq!(removed, [scratch_name(7, 1), scratch_name(7, 5)]);
+            assert_eq!(sweep.left, 3);
+        }
+        assert!(!path(1).exists());
+        assert!(path(2).is_dir());
+        assert!(path(3).symlink_metadata().is_ok());
+        assert_eq!(std::fs::read(path(4)).expect("read"), b"keep");
+        assert!(std::fs::read(target.dir_path.join("data")).is_ok());
+        if other_owner {
+            assert!(someone_elses.exists());
+        }
+        cleanup(target);
+    }
+
+    /// A directory that lists without end (a hostile server) is read up to
+    /// the limit, and the sweep says it stopped.
+    #[test]
+    fn the_sweep_reads_at_most_its_limit() {
+        let target = host_target("limit");
+        for i in 0..30 {
+            std::fs::write(target.dir_path.join(format!("f{i}")), b"").expect("write");
+        }
+        let sweep = sweep_stale(&target.dir, 7, |_| false, 10).expect("sweep");
+        assert!(matches!(sweep.end, SweepEnd::Limit), "{sweep:?}");
+        assert_eq!(sweep.read, 10);
+        let all = sweep_stale(&target.dir, 7, |_| false, 1000).expect("sweep");
+        assert!(matches!(all.end, SweepEnd::Done), "{all:?}");
+        // 30 files, `.` and `..`.
+        assert_eq!(all.read, 32);
+        cleanup(target);
+    }
 
     #[test]
     fn rejects_paths_not_on_fuse() {

@@ -11,6 +11,7 @@ use std::{
 
 mod aligned;
 pub mod exercise;
+pub(crate) mod fd;
 pub mod testfs;
 pub mod workload;
 

@@ -5,10 +5,16 @@
 //! (or `write(2)` for appends) of `block_size` bytes, never retried, and every write of a kind
 //! really is of that kind when the kernel looks at it (inside EOF, at EOF for appends, or past
 //! EOF), however the threads are scheduled.
+//!
+//! PATH is looked up once: its directory is opened and checked, the file is opened (or created)
+//! beneath that descriptor, and every writer's descriptor is opened through the first one
+//! (`/proc/self/fd`). Renaming another file to PATH half-way does not get that file written.
 
+use std::ffi::CString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -18,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use fuselock_base::{escape, UsageError};
 
-use crate::{aligned::AlignedBuf, lock};
+use crate::{aligned::AlignedBuf, fd, lock};
 
 /// `O_DIRECT` transfers must be multiples of the logical block size; 512 is the smallest.
 const DIRECT_IO_UNIT: usize = 512;
@@ -199,8 +205,11 @@ impl fmt::Display for LoadReport {
 pub fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     // A bad argument is the user's to fix (exit 3), not a failure (4).
     let plan = Plan::new(args).map_err(|e| UsageError(format!("{e:#}")))?;
-    let placement = prepare_file(&args.path, &plan, args.force)?;
-    let files = open_writers(&args.path, plan.kind, plan.threads, args.force)?;
+    let first = open_target(&args.path, args.force)?;
+    let placement = prepare_file(&first, &args.path, &plan)?;
+    let files = open_writers(&first, &args.path, plan.kind, plan.threads, args.force)?;
+    // Not open while the writers write: it is not one of them.
+    drop(first);
     let buffers = (0..plan.threads)
         .map(|t| AlignedBuf::new(plan.block_size, b'a' + (t % 26) as u8))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -306,33 +315,62 @@ enum Placement {
     Append,
 }
 
-/// Creates the file if needed and brings it to the state the kind needs.
-fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placement> {
+/// Opens PATH for writing, creating it if needed: once, and checked on the descriptors. Its
+/// directory is opened first (and refused unless on FUSE, before anything is created), the file
+/// beneath it with `O_NOFOLLOW` (a symlink there is refused) and `O_NONBLOCK` (a FIFO there
+/// fails instead of waiting for a reader), and it must be a regular file (on FUSE).
+fn open_target(path: &Path, force: bool) -> anyhow::Result<File> {
+    let shown = escape::path(path);
+    let dir_path = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{shown} names no file"))?;
+    let name =
+        CString::new(name.as_bytes()).with_context(|| format!("{shown} contains a NUL byte"))?;
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir_path)
+        .with_context(|| format!("cannot open {}", escape::path(dir_path)))?;
     if !force {
         // Before creating anything: the directory the file goes in.
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let dir_fd =
-            File::open(dir).with_context(|| format!("cannot open {}", escape::path(dir)))?;
-        require_fuse(&dir_fd, path)?;
+        require_fuse(&dir, path)?;
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("cannot open or create {}", escape::path(path)))?;
+    let file = fd::openat(
+        &dir,
+        &name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK,
+        0o666,
+    )
+    .map_err(|err| {
+        let context = match err.raw_os_error() {
+            Some(libc::ELOOP) => {
+                format!("{shown} is a symbolic link: `fuselock load` does not write through one")
+            }
+            Some(libc::ENXIO) => format!("{shown} is a FIFO or socket, not a regular file"),
+            _ => format!("cannot open or create {shown}"),
+        };
+        anyhow::Error::new(err).context(context)
+    })?;
+    let md = file
+        .metadata()
+        .with_context(|| format!("cannot stat {shown}"))?;
+    ensure!(md.is_file(), "{shown} is not a regular file");
     if !force {
         // And the file itself, before its size or contents change.
         require_fuse(&file, path)?;
     }
+    Ok(file)
+}
+
+/// Brings the file opened by [`open_target`] to the state the kind needs.
+fn prepare_file(file: &File, path: &Path, plan: &Plan) -> anyhow::Result<Placement> {
     let md = file
         .metadata()
         .with_context(|| format!("cannot stat {}", escape::path(path)))?;
-    ensure!(md.is_file(), "{} is not a regular file", escape::path(path));
     let block = plan.block_size as u64;
     match plan.kind {
         WriteKind::Overwrite | WriteKind::Buffered => {
@@ -370,26 +408,32 @@ fn prepare_file(path: &Path, plan: &Plan, force: bool) -> anyhow::Result<Placeme
 }
 
 /// One descriptor per thread, all opened before any write so a failure leaves the file alone.
+/// Each is opened through `first` (the descriptor of [`open_target`]), not through PATH again:
+/// whatever PATH names by now, they are the file checked.
 fn open_writers(
+    first: &File,
     path: &Path,
     kind: WriteKind,
     threads: u32,
     force: bool,
 ) -> anyhow::Result<Vec<File>> {
-    let mut options = OpenOptions::new();
-    options.write(true).append(kind == WriteKind::Append);
-    options.custom_flags(libc::O_NOFOLLOW | if kind.direct() { libc::O_DIRECT } else { 0 });
+    let flags = libc::O_WRONLY
+        | if kind == WriteKind::Append {
+            libc::O_APPEND
+        } else {
+            0
+        }
+        | if kind.direct() { libc::O_DIRECT } else { 0 };
     (0..threads)
         .map(|_| {
-            options
-                .open(path)
+            fd::reopen(first, flags)
                 .map_err(|err| {
                     let context = if kind.direct() && err.raw_os_error() == Some(libc::EINVAL) {
                         format!(
-                        "the filesystem of {} does not support O_DIRECT (open returned EINVAL); \
-                         use --kind buffered",
-                        escape::path(path)
-                    )
+                            "the filesystem of {} does not support O_DIRECT (open returned \
+                             EINVAL); use --kind buffered",
+                            escape::path(path)
+                        )
                     } else {
                         format!("cannot open {} for {kind} writes", escape::path(path))
                     };

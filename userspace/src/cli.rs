@@ -223,7 +223,8 @@ pub struct RecordArgs {
     pub probes: ProbeArgs,
     /// The file to write (JSON lines, mode 0600). It must not exist yet.
     pub file: std::path::PathBuf,
-    /// Replace FILE if it exists (a regular file; never through a symlink).
+    /// Replace FILE if it exists: a regular file of yours with no other hard
+    /// link, never reached through a symlink.
     #[arg(long)]
     pub force: bool,
     /// Seconds between snapshots (0.1 to 3600).
@@ -246,6 +247,17 @@ pub struct ExportArgs {
     /// (labels dev, ino, name: keep K small, cardinality grows with it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub per_inode_top: u16,
+    /// Mounts exported by name at most: the first N seen keep their own
+    /// series (mount label), later ones are summed into mount="other", and
+    /// fuselock_export_folded_mounts says how many. Bounds the series a host
+    /// with many FUSE mounts adds to Prometheus.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_mounts: u16,
+    /// Connections one client address may hold at once (of 64 in all):
+    /// more are closed as soon as accepted, so that one host cannot take
+    /// every connection from the scrapers.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_connections_per_peer: u16,
     /// TLS, basic auth and response headers from FILE, in the web config
     /// format of Prometheus' exporter-toolkit (as node_exporter reads it).
     /// Loaded again when it or a file it names changes, and on SIGHUP.
@@ -303,6 +315,11 @@ pub struct DemoArgs {
     /// Writes per kind (overwrite, buffered, append, past-eof).
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub writes: u64,
+    /// Internal: the demo's mount keeper, a child that mounts the test file
+    /// system, runs the `--top` workload and cleans up, so that the demo
+    /// itself can drop to CAP_BPF and another user.
+    #[arg(long, hide = true, conflicts_with = "top")]
+    pub keeper: bool,
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ fn dashboard_is_valid_json_with_queries() {
 fn daemonset_is_valid_yaml_with_least_privilege() {
     let path = deploy("kubernetes/daemonset.yaml");
     let text = std::fs::read_to_string(&path).expect("read");
-    assert!(text.contains("add: [\"BPF\", \"PERFMON\", \"SYS_RESOURCE\"]"));
+    assert!(text.contains("add: [\"BPF\", \"PERFMON\", \"SYS_RESOURCE\", \"SYS_ADMIN\"]"));
     assert!(text.contains("privileged: false"));
     assert!(text.contains("drop: [\"ALL\"]"));
     let parses = Command::new("python3")
@@ -164,7 +164,7 @@ fn web_config_passes_promtool_and_every_deploy_file_uses_it() {
     assert!(unit.contains("--web.config.file %d/web.yml"), "{unit}");
     let daemonset = std::fs::read_to_string(deploy("kubernetes/daemonset.yaml")).expect("ds");
     assert!(daemonset.contains("\"--web.config.file\", \"/etc/fuselock/web.yml\""));
-    assert!(daemonset.contains("scheme: HTTPS"));
+    assert!(daemonset.contains("prometheus.io/scheme: \"https\""));
     let prometheus = std::fs::read_to_string(deploy("prometheus/prometheus.yml")).expect("prom");
     assert!(prometheus.contains("scheme: https") && prometheus.contains("password_file:"));
 

@@ -184,10 +184,17 @@ impl Beneath {
     }
 }
 
-/// Creates (or, unless `O_EXCL` was asked for, opens) a backing file for CREATE.
+/// Creates a backing file for CREATE, always with `O_EXCL`: a file that already exists is left
+/// alone and the reply is `EEXIST`.
 ///
-/// Creating with `O_EXCL` first tells whether this call made the file; only then are its mode
-/// (our own umask would otherwise narrow it) and owner (the caller, not the root server) set.
+/// The kernel sends CREATE for a name it believes new, and then skips its own permission check
+/// of the open (the caller made the file, so may open it). The server runs as root: opening,
+/// and with `O_TRUNC` truncating, a file that appeared in the meantime would do both for a caller
+/// who may have no right to. On `EEXIST` the kernel drops its dentry, so the caller's next open
+/// looks the file up and is checked as usual.
+///
+/// Only a file this call made gets its mode (our own umask would otherwise narrow it) and owner
+/// (the caller, not the root server) set.
 pub(super) fn create_backing(
     backing: &Beneath,
     path: &Path,
@@ -195,28 +202,11 @@ pub(super) fn create_backing(
     mode: u32,
     owner: (u32, u32),
 ) -> io::Result<File> {
-    let base = backing_open_flags(kernel_flags);
-    match backing.open(path, base | libc::O_CREAT | libc::O_EXCL, mode) {
-        Ok(file) => {
-            file.set_permissions(Permissions::from_mode(mode))?;
-            std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1))?;
-            Ok(file)
-        }
-        Err(err)
-            if err.kind() == io::ErrorKind::AlreadyExists && kernel_flags & libc::O_EXCL == 0 =>
-        {
-            // An existing file: truncated (O_TRUNC) only once opened beneath the root.
-            let file = backing.open(path, base & !libc::O_TRUNC, 0)?;
-            if !file.metadata()?.is_file() {
-                return Err(io::Error::from_raw_os_error(libc::EISDIR));
-            }
-            if base & libc::O_TRUNC != 0 {
-                file.set_len(0)?;
-            }
-            Ok(file)
-        }
-        Err(err) => Err(err),
-    }
+    let flags = backing_open_flags(kernel_flags) | libc::O_CREAT | libc::O_EXCL;
+    let file = backing.open(path, flags, mode)?;
+    file.set_permissions(Permissions::from_mode(mode))?;
+    std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1))?;
+    Ok(file)
 }
 
 /// Reads `size` bytes at `offset`, fewer only at end of file (FUSE's READ contract).

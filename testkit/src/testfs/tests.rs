@@ -1,4 +1,5 @@
-use std::fs::File;
+use std::fs::{File, Permissions};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::time::UNIX_EPOCH;
 
 use fuser::FopenFlags;
@@ -199,18 +200,41 @@ fn backing_paths_never_leave_the_backing_directory() {
     assert!(created.is_err());
     assert_eq!(std::fs::read(&outside).expect("read"), b"keep");
     assert!(!base.join("new").exists());
-    // An existing file opened with O_TRUNC by CREATE is truncated only
-    // after it is found beneath the root.
-    let f = create_backing(
-        &b,
-        Path::new("dir/file"),
-        libc::O_WRONLY | libc::O_TRUNC,
-        0o644,
-        (0, 0),
-    )
-    .expect("existing");
-    assert_eq!(f.metadata().expect("stat").len(), 0);
     std::fs::remove_dir_all(&base).expect("cleanup");
+}
+
+/// CREATE of a name that exists by now (the kernel believed it new, and checks no permission
+/// for the open of a file the caller made): `EEXIST`, and the file is neither opened nor
+/// truncated nor given to the caller.
+#[test]
+fn create_never_opens_an_existing_file() {
+    let backing = std::env::temp_dir().join(format!("create-excl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&backing);
+    std::fs::create_dir_all(&backing).expect("mkdir");
+    let existing = backing.join("root-only");
+    std::fs::write(&existing, b"keep").expect("write");
+    std::fs::set_permissions(&existing, Permissions::from_mode(0o600)).expect("chmod");
+    let before = std::fs::metadata(&existing).expect("stat");
+    let b = Beneath::root(backing.clone()).expect("open backing");
+    for flags in [
+        libc::O_WRONLY | libc::O_TRUNC,
+        libc::O_RDWR,
+        libc::O_WRONLY | libc::O_EXCL,
+    ] {
+        let err = create_backing(&b, Path::new("root-only"), flags, 0o666, (1234, 1234))
+            .expect_err("exists");
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{flags:#o}: {err}");
+    }
+    let after = std::fs::metadata(&existing).expect("stat");
+    assert_eq!(std::fs::read(&existing).expect("read"), b"keep");
+    assert_eq!(
+        (after.mode(), after.uid(), after.gid()),
+        (before.mode(), before.uid(), before.gid())
+    );
+    // A new name is created, with the caller's mode.
+    let made = create_backing(&b, Path::new("new"), libc::O_WRONLY, 0o640, (0, 0)).expect("new");
+    assert_eq!(made.metadata().expect("stat").mode() & 0o7777, 0o640);
+    std::fs::remove_dir_all(&backing).expect("cleanup");
 }
 
 #[test]

@@ -145,6 +145,67 @@ fn refuses_files_not_on_fuse_and_leaves_them_alone() {
     assert!(!dir.join("new").exists());
 }
 
+/// Another file renamed to PATH between the first open and the writers' opens is not written:
+/// the writers' descriptors are the first one's file.
+#[test]
+fn writers_write_the_file_first_opened_not_what_path_names_later() {
+    let dir = scratch_dir("renamed");
+    let path = dir.join("f");
+    let other = dir.join("other");
+    std::fs::write(&other, b"keep me").expect("write");
+    let mut a = args(path.clone(), WriteKind::Buffered);
+    a.threads = 2;
+    let plan = Plan::new(&a).expect("valid");
+    let first = open_target(&path, true).expect("create");
+    let placement = prepare_file(&first, &path, &plan).expect("prepare");
+    std::fs::rename(&other, &path).expect("rename over PATH");
+    let files = open_writers(&first, &path, plan.kind, plan.threads, true).expect("open");
+    let buffers = (0..plan.threads)
+        .map(|_| AlignedBuf::new(plan.block_size, b'x'))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .expect("buffers");
+    let report = execute(&plan, &placement, files, buffers).expect("run");
+    assert_eq!((report.writes, report.errors), (10, 0), "{report}");
+    assert_eq!(std::fs::read(&path).expect("read"), b"keep me");
+    let written = first.metadata().expect("stat").len();
+    assert_eq!(written, plan.file_size);
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
+
+/// A FIFO at PATH fails at once instead of waiting for a reader; a symlink is refused.
+#[test]
+fn a_fifo_or_symlink_at_path_is_refused_at_once() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = scratch_dir("fifo");
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("path");
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = tx
+                .send(run(&args(fifo.clone(), WriteKind::Overwrite)).map_err(|e| format!("{e:#}")));
+        });
+        let result = rx.recv_timeout(Duration::from_secs(10));
+        if result.is_err() {
+            // Release the blocked open so that the test can end.
+            let _ = File::open(&fifo);
+        }
+        let err = result
+            .expect("load blocked on a FIFO")
+            .expect_err("a FIFO is not a regular file");
+        assert!(err.contains("is a FIFO or socket"), "{err}");
+    });
+    let target = dir.join("target");
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let err = run(&args(link, WriteKind::Overwrite)).expect_err("a symlink");
+    assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+    assert!(!target.exists(), "written through the symlink");
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}
+
 #[test]
 fn arguments_are_validated() {
     let dir = scratch_dir("validate");

@@ -5,12 +5,20 @@
 //!
 //! The probes attach once, for every step: the workload's counts and the
 //! verdict come from the same session.
+//!
+//! The mount lives in a keeper, a child (`fuselock demo --keeper`) that
+//! mounts as root, then keeps uid 0 but no capability: that is all the
+//! mount's owner-only access, stopping its root server and removing the
+//! private directory take. So the demo itself drops like every other
+//! command, to CAP_BPF and another user, and the keeper still cleans up
+//! after it, however it ends (the end of its stdin is the signal).
 
 use std::{
     ffi::{CString, OsString},
-    os::unix::ffi::OsStringExt as _,
+    io::{BufRead as _, Write as _},
+    os::unix::ffi::{OsStrExt as _, OsStringExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -105,10 +113,6 @@ impl DemoMount {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!(
-            "demo: test file system mounted at {}",
-            escape::path(&mount.mountpoint)
-        );
         Ok(mount)
     }
 }
@@ -146,7 +150,10 @@ fn load_commands(exe: &Path, mount: &Path, writes: u64) -> Vec<Command> {
 }
 
 pub async fn run(args: DemoArgs) -> Result<i32> {
-    let mount = DemoMount::start(!args.no_parallel)?;
+    if args.keeper {
+        return keep(&args);
+    }
+    let mut keeper = Keeper::start(!args.no_parallel, args.writes)?;
     let exe = std::env::current_exe().context("finding the fuselock executable")?;
     let n = args.writes;
     // A demo shows everything, lock waits included (opt-in elsewhere for
@@ -154,12 +161,14 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
     let mut probes = args.probes;
     probes.contention = true;
     if args.top {
-        return run_top(probes, &exe, &mount, n);
+        let code = run_top(probes, &mut keeper)?;
+        keeper.finish()?;
+        return Ok(code);
     }
     let mut session = Session::start(&probes)?;
     eprintln!("demo: {n} writes of each kind (O_DIRECT overwrite, buffered, append, past EOF) from 9 threads\n");
     let mut loads = Vec::new();
-    for cmd in load_commands(&exe, &mount.mountpoint, n) {
+    for cmd in load_commands(&exe, &keeper.mountpoint, n) {
         loads.push(
             tokio::process::Command::from(cmd)
                 .spawn()
@@ -185,9 +194,9 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
     println!();
     eprintln!(
         "demo: fuselock verify --exercise {}\n",
-        escape::path(&mount.mountpoint)
+        escape::path(&keeper.mountpoint)
     );
-    let target = exercise::check_target(&mount.mountpoint)?;
+    let target = exercise::check_target(&keeper.mountpoint)?;
     let outcome = verify::decide_on(
         &mut session,
         Watch::Exercise {
@@ -196,13 +205,166 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
         },
     )
     .await?;
-    // The one attach and the exercise's writes are done: nothing more needs
-    // a capability. The uid stays 0 so that the root FUSE server can still
-    // be stopped and the private directory removed.
-    crate::kernel::privileges::drop_capabilities_keeping_uid()?;
+    // The one attach and the writes are done: nothing more needs a
+    // capability or uid 0 (the keeper cleans up). The exercise's threads
+    // drop too.
+    crate::kernel::privileges::drop_to_bpf_only()?;
     // The verdict is the demo's output, not its status: the demo succeeded.
     outcome.print(false)?;
     drop(session);
+    keeper.finish()?;
+    Ok(0)
+}
+
+/// The keeper's side of the demo's mount: a child holding uid 0 without
+/// capabilities. Requests go down its stdin, one per line (`start`, `stop`);
+/// the end of its stdin tells it to stop everything and clean up.
+struct Keeper {
+    child: Child,
+    requests: Option<ChildStdin>,
+    replies: std::io::BufReader<ChildStdout>,
+    mountpoint: PathBuf,
+}
+
+/// What the keeper prints once mounted, before the private directory.
+const MOUNTED: &[u8] = b"mounted ";
+
+impl Keeper {
+    fn start(parallel: bool, writes: u64) -> Result<Keeper> {
+        use std::os::unix::process::CommandExt as _;
+        let exe = std::env::current_exe().context("finding the fuselock executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["demo", "--keeper", "--writes", &writes.to_string()]);
+        if !parallel {
+            cmd.arg("--no-parallel");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Its own process group: a Ctrl-C for the demo is not for the
+            // keeper, which cleans up once the demo has gone.
+            .process_group(0)
+            .spawn()
+            .context("starting the demo's mount keeper")?;
+        let (Some(requests), Some(replies)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("the demo's mount keeper has no pipes");
+        };
+        let mut keeper = Keeper {
+            child,
+            requests: Some(requests),
+            replies: std::io::BufReader::new(replies),
+            mountpoint: PathBuf::new(),
+        };
+        let line = keeper.reply()?;
+        let Some(base) = line.strip_prefix(MOUNTED) else {
+            let status = keeper.child.wait()?;
+            bail!(
+                "the demo's mount keeper exited ({status}) before mounting; see its message above"
+            );
+        };
+        keeper.mountpoint = PathBuf::from(OsString::from_vec(base.to_vec())).join("mnt");
+        eprintln!(
+            "demo: test file system mounted at {}",
+            escape::path(&keeper.mountpoint)
+        );
+        Ok(keeper)
+    }
+
+    /// The keeper's next line, without its newline (empty at its end).
+    fn reply(&mut self) -> Result<Vec<u8>> {
+        let mut line = Vec::new();
+        self.replies
+            .read_until(b'\n', &mut line)
+            .context("reading from the demo's mount keeper")?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Ok(line)
+    }
+
+    fn request(&mut self, what: &str) -> Result<()> {
+        let pipe = self
+            .requests
+            .as_mut()
+            .context("the demo's mount keeper was told to finish")?;
+        writeln!(pipe, "{what}")
+            .and_then(|()| pipe.flush())
+            .with_context(|| format!("asking the demo's mount keeper to {what}"))
+    }
+
+    /// Starts the `--top` workload in the keeper.
+    fn start_workload(&mut self) -> Result<()> {
+        self.request("start")
+    }
+
+    /// Stops the workload, once every load it runs has exited.
+    fn stop_workload(&mut self) -> Result<()> {
+        self.request("stop")?;
+        match self.reply()?.as_slice() {
+            b"stopped" => Ok(()),
+            other => bail!(
+                "the demo's mount keeper answered {:?} to stop",
+                String::from_utf8_lossy(other)
+            ),
+        }
+    }
+
+    /// Has the keeper unmount and remove its directory, and waits for it.
+    fn finish(mut self) -> Result<()> {
+        drop(self.requests.take());
+        let status = self
+            .child
+            .wait()
+            .context("waiting for the demo's mount keeper")?;
+        if !status.success() {
+            bail!("the demo's mount keeper failed to clean up ({status}); see its message above");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        // An early return: the keeper still cleans up at the end of stdin.
+        if self.requests.take().is_some() {
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `fuselock demo --keeper`: mounts, says where, drops every capability
+/// (keeping uid 0, which the mount admits alone), then serves the demo's
+/// requests until its stdin ends, and cleans up.
+fn keep(args: &DemoArgs) -> Result<i32> {
+    let mount = DemoMount::start(!args.no_parallel)?;
+    let exe = std::env::current_exe().context("finding the fuselock executable")?;
+    let base = mount.base.as_os_str().as_bytes();
+    if base.contains(&b'\n') {
+        bail!("the temporary directory's path contains a newline");
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&[MOUNTED, base, b"\n"].concat())
+        .and_then(|()| out.flush())
+        .context("telling the demo where the mount is")?;
+    crate::kernel::privileges::drop_capabilities_keeping_uid()?;
+    let mut workload = None;
+    for line in std::io::stdin().lock().lines() {
+        match line.context("reading the demo's requests")?.as_str() {
+            "start" => {
+                workload
+                    .get_or_insert_with(|| Workload::start(&exe, &mount.mountpoint, args.writes));
+            }
+            "stop" => {
+                // Dropping it stops the loads and waits for them.
+                workload = None;
+                writeln!(out, "stopped")
+                    .and_then(|()| out.flush())
+                    .context("answering the demo")?;
+            }
+            other => bail!("the demo's mount keeper got an unknown request {other:?}"),
+        }
+    }
+    drop(workload);
     drop(mount);
     Ok(0)
 }
@@ -271,15 +433,31 @@ impl Drop for Workload {
     }
 }
 
-/// `demo --top`: `top` on the mount, the workload running from when the
-/// probes are attached until just before they detach.
-fn run_top(probes: ProbeArgs, exe: &Path, mount: &DemoMount, writes: u64) -> Result<i32> {
-    crate::commands::top::run_with(
+/// `demo --top`: `top` on the mount, the keeper's workload running from
+/// when the probes are attached (and privileges dropped) until just before
+/// they detach.
+fn run_top(probes: ProbeArgs, keeper: &mut Keeper) -> Result<i32> {
+    let code = crate::commands::top::run_with(
         crate::cli::TopArgs {
             probes,
             interval: Duration::from_secs(1),
             replay: None,
         },
-        || Ok(Workload::start(exe, &mount.mountpoint, writes)),
-    )
+        move || {
+            keeper.start_workload()?;
+            Ok(Running(keeper))
+        },
+    )?;
+    Ok(code)
+}
+
+/// The keeper's workload, stopped on drop.
+struct Running<'a>(&'a mut Keeper);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.stop_workload() {
+            log::warn!("{e:#}");
+        }
+    }
 }

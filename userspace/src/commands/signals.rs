@@ -37,7 +37,8 @@ impl Endings {
         })
     }
 
-    /// SIGINT, SIGTERM and SIGHUP (for a command bound to its terminal).
+    /// SIGINT, SIGTERM and SIGHUP (for a command bound to its terminal, or
+    /// one that must clean up before it ends, as `verify --exercise`).
     pub fn install_with_hangup() -> Result<Endings> {
         Ok(Endings {
             hangup: Some(signal(SignalKind::hangup()).context("installing SIGHUP handler")?),
@@ -63,5 +64,23 @@ impl Endings {
             _ = terminate.recv() => Ending::Terminate,
             _ = hangup => Ending::Hangup,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SIGHUP, once caught, ends what waits on the endings instead of
+    /// killing the process (the default), so that clean-up runs.
+    #[tokio::test]
+    async fn a_hangup_is_an_ending_once_installed() {
+        let mut endings = Endings::install_with_hangup().expect("install");
+        // SAFETY: raise(3) of a signal that now has a handler.
+        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        let ending = tokio::time::timeout(std::time::Duration::from_secs(10), endings.recv())
+            .await
+            .expect("SIGHUP was not received");
+        assert_eq!(ending, Ending::Hangup);
     }
 }

@@ -128,8 +128,9 @@ pub async fn run(args: StatArgs) -> Result<i32> {
 
 /// `record FILE`: the `stat --json` stream into a file, for `top --replay`.
 /// The probes attach first, so a run that cannot attach leaves no file; the
-/// file is new (or, with `--force`, an existing regular file), never reached
-/// through a symlink, and private (0600): it names processes and files.
+/// file is new (or, with `--force`, an existing regular file of the caller's
+/// with no other name), never reached through a symlink in its last
+/// component, and private (0600): it names processes and files.
 pub async fn record(args: RecordArgs) -> Result<i32> {
     let mut session = Session::start(&args.probes)?;
     let file = create_private(&args.file, args.force)?;
@@ -150,7 +151,8 @@ pub async fn record(args: RecordArgs) -> Result<i32> {
 
 /// Creates `path` for writing, mode 0600, without following a symlink in its
 /// last component; an existing file is refused unless `force`, and then only
-/// a regular file is truncated.
+/// a regular file the caller owns with one link is truncated (see
+/// [`refusal`]).
 fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let shown = escape::path(path);
@@ -178,8 +180,10 @@ fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> 
         }
     })?;
     let meta = file.metadata().with_context(|| format!("stat {shown}"))?;
-    if !meta.is_file() {
-        return Err(UsageError(format!("{shown} is not a regular file")).into());
+    // SAFETY: getuid(2) cannot fail.
+    let caller = unsafe { libc::getuid() };
+    if let Some(why) = refusal(&meta, caller) {
+        return Err(UsageError(format!("{shown} {why}")).into());
     }
     // Truncate only now that it is known to be a regular file of our choosing,
     // and make a replaced file private too.
@@ -188,4 +192,99 @@ fn create_private(path: &std::path::Path, force: bool) -> Result<std::fs::File> 
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {shown} private"))?;
     Ok(file)
+}
+
+/// Why `record` must not truncate the file `meta` describes for the user of
+/// real uid `caller`, if it must not. The file is opened while fuselock is
+/// still privileged: with `--force`, root could otherwise empty a file of
+/// someone else's that was put (or hard-linked) at a path the caller named.
+fn refusal(meta: &std::fs::Metadata, caller: libc::uid_t) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !meta.is_file() {
+        return Some("is not a regular file".to_owned());
+    }
+    if meta.uid() != caller {
+        return Some(format!(
+            "belongs to uid {}, not to you (uid {caller}): fuselock replaces only your own files",
+            meta.uid()
+        ));
+    }
+    if meta.nlink() > 1 {
+        return Some(format!(
+            "has {} hard links: replacing it would change the other names' file too; remove it \
+             first or name another file",
+            meta.nlink()
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("fuselock-record-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    /// `--force` replaces the caller's own file, and makes it private.
+    #[test]
+    fn force_replaces_a_file_of_ones_own() {
+        let dir = dir("own");
+        let path = dir.join("rec.jsonl");
+        std::fs::write(&path, b"old").expect("write");
+        let err = create_private(&path, false).expect_err("exists");
+        assert!(format!("{err:#}").contains("exists"), "{err:#}");
+        create_private(&path, true).expect("replaced");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!((meta.len(), meta.permissions().mode() & 0o777), (0, 0o600));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A hard link to another file (one of root's, say) is not truncated.
+    #[test]
+    fn force_refuses_a_hard_linked_file() {
+        let dir = dir("linked");
+        let precious = dir.join("precious");
+        std::fs::write(&precious, b"precious").expect("write");
+        let path = dir.join("rec.jsonl");
+        std::fs::hard_link(&precious, &path).expect("link");
+        let err = create_private(&path, true).expect_err("hard-linked");
+        assert!(format!("{err:#}").contains("has 2 hard links"), "{err:#}");
+        assert!(err.downcast_ref::<UsageError>().is_some(), "exit status 3");
+        assert_eq!(std::fs::read(&precious).expect("read"), b"precious");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A file of another user's is not truncated, even by root.
+    #[test]
+    fn force_refuses_someone_elses_file() {
+        let dir = dir("other");
+        let path = dir.join("rec.jsonl");
+        std::fs::write(&path, b"theirs").expect("write");
+        let meta = std::fs::metadata(&path).expect("stat");
+        let why = refusal(&meta, meta.uid() + 1).expect("another uid's file");
+        assert!(
+            why.contains(&format!("belongs to uid {}", meta.uid())),
+            "{why}"
+        );
+        assert_eq!(refusal(&meta, meta.uid()), None);
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+            let err = create_private(&path, true).expect_err("someone else's");
+            assert!(
+                format!("{err:#}").contains("belongs to uid 65534"),
+                "{err:#}"
+            );
+            assert_eq!(std::fs::read(&path).expect("read"), b"theirs");
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

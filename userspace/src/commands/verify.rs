@@ -235,9 +235,21 @@ impl Outcome {
     }
 }
 
+impl Watch {
+    /// The signals that end this watch. An exercise also stops on SIGHUP
+    /// (a closed terminal, a dropped ssh session): killed by it, fuselock
+    /// would leave its scratch file behind until the next run.
+    fn endings(&self) -> Result<Endings> {
+        match self {
+            Watch::Exercise { .. } => Endings::install_with_hangup(),
+            Watch::Command(_) | Watch::For(_) => Endings::install(),
+        }
+    }
+}
+
 /// Watches (or drives) writes on an attached session and decides.
 pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
-    let mut endings = Endings::install()?;
+    let mut endings = how.endings()?;
 
     let mut exercised = None;
     let mut named = None;
@@ -255,7 +267,8 @@ pub async fn decide_on(session: &mut Session, how: Watch) -> Result<Outcome> {
                     })
                 }
             });
-            // A signal stops the writes; the scratch file is removed either way.
+            // A signal (SIGINT, SIGTERM, SIGHUP) stops the writes; the
+            // scratch file is removed either way.
             let report = loop {
                 tokio::select! {
                     r = &mut task => break r.context("the exercise thread")??,

@@ -305,19 +305,42 @@ fn spawn_reaper(tracefs: &Path, events: &[String]) -> Result<Child> {
 /// the events), then deletes `events`, retrying while the kernel still has
 /// one in use (a dying fuselock's perf events are released as it exits).
 /// An event never defined (fuselock stopped before it) is already gone.
+///
+/// It outlives fuselock's drop of privileges, so it makes its own at once:
+/// `kprobe_events` is opened first, and writing to that descriptor is all
+/// that deleting takes. Then it keeps no capability, leaves uid 0 as
+/// fuselock does and sets `no_new_privs`.
 pub fn reap(tracefs: &Path, events: &[String]) -> i32 {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: ignoring a signal has no preconditions.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+    let path = tracefs.join("kprobe_events");
+    let mut file = match OpenOptions::new().append(true).open(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!(
+                "fuselock: the probe-event reaper cannot open {}: {e}",
+                path.display()
+            );
+            return 1;
+        }
+    };
+    match crate::kernel::privileges::drop_everything() {
+        Ok(dropped) => debug!("probe-event reaper: {dropped}"),
+        // Deleting the events still matters more than stopping here; the
+        // message says what it kept.
+        Err(e) => {
+            eprintln!("fuselock: the probe-event reaper could not drop its privileges: {e:#}")
+        }
+    }
     let mut rest = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut rest);
-    let file = tracefs.join("kprobe_events");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut failed = 0;
     for event in events {
         loop {
-            match append(&file, &format!("-:{GROUP}/{event}\n")) {
+            match file.write_all(format!("-:{GROUP}/{event}\n").as_bytes()) {
                 Ok(()) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
                 Err(e) if Instant::now() < deadline => {

@@ -34,26 +34,67 @@ pub fn check_privileges() -> Result<()> {
     bail!("fuselock needs root (or CAP_BPF and CAP_PERFMON) to load its probes: run it with sudo")
 }
 
-/// Refuses to run setuid or setgid: a setuid fuselock would hand kernel
-/// probes, root's file writes (`load`, `record`) and mounts (`testfs`) to
-/// any user. Checked before any command runs.
+/// Refuses to run setuid, setgid or with file capabilities: such a
+/// fuselock would hand kernel probes, root's file writes (`load`, `record`)
+/// and mounts (`testfs`) to any user. Checked before any command runs.
 pub fn check_not_setuid() -> Result<()> {
-    // SAFETY: these calls cannot fail.
-    let (uid, euid, gid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::geteuid(),
-            libc::getgid(),
-            libc::getegid(),
-        )
+    // SAFETY: these calls cannot fail; getauxval returns 0 for an entry the
+    // kernel did not pass.
+    let ids = ExecIds {
+        uid: unsafe { libc::getuid() },
+        euid: unsafe { libc::geteuid() },
+        gid: unsafe { libc::getgid() },
+        egid: unsafe { libc::getegid() },
+        at_secure: unsafe { libc::getauxval(libc::AT_SECURE) },
     };
+    match elevated_exec(&ids) {
+        Some(why) => bail!("{why}"),
+        None => Ok(()),
+    }
+}
+
+/// What the process was started with: its ids and the kernel's `AT_SECURE`.
+#[derive(Clone, Copy, Debug)]
+struct ExecIds {
+    uid: libc::uid_t,
+    euid: libc::uid_t,
+    gid: libc::gid_t,
+    egid: libc::gid_t,
+    at_secure: libc::c_ulong,
+}
+
+/// Why `ids` show an execution that gained privileges, if they do.
+/// Comparing ids alone misses file capabilities (`setcap`): those leave
+/// every id as it is, and only `AT_SECURE` tells (the kernel sets it for
+/// setuid, setgid, gained file capabilities and LSM transitions alike).
+fn elevated_exec(ids: &ExecIds) -> Option<String> {
+    let ExecIds {
+        uid,
+        euid,
+        gid,
+        egid,
+        at_secure,
+    } = *ids;
     if uid != euid {
-        bail!("fuselock refuses to run setuid (uid {uid}, euid {euid}); run it as root instead");
+        return Some(format!(
+            "fuselock refuses to run setuid (uid {uid}, euid {euid}); run it as root instead"
+        ));
     }
     if gid != egid {
-        bail!("fuselock refuses to run setgid (gid {gid}, egid {egid}); run it as root instead");
+        return Some(format!(
+            "fuselock refuses to run setgid (gid {gid}, egid {egid}); run it as root instead"
+        ));
     }
-    Ok(())
+    if at_secure != 0 {
+        return Some(
+            "fuselock refuses to run in secure-execution mode (AT_SECURE: the executable has \
+             file capabilities, or is setuid or setgid): remove them (`setcap -r`, \
+             `chmod ug-s`) and run it as root or with the capabilities given to the process \
+             (systemd's AmbientCapabilities=) instead"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 /// Names of kernel functions, from /proc/kallsyms (readable without root;
@@ -116,6 +157,38 @@ pub fn kernel_config(release: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ids(uid: u32, euid: u32, gid: u32, egid: u32, at_secure: u64) -> ExecIds {
+        ExecIds {
+            uid,
+            euid,
+            gid,
+            egid,
+            at_secure,
+        }
+    }
+
+    #[test]
+    fn file_capabilities_are_refused_like_setuid() {
+        assert_eq!(elevated_exec(&ids(0, 0, 0, 0, 0)), None);
+        assert_eq!(elevated_exec(&ids(1000, 1000, 1000, 1000, 0)), None);
+        // A setcap'd copy run by a user: every id as it was, AT_SECURE set.
+        let why = elevated_exec(&ids(1000, 1000, 1000, 1000, 1)).expect("refused");
+        assert!(why.contains("secure-execution mode"), "{why}");
+        assert!(why.contains("setcap -r"), "{why}");
+        let why = elevated_exec(&ids(1000, 0, 1000, 1000, 1)).expect("refused");
+        assert!(
+            why.contains("refuses to run setuid (uid 1000, euid 0)"),
+            "{why}"
+        );
+        let why = elevated_exec(&ids(1000, 1000, 1000, 0, 1)).expect("refused");
+        assert!(why.contains("refuses to run setgid"), "{why}");
+    }
+
+    #[test]
+    fn this_test_is_not_in_secure_execution_mode() {
+        check_not_setuid().expect("cargo test runs without setuid or file capabilities");
+    }
 
     #[test]
     fn capability_bits() {

@@ -189,18 +189,27 @@ mod tests {
             })
         };
         let snap = Snapshot {
-            entries: vec![entry("\u{1b}]52;c;aGk=\u{7}x", "/mnt/a\nb")].into(),
+            entries: vec![
+                entry("\u{1b}]52;c;aGk=\u{7}x", "/mnt/a\nb"),
+                entry("r\u{2028}FORGED\u{061c}\u{2067}", "/mnt/\u{2029}c"),
+            ]
+            .into(),
             ..Default::default()
         };
         let mut out = Vec::new();
         write_table(&mut out, &snap).expect("write");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(
-            !text.contains('\u{1b}') && !text.contains('\u{7}'),
-            "{text:?}"
-        );
+        for c in [
+            '\u{1b}', '\u{7}', '\u{2028}', '\u{2029}', '\u{061c}', '\u{2067}',
+        ] {
+            assert!(!text.contains(c), "{c:?} raw: {text:?}");
+        }
         assert!(text.contains("/mnt/a\\nb/\\x1b]52;c;aGk=\\x07x"), "{text}");
-        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.contains("/mnt/\\u{2029}c/r\\u{2028}FORGED\\u{61c}\\u{2067}"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 4, "{text}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::Value;
 mod common;
 mod faults;
 mod passthrough_hp;
+mod privileges;
 mod safety;
 mod top;
 

@@ -3,7 +3,10 @@
 //! really drop, and names cannot reach the terminal raw.
 
 use std::{
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -201,6 +204,116 @@ fn a_killed_exercise_leaves_its_scratch_file_to_the_next_run() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_kernels_verdict(out.status.code().expect("status"), &report);
     assert_eq!(scratch_files(&fs.backing), Vec::<String>::new());
+}
+
+/// SIGHUP (the terminal closed) in the middle of an exercise: it stops,
+/// fuselock exits as interrupted, and its scratch file is gone, not left to
+/// the next run.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn a_hangup_ends_the_exercise_and_removes_its_scratch_file() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let dir = fs.mountpoint.to_str().expect("utf8").to_owned();
+    let verify = Command::new(fuselock())
+        .args(["verify", "--exercise", &dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start verify");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while scratch_files(&fs.backing).is_empty() {
+        assert!(Instant::now() < deadline, "no scratch file appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(verify.id() as i32, libc::SIGHUP) },
+        0,
+        "SIGHUP"
+    );
+    let out = verify.wait_with_output().expect("verify");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.signal().is_none(),
+        "killed by SIGHUP, not ended by it: {err}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(scratch_files(&fs.backing), Vec::<String>::new(), "{err}");
+}
+
+/// Another file renamed to the scratch file's name while the exercise runs
+/// (as a user who may write to the directory could): not one byte of it is
+/// written. It is kept under a second name, so that its contents can be
+/// checked whatever became of the first: the rename happens in the backing
+/// directory, behind the kernel's dentry cache, where no check by name can
+/// see it for the entry's TTL.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn a_file_renamed_over_the_scratch_file_is_not_written() {
+    let fs = TestFs::mount(&["--parallel"]);
+    let dir = fs.mountpoint.to_str().expect("utf8").to_owned();
+    let victim = fs.backing.join("victim");
+    let kept = fs.backing.join("victim-kept");
+    let contents = b"someone else's file\n".repeat(4096);
+    std::fs::write(&victim, &contents).expect("write the victim");
+    std::fs::hard_link(&victim, &kept).expect("second name");
+    let verify = Command::new(fuselock())
+        .args(["verify", "--json", "--exercise", &dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start verify");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let scratch = loop {
+        if let Some(name) = scratch_files(&fs.backing).pop() {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "no scratch file appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    std::fs::rename(&victim, fs.backing.join(&scratch)).expect("rename over the scratch file");
+    let out = verify.wait_with_output().expect("verify");
+    println!(
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&kept).expect("read the victim") == contents,
+        "the file renamed to the scratch name was written"
+    );
+}
+
+/// `record --force` as root: a file of another user's, and a hard link to
+/// a file of root's, are refused (exit 3) and left as they were.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn record_force_refuses_other_users_files_and_hard_links() {
+    let dir = Path::new("/tmp/record-force-safety");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("dir");
+    let theirs = dir.join("theirs");
+    std::fs::write(&theirs, b"theirs").expect("write");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+    let precious = dir.join("precious");
+    std::fs::write(&precious, b"precious").expect("write");
+    let link = dir.join("link");
+    std::fs::hard_link(&precious, &link).expect("hard link");
+    for (file, why) in [(&theirs, "belongs to uid 65534"), (&link, "hard links")] {
+        let out = Command::new(fuselock())
+            .arg("record")
+            .arg(file)
+            .args(["--force", "--", "true"])
+            .output()
+            .expect("record");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    assert_eq!(std::fs::read(&theirs).expect("read"), b"theirs");
+    assert_eq!(std::fs::read(&precious).expect("read"), b"precious");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The README's first command: the table and the verdict, exit 0, and
@@ -553,32 +666,3 @@ fn as_the_unit(caps: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Run by root, a long-running fuselock becomes `nobody` with CAP_BPF
-/// alone, and still serves.
-#[test]
-#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn root_export_runs_as_nobody_with_cap_bpf_only() {
-    let Some(fs) = exporter_mount() else {
-        return;
-    };
-    let port = 9952;
-    let exporter = Guard(
-        Command::new(fuselock())
-            .args(["export", "--listen", &format!("127.0.0.1:{port}")])
-            .spawn()
-            .expect("start export"),
-    );
-    wait_for("the exporter", 60, || exported_writes(port).is_some());
-    let pid = exporter.0.id();
-    assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
-    assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
-    assert_eq!(status_field(pid, "Groups:"), "");
-    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(status_field(pid, field), "0000008000000000", "{field}");
-    }
-    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
-    load(&fs, "g", 77);
-    wait_for("77 writes exported", 30, || {
-        exported_writes(port) == Some(77)
-    });
-}

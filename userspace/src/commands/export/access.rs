@@ -21,8 +21,12 @@ pub type Current = watch::Receiver<Arc<WebConfig>>;
 
 /// `app` behind the current web config's basic auth and headers.
 ///
-/// `/healthz` answers without credentials: it says "ok" and nothing else,
-/// and liveness probes (kubelet's among them) carry no password.
+/// Every path needs the credentials, `/healthz` too: an answer without them
+/// is one that anyone can keep a connection open for. Probes that carry no
+/// password (kubelet's) check the port with a TCP connect instead.
+///
+/// While the web config fails to load again, every request gets 503: the
+/// file no longer says who may read, so nobody may.
 pub fn protect(app: Router, web: Current) -> Router {
     app.layer(middleware::from_fn_with_state(web, guard))
 }
@@ -30,7 +34,12 @@ pub fn protect(app: Router, web: Current) -> Router {
 async fn guard(State(web): State<Current>, request: Request, next: Next) -> Response {
     let config = web.borrow().clone();
     let mut response = match &config.auth {
-        Some(auth) if request.uri().path() != "/healthz" => {
+        _ if config.failed.is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: the exporter's web config no longer loads; see its log\n",
+        )
+            .into_response(),
+        Some(auth) => {
             let allowed = match credentials(request.headers()) {
                 Some((user, password)) => auth.check(&user, &password).await,
                 None => false,

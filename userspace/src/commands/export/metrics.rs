@@ -1,6 +1,7 @@
 //! A snapshot as Prometheus metrics. The snapshot is taken at scrape time
 //! (as ebpf_exporter does): no second copy of the state lives here.
 
+use fuselock_base::escape;
 use probes_common::{hist, Dev, LockMode, Reason, WritePath};
 use prometheus_client::{
     collector::Collector,
@@ -112,8 +113,16 @@ fn counter<L: EncodeLabelSet + std::fmt::Debug>(
     Ok(())
 }
 
+/// A label value from text a user may have chosen (a mount path, a file
+/// name): escaped as the tables escape it. prometheus-client escapes only
+/// `\\`, `"` and newline, and a scrape read on a terminal (`curl`) would
+/// run a raw escape sequence. Names without such characters are unchanged.
+fn label(s: &str) -> String {
+    escape::text(s).into_owned()
+}
+
 fn mount_of(mount: &Option<String>, dev: &Dev) -> String {
-    mount.clone().unwrap_or_else(|| format!("dev:{dev}"))
+    mount.as_deref().map_or_else(|| format!("dev:{dev}"), label)
 }
 
 fn per_mode(c: &Counters, mode: LockMode) -> (u64, u64) {
@@ -125,8 +134,8 @@ impl Collector for SnapshotMetrics {
         let s = &self.snapshot;
         let info = Info::new(BuildLabels {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            kernel: s.source.kernel.clone(),
-            probe_mode: s.source.probe_mode.clone(),
+            kernel: label(&s.source.kernel),
+            probe_mode: label(&s.source.probe_mode),
         });
         info.encode(encoder.encode_descriptor(
             "fuselock_build",
@@ -350,7 +359,7 @@ impl Collector for SnapshotMetrics {
                                 path: e.path.name().to_owned(),
                                 dev: e.dev.to_string(),
                                 ino: e.ino.to_string(),
-                                name: e.name.clone().unwrap_or_default(),
+                                name: e.name.as_deref().map(label).unwrap_or_default(),
                             },
                             e.counters.writes,
                         )
@@ -359,5 +368,79 @@ impl Collector for SnapshotMetrics {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        commands::export::render,
+        model::snapshot::{DeviceTotals, Entry},
+    };
+
+    /// A mount at a directory named with a terminal escape, a bell and a
+    /// right-to-left override, and a file named with a line separator:
+    /// every label value shows them escaped, in both formats.
+    #[test]
+    fn label_values_cannot_reach_a_terminal_raw() {
+        let mount = "/mnt/m\u{1b}]0;pwned\u{7}x\u{202e}";
+        let mut snap = Snapshot::default();
+        snap.source.kernel = "6.12.117".into();
+        snap.devices = vec![DeviceTotals {
+            dev: Dev(45),
+            mount: Some(mount.into()),
+            path: WritePath::Passthrough,
+            counters: Counters::default(),
+        }];
+        snap.entries = vec![std::sync::Arc::new(Entry {
+            dev: Dev(45),
+            ino: 7,
+            name: Some("f\u{2028}FORGED\u{061c}".into()),
+            mount: Some(mount.into()),
+            path: WritePath::Passthrough,
+            counters: Counters::default(),
+            histograms: Default::default(),
+            writers: vec![],
+            open: None,
+        })]
+        .into();
+        for openmetrics in [false, true] {
+            let text = render(
+                SnapshotMetrics {
+                    snapshot: snap.clone(),
+                    per_inode_top: 5,
+                },
+                openmetrics,
+            )
+            .expect("render");
+            for c in ['\u{1b}', '\u{7}', '\u{202e}', '\u{2028}', '\u{061c}'] {
+                assert!(!text.contains(c), "{c:?} raw in:\n{text}");
+            }
+            // Escaped as the table escapes it; prometheus-client then
+            // doubles each backslash, as its format asks.
+            let shown = r#"mount="/mnt/m\\x1b]0;pwned\\x07x\\u{202e}""#;
+            let lines = text.lines().filter(|l| l.contains(shown)).count();
+            assert!(lines >= 18, "{lines} lines with {shown} in:\n{text}");
+            assert!(
+                text.contains(r#"name="f\\u{2028}FORGED\\u{61c}""#),
+                "{text}"
+            );
+        }
+    }
+
+    /// Names without anything to escape are served as they are.
+    #[test]
+    fn plain_label_values_are_unchanged() {
+        assert_eq!(label("/mnt/fuse"), "/mnt/fuse");
+        assert_eq!(
+            label("/tmp/fuselock-demo-kbfiJL/mnt"),
+            "/tmp/fuselock-demo-kbfiJL/mnt"
+        );
+        assert_eq!(
+            mount_of(&None, &Dev(45)),
+            format!("dev:{}", Dev(45)),
+            "a mount unknown is its device"
+        );
     }
 }

@@ -8,6 +8,7 @@ mod text;
 mod web_config;
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -22,13 +23,18 @@ use axum::{
     routing::get,
     Router,
 };
-use prometheus_client::{encoding::text::encode, registry::Registry};
+use prometheus_client::{
+    collector::Collector as MetricsCollector,
+    encoding::{text::encode, DescriptorEncoder, EncodeMetric as _},
+    metrics::{gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
 };
 
-use self::web_config::WebConfig;
+use self::web_config::{KeptFiles, WebConfig};
 pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
 use fuselock_base::UsageError;
 
@@ -37,7 +43,7 @@ use crate::{
     collect::{Collector, Detail},
     commands::{session, signals::Endings},
     kernel::probes::{self, AttachOptions},
-    model::snapshot::Snapshot,
+    model::snapshot::{Counters, DeviceTotals, Snapshot},
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,7 +52,107 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct AppState {
     collector: Mutex<Collector>,
     bodies: Mutex<BodyCache>,
+    mounts: Mutex<MountCap>,
     per_inode_top: usize,
+}
+
+/// The label value the mounts past `--max-mounts` are summed under. No
+/// mount point is called that: they are absolute paths, and a mount without
+/// one is `dev:MAJ:MIN`.
+const OTHER_MOUNTS: &str = "other";
+
+/// At most `max` mounts are exported under their own name: the first seen,
+/// for the exporter's whole life, so that a mount's series never moves to
+/// `other` and back. The rest are summed into `mount="other"`.
+pub(crate) struct MountCap {
+    max: usize,
+    named: HashSet<Result<String, probes_common::Dev>>,
+}
+
+impl MountCap {
+    pub(crate) fn new(max: usize) -> MountCap {
+        MountCap {
+            max,
+            named: HashSet::new(),
+        }
+    }
+
+    /// `snapshot` with the mounts past the cap summed into one row per
+    /// path, and how many distinct mounts were summed so.
+    pub(crate) fn apply(&mut self, mut snapshot: Snapshot) -> (Snapshot, usize) {
+        let mut folded = HashSet::new();
+        let mut other: Vec<DeviceTotals> = Vec::new();
+        snapshot.devices.retain(|d| {
+            // A mount's label is its path, or its device where it has none.
+            let key = d.mount.clone().ok_or(d.dev);
+            if self.named.contains(&key) {
+                return true;
+            }
+            if self.named.len() < self.max {
+                self.named.insert(key);
+                return true;
+            }
+            match other.iter_mut().find(|o| o.path == d.path) {
+                Some(o) => add_counters(&mut o.counters, &d.counters),
+                None => other.push(DeviceTotals {
+                    dev: probes_common::Dev(0),
+                    mount: Some(OTHER_MOUNTS.to_owned()),
+                    path: d.path,
+                    counters: d.counters.clone(),
+                }),
+            }
+            folded.insert(key);
+            false
+        });
+        snapshot.devices.extend(other);
+        (snapshot, folded.len())
+    }
+}
+
+/// `into += c`: counts and totals add up, maxima take the larger.
+fn add_counters(into: &mut Counters, c: &Counters) {
+    use probes_common::{LockMode, Reason};
+    into.writes += c.writes;
+    into.bytes += c.bytes;
+    into.errors += c.errors;
+    into.shared += c.shared;
+    into.exclusive += c.exclusive;
+    into.unlocked += c.unlocked;
+    for mode in LockMode::ALL {
+        for reason in Reason::ALL {
+            into.acquisitions[mode][reason] += c.acquisitions[mode][reason];
+        }
+        into.contended[mode] += c.contended[mode];
+        into.wait_ns_total[mode] += c.wait_ns_total[mode];
+        into.wait_ns_max[mode] = into.wait_ns_max[mode].max(c.wait_ns_max[mode]);
+        into.hold_ns_total[mode] += c.hold_ns_total[mode];
+        into.hold_ns_max[mode] = into.hold_ns_max[mode].max(c.hold_ns_max[mode]);
+    }
+    into.latency_ns_total += c.latency_ns_total;
+    into.shared_extended += c.shared_extended;
+    into.overwrites_exclusive += c.overwrites_exclusive;
+    into.overwrites_exclusive_latency_ns += c.overwrites_exclusive_latency_ns;
+    into.overwrites_exclusive_wait_ns += c.overwrites_exclusive_wait_ns;
+}
+
+/// `fuselock_export_folded_mounts`, served only once a mount was folded:
+/// a host within the cap scrapes exactly as before.
+#[derive(Debug)]
+struct FoldedMounts(usize);
+
+impl MetricsCollector for FoldedMounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.0 == 0 {
+            return Ok(());
+        }
+        let gauge = ConstGauge::new(i64::try_from(self.0).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "fuselock_export_folded_mounts",
+            "Mounts past --max-mounts, whose series are summed into mount=\"other\"",
+            None,
+            MetricType::Gauge,
+        )?)
+    }
 }
 
 /// The bodies last served, and the counts they show. No series carries a
@@ -54,16 +160,30 @@ struct AppState {
 /// nothing moved sends the last one again instead of encoding it anew.
 #[derive(Default)]
 pub(crate) struct BodyCache {
-    /// The snapshot rendered, with its clocks zeroed.
-    counts: Option<Snapshot>,
+    /// The snapshot rendered, with its clocks zeroed, and the mounts folded
+    /// out of it.
+    counts: Option<(Snapshot, usize)>,
     openmetrics: Option<Bytes>,
     prometheus: Option<Bytes>,
 }
 
 impl BodyCache {
+    #[cfg(test)]
     pub(crate) fn body(
         &mut self,
         snapshot: Snapshot,
+        openmetrics: bool,
+        per_inode_top: usize,
+    ) -> Result<Bytes> {
+        self.body_folded(snapshot, 0, openmetrics, per_inode_top)
+    }
+
+    /// [`BodyCache::body`] of a snapshot from which [`MountCap`] folded
+    /// `folded` mounts.
+    pub(crate) fn body_folded(
+        &mut self,
+        snapshot: Snapshot,
+        folded: usize,
         openmetrics: bool,
         per_inode_top: usize,
     ) -> Result<Bytes> {
@@ -72,12 +192,14 @@ impl BodyCache {
             elapsed_secs: 0.0,
             ..snapshot
         };
-        if self.counts.as_ref() != Some(&counts) {
+        let key = (counts, folded);
+        if self.counts.as_ref() != Some(&key) {
             *self = BodyCache {
-                counts: Some(counts.clone()),
+                counts: Some(key.clone()),
                 ..BodyCache::default()
             };
         }
+        let counts = key.0;
         let slot = if openmetrics {
             &mut self.openmetrics
         } else {
@@ -90,7 +212,7 @@ impl BodyCache {
             snapshot: counts,
             per_inode_top,
         };
-        let body = Bytes::from(render(metrics, openmetrics)?);
+        let body = Bytes::from(render_folded(metrics, folded, openmetrics)?);
         *slot = Some(body.clone());
         Ok(body)
     }
@@ -99,8 +221,14 @@ impl BodyCache {
 /// Renders a scrape: OpenMetrics when the client asks for it, else the
 /// Prometheus text format.
 pub fn render(metrics: SnapshotMetrics, openmetrics: bool) -> Result<String> {
+    render_folded(metrics, 0, openmetrics)
+}
+
+/// [`render`], saying that `folded` mounts were summed into `other`.
+fn render_folded(metrics: SnapshotMetrics, folded: usize, openmetrics: bool) -> Result<String> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(metrics));
+    registry.register_collector(Box::new(FoldedMounts(folded)));
     let mut body = String::new();
     encode(&mut body, &registry).context("encoding metrics")?;
     Ok(if openmetrics {
@@ -136,8 +264,16 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 .into_response()
         }
     };
+    let (snapshot, folded) = match state.mounts.lock() {
+        Ok(mut mounts) => mounts.apply(snapshot),
+        Err(_) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "mount cap poisoned\n").into_response()
+        }
+    };
     let body = match state.bodies.lock() {
-        Ok(mut bodies) => bodies.body(snapshot, wants_openmetrics, state.per_inode_top),
+        Ok(mut bodies) => {
+            bodies.body_folded(snapshot, folded, wants_openmetrics, state.per_inode_top)
+        }
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "body cache poisoned\n").into_response()
         }
@@ -159,6 +295,25 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Says which of the web config's files the process can no longer open
+/// now that its privileges are dropped: those are read again through the
+/// descriptors kept from the start, which see a file changed in place but
+/// not one replaced by another.
+fn warn_of_files_closed_to_us(files: &[std::path::PathBuf]) {
+    for file in files {
+        if let Err(e) = std::fs::File::open(file) {
+            log::warn!(
+                "--web.config.file: {} cannot be opened after dropping privileges ({e}): it is \
+                 read again through the descriptor kept from the start, which sees changes made \
+                 in place; if it is replaced by another file (renamed over it, as editors and \
+                 certificate tools do), the exporter answers 503 until restarted. Make it \
+                 readable to the user fuselock runs as to avoid that",
+                file.display()
+            );
+        }
+    }
+}
+
 /// The exporter's routes over `state`. Only GET: axum answers 405 to other
 /// methods and 404 to other paths.
 fn app(state: Arc<AppState>) -> Router {
@@ -171,9 +326,11 @@ fn app(state: Arc<AppState>) -> Router {
 pub async fn run(args: ExportArgs) -> Result<i32> {
     let listen: SocketAddr = args.listen;
     // A web config that cannot be used is a usage error found before
-    // anything is attached, like a taken port.
+    // anything is attached, like a taken port. Its files stay open, for
+    // reading again once privileges are dropped.
+    let kept = Arc::new(KeptFiles::default());
     let web = match &args.web_config_file {
-        Some(path) => WebConfig::load(path).map_err(|e| UsageError(e.to_string()))?,
+        Some(path) => WebConfig::load_kept(path, &kept).map_err(|e| UsageError(e.to_string()))?,
         None => WebConfig::plain(),
     };
     // Bind before attaching: a taken port is a usage error that should cost nothing.
@@ -206,13 +363,10 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     let collector = Collector::new(&mut attached)?;
     crate::kernel::privileges::drop_to_bpf_only()?;
     if let Some((path, kicked)) = reload {
-        // Loaded again without the capabilities just dropped: files only
-        // root's capabilities could read would fail at the next rotation.
-        if let Err(e) = WebConfig::load(&path) {
-            log::warn!("{e} (after dropping privileges): changes to it will not be picked up");
-        }
+        warn_of_files_closed_to_us(&web_rx.borrow().files);
         tokio::spawn(reload::reload(
             path,
+            kept,
             listen,
             web_tx,
             kicked,
@@ -222,6 +376,7 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     let state = Arc::new(AppState {
         collector: Mutex::new(collector),
         bodies: Mutex::new(BodyCache::default()),
+        mounts: Mutex::new(MountCap::new(usize::from(args.max_mounts))),
         per_inode_top: usize::from(args.per_inode_top),
     });
     let app = access::protect(app(state), web_rx.clone());
@@ -233,7 +388,10 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
     server::serve(
         listener,
         app,
-        server::Limits::default(),
+        server::Limits {
+            max_connections_per_peer: usize::from(args.max_connections_per_peer),
+            ..server::Limits::default()
+        },
         web_rx,
         async move {
             endings.recv().await;
@@ -338,6 +496,97 @@ mod tests {
         );
     }
 
+    /// `sample()` with its device repeated on `mounts`, one write each more
+    /// than the one before.
+    fn on_mounts(mounts: &[&str]) -> Snapshot {
+        let mut snap = sample();
+        let one = snap.devices[0].clone();
+        snap.devices = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| DeviceTotals {
+                dev: probes_common::Dev(100 + i as u32),
+                mount: Some((*m).to_owned()),
+                counters: Counters {
+                    writes: 1 + i as u64,
+                    ..one.counters.clone()
+                },
+                ..one.clone()
+            })
+            .collect();
+        snap
+    }
+
+    fn writes_of(text: &str, mount: &str) -> Option<u64> {
+        let prefix = format!("fuselock_writes_total{{mount=\"{mount}\",path=\"passthrough\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Past --max-mounts, mounts are summed into `other`, counted, and the
+    /// mounts first seen keep their own series whatever comes later.
+    #[test]
+    fn mounts_past_the_cap_are_summed_into_other_and_counted() {
+        let mut cap = MountCap::new(3);
+        let mut cache = BodyCache::default();
+        let scrape = |cap: &mut MountCap, cache: &mut BodyCache, snap| {
+            let (snap, folded) = cap.apply(snap);
+            let body = cache.body_folded(snap, folded, false, 0).expect("render");
+            String::from_utf8(body.to_vec()).expect("utf-8")
+        };
+        let text = scrape(
+            &mut cap,
+            &mut cache,
+            on_mounts(&["/a", "/b", "/c", "/d", "/e"]),
+        );
+        for (mount, writes) in [("/a", 1), ("/b", 2), ("/c", 3), ("other", 4 + 5)] {
+            assert_eq!(writes_of(&text, mount), Some(writes), "{mount}:\n{text}");
+        }
+        assert_eq!(writes_of(&text, "/d"), None);
+        assert!(
+            text.lines().any(|l| l == "fuselock_export_folded_mounts 2"),
+            "{text}"
+        );
+        // Every series of a folded mount went to `other`, summed.
+        assert!(text.lines().any(|l| l
+            == "fuselock_lock_acquisitions_total{mount=\"other\",path=\"passthrough\",mode=\"exclusive\",reason=\"append\"} 46"));
+        // Later, in another order and with a new mount: the first three stay.
+        let text = scrape(
+            &mut cap,
+            &mut cache,
+            on_mounts(&["/f", "/e", "/c", "/b", "/a"]),
+        );
+        for (mount, writes) in [("/a", 5), ("/b", 4), ("/c", 3), ("other", 1 + 2)] {
+            assert_eq!(writes_of(&text, mount), Some(writes), "{mount}:\n{text}");
+        }
+        assert!(text.lines().any(|l| l == "fuselock_export_folded_mounts 2"));
+    }
+
+    /// Within the cap the scrape is byte for byte what it was without one.
+    #[test]
+    fn within_the_cap_nothing_changes() {
+        let snap = on_mounts(&["/a", "/b"]);
+        let (capped, folded) = MountCap::new(2).apply(snap.clone());
+        assert_eq!(folded, 0);
+        for openmetrics in [false, true] {
+            let plain = render(
+                SnapshotMetrics {
+                    snapshot: snap.clone(),
+                    per_inode_top: 0,
+                },
+                openmetrics,
+            )
+            .expect("render");
+            let mut cache = BodyCache::default();
+            let body = cache
+                .body_folded(capped.clone(), folded, openmetrics, 0)
+                .expect("render");
+            assert_eq!(body, plain.as_bytes());
+            assert!(!plain.contains("folded"));
+        }
+    }
+
     #[test]
     fn openmetrics_ends_with_eof() {
         let om = render(
@@ -383,9 +632,21 @@ mod tests {
             false,
         )
         .expect("render");
+        // More mounts than --max-mounts: the count of those folded appears.
+        let (folded_snap, folded) = MountCap::new(0).apply(sample());
+        let with_folded = render_folded(
+            SnapshotMetrics {
+                snapshot: folded_snap,
+                per_inode_top: 0,
+            },
+            folded,
+            false,
+        )
+        .expect("render");
         let served: std::collections::BTreeSet<&str> = text
             .lines()
             .chain(with_inodes.lines())
+            .chain(with_folded.lines())
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
@@ -492,6 +753,7 @@ mod tests {
         let state = Arc::new(AppState {
             collector: Mutex::new(collector),
             bodies: Mutex::new(BodyCache::default()),
+            mounts: Mutex::new(MountCap::new(64)),
             per_inode_top: 0,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -4,10 +4,13 @@
 //! `axum::serve` accepts without bound and has no header timeout, so slow or
 //! idle clients could hold sockets and buffers forever. Here a connection is
 //! accepted only while fewer than `max_connections` are open (the rest wait
-//! in the kernel's listen backlog, costing us nothing), request heads must
-//! arrive within `header_read_timeout` and fit in `max_buf_size`, and no
-//! connection lives longer than `connection_lifetime`. Routing and responses
-//! stay axum's.
+//! in the kernel's listen backlog, costing us nothing), one client address
+//! holds at most `max_connections_per_peer` of them (more are closed as soon
+//! as accepted, so one host cannot take every slot), request heads must
+//! arrive within `header_read_timeout` and fit in `max_buf_size`, a
+//! kept-alive connection waits at most `idle_timeout` for its next request,
+//! and no connection lives longer than `connection_lifetime`. Routing and
+//! responses stay axum's.
 //!
 //! With a web config that has TLS, each connection is accepted with the TLS
 //! config in force when it arrived (a rotated certificate serves the next
@@ -15,7 +18,16 @@
 //! `header_read_timeout`, so a client stalling it holds a slot no longer
 //! than one stalling its request head.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -24,10 +36,11 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
     sync::Semaphore,
     task::JoinSet,
+    time::Sleep,
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -37,7 +50,11 @@ use super::access::Current;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_peer: usize,
     pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
     pub connection_lifetime: Duration,
     /// Read buffer per connection, which bounds a request head (hyper's
     /// minimum is 8 KiB).
@@ -48,7 +65,9 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 64,
+            max_connections_per_peer: 16,
             header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
             connection_lifetime: Duration::from_secs(60),
             max_buf_size: 16 * 1024,
         }
@@ -65,6 +84,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(Peers::default());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -77,10 +97,10 @@ pub async fn serve(
                 Err(_) => return,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: back off instead of spinning.
                     log::warn!("accepting a metrics connection: {e}");
@@ -88,6 +108,14 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        let Some(peer_slot) = peers.admit(peer.ip(), limits.max_connections_per_peer) else {
+            // Closed at once: the peer's other connections keep theirs.
+            log::debug!(
+                "{peer}: more than {} connections, closed",
+                limits.max_connections_per_peer
+            );
+            continue;
         };
         let tls = web.borrow().tls.clone().map(TlsAcceptor::from);
         let app = app.clone();
@@ -109,8 +137,167 @@ pub async fn serve(
                 }
             };
             let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+            drop(peer_slot);
             drop(slot);
         });
+    }
+}
+
+/// Open connections by client address.
+#[derive(Default)]
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
+
+impl Peers {
+    /// A slot for one more connection from `ip`, unless it holds `cap`.
+    fn admit(self: &Arc<Peers>, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
+        // An IPv4 client of a dual-stack socket is the same host either way.
+        let ip = ip.to_canonical();
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One connection of a peer, given back on drop.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A stream whose reads fail once it has been idle for `timeout`: an answer
+/// written and flushed, and since then no byte moved either way. Then a
+/// kept-alive connection gives its slot back well before its lifetime ends,
+/// whatever hyper's own timers do between requests. While a request is
+/// being answered (read, nothing written yet) the clock does not run.
+struct IdleTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// Running once an answer has been flushed.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Bytes written since the last request bytes read.
+    wrote: bool,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> IdleTimeout<S> {
+        IdleTimeout {
+            inner,
+            timeout,
+            idle: None,
+            wrote: false,
+        }
+    }
+
+    /// Notes `n` bytes written: activity, and an answer under way.
+    fn written(&mut self, n: usize) {
+        if n > 0 {
+            self.wrote = true;
+            if let Some(idle) = &mut self.idle {
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + self.timeout);
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.idle = None;
+                    this.wrote = false;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = this
+                    .idle
+                    .as_mut()
+                    .is_some_and(|idle| idle.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "idle keep-alive connection",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            done => done,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.written(n);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.written(n);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        // An answer went out: the wait for the next request starts (hyper
+        // flushes on every wake-up, which must not restart it).
+        if matches!(flushed, Poll::Ready(Ok(()))) && this.wrote && this.idle.is_none() {
+            this.idle = Some(Box::pin(tokio::time::sleep(this.timeout)));
+        }
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -120,6 +307,7 @@ async fn http(
     app: Router,
     limits: Limits,
 ) {
+    let stream = IdleTimeout::new(stream, limits.idle_timeout);
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -230,7 +418,18 @@ mod tests {
         tls: Option<&TlsConnector>,
         limit: Duration,
     ) -> String {
-        let s = TcpStream::connect(addr).await.expect("connect");
+        exchange_from("127.0.0.1", addr, request, tls, limit).await
+    }
+
+    /// [`exchange_within`] from the client address `ip`.
+    async fn exchange_from(
+        ip: &str,
+        addr: std::net::SocketAddr,
+        request: &[u8],
+        tls: Option<&TlsConnector>,
+        limit: Duration,
+    ) -> String {
+        let s = connect_from(ip, addr).await;
         let mut out = Vec::new();
         let read = async {
             match tls {
@@ -276,14 +475,17 @@ mod tests {
         tls: Option<TlsConnector>,
     ) {
         let mut scrapes = JoinSet::new();
-        for _ in 0..1000 {
+        for i in 0..1000 {
             let request = request.to_vec();
             let tls = tls.clone();
+            // From 100 addresses (127.0.0.2 to .101), 10 each: as many
+            // scrapers as Prometheus servers would be, none over its share.
+            let ip = format!("127.0.0.{}", 2 + i % 100);
             // The last of them wait for all before them (64 at a time): on a
             // loaded 2-core machine, 1,000 TLS handshakes in a debug build
             // take longer than one exchange's usual 10 s.
             scrapes.spawn(async move {
-                exchange_within(addr, &request, tls.as_ref(), Duration::from_secs(120)).await
+                exchange_from(&ip, addr, &request, tls.as_ref(), Duration::from_secs(120)).await
             });
         }
         let mut ok = 0;
@@ -445,11 +647,105 @@ mod tests {
             "{reply}"
         );
         assert!(reply.ends_with(BODY), "{reply}");
+        // /healthz too: an unauthenticated answer is one anyone can keep a
+        // connection open for.
         let reply = exchange(addr, b"GET /healthz HTTP/1.0\r\n\r\n", Some(&tls)).await;
+        assert!(reply.starts_with("HTTP/1.0 401"), "{reply}");
+        let healthz = String::from_utf8(authed_get())
+            .expect("ascii")
+            .replace("/metrics", "/healthz");
+        let reply = exchange(addr, healthz.as_bytes(), Some(&tls)).await;
         assert!(
             reply.starts_with("HTTP/1.0 200") && reply.ends_with("ok\n"),
             "{reply}"
         );
+    }
+
+    /// A connection from `ip` (a loopback address other than 127.0.0.1
+    /// works on Linux without configuration).
+    async fn connect_from(ip: &str, addr: std::net::SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{ip}:0").parse().expect("addr"))
+            .expect("bind the client address");
+        socket.connect(addr).await.expect("connect")
+    }
+
+    /// Whatever arrives on `s` until the server closes it, or `limit`.
+    async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Option<String> {
+        let mut out = Vec::new();
+        tokio::time::timeout(limit, s.read_to_end(&mut out))
+            .await
+            .ok()
+            .map(|_| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// One host holding connections gets no more than its share; another
+    /// host is still served, and so is the first once it lets go.
+    #[tokio::test]
+    async fn one_peer_cannot_take_every_connection() {
+        let limits = Limits {
+            max_connections_per_peer: 4,
+            header_read_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (addr, _stop, _web) = start(limits, WebConfig::plain()).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut s = connect_from("127.0.0.1", addr).await;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+                .await
+                .expect("half a request");
+            held.push(s);
+        }
+        // The fifth from the same host is closed at once, unanswered.
+        let mut extra = connect_from("127.0.0.1", addr).await;
+        let _ = extra.write_all(GET).await;
+        let reply = read_until_closed(&mut extra, Duration::from_secs(5))
+            .await
+            .expect("the extra connection was not closed");
+        assert_eq!(reply, "", "the extra connection was served");
+        // Another host is served meanwhile.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        other.write_all(GET).await.expect("send");
+        let reply = read_until_closed(&mut other, Duration::from_secs(10))
+            .await
+            .expect("reply");
+        assert!(
+            reply.starts_with("HTTP/1.0 200") && reply.ends_with(BODY),
+            "{reply}"
+        );
+        // Once the first host lets go, it is served again.
+        drop(held);
+        let reply = exchange(addr, GET, None).await;
+        assert!(reply.ends_with(BODY), "{reply}");
+    }
+
+    /// A kept-alive connection that asks nothing more is closed after the
+    /// idle timeout, long before its lifetime ends.
+    #[tokio::test]
+    async fn idle_kept_alive_connections_are_closed() {
+        // hyper's header timeout long, so that only the idle timeout can
+        // be what closes it.
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(300),
+            header_read_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (addr, _stop, _web) = start(limits, WebConfig::plain()).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("send");
+        let t = Instant::now();
+        let reply = read_until_closed(&mut s, Duration::from_secs(10))
+            .await
+            .expect("the idle connection was never closed");
+        assert!(
+            reply.starts_with("HTTP/1.1 200") && reply.ends_with(BODY),
+            "{reply}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
     #[tokio::test]

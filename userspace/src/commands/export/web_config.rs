@@ -9,10 +9,11 @@
 //! taken from the config file's directory, as the toolkit does.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use axum::http::{HeaderName, HeaderValue};
@@ -98,6 +99,59 @@ pub struct WebConfig {
     pub client_cert_required: bool,
     pub auth: Option<BasicAuth>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Why the file last failed to load again, if it did: then every
+    /// request is refused (503) until it loads, rather than served under a
+    /// config the file no longer says (a user removed from it, say).
+    pub failed: Option<String>,
+}
+
+/// The files of a web config, kept open from their first read. fuselock
+/// reads them first as root, before it drops to a user that may not open
+/// them (`sudo fuselock export` with root-only files); a file changed in
+/// place is read again through the descriptor kept. A file replaced by
+/// another (renamed over it, as editors and certificate tools do) is
+/// opened anew, which may then fail.
+#[derive(Default)]
+pub struct KeptFiles {
+    files: Mutex<HashMap<PathBuf, fs::File>>,
+}
+
+impl KeptFiles {
+    /// The whole of `path`: through the descriptor kept while `path` still
+    /// names that file, else from a new one, kept from then on.
+    pub fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let mut kept = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        if let (Ok(now), Some(file)) = (fs::metadata(path), kept.get(path)) {
+            let held = file.metadata()?;
+            if (held.dev(), held.ino()) == (now.dev(), now.ino()) {
+                return read_from_start(file);
+            }
+        }
+        let file = fs::File::open(path)?;
+        let bytes = read_from_start(&file)?;
+        kept.insert(path.to_owned(), file);
+        Ok(bytes)
+    }
+}
+
+/// All of `file`, from offset 0 whatever its position (pread).
+fn read_from_start(file: &fs::File) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        match file.read_at(&mut chunk, bytes.len() as u64) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Where a load reads its files, and the files it read.
+struct Sources<'a> {
+    kept: &'a KeptFiles,
+    files: Vec<PathBuf>,
 }
 
 impl WebConfig {
@@ -110,23 +164,54 @@ impl WebConfig {
             client_cert_required: false,
             auth: None,
             headers: Vec::new(),
+            failed: None,
         }
     }
 
-    /// Reads and checks `path` and the files it names.
+    /// What is served once `last`'s file failed to load again: `last`'s
+    /// TLS (a handshake still completes, so scrapers see why), its files
+    /// (still watched, for the fix), and a refusal of every request.
+    pub fn failed(last: &WebConfig, why: String) -> WebConfig {
+        WebConfig {
+            files: last.files.clone(),
+            stamps: last.stamps.clone(),
+            tls: last.tls.clone(),
+            client_cert_required: last.client_cert_required,
+            auth: None,
+            headers: last.headers.clone(),
+            failed: Some(why),
+        }
+    }
+
+    /// Reads and checks `path` and the files it names, keeping nothing open.
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
+        WebConfig::load_kept(path, &KeptFiles::default())
+    }
+
+    /// [`WebConfig::load`], reading through `kept` and keeping the files
+    /// open there.
+    pub fn load_kept(path: &Path, kept: &KeptFiles) -> Result<WebConfig, WebConfigError> {
         let fail = |reason: String| WebConfigError {
             path: path.to_owned(),
             reason,
         };
-        let text = fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let text = kept
+            .read(path)
+            .map_err(|e| fail(format!("cannot read it: {e}")))
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| fail("cannot read it: not UTF-8".into()))
+            })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
             serde_saphyr::from_str(&text).map_err(|e| fail(yaml_error(&e)))?
         };
-        let mut files = vec![path.to_owned()];
+        let mut files = Sources {
+            kept,
+            files: vec![path.to_owned()],
+        };
         if file.rate_limit.is_some() {
             return Err(fail(
                 "rate_limit is not supported by fuselock (its server already caps connections and request time)".into(),
@@ -144,6 +229,7 @@ impl WebConfig {
             Some(users) if !users.is_empty() => Some(BasicAuth::new(users).map_err(fail)?),
             _ => None,
         };
+        let files = files.files;
         Ok(WebConfig {
             stamps: stamps(&files),
             files,
@@ -151,6 +237,7 @@ impl WebConfig {
             client_cert_required,
             auth,
             headers,
+            failed: None,
         })
     }
 
@@ -167,10 +254,13 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
     plain.lines().next().unwrap_or("not valid YAML").to_owned()
 }
 
-fn read(dir: &Path, file: &Path, field: &str, files: &mut Vec<PathBuf>) -> Result<Vec<u8>, String> {
+fn read(dir: &Path, file: &Path, field: &str, files: &mut Sources) -> Result<Vec<u8>, String> {
     let path = dir.join(file);
-    let bytes = fs::read(&path).map_err(|e| format!("{field} {}: {e}", path.display()))?;
-    files.push(path);
+    let bytes = files
+        .kept
+        .read(&path)
+        .map_err(|e| format!("{field} {}: {e}", path.display()))?;
+    files.files.push(path);
     Ok(bytes)
 }
 
@@ -180,7 +270,7 @@ fn pem(
     file: Option<&PathBuf>,
     name: &str,
     dir: &Path,
-    files: &mut Vec<PathBuf>,
+    files: &mut Sources,
 ) -> Result<Option<(Vec<u8>, String)>, String> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(format!("give {name} or {name}_file, not both")),
@@ -296,7 +386,7 @@ fn curves(
 fn tls_config(
     t: &TlsFile,
     dir: &Path,
-    files: &mut Vec<PathBuf>,
+    files: &mut Sources,
 ) -> Result<(Arc<ServerConfig>, bool), String> {
     let Some((cert_pem, cert_what)) =
         pem(t.cert.as_ref(), t.cert_file.as_ref(), "cert", dir, files)?

@@ -3,6 +3,7 @@
 
 use std::{borrow::Cow, sync::LazyLock};
 
+use fuselock_base::escape;
 use probes_common::{Reason, WritePath};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
@@ -127,10 +128,13 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         Some(s) if !s.source.contention => "  no wait times (--contention)",
         _ => "",
     };
+    // A replayed file says what it likes about its kernel.
     first.push(Span::raw(format!(
-        "  kernel {kernel}  {probes} probes{waits}  up {uptime}  refresh {:.1}s  {}",
+        "  kernel {}  {} probes{waits}  up {uptime}  refresh {:.1}s  {}",
+        escape::text(&kernel),
+        escape::text(&probes),
         app.interval.as_secs_f64(),
-        app.source
+        escape::text(&app.source)
     )));
     let second = Line::from(format!(
         "writes{unit} {}  shared {}  contended{unit} {}  evictions {}  missed {}  [{}]",
@@ -203,9 +207,12 @@ fn row_cells(r: &Row, mode: Mode) -> Vec<String> {
             duration(r.wait_max_ns as f64)
         },
     );
+    // Names, mounts and comms come from users: ratatui drops C0 and C1
+    // controls but shows bidirectional overrides and line separators as
+    // they are.
     vec![
-        r.name.clone(),
-        r.mount.clone(),
+        escape::text(&r.name).into_owned(),
+        escape::text(&r.mount).into_owned(),
         match r.file.path {
             WritePath::Passthrough => "pt",
             WritePath::DirectIo => "dio",
@@ -217,7 +224,9 @@ fn row_cells(r: &Row, mode: Mode) -> Vec<String> {
         excl,
         r.contended_pct().map_or("-".into(), |p| format!("{p:.0}%")),
         wait,
-        r.top_writer.clone().unwrap_or_default(),
+        r.top_writer
+            .as_deref()
+            .map_or_else(String::new, |w| escape::text(w).into_owned()),
     ]
 }
 
@@ -319,7 +328,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         Line::styled(
             format!(
                 "{} on {} ({}:{}), {}",
-                row.name, row.mount, e.dev, e.ino, e.path
+                escape::text(&row.name),
+                escape::text(&row.mount),
+                e.dev,
+                e.ino,
+                e.path
             ),
             Style::default().add_modifier(Modifier::BOLD),
         ),
@@ -395,7 +408,9 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     for w in &e.writers {
         lines.push(Line::raw(format!(
             "  {:>7} {:<16} {}",
-            w.pid, w.comm, w.writes
+            w.pid,
+            escape::text(&w.comm),
+            w.writes
         )));
     }
     frame.render_widget(
@@ -665,6 +680,51 @@ mod tests {
         for part in ["spent 60 % of their time waiting", "up to 2.50x their"] {
             assert!(text.contains(part), "{s}");
         }
+    }
+
+    /// Names, mounts, comms and a replayed kernel release with controls,
+    /// bidirectional formatting and line separators: shown escaped, in the
+    /// table, the header and the detail view.
+    #[test]
+    fn names_reach_the_screen_escaped() {
+        let raw = [
+            '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{061c}', '\u{2028}', '\u{2029}',
+        ];
+        let mut app = App::new("replay x\u{202e}.jsonl".into(), Duration::from_secs(1));
+        let mut evil = entry("a\u{202e}b\u{2028}c\u{1b}]0;x\u{7}", 10, 0, 0);
+        evil.mount = Some("/mnt/m\u{061c}\u{2029}".into());
+        evil.writers[0].comm = "w\u{2066}x".into();
+        let mut snap = Snapshot {
+            elapsed_secs: 1.0,
+            entries: vec![evil.into()].into(),
+            ..Default::default()
+        };
+        snap.source.kernel = "6.12\u{202e}".into();
+        app.on_snapshot(snap);
+        let main = screen(&app, 200, 30);
+        app.on_key(crate::commands::top::state::tests_key(
+            ratatui::crossterm::event::KeyCode::Enter,
+        ));
+        let detail = screen(&app, 200, 40);
+        for s in [&main, &detail] {
+            for c in raw {
+                assert!(!s.contains(c), "{c:?} reached the screen raw: {s}");
+            }
+        }
+        for shown in [
+            "a\\u{202e}b\\u{2028}c\\x1b]0;x\\x07",
+            "/mnt/m\\u{61c}\\u{2029}",
+            "kernel 6.12\\u{202e}",
+            "replay x\\u{202e}.jsonl",
+        ] {
+            assert!(main.contains(shown), "{shown} not in {main}");
+        }
+        assert!(main.contains("w\\u{2066}x[4242]"), "{main}");
+        assert!(detail.contains("w\\u{2066}x"), "{detail}");
+        assert!(
+            detail.contains("a\\u{202e}b\\u{2028}c\\x1b]0;x\\x07 on /mnt/m\\u{61c}\\u{2029}"),
+            "{detail}"
+        );
     }
 
     #[test]

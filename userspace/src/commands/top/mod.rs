@@ -100,14 +100,7 @@ fn spawn_live(mut collector: Collector, interval: Duration, tx: mpsc::Sender<Eve
 }
 
 pub fn run(args: TopArgs) -> Result<i32> {
-    let live = args.replay.is_none();
-    // Nothing after the attach needs more than CAP_BPF.
-    run_with(args, || {
-        if live {
-            crate::kernel::privileges::drop_to_bpf_only()?;
-        }
-        Ok(())
-    })
+    run_with(args, || Ok(()))
 }
 
 /// [`run`], with `during` started once the probes are attached (and before
@@ -115,6 +108,10 @@ pub fn run(args: TopArgs) -> Result<i32> {
 /// detach: `demo --top`'s workload, whose
 /// writes should neither miss the probes nor race their patching in and
 /// out of kernel text.
+///
+/// A live view drops its privileges right after attaching, before any
+/// thread of its own starts and before `during` runs: nothing after the
+/// attach needs more than CAP_BPF.
 pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<i32> {
     if !std::io::stdout().is_terminal() {
         return Err(UsageError(
@@ -141,6 +138,7 @@ pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<
         None => {
             let mut attached = probes::attach(&AttachOptions::from(&args.probes))?;
             let collector = Collector::new(&mut attached)?;
+            crate::kernel::privileges::drop_to_bpf_only()?;
             _attached = attached;
             spawn_live(collector, args.interval, tx.clone());
             "live".to_owned()

@@ -246,3 +246,69 @@ async fn passwords_are_checked_against_the_hash() {
     assert!(!auth.check("nobody", PASSWORD.as_bytes()).await);
     assert_eq!(auth.verified.lock().expect("lock").len(), 1);
 }
+
+/// Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the calling thread
+/// alone (capabilities are per thread), as a root fuselock has lost them
+/// once it has dropped its privileges.
+fn without_dac_override_in_this_thread() {
+    let mut sets = [0u32; 6];
+    let mut header = [0x2008_0522u32, 0];
+    // SAFETY: capget/capset(2) on this thread with a v3 header and room
+    // for two data structs (effective, permitted, inheritable each).
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, header.as_mut_ptr(), sets.as_mut_ptr()),
+            0
+        );
+        for i in [0, 1] {
+            sets[i] &= !((1 << 1) | (1 << 2)); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        }
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, header.as_mut_ptr(), sets.as_ptr()),
+            0
+        );
+    }
+}
+
+/// `sudo fuselock export` with a root-only web config: after the drop it
+/// cannot open the file, but reads a change made in place through the
+/// descriptor kept from the first load; a file renamed over it is opened
+/// anew, and one it may not open is an error (which fails closed).
+#[test]
+fn a_file_it_may_no_longer_open_is_read_through_the_descriptor_kept() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pki = Pki::new("kept");
+    let path = pki.config("web.yml", "");
+    let kept = KeptFiles::default();
+    assert_eq!(kept.read(&path).expect("first read"), b"");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            without_dac_override_in_this_thread();
+            // Write-only: it may be changed, not read.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o200)).expect("chmod");
+            assert!(
+                fs::File::open(&path).is_err(),
+                "the file is still open to us"
+            );
+            // Changed in place (truncated and written: the same inode).
+            fs::write(&path, "http_server_config:\n  http2: false\n").expect("write in place");
+            assert_eq!(
+                kept.read(&path).expect("read through the kept descriptor"),
+                b"http_server_config:\n  http2: false\n"
+            );
+            // Replaced by a file it may open.
+            let new = pki.config("web.yml.new", "basic_auth_users: {}\n");
+            fs::rename(&new, &path).expect("rename");
+            assert_eq!(
+                kept.read(&path).expect("reopened"),
+                b"basic_auth_users: {}\n"
+            );
+            // Replaced by one it may not.
+            let new = pki.config("web.yml.new", "");
+            fs::set_permissions(&new, fs::Permissions::from_mode(0o000)).expect("chmod");
+            fs::rename(&new, &path).expect("rename");
+            let err = kept.read(&path).expect_err("a file it may not open");
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        });
+    });
+}
