@@ -87,9 +87,15 @@ pub struct Offsets {
     pub inode_i_sb: u32,
     /// `struct super_block`: `s_dev`.
     pub super_block_s_dev: u32,
-    /// `struct rw_semaphore`: `count`, `owner`.
+    /// `struct rw_semaphore`: `count` and `owner` (classic), or
+    /// `rwbase.readers` and `rwbase.rtmutex.owner` (PREEMPT_RT).
     pub rwsem_count: u32,
     pub rwsem_owner: u32,
+    /// [`crate::rwsem::RwsemLayout`] as its `u32`.
+    pub rwsem_layout: u32,
+    /// PREEMPT_RT: `rwbase.rtmutex`, the lock a writer waits on first, whose
+    /// contention events name it rather than the rwsem (0 when classic).
+    pub rwsem_rt_mutex: u32,
     /// `struct iov_iter`: `count` (inside an anonymous union/struct).
     pub iov_iter_count: u32,
     /// `struct fuse_file`: `open_flags`, `passthrough`.
@@ -133,6 +139,8 @@ impl Config {
             super_block_s_dev: 0,
             rwsem_count: 0,
             rwsem_owner: 0,
+            rwsem_layout: 0,
+            rwsem_rt_mutex: 0,
             iov_iter_count: 0,
             fuse_file_open_flags: 0,
             fuse_file_passthrough: 0,

@@ -3,6 +3,7 @@
 //! fexit programs), or `bpf_probe_read_kernel` (kprobes).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
+use probes_common::rwsem::RwsemLayout;
 
 use crate::maps::{config, health};
 
@@ -228,7 +229,8 @@ pub fn inode_id<A: Access>(inode: u64) -> Option<(u64, u32, i64)> {
     Some((ino, dev, size as i64))
 }
 
-/// The `count` and `owner` words of `inode->i_rwsem`, and `inode->i_size`.
+/// The count and owner words of `inode->i_rwsem` (see
+/// [`probes_common::rwsem::RwsemLayout`]), and `inode->i_size`.
 #[inline(always)]
 pub fn lock_state<A: Access>(inode: u64) -> Option<(u64, u64, i64)> {
     let rwsem = config!(offsets.inode_i_rwsem);
@@ -241,7 +243,15 @@ pub fn lock_state<A: Access>(inode: u64) -> Option<(u64, u64, i64)> {
         if inode == 0 {
             return None;
         }
-        return Some((load(inode, count), load(inode, owner), load(inode, i_size)));
+        // A typed load must be the field's width: RT's `readers` is an
+        // `atomic_t`. The layout is a read-only constant, so the verifier
+        // keeps one branch.
+        let count = if RwsemLayout::from_u32(config!(offsets.rwsem_layout)) == RwsemLayout::Rt {
+            u64::from(load::<u32>(inode, count))
+        } else {
+            load(inode, count)
+        };
+        return Some((count, load(inode, owner), load(inode, i_size)));
     }
     let [count, owner] = read_words(inode, [count, owner])?;
     let size = read::<i64>(inode, i_size)?;

@@ -12,13 +12,13 @@ use probes_common::{
     classify::at_lock,
     config::Ablation,
     maps::{INFLIGHT_EXCLUSIVE, INFLIGHT_SHARED, INFLIGHT_UNLOCKED},
-    rwsem::held_mode,
+    rwsem::RwsemLayout,
     LockMode, Reason, Reasons, WritePath,
 };
 
 use crate::{
     kernel::{self, now_ns, Access},
-    maps::{configured, current_task_btf, flag, health, task_of},
+    maps::{config, configured, current_task_btf, flag, health, task_of},
 };
 
 /// `FUSE_DIO_WRITE` (`fs/fuse/fuse_i.h`).
@@ -63,7 +63,8 @@ pub fn on_locked<A: Access>(path: WritePath, iocb: Option<u64>) {
     let Some((count, owner, i_size)) = kernel::lock_state::<A>(inode) else {
         return;
     };
-    let exclusive = match held_mode(count, owner, me as u64) {
+    let layout = RwsemLayout::from_u32(config!(offsets.rwsem_layout));
+    let exclusive = match layout.held_mode(count, owner, me as u64) {
         Some(LockMode::Shared) => false,
         Some(LockMode::Exclusive) => true,
         None => {

@@ -131,8 +131,10 @@ pub enum Matrix {
 /// `cargo xtask test`'s kernels: the whole suite on Debian's stock 6.12 (the
 /// reference kernel) and on 6.12 with the series' v2 (the lock modes flip),
 /// the core on every other series kernel (v2's unpatched twin, v3, the 7.3
-/// pair), on every other Debian line users run, and on 6.12 booted
-/// preemptible as some distributions boot it; the scale test on the newest.
+/// pair), on every other Debian line users run, on 6.12 booted preemptible
+/// as some distributions boot it, and on the newest line's PREEMPT_RT
+/// flavour (whose inode lock is built on an rtmutex); the scale test on the
+/// newest line.
 const MATRIX: &[(&str, Option<&str>, Tier)] = &[
     ("stock", None, Tier::Whole),
     ("patched", None, Tier::Whole),
@@ -146,6 +148,7 @@ const MATRIX: &[(&str, Option<&str>, Tier)] = &[
     ("debian:7.1", None, Tier::Core),
     ("debian:7.2", None, Tier::Core),
     ("debian:7.3", None, Tier::Core),
+    ("debian:7.3-rt", None, Tier::Core),
     ("debian:7.3", None, Tier::Scale),
 ];
 

@@ -133,7 +133,7 @@ pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
     }
     let p = PathBuf::from(name);
     if !p.is_file() {
-        bail!("--kernel {name}: not debian:LINE (6.12, 7.0 … 7.3, newest), stock, patched[:LINE], unpatched[:LINE], patched-v3:LINE (LINE 6.12 or 7.3), nor a file");
+        bail!("--kernel {name}: not debian:LINE[-rt|-generic] (6.12, 7.0 … 7.3, newest), stock, patched[:LINE], unpatched[:LINE], patched-v3:LINE (LINE 6.12 or 7.3), nor a file");
     }
     Ok((p, name.to_owned()))
 }
@@ -644,8 +644,6 @@ impl OopsReader {
     }
 }
 
-/// A dynamically linked host binary with its libraries and loader, at the
-/// same paths in the guest.
 /// tmux with its libraries, the C.UTF-8 character map (without which it
 /// refuses to start: "need UTF-8 locale") and the terminfo entries of the
 /// console's TERM (xterm) and of its panes (screen).
@@ -664,6 +662,8 @@ pub fn tmux_files() -> Result<Vec<(PathBuf, String)>> {
     Ok(files)
 }
 
+/// A dynamically linked host binary with its libraries and loader, at the
+/// same paths in the guest.
 pub fn with_libraries(binary: &str) -> Result<Vec<(PathBuf, String)>> {
     let out = Command::new("ldd")
         .arg(binary)

@@ -4,6 +4,7 @@
 use std::fs;
 
 use fuselock_base::procfs;
+use probes_common::rwsem::RwsemLayout;
 
 use crate::{
     kernel::memory,
@@ -91,7 +92,16 @@ fn checks() -> Vec<Check> {
                 )));
             }
             match offsets::resolve(k) {
-                Ok(_) => v.push(ok("struct offsets: every field fuselock reads is in BTF")),
+                Ok(o) => {
+                    v.push(ok("struct offsets: every field fuselock reads is in BTF"));
+                    v.push(info(match RwsemLayout::from_u32(o.rwsem_layout) {
+                        RwsemLayout::Classic => "inode lock: the classic rwsem (count and owner)",
+                        RwsemLayout::Rt => {
+                            "inode lock: PREEMPT_RT's rwbase_rt (readers count and rtmutex \
+                             owner); waits are timed on the rwsem and on its rtmutex"
+                        }
+                    }));
+                }
                 Err(e) => v.push(missing("struct offsets", format!("{e:#}"))),
             }
         }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
-use probes_common::config::Offsets;
+use probes_common::{config::Offsets, rwsem::RwsemLayout};
 
 use crate::kernel::btf::Btf;
 
@@ -92,6 +92,7 @@ pub fn resolve(kernel: &KernelBtf) -> Result<Offsets> {
         "kernel BTF: `struct fuse_file` has no `passthrough` member: this kernel lacks FUSE \
          passthrough (Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH=y is needed)",
     )?;
+    let rwsem = rwsem_fields(v)?;
     Ok(Offsets {
         kiocb_ki_filp: field(v, "kiocb", &["ki_filp"], 8)?,
         kiocb_ki_pos: field(v, "kiocb", &["ki_pos"], 8)?,
@@ -107,10 +108,10 @@ pub fn resolve(kernel: &KernelBtf) -> Result<Offsets> {
         inode_i_ino: field(v, "inode", &["i_ino"], 8)?,
         inode_i_sb: field(v, "inode", &["i_sb"], 8)?,
         super_block_s_dev: field(v, "super_block", &["s_dev"], 4)?,
-        // PREEMPT_RT kernels build rwsems on rt_mutex and have no `count`.
-        rwsem_count: field(v, "rw_semaphore", &["count"], 8)
-            .context("fuselock decodes the classic rwsem; PREEMPT_RT kernels are not supported")?,
-        rwsem_owner: field(v, "rw_semaphore", &["owner"], 8)?,
+        rwsem_count: rwsem.count,
+        rwsem_owner: rwsem.owner,
+        rwsem_layout: rwsem.layout as u32,
+        rwsem_rt_mutex: rwsem.rt_mutex,
         iov_iter_count: field(v, "iov_iter", &["count"], 8)?,
         fuse_file_open_flags: field(f, "fuse_file", &["open_flags"], 4)?,
         fuse_file_passthrough: passthrough,
@@ -120,6 +121,44 @@ pub fn resolve(kernel: &KernelBtf) -> Result<Offsets> {
         fuse_inode_state: field(f, "fuse_inode", &["state"], 8)?,
         fuse_i_cache_io_mode: cache_io_mode_bit(f)?,
         fuse_io_priv_iocb: field(f, "fuse_io_priv", &["iocb"], 8)?,
+    })
+}
+
+/// Where `struct rw_semaphore` keeps what tells how it is held.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RwsemFields {
+    pub layout: RwsemLayout,
+    pub count: u32,
+    pub owner: u32,
+    pub rt_mutex: u32,
+}
+
+/// The classic rwsem (`count`, `owner`), or PREEMPT_RT's, built on
+/// `struct rwbase_rt` (`rwbase.readers`, `rwbase.rtmutex.owner`): which one
+/// the kernel has is read from its BTF, never assumed.
+pub(crate) fn rwsem_fields(v: &Btf) -> Result<RwsemFields> {
+    if v.member_offset("rw_semaphore", &["count"]).is_ok() {
+        return Ok(RwsemFields {
+            layout: RwsemLayout::Classic,
+            count: field(v, "rw_semaphore", &["count"], 8)?,
+            owner: field(v, "rw_semaphore", &["owner"], 8)?,
+            rt_mutex: 0,
+        });
+    }
+    if v.member_offset("rw_semaphore", &["rwbase"]).is_err() {
+        bail!(
+            "kernel BTF: `struct rw_semaphore` has neither `count` (the classic rwsem) nor \
+             `rwbase` (PREEMPT_RT's): this kernel's inode lock is not one fuselock can decode"
+        );
+    }
+    let rt_mutex = v
+        .member_offset("rw_semaphore", &["rwbase", "rtmutex"])
+        .context("kernel BTF: `struct rw_semaphore.rwbase.rtmutex` (PREEMPT_RT)")?;
+    Ok(RwsemFields {
+        layout: RwsemLayout::Rt,
+        count: field(v, "rw_semaphore", &["rwbase", "readers"], 4)?,
+        owner: field(v, "rw_semaphore", &["rwbase", "rtmutex", "owner"], 8)?,
+        rt_mutex,
     })
 }
 

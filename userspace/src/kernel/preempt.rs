@@ -75,12 +75,15 @@ fn from_cmdline(cmdline: &str) -> Option<String> {
 /// `PREEMPT_LAZY`); a dynamic kernel says `PREEMPT_DYNAMIC` and no more.
 fn from_version(version: &str) -> Option<String> {
     let words: Vec<&str> = version.split_whitespace().collect();
+    // PREEMPT_RT first: an rt build may be dynamic too, and is always
+    // preemptible.
+    if words.contains(&"PREEMPT_RT") {
+        return Some("rt".into());
+    }
     if words.contains(&"PREEMPT_DYNAMIC") {
         return None;
     }
-    if words.contains(&"PREEMPT_RT") {
-        Some("rt".into())
-    } else if words.contains(&"PREEMPT_LAZY") {
+    if words.contains(&"PREEMPT_LAZY") {
         Some("lazy".into())
     } else if words.contains(&"PREEMPT") {
         Some("full".into())
@@ -115,6 +118,12 @@ fn from_config(config: &str) -> Option<String> {
 pub fn detect() -> Option<Model> {
     let read = |p: &str| fs::read_to_string(p).ok();
     let found = |name: String, source| Some(Model { name, source });
+    // A PREEMPT_RT build says so in `uname -v` and is preemptible whatever
+    // dynamic model debugfs offers it (`(full) lazy` on Debian's 7.3 rt).
+    let version = read("/proc/sys/kernel/version");
+    if version.as_deref().and_then(from_version).as_deref() == Some("rt") {
+        return found("rt".into(), Source::Version);
+    }
     if let Some(m) = read("/sys/kernel/debug/sched/preempt")
         .as_deref()
         .and_then(from_debugfs)
@@ -124,10 +133,7 @@ pub fn detect() -> Option<Model> {
     if let Some(m) = read("/proc/cmdline").as_deref().and_then(from_cmdline) {
         return found(m, Source::Cmdline);
     }
-    if let Some(m) = read("/proc/sys/kernel/version")
-        .as_deref()
-        .and_then(from_version)
-    {
+    if let Some(m) = version.as_deref().and_then(from_version) {
         return found(m, Source::Version);
     }
     let release = fuselock_base::procfs::kernel_release();
@@ -168,6 +174,11 @@ mod tests {
         assert_eq!(
             from_version("#1 SMP PREEMPT Mon Jan 1"),
             Some("full".into())
+        );
+        // An rt build that is dynamic too is rt all the same.
+        assert_eq!(
+            from_version("#1 SMP PREEMPT_DYNAMIC PREEMPT_RT Debian 7.3.4-1").as_deref(),
+            Some("rt")
         );
         // Dynamic kernels do not say which model they booted.
         assert_eq!(

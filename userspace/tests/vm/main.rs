@@ -1031,7 +1031,21 @@ fn doctor_is_happy_on_a_capable_kernel() {
         .find_map(|l| l.strip_prefix("info     preemption model: "))
         .unwrap_or_else(|| panic!("no preemption model line: {text}"));
     let model = line.split(' ').next().unwrap_or("unknown");
-    if let Ok(debugfs) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt") {
+    // A PREEMPT_RT build is named so whatever debugfs offers, and its
+    // inode lock is decoded as the rtmutex-based rwbase it is.
+    let rt = std::fs::read_to_string("/proc/sys/kernel/version")
+        .is_ok_and(|v| v.split_whitespace().any(|w| w == "PREEMPT_RT"));
+    assert!(
+        text.contains(if rt {
+            "info     inode lock: PREEMPT_RT's rwbase_rt"
+        } else {
+            "info     inode lock: the classic rwsem"
+        }),
+        "{text}"
+    );
+    if rt {
+        assert_eq!(line, "rt (from uname -v)", "{text}");
+    } else if let Ok(debugfs) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt") {
         let current = debugfs
             .split_whitespace()
             .find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))

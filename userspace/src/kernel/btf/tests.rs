@@ -1616,3 +1616,75 @@ fn pahole_generated_split_btf() {
     assert!(btf.has_func("vfs_write"));
     assert!(!vmlinux.has_struct("my_module_state"));
 }
+
+/// The inode lock's layout comes from BTF: the classic rwsem, PREEMPT_RT's
+/// `rwbase_rt` at the offsets its BTF gives, or a clear refusal.
+#[test]
+fn rwsem_layouts_are_told_apart_by_their_members() {
+    use crate::kernel::offsets::{rwsem_fields, RwsemFields};
+    use probes_common::rwsem::RwsemLayout;
+
+    let mut classic = Builder::new();
+    let long = classic.int("long", 8);
+    let atomic_long = classic.structure("atomic_long_t", 8, &[("counter", long, 0)]);
+    classic.structure(
+        "rw_semaphore",
+        40,
+        &[("count", atomic_long, 0), ("owner", atomic_long, 64)],
+    );
+    assert_eq!(
+        rwsem_fields(&classic.parse()).expect("classic"),
+        RwsemFields {
+            layout: RwsemLayout::Classic,
+            count: 0,
+            owner: 8,
+            rt_mutex: 0
+        }
+    );
+
+    // PREEMPT_RT, as include/linux/{rwbase_rt,rtmutex}.h lay it out.
+    let mut rt = Builder::new();
+    let int = rt.int("int", 4);
+    rt.int("long", 8);
+    let task = rt.fwd("task_struct");
+    let task_ptr = rt.ptr(task);
+    let atomic = rt.structure("atomic_t", 4, &[("counter", int, 0)]);
+    let spinlock = rt.structure("raw_spinlock", 4, &[("raw_lock", int, 0)]);
+    let waiters = rt.structure("rb_root_cached", 16, &[]);
+    let rt_mutex = rt.structure(
+        "rt_mutex_base",
+        32,
+        &[
+            ("wait_lock", spinlock, 0),
+            ("waiters", waiters, 64),
+            ("owner", task_ptr, 192),
+        ],
+    );
+    let rwbase = rt.structure(
+        "rwbase_rt",
+        40,
+        &[("readers", atomic, 0), ("rtmutex", rt_mutex, 64)],
+    );
+    rt.structure("rw_semaphore", 40, &[("rwbase", rwbase, 0)]);
+    assert_eq!(
+        rwsem_fields(&rt.parse()).expect("rt"),
+        RwsemFields {
+            layout: RwsemLayout::Rt,
+            count: 0,
+            owner: 32,
+            rt_mutex: 8
+        }
+    );
+
+    let mut neither = Builder::new();
+    let int = neither.int("int", 4);
+    neither.structure("rw_semaphore", 4, &[("lock", int, 0)]);
+    let err = format!(
+        "{:#}",
+        rwsem_fields(&neither.parse()).expect_err("no known layout")
+    );
+    assert!(
+        err.contains("neither `count`") && err.contains("PREEMPT_RT"),
+        "{err}"
+    );
+}
