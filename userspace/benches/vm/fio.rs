@@ -1,7 +1,8 @@
 //! The `fio` section: the parallel-direct-writes series' own benchmark (fio
 //! 4 KiB random O_DIRECT writes, 1/2/4/8 jobs on one shared file) on a
-//! passthrough mount that asks for FOPEN_PARALLEL_DIRECT_WRITES, with and
-//! without `fuselock stat` attached, in alternating order.
+//! passthrough mount that asks for FOPEN_PARALLEL_DIRECT_WRITES, without
+//! fuselock, with `fuselock stat` as it attaches by default, and with
+//! `--contention`, in rotating order.
 //!
 //! Each run writes a fixed number of I/Os (not time-based), so fuselock's
 //! write count for the file must equal the I/Os fio reports, exactly; a
@@ -42,11 +43,33 @@ struct Attached {
     lines: Option<JoinHandle<Vec<String>>>,
 }
 
+/// How a run watches fio: not at all, as fuselock attaches by default, or
+/// also measuring lock waits (`--contention`), which give the series'
+/// estimated gain and cost more.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    None,
+    Default,
+    Contention,
+}
+
+impl Watch {
+    const ALL: [Watch; 3] = [Watch::None, Watch::Default, Watch::Contention];
+
+    fn name(self) -> &'static str {
+        match self {
+            Watch::None => "none",
+            Watch::Default => "default",
+            Watch::Contention => "contention",
+        }
+    }
+}
+
 impl Attached {
-    fn start() -> Result<Attached> {
+    fn start(contention: bool) -> Result<Attached> {
         let mut child = Command::new(fuselock())
-            // With lock waits: they give the series' estimated gain.
-            .args(["stat", "--json", "--contention", "--interval", "3600"])
+            .args(["stat", "--json", "--interval", "3600"])
+            .args(contention.then_some("--contention"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -202,7 +225,7 @@ fn fio(fs: &TestFs, name: &str, jobs: u64, total: u64, file_bytes: u64) -> Resul
 }
 
 /// Runs the section; `total` I/Os per run (a multiple of 8), `rounds`
-/// rounds of 1/2/4/8 jobs, each with and without fuselock.
+/// rounds of 1/2/4/8 jobs, each without fuselock, with it, and with `--contention`.
 pub fn section(rounds: u64, total: u64) -> Result<()> {
     ensure!(
         total > 0 && total.is_multiple_of(8),
@@ -224,24 +247,25 @@ pub fn section(rounds: u64, total: u64) -> Result<()> {
     }
     println!(
         "\nfio: randwrite 4 KiB O_DIRECT psync on one shared file (passthrough, --parallel), \
-         {total} I/Os per run, {rounds} rounds, with and without fuselock alternating"
+         {total} I/Os per run, {rounds} rounds, without fuselock, with it and with --contention, rotating"
     );
     println!(
-        "{:>5}  {:>7}  {:>9}  {:>11}  {:>15}  {:>8}  {:>9}",
+        "{:>5}  {:>7}  {:>10}  {:>11}  {:>15}  {:>8}  {:>9}",
         "round", "numjobs", "fuselock", "IOPS", "fuselock writes", "shared", "exclusive"
     );
     let mut mismatches = Vec::new();
     for round in 0..rounds {
         for (i, &jobs) in JOBS.iter().enumerate() {
-            // Alternate which configuration goes first, so drift within a
-            // round falls on both alike.
-            let order = if (round as usize + i).is_multiple_of(2) {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for with in order {
-                let attached = if with { Some(Attached::start()?) } else { None };
+            // Rotate which configuration goes first, so drift within a
+            // round falls on all alike.
+            let mut order = Watch::ALL;
+            order.rotate_left((round as usize + i) % Watch::ALL.len());
+            for watch in order {
+                let attached = match watch {
+                    Watch::None => None,
+                    Watch::Default => Some(Attached::start(false)?),
+                    Watch::Contention => Some(Attached::start(true)?),
+                };
                 // Untimed, on another file: attaching patches kernel text and
                 // TCG re-translates it; fio's start-up is paid here too.
                 fio(&fs, WARM, jobs, total / 8, file_bytes)?;
@@ -265,8 +289,8 @@ pub fn section(rounds: u64, total: u64) -> Result<()> {
                 let wait_share = counted.as_ref().and_then(|c| c.wait_share);
                 let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
                 println!(
-                    "{round:>5}  {jobs:>7}  {:>9}  {:>11.0}  {:>15}  {:>8}  {:>9}",
-                    if with { "attached" } else { "none" },
+                    "{round:>5}  {jobs:>7}  {:>10}  {:>11.0}  {:>15}  {:>8}  {:>9}",
+                    watch.name(),
                     run.iops,
                     show(writes),
                     show(shared),
@@ -277,7 +301,8 @@ pub fn section(rounds: u64, total: u64) -> Result<()> {
                     serde_json::json!({
                         "round": round,
                         "jobs": jobs,
-                        "fuselock": with,
+                        "fuselock": watch != Watch::None,
+                        "contention": watch == Watch::Contention,
                         "ios": run.ios,
                         "iops": run.iops,
                         "fuselock_writes": writes,

@@ -39,11 +39,21 @@ impl SeriesVersion {
     }
 }
 
+/// How a run watched fio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Watch {
+    None,
+    /// fuselock as it attaches by default.
+    Default,
+    /// With `--contention` too: what gives the estimate.
+    Contention,
+}
+
 /// One run as the guest reported it.
 struct Run {
     round: u64,
     jobs: u64,
-    fuselock: bool,
+    watch: Watch,
     iops: f64,
     ios: u64,
     fuselock_writes: Option<u64>,
@@ -65,9 +75,16 @@ fn parse(line: &str) -> Result<Run> {
     Ok(Run {
         round: num("round")?,
         jobs: num("jobs")?,
-        fuselock: v["fuselock"]
-            .as_bool()
-            .with_context(|| format!("result line without fuselock: {line}"))?,
+        watch: match (
+            v["fuselock"]
+                .as_bool()
+                .with_context(|| format!("result line without fuselock: {line}"))?,
+            v["contention"].as_bool().unwrap_or(true),
+        ) {
+            (false, _) => Watch::None,
+            (true, false) => Watch::Default,
+            (true, true) => Watch::Contention,
+        },
         iops: v["iops"]
             .as_f64()
             .with_context(|| format!("result line without iops: {line}"))?,
@@ -122,7 +139,7 @@ fn on_kernel(kernel: &str, rounds: u64, ios: u64, append: Option<&str>) -> Resul
         rounds * JOBS.len() as u64 * 2,
         runs.len()
     );
-    for r in runs.iter().filter(|r| r.fuselock) {
+    for r in runs.iter().filter(|r| r.watch != Watch::None) {
         if r.fuselock_writes != Some(r.ios) {
             bail!(
                 "{kernel}, round {}, {} jobs: fio did {} writes, fuselock counted {:?}",
@@ -153,9 +170,9 @@ fn spread(v: &[f64]) -> String {
 }
 
 /// IOPS per (jobs, fuselock, round).
-fn by_key(runs: &[Run]) -> BTreeMap<(u64, bool, u64), f64> {
+fn by_key(runs: &[Run]) -> BTreeMap<(u64, Watch, u64), f64> {
     runs.iter()
-        .map(|r| ((r.jobs, r.fuselock, r.round), r.iops))
+        .map(|r| ((r.jobs, r.watch, r.round), r.iops))
         .collect()
 }
 
@@ -202,62 +219,60 @@ fn on_pair(
     let unpatched = on_kernel(&format!("unpatched:{line}"), rounds, ios, append)?;
     let patched = on_kernel(&format!("{patched_name}:{line}"), rounds, ios, append)?;
     let (u, p) = (by_key(&unpatched), by_key(&patched));
-    let get = |m: &BTreeMap<(u64, bool, u64), f64>, k| {
+    let get = |m: &BTreeMap<(u64, Watch, u64), f64>, k| {
         m.get(&k)
             .copied()
             .with_context(|| format!("no fio run for {k:?}"))
     };
 
     println!(
-        "\nfio on the {line} pair (unpatched, {patched_name}): randwrite 4 KiB O_DIRECT, one shared file on a passthrough \
-         mount asking for parallel direct writes; {ios} I/Os per run, {rounds} rounds; TCG, \
-         2 vCPUs"
+        "\nfio on the {line} pair (unpatched, {patched_name}): randwrite 4 KiB O_DIRECT, one shared \
+         file on a passthrough mount asking for parallel direct writes; {ios} I/Os per run, \
+         {rounds} rounds; TCG, 2 vCPUs"
     );
     println!(
         "IOPS: median over rounds without fuselock. Ratios: median (min–max over rounds); \
-         overhead = IOPS with fuselock (--contention) ÷ without, same round; estimate = \
-         1 ÷ (1 − the share of the unpatched writes' time spent waiting for the lock), \
-         fuselock's bound on what the series buys"
+         overhead = IOPS with fuselock ÷ without, same round, as it attaches by default and with \
+         --contention; estimate = 1 ÷ (1 − the share of the unpatched writes' time spent waiting \
+         for the lock, from the --contention runs), fuselock's bound on what the series buys"
     );
     println!(
-        "{:>7} | {:>14} | {:>12} | {:>21} | {:>21} | {:>21} | {:>21} | {:>28}",
+        "{:>7} | {:>14} | {:>12} | {:>19} | {:>19} | {:>19} | {:>19} | {:>19} | {:>19} | {:>28}",
         "numjobs",
         "unpatched IOPS",
         "patched IOPS",
         "patched ÷ unpatched",
-        "estimate (unpatched)",
-        "overhead, unpatched",
-        "overhead, patched",
+        "estimate",
+        "overhead unpatched",
+        "overhead patched",
+        "--contention unp.",
+        "--contention pat.",
         "cover letter before/after (÷)"
     );
     for (jobs, before, after) in COVER_LETTER {
         let mut pu = Vec::new();
-        let mut over_u = Vec::new();
-        let mut over_p = Vec::new();
+        let (mut over_u, mut over_p, mut cont_u, mut cont_p) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut iops_u, mut iops_p) = (Vec::new(), Vec::new());
         let estimate: Vec<f64> = unpatched
             .iter()
-            .filter(|r| r.jobs == jobs)
+            .filter(|r| r.jobs == jobs && r.watch == Watch::Contention)
             .filter_map(|r| r.wait_share)
             .map(|f| 1.0 / (1.0 - f).max(0.01))
             .collect();
         for round in 0..rounds {
-            let (u0, u1) = (
-                get(&u, (jobs, false, round))?,
-                get(&u, (jobs, true, round))?,
-            );
-            let (p0, p1) = (
-                get(&p, (jobs, false, round))?,
-                get(&p, (jobs, true, round))?,
-            );
+            let at = |m, watch| get(m, (jobs, watch, round));
+            let (u0, p0) = (at(&u, Watch::None)?, at(&p, Watch::None)?);
             iops_u.push(u0);
             iops_p.push(p0);
             pu.push(p0 / u0);
-            over_u.push(u1 / u0);
-            over_p.push(p1 / p0);
+            over_u.push(at(&u, Watch::Default)? / u0);
+            over_p.push(at(&p, Watch::Default)? / p0);
+            cont_u.push(at(&u, Watch::Contention)? / u0);
+            cont_p.push(at(&p, Watch::Contention)? / p0);
         }
         println!(
-            "{jobs:>7} | {:>14.0} | {:>12.0} | {:>21} | {:>21} | {:>21} | {:>21} | {:>28}",
+            "{jobs:>7} | {:>14.0} | {:>12.0} | {:>19} | {:>19} | {:>19} | {:>19} | {:>19} | {:>19} | {:>28}",
             median(iops_u),
             median(iops_p),
             spread(&pu),
@@ -268,6 +283,8 @@ fn on_pair(
             },
             spread(&over_u),
             spread(&over_p),
+            spread(&cont_u),
+            spread(&cont_p),
             format!(
                 "{:.0}K / {:.0}K ({:.2})",
                 before / 1e3,
@@ -278,7 +295,7 @@ fn on_pair(
     }
     // What fuselock saw: the lock the kernel took for these writes.
     for (name, runs) in [("unpatched", &unpatched), (patched_name, &patched)] {
-        let attached: Vec<&Run> = runs.iter().filter(|r| r.fuselock).collect();
+        let attached: Vec<&Run> = runs.iter().filter(|r| r.watch != Watch::None).collect();
         let writes: u64 = attached.iter().map(|r| r.ios).sum();
         let shared: u64 = attached.iter().filter_map(|r| r.shared).sum();
         let exclusive: u64 = attached.iter().filter_map(|r| r.exclusive).sum();
@@ -306,7 +323,8 @@ mod tests {
             r#"FIO_RESULT {"exclusive":0,"fuselock":true,"fuselock_writes":2048,"iops":22021.5,"ios":2048,"jobs":1,"round":0,"shared":2048}"#,
         )
         .expect("parses");
-        assert!(with.fuselock);
+        // Lines from before the default mode was measured were --contention's.
+        assert_eq!(with.watch, Watch::Contention);
         assert_eq!(
             (with.jobs, with.ios, with.fuselock_writes),
             (1, 2048, Some(2048))
@@ -316,6 +334,12 @@ mod tests {
         )
         .expect("parses");
         assert_eq!((without.round, without.fuselock_writes), (3, None));
+        assert_eq!(without.watch, Watch::None);
+        let default = parse(
+            r#"FIO_RESULT {"contention":false,"exclusive":0,"fuselock":true,"fuselock_writes":2048,"iops":22021.5,"ios":2048,"jobs":1,"round":0,"shared":2048}"#,
+        )
+        .expect("parses");
+        assert_eq!(default.watch, Watch::Default);
         assert_eq!(without.wait_share, None);
         let unpatched = parse(
             r#"FIO_RESULT {"exclusive":2048,"fuselock":true,"fuselock_writes":2048,"iops":21000.0,"ios":2048,"jobs":4,"round":0,"shared":0,"wait_share":0.25}"#,
