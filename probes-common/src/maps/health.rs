@@ -69,7 +69,7 @@ counters! {
         pub unconfigured: u64,
         /// Writes whose device had no room in `DEV_TOTALS`.
         pub dev_totals_full: u64,
-        /// Opens counted in `OPENS`: with the write counters in `PATH_TOTALS` and
+        /// Opens counted in `OPENS`: with the devices' write counters and
         /// `inode_inserts`, it tells userspace whether any per-inode map changed
         /// since its last read, so an idle host costs no whole-map reads.
         pub opens: u64,
