@@ -21,6 +21,23 @@ pub const FLAG_CONTENTION: u32 = 1 << 1;
 /// the call as dead code instead of refusing the program.
 pub const FLAG_CGROUP_ID: u32 = 1 << 2;
 
+/// Bit in [`Config::flags`]: count only the writes and opens of tasks
+/// under one cgroup ([`Config::cgroup_filter`]), as `perf lock contention
+/// -G` filters; off, the check is pruned as dead code.
+pub const FLAG_CGROUP_FILTER: u32 = 1 << 3;
+
+/// The cgroup whose tasks alone are watched under [`FLAG_CGROUP_FILTER`]:
+/// a task is under it when its ancestor at `level` (the root is 0) is it,
+/// which `bpf_get_current_ancestor_cgroup_id()` answers without a map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupFilter {
+    /// The cgroup's id: its cgroup v2 directory's inode number.
+    pub id: u64,
+    pub level: u32,
+    pub _reserved: u32,
+}
+
 /// A part of a write's accounting that a benchmark can switch off, to
 /// measure what it costs (`cargo xtask bench --sections ablation`); never
 /// set otherwise. Each is a bit of [`Config::flags`]: the configuration
@@ -115,6 +132,7 @@ pub struct Offsets {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub magic: u64,
+    pub cgroup_filter: CgroupFilter,
     pub offsets: Offsets,
     /// `FLAG_*` bits.
     pub flags: u32,
@@ -124,6 +142,11 @@ impl Config {
     /// The value compiled into the object: not configured.
     pub const UNSET: Config = Config {
         magic: 0,
+        cgroup_filter: CgroupFilter {
+            id: 0,
+            level: 0,
+            _reserved: 0,
+        },
         offsets: Offsets {
             kiocb_ki_filp: 0,
             kiocb_ki_pos: 0,
@@ -155,9 +178,22 @@ impl Config {
     pub const fn new(offsets: Offsets, flags: u32) -> Config {
         Config {
             magic: CONFIG_MAGIC,
+            cgroup_filter: CgroupFilter {
+                id: 0,
+                level: 0,
+                _reserved: 0,
+            },
             offsets,
             flags,
         }
+    }
+
+    /// This configuration, watching only the tasks under `filter`.
+    #[must_use]
+    pub const fn with_cgroup_filter(mut self, filter: CgroupFilter) -> Config {
+        self.cgroup_filter = filter;
+        self.flags |= FLAG_CGROUP_FILTER;
+        self
     }
 
     pub const fn is_configured(&self) -> bool {
@@ -170,6 +206,6 @@ impl Config {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: plain old data, `#[repr(C)]`, no padding (every field is a u32/u64
-// and the u32 count is even, which `maps::tests` checks), valid for any bit pattern.
+// SAFETY: plain old data, `#[repr(C)]`, no padding (every field is a u32/u64,
+// and `maps::tests` checks the size is the fields' sum), valid for any bit pattern.
 unsafe impl aya::Pod for Config {}

@@ -7,7 +7,7 @@ use aya_ebpf::{
     Global,
 };
 use probes_common::{
-    config::{Config, CONFIG_MAGIC},
+    config::{Config, CONFIG_MAGIC, FLAG_CGROUP_FILTER},
     maps::{
         Bump, DirtyRing, FileStats, DEFAULT_MAX_INODES, DEVICE_SLOTS, MAX_DEVICES, NO_PREALLOC,
     },
@@ -15,7 +15,10 @@ use probes_common::{
     WriterStats,
 };
 
-use aya_ebpf::{bindings::task_struct, helpers::generated::bpf_get_current_task_btf};
+use aya_ebpf::{
+    bindings::task_struct,
+    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf},
+};
 
 use crate::task_storage::TaskStorage;
 
@@ -120,6 +123,19 @@ pub fn configured() -> bool {
 #[inline(always)]
 pub fn flag(bit: u32) -> bool {
     config!(flags) & bit != 0
+}
+
+/// Whether the current task is one fuselock watches: every task, or with
+/// `--cgroup`/`--pod` those under that cgroup (the check is dead code, and
+/// pruned, without them: kernels without cgroups never see the helper).
+#[inline(always)]
+pub fn watched() -> bool {
+    if !flag(FLAG_CGROUP_FILTER) {
+        return true;
+    }
+    let (level, id) = (config!(cgroup_filter.level), config!(cgroup_filter.id));
+    // SAFETY: a helper without pointer arguments.
+    unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) == id }
 }
 
 /// The current task's state, made on first use.

@@ -10,7 +10,7 @@ use probes_common::{
 
 use crate::{
     kernel::{inode_id, read, Probed},
-    maps::{config, configured, health, task, task_or_create, Atomic, OPENS},
+    maps::{config, configured, health, task, task_or_create, watched, Atomic, OPENS},
 };
 
 fn atomic_add(slot: &mut u64, n: u64) {
@@ -20,7 +20,7 @@ fn atomic_add(slot: &mut u64, n: u64) {
 /// Entry: `ff->open_flags` is still what the server replied.
 #[inline(always)]
 pub fn on_entry(file: u64) {
-    if !configured() {
+    if !configured() || !watched() {
         return;
     }
     let Some(ff) = read::<u64>(file, config!(offsets.file_private_data)) else {

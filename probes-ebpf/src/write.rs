@@ -14,7 +14,7 @@ use probes_common::{
 use crate::{
     finish::BpfMaps,
     kernel::{self, now_ns, Access},
-    maps::{config, configured, flag, health, task, task_or_create},
+    maps::{config, configured, flag, health, task, task_or_create, watched},
 };
 
 /// Records the write in the task's storage if it takes the passthrough or direct-io
@@ -22,7 +22,7 @@ use crate::{
 /// makes its own decision.
 #[inline(always)]
 pub fn on_entry<A: Access, C: EbpfContext>(ctx: &C, iocb: u64, from: u64) {
-    if !configured() {
+    if !configured() || !watched() {
         return;
     }
     let Some((file, pos, ki_flags)) = kernel::kiocb::<A>(iocb) else {

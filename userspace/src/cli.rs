@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fuselock_testkit::{testfs::TestfsArgs, workload::LoadArgs};
 use probes_common::config::Ablation;
 
-use crate::kernel::probes::ProbeMode;
+use crate::{collect::cgroups::WatchOnly, kernel::probes::ProbeMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -166,6 +166,17 @@ pub struct ProbeArgs {
     /// fuselock hooks only FUSE functions, and the wait columns stay empty.
     #[arg(long)]
     pub contention: bool,
+    /// Count only the writes and opens of tasks under this cgroup v2
+    /// directory, in the kernel (as `perf lock contention -G` filters): a
+    /// path from the hierarchy's root (`/kubepods.slice/…`) or under its
+    /// mount point (`/sys/fs/cgroup/…`).
+    #[arg(long, value_name = "PATH", conflicts_with = "pod")]
+    pub cgroup: Option<String>,
+    /// Count only the writes and opens of this pod's processes, given as
+    /// NAMESPACE/NAME: its UID comes from the node's /var/log/pods, its
+    /// cgroup from kubelet's layout (systemd or cgroupfs driver).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<WatchOnly>,
     /// Log every write from the kernel through aya-log (costly: debugging only).
     #[arg(long)]
     pub debug_probes: bool,

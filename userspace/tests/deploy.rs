@@ -142,6 +142,15 @@ fn daemonset_is_valid_yaml_with_least_privilege() {
     assert!(text.contains("add: [\"BPF\", \"PERFMON\", \"SYS_RESOURCE\", \"SYS_ADMIN\"]"));
     assert!(text.contains("privileged: false"));
     assert!(text.contains("drop: [\"ALL\"]"));
+    // The host's cgroup tree and pod logs name writers' pods: both mounted,
+    // and read-only like every other mount.
+    for host in ["/sys/fs/cgroup", "/var/log/pods"] {
+        assert!(text.contains(&format!("path: {host}")), "{host}");
+        assert!(
+            text.contains(&format!("mountPath: {host}\n              readOnly: true")),
+            "{host}"
+        );
+    }
     let parses = Command::new("python3")
         .args(["-c", "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert d['kind'] == 'DaemonSet'"])
         .arg(&path)

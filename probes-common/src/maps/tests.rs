@@ -146,7 +146,12 @@ fn layouts_have_no_hidden_padding() {
     assert_eq!(size_of::<Health>(), 8 * Health::NAMES.len());
     assert_eq!(size_of::<InFlight>(), 8 * 4 + 16 + 8 * 8 + 4 * 4);
     assert_eq!(size_of::<InodeName>(), 8 + NAME_LEN);
-    assert_eq!(size_of::<crate::Config>(), 8 + 4 * 23 + 4);
+    assert_eq!(
+        size_of::<crate::Config>(),
+        8 + size_of::<crate::config::CgroupFilter>() + size_of::<crate::config::Offsets>() + 4
+    );
+    assert_eq!(size_of::<crate::config::CgroupFilter>(), 16);
+    assert_eq!(size_of::<crate::config::Offsets>(), 4 * 23);
     assert_eq!(size_of::<Histograms>(), 8 * HIST_BUCKETS * 5);
     assert_eq!(
         size_of::<FileStats>(),

@@ -1,5 +1,6 @@
-//! Reads the maps into [`Snapshot`]s: the one layer that reads them, so
-//! every output consumes the snapshots it produces.
+//! Reads the maps into [`Snapshot`]s, with what the host tells about them
+//! (mount points, writers' cgroups): every output consumes the snapshots it
+//! produces, and none reads a map itself.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -9,6 +10,7 @@ use std::{
 
 pub mod batch;
 mod cache;
+pub mod cgroups;
 mod janitor;
 
 use anyhow::{Context as _, Result};
@@ -24,6 +26,7 @@ use probes_common::{
 
 use self::{
     cache::{written_since, Cached, ChangeMarks, InodeCache, OpenCache},
+    cgroups::CgroupResolver,
     janitor::Janitor,
 };
 use crate::{
@@ -84,6 +87,8 @@ pub struct Collector {
     /// map fills.
     janitor: Janitor,
     mounts: MountTable,
+    /// Writers' cgroup ids to paths and workloads.
+    cgroups: CgroupResolver,
     /// The programs' skipped runs, read at each snapshot.
     misses: Misses,
     source: Source,
@@ -129,12 +134,13 @@ fn sum_percpu(values: &[WriteStats]) -> WriteStats {
 }
 
 /// One process's writes to one entry.
-fn writer_of(k: &WriterKey, w: &WriterStats) -> Writer {
+fn writer_of(k: &WriterKey, w: &WriterStats, cgroups: &mut CgroupResolver) -> Writer {
     let len = w.comm.iter().position(|b| *b == 0).unwrap_or(w.comm.len());
     Writer {
         pid: k.tgid,
         comm: String::from_utf8_lossy(&w.comm[..len]).into_owned(),
         writes: w.writes,
+        cgroup: cgroups.resolve(w.cgroup_id),
     }
 }
 
@@ -170,11 +176,13 @@ impl Collector {
             // then seen.
             janitor: Janitor::new(max_inodes),
             mounts: MountTable::read(),
+            cgroups: CgroupResolver::for_host(),
             misses: Misses::new(attached),
             source: Source {
                 kernel: attached.kernel.clone(),
                 probe_mode: attached.mode.to_string(),
                 contention: attached.contention,
+                only_cgroup: attached.only_cgroup.clone(),
             },
             max_inodes: u64::from(max_inodes),
             started: Instant::now(),
@@ -342,7 +350,7 @@ impl Collector {
             for tgid in tgids {
                 let wkey = WriterKey::new(key, tgid);
                 if let Some(w) = self.maps.writers.lookup(&wkey).context("reading WRITERS")? {
-                    let writer = writer_of(&wkey, &w[0]);
+                    let writer = writer_of(&wkey, &w[0], &mut self.cgroups);
                     if cached.writers.get(&tgid) != Some(&writer) {
                         cached.writers.insert(tgid, writer);
                         writers_moved = true;
@@ -436,7 +444,7 @@ impl Collector {
                     writers
                         .entry(key)
                         .or_default()
-                        .insert(k.tgid, writer_of(k, w));
+                        .insert(k.tgid, writer_of(k, w, &mut self.cgroups));
                 }
             })
             .context("reading WRITERS")?;
@@ -563,6 +571,7 @@ impl Collector {
             opens: self.opens_cache.totals,
             health: HealthReport {
                 recursion_misses: self.misses.read(),
+                cgroups_unresolved: self.cgroups.unresolved(),
                 ..HealthReport::new(&health, live, self.max_inodes, self.janitor.evicted())
             },
         })

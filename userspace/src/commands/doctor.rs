@@ -186,6 +186,7 @@ fn checks() -> Vec<Check> {
         contention: true,
         debug_log: false,
         ablate: Vec::new(),
+        only: None,
     });
     match attach {
         Ok(a) => v.push(ok(format!(

@@ -7,7 +7,10 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 use crate::{
     cli::ProbeArgs,
-    collect::Collector,
+    collect::{
+        cgroups::{self, WatchOnly},
+        Collector,
+    },
     kernel::probes::{self, AttachOptions, Attached},
 };
 
@@ -31,7 +34,7 @@ impl Session {
                  task's storage and go with the task"
             );
         }
-        let mut attached = probes::attach(&AttachOptions::from(args))?;
+        let mut attached = probes::attach(&attach_options(args)?)?;
         let logs = forward_probe_logs(&mut attached);
         let collector = Collector::new(&mut attached)?;
         Ok(Session {
@@ -42,16 +45,25 @@ impl Session {
     }
 }
 
-impl From<&ProbeArgs> for AttachOptions {
-    fn from(a: &ProbeArgs) -> AttachOptions {
-        AttachOptions {
-            mode: a.probe_mode,
-            max_inodes: a.max_inodes,
-            contention: a.contention,
-            debug_log: a.debug_probes,
-            ablate: a.ablate.clone(),
-        }
+/// What the probe flags ask of the attach; `--cgroup` and `--pod` are
+/// resolved to a cgroup here, and fail with a message saying why.
+pub fn attach_options(a: &ProbeArgs) -> anyhow::Result<AttachOptions> {
+    let only = match (&a.cgroup, &a.pod) {
+        (Some(path), _) => Some(cgroups::filter_for(&WatchOnly::Cgroup(path.clone()))?),
+        (None, Some(pod)) => Some(cgroups::filter_for(pod)?),
+        (None, None) => None,
+    };
+    if let Some((_, path)) = &only {
+        log::info!("counting only the tasks under the cgroup {path}");
     }
+    Ok(AttachOptions {
+        mode: a.probe_mode,
+        max_inodes: a.max_inodes,
+        contention: a.contention,
+        debug_log: a.debug_probes,
+        ablate: a.ablate.clone(),
+        only,
+    })
 }
 
 /// Forwards the programs' aya-log records to our logger until dropped.

@@ -38,6 +38,9 @@ struct Report<'a> {
     exit_code: u8,
     kernel: &'a str,
     probe_mode: &'a str,
+    /// With `--cgroup` or `--pod`: the only tasks counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    only_cgroup: Option<&'a str>,
     /// `"all"` or the exercised file.
     scope: String,
     exercise: Option<exercise::ExerciseReport>,
@@ -146,6 +149,12 @@ fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
         "  kernel {}, {} probes",
         snap.source.kernel, snap.source.probe_mode
     );
+    if let Some(only) = &snap.source.only_cgroup {
+        println!(
+            "  counted only the writes and opens of tasks under the cgroup {}",
+            escape::text(only)
+        );
+    }
     if let Some(gain) = shown_gain(d, e) {
         println!("  what the series would buy: {}", gain.sentence());
     }
@@ -218,6 +227,7 @@ impl Outcome {
                 exit_code: self.decision.exit_code(),
                 kernel: &self.snap.source.kernel,
                 probe_mode: &self.snap.source.probe_mode,
+                only_cgroup: self.snap.source.only_cgroup.as_deref(),
                 scope: self.scope.clone(),
                 exercise: self.exercised.clone(),
                 evidence: &self.evidence,

@@ -10,7 +10,10 @@ use aya::{
 };
 use log::{debug, info, warn};
 use probes_common::{
-    config::{Ablation, Config, CONFIG_GLOBAL, FLAG_CGROUP_ID, FLAG_CONTENTION, FLAG_DEBUG_LOG},
+    config::{
+        Ablation, CgroupFilter, Config, CONFIG_GLOBAL, FLAG_CGROUP_ID, FLAG_CONTENTION,
+        FLAG_DEBUG_LOG,
+    },
     maps::{max_writers, MAP_FILES, MAP_OPENS, MAP_WRITERS},
 };
 
@@ -153,6 +156,9 @@ pub struct AttachOptions {
     pub debug_log: bool,
     /// Parts of the accounting a benchmark switched off.
     pub ablate: Vec<Ablation>,
+    /// Count only the tasks under this cgroup: the programs' filter, and
+    /// the cgroup's path for what fuselock shows.
+    pub only: Option<(CgroupFilter, String)>,
 }
 
 /// Attached programs. Dropping it detaches and unloads them all.
@@ -165,6 +171,8 @@ pub struct Attached {
     pub contention: bool,
     pub max_inodes: u32,
     pub kernel: String,
+    /// The cgroup whose tasks alone are counted (`--cgroup`, `--pod`).
+    pub only_cgroup: Option<String>,
 }
 
 /// Runs the checks, loads the programs with this kernel's offsets, and
@@ -199,7 +207,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     if std::path::Path::new("/proc/self/cgroup").exists() {
         flags |= FLAG_CGROUP_ID;
     }
-    let config = Config::new(offsets, flags);
+    let config = match &opts.only {
+        Some((filter, _)) => Config::new(offsets, flags).with_cgroup_filter(*filter),
+        None => Config::new(offsets, flags),
+    };
     if opts.max_inodes == 0 {
         return Err(anyhow!("--max-inodes must be at least 1"));
     }
@@ -290,6 +301,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         contention,
         max_inodes: opts.max_inodes,
         kernel: procfs::kernel_release(),
+        only_cgroup: opts.only.as_ref().map(|(_, path)| path.clone()),
     })
 }
 
@@ -328,6 +340,7 @@ pub fn maps_only(max_inodes: u32) -> Result<Attached> {
         contention: false,
         max_inodes,
         kernel: procfs::kernel_release(),
+        only_cgroup: None,
     })
 }
 

@@ -8,3 +8,4 @@
 pub mod counts;
 pub mod snapshot;
 pub mod verdict;
+pub mod workload;

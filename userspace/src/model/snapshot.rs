@@ -1,5 +1,5 @@
 //! The snapshot: one consistent reading of every counter, the single input of
-//! every output (`stat` table and JSON, and later `top`, `verify`, `export`).
+//! every output (`stat`'s table and JSON, `top`, `verify`, `export`).
 //!
 //! Snapshots are cumulative since fuselock attached; consumers that want rates
 //! subtract two of them. Their JSON lines are [`crate::wire::json`]'s.
@@ -8,7 +8,10 @@ use std::{ops::Deref, sync::Arc};
 
 use probes_common::{hist, Dev, Health, Histograms, LockMode, OpenStats, WritePath, WriteStats};
 
-use crate::model::counts::{Histogram, PerMode, PerReason};
+use crate::model::{
+    counts::{Histogram, PerMode, PerReason},
+    workload::Workload,
+};
 
 /// Acquisitions by mode and reason.
 pub type Acquisitions = PerMode<PerReason<u64>>;
@@ -101,6 +104,92 @@ pub struct Writer {
     pub pid: u32,
     pub comm: String,
     pub writes: u64,
+    pub cgroup: WriterCgroup,
+}
+
+/// The cgroup a writer ran in, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WriterCgroup {
+    /// No cgroup id: a kernel without cgroups, or a recording from before
+    /// writers' cgroups were read.
+    #[default]
+    None,
+    /// An id with no directory under the cgroup root fuselock sees: the
+    /// cgroup is gone, or fuselock runs in another cgroup namespace.
+    Unresolved {
+        id: u64,
+    },
+    Resolved(Arc<CgroupOrigin>),
+}
+
+impl WriterCgroup {
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            WriterCgroup::None => None,
+            WriterCgroup::Unresolved { id } => Some(*id),
+            WriterCgroup::Resolved(o) => Some(o.id),
+        }
+    }
+
+    pub fn workload(&self) -> Option<&Workload> {
+        match self {
+            WriterCgroup::Resolved(o) => Some(&o.workload),
+            _ => None,
+        }
+    }
+
+    /// The workload a writer's row names in a narrow column: a pod, a
+    /// container or a unit (`None` for the root cgroup, an unknown shape,
+    /// or no cgroup, where the process name says more).
+    pub fn short(&self) -> Option<String> {
+        match self.workload()? {
+            w @ (Workload::Pod(_) | Workload::Container(_) | Workload::Unit(_)) => {
+                Some(w.to_string())
+            }
+            Workload::Root | Workload::Other => None,
+        }
+    }
+
+    /// Everything known, for a detail view: the pod with its QoS class and
+    /// container, and the path; or why there is nothing.
+    pub fn describe(&self) -> String {
+        match self {
+            WriterCgroup::None => String::new(),
+            WriterCgroup::Unresolved { id } => {
+                format!("cgroup {id} (not found under the cgroup root)")
+            }
+            WriterCgroup::Resolved(o) => {
+                let what = match &o.workload {
+                    Workload::Pod(p) => {
+                        let mut s = format!("pod {} ({}", o.workload, p.qos.name());
+                        if p.name.is_some() {
+                            s += &format!(", uid {}", p.uid);
+                        }
+                        s += ")";
+                        if let Some(c) = &p.container {
+                            s += &format!(", container {} {}", c.runtime.name(), c.short_id());
+                        }
+                        s
+                    }
+                    Workload::Container(_) => format!("container {}", o.workload),
+                    Workload::Unit(u) => format!("unit {u}"),
+                    Workload::Root => "root cgroup".to_owned(),
+                    Workload::Other => "cgroup".to_owned(),
+                };
+                format!("{what}  {}", o.path)
+            }
+        }
+    }
+}
+
+/// A resolved cgroup: its path under the cgroup root and what it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupOrigin {
+    /// `bpf_get_current_cgroup_id()`: the directory's inode number.
+    pub id: u64,
+    /// `/kubepods.slice/…`, from the cgroup root.
+    pub path: String,
+    pub workload: Workload,
 }
 
 /// One (device, inode, path).
@@ -158,6 +247,10 @@ pub struct HealthReport {
     /// a write lost or misclassified, so counts are incomplete when it is
     /// not 0.
     pub recursion_misses: u64,
+    /// Writers' cgroup ids that named no cgroup directory fuselock could
+    /// see (gone, or another cgroup namespace), since start: those writers
+    /// show their id alone. Names only, never counts.
+    pub cgroups_unresolved: u64,
 }
 
 impl HealthReport {
@@ -185,6 +278,7 @@ impl HealthReport {
             evictions,
             kernel: *h,
             recursion_misses: 0,
+            cgroups_unresolved: 0,
         }
     }
 }
@@ -198,6 +292,9 @@ pub struct Source {
     pub probe_mode: String,
     /// Whether lock waits are measured (`lock:contention_*` attached).
     pub contention: bool,
+    /// With `--cgroup` or `--pod`: the cgroup whose tasks alone were
+    /// counted (its path from the cgroup root). `None`: every task.
+    pub only_cgroup: Option<String>,
 }
 
 /// The never-evicted counters of one (device, path).
@@ -370,5 +467,49 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_writers_cgroup_is_shown_short_in_a_column_and_whole_in_a_detail() {
+        use crate::model::workload::{self, PodName};
+        let uid = "3d1f2c4b-8a9e-4f6d-b2c1-0a1b2c3d4e5f";
+        let id = "4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";
+        let path = format!("/kubepods/burstable/pod{uid}/{id}");
+        let mut pod = workload::classify(&path);
+        if let Workload::Pod(p) = &mut pod {
+            p.name = Some(PodName {
+                namespace: "prod".into(),
+                name: "db-0".into(),
+            });
+        }
+        let resolved = |path: &str, workload| {
+            WriterCgroup::Resolved(Arc::new(CgroupOrigin {
+                id: 7,
+                path: path.into(),
+                workload,
+            }))
+        };
+        let c = resolved(&path, pod);
+        assert_eq!(c.short().as_deref(), Some("prod/db-0"));
+        assert_eq!(
+            c.describe(),
+            format!("pod prod/db-0 (Burstable, uid {uid}), container unknown 4a5b6c7d8e9f  {path}")
+        );
+        let unit = resolved(
+            "/system.slice/a.service",
+            Workload::Unit("a.service".into()),
+        );
+        assert_eq!(unit.short().as_deref(), Some("a.service"));
+        assert_eq!(unit.describe(), "unit a.service  /system.slice/a.service");
+        // The root cgroup and unknown shapes leave the column to the
+        // process name; an id that did not resolve says so.
+        assert_eq!(resolved("/", Workload::Root).short(), None);
+        assert_eq!(resolved("/x/y", Workload::Other).describe(), "cgroup  /x/y");
+        assert_eq!(
+            WriterCgroup::Unresolved { id: 9 }.describe(),
+            "cgroup 9 (not found under the cgroup root)"
+        );
+        assert_eq!(WriterCgroup::None.describe(), "");
+        assert_eq!(WriterCgroup::None.id(), None);
     }
 }

@@ -92,8 +92,8 @@ mod tests {
     /// for byte what the code wrote before the model's JSON moved into
     /// `wire::json` (8ae9c8c wrote `rewritten.jsonl`): entries with open
     /// evidence, histograms, writers and totals. Since: the health object
-    /// has `writers_full` where it had `inflight_aged_out`, and the reasons
-    /// `past_eof_at_lock`.
+    /// has `writers_full` where it had `inflight_aged_out`, and
+    /// `cgroups_unresolved`; the reasons `past_eof_at_lock`.
     #[test]
     fn rewriting_the_fixture_gives_the_bytes_written_before() {
         use crate::wire::{json::Writer, stream::Lines};

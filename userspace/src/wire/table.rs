@@ -73,9 +73,14 @@ pub fn write_table(out: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     };
     writeln!(
         out,
-        "fuselock: kernel {}, {} probes, {:.1}s{}",
+        "fuselock: kernel {}, {} probes, {}{:.1}s{}",
         snap.source.kernel,
         snap.source.probe_mode,
+        snap.source
+            .only_cgroup
+            .as_deref()
+            .map(|c| format!("only the tasks under {}, ", escape::text(c)))
+            .unwrap_or_default(),
         snap.elapsed_secs,
         if snap.is_final { " (final)" } else { "" }
     )?;

@@ -16,6 +16,7 @@ mod passthrough_hp;
 mod privileges;
 mod safety;
 mod top;
+mod workloads;
 
 use common::{churn, fuselock, prog_stats, BpfStats, TestFs};
 

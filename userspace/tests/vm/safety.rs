@@ -665,4 +665,3 @@ fn as_the_unit(caps: u64) -> std::io::Result<()> {
     }
     Ok(())
 }
-

@@ -66,6 +66,11 @@ struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OnlyLabels {
+    cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     kernel: String,
@@ -143,6 +148,18 @@ impl Collector for SnapshotMetrics {
             None,
             info.metric_type(),
         )?)?;
+        // Only with --cgroup/--pod: every count below is of those tasks.
+        if let Some(only) = &s.source.only_cgroup {
+            let only = Info::new(OnlyLabels {
+                cgroup: label(only),
+            });
+            only.encode(encoder.encode_descriptor(
+                "fuselock_only_cgroup",
+                "the cgroup whose tasks alone are counted (--cgroup, --pod)",
+                None,
+                only.metric_type(),
+            )?)?;
+        }
 
         let path_labels = |d: &crate::model::snapshot::DeviceTotals| PathLabels {
             mount: mount_of(&d.mount, &d.dev),

@@ -42,7 +42,7 @@ use crate::{
     cli::ExportArgs,
     collect::{Collector, Detail},
     commands::{session, signals::Endings},
-    kernel::probes::{self, AttachOptions},
+    kernel::probes,
     model::snapshot::{Counters, DeviceTotals, Snapshot},
 };
 
@@ -357,7 +357,7 @@ pub async fn run(args: ExportArgs) -> Result<i32> {
         }
         None => None,
     };
-    let opts = AttachOptions::from(&args.probes);
+    let opts = session::attach_options(&args.probes)?;
     let mut attached = probes::attach(&opts)?;
     let _logs = session::forward_probe_logs(&mut attached);
     let collector = Collector::new(&mut attached)?;
@@ -643,10 +643,26 @@ mod tests {
             false,
         )
         .expect("render");
+        // With --cgroup or --pod: the cgroup counted is named.
+        let mut only = sample();
+        only.source.only_cgroup = Some("/kubepods/burstable/pod1".into());
+        let with_only = render(
+            SnapshotMetrics {
+                snapshot: only,
+                per_inode_top: 0,
+            },
+            false,
+        )
+        .expect("render");
+        assert!(
+            with_only.contains("fuselock_only_cgroup_info{cgroup=\"/kubepods/burstable/pod1\"} 1"),
+            "{with_only}"
+        );
         let served: std::collections::BTreeSet<&str> = text
             .lines()
             .chain(with_inodes.lines())
             .chain(with_folded.lines())
+            .chain(with_only.lines())
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();

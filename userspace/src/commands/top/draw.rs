@@ -128,6 +128,19 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         Some(s) if !s.source.contention => "  no wait times (--contention)",
         _ => "",
     };
+    // Counts of some writers only: said before anything else is read.
+    if let Some(only) = app
+        .current
+        .as_ref()
+        .and_then(|s| s.source.only_cgroup.as_deref())
+    {
+        first.push(Span::styled(
+            format!(" ONLY {}", escape::text(only)),
+            Style::default()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
+        ));
+    }
     // A replayed file says what it likes about its kernel.
     first.push(Span::raw(format!(
         "  kernel {}  {} probes{waits}  up {uptime}  refresh {:.1}s  {}",
@@ -407,10 +420,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     ));
     for w in &e.writers {
         lines.push(Line::raw(format!(
-            "  {:>7} {:<16} {}",
+            "  {:>7} {:<16} {:>9}  {}",
             w.pid,
             escape::text(&w.comm),
-            w.writes
+            w.writes,
+            escape::text(&w.cgroup.describe())
         )));
     }
     frame.render_widget(

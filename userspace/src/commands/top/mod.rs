@@ -25,11 +25,7 @@ use self::{event::Event, state::App, terminal::TerminalGuard};
 use fuselock_base::UsageError;
 
 use crate::{
-    cli::TopArgs,
-    collect::Collector,
-    commands::signals::Endings,
-    kernel::probes::{self, AttachOptions},
-    wire::replay,
+    cli::TopArgs, collect::Collector, commands::signals::Endings, kernel::probes, wire::replay,
 };
 
 /// Sends [`Event::Ended`] when SIGTERM, SIGINT or SIGHUP arrives (Ctrl-C
@@ -136,7 +132,8 @@ pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<
             )
         }
         None => {
-            let mut attached = probes::attach(&AttachOptions::from(&args.probes))?;
+            let mut attached =
+                probes::attach(&crate::commands::session::attach_options(&args.probes)?)?;
             let collector = Collector::new(&mut attached)?;
             crate::kernel::privileges::drop_to_bpf_only()?;
             _attached = attached;

@@ -129,9 +129,14 @@ pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
         .fold(Histogram::default(), |sum, h| sum.plus(h));
     let name = e.name.clone().unwrap_or_else(|| format!("ino {}", e.ino));
     let mount = e.mount.clone().unwrap_or_else(|| format!("dev {}", e.dev));
-    let top_writer = e.writers.first().map(|w| format!("{}[{}]", w.comm, w.pid));
+    // The pod (or container, or unit) where one is known: on a node, the
+    // question is which workload writes.
+    let top_writer = e.writers.first().map(|w| match w.cgroup.short() {
+        Some(workload) => format!("{workload} {}[{}]", w.comm, w.pid),
+        None => format!("{}[{}]", w.comm, w.pid),
+    });
     let haystack = format!(
-        "{name} {mount} {} {}",
+        "{name} {mount} {} {} {}",
         e.writers
             .iter()
             .map(|w| w.comm.as_str())
@@ -140,6 +145,12 @@ pub fn row(e: &Entry, prev: Option<&Entry>, dt: f64) -> Row {
         e.writers
             .iter()
             .map(|w| w.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        // `/` finds a pod's, a container's or a unit's files too.
+        e.writers
+            .iter()
+            .filter_map(|w| w.cgroup.short())
             .collect::<Vec<_>>()
             .join(" ")
     )
@@ -252,6 +263,7 @@ pub mod tests_support {
                 pid: 4242,
                 comm: "fio".into(),
                 writes,
+                cgroup: Default::default(),
             }],
             open: None,
         }

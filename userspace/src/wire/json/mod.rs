@@ -46,6 +46,7 @@ mod kernel;
 mod object;
 mod snapshot;
 pub mod verdict;
+mod workload;
 
 use self::{
     kernel::OpenStatsJson,

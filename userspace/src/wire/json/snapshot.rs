@@ -12,12 +12,13 @@ use serde_with::{ser::SerializeAsWrap, serde_as, Same};
 use super::{
     counts::{HistogramJson, PerModeJson, PerReasonJson},
     kernel::{DevJson, HealthJson, OpenStatsJson, WritePathJson},
+    workload::WriterCgroupJson,
 };
 use crate::model::{
     counts::{Histogram, PerMode},
     snapshot::{
         Acquisitions, Counters, DeviceTotals, Entry, FileId, HealthReport, Histos, PathTotals,
-        Source, Totals, Writer,
+        Source, Totals, Writer, WriterCgroup,
     },
 };
 
@@ -66,12 +67,22 @@ pub struct HistosJson {
     latency_hist: Histogram,
 }
 
+#[serde_as]
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "Writer")]
 pub struct WriterJson {
     pid: u32,
     comm: String,
     writes: u64,
+    // Absent without a cgroup id, and from recordings made before writers'
+    // cgroups were resolved.
+    #[serde(default, skip_serializing_if = "no_cgroup")]
+    #[serde_as(as = "WriterCgroupJson")]
+    cgroup: WriterCgroup,
+}
+
+fn no_cgroup(c: &WriterCgroup) -> bool {
+    *c == WriterCgroup::None
 }
 
 #[serde_as]
@@ -123,6 +134,9 @@ pub struct HealthReportJson {
     // `inflight_aged_out`, which is read past.)
     #[serde(default)]
     recursion_misses: u64,
+    // Absent from recordings made before writers' cgroups were resolved.
+    #[serde(default)]
+    cgroups_unresolved: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -131,6 +145,9 @@ pub struct SourceJson {
     kernel: String,
     probe_mode: String,
     contention: bool,
+    // Only with --cgroup or --pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    only_cgroup: Option<String>,
 }
 
 #[serde_as]
@@ -221,12 +238,13 @@ mod tests {
         };
         let report = HealthReport {
             recursion_misses: 12,
+            cgroups_unresolved: 13,
             ..HealthReport::new(&kernel, 40, 16384, 10)
         };
         let json = to_json::<HealthReportJson, _>(&report);
         assert_eq!(
             json,
-            r#"{"live_inodes":40,"max_inodes":16384,"evictions":10,"inode_insert_failed":1,"inflight_full":2,"inflight_replaced":3,"exit_unmatched":4,"read_errors":5,"lock_state_unknown":6,"cached_path_writes":7,"dev_totals_full":9,"writers_full":11,"recursion_misses":12}"#
+            r#"{"live_inodes":40,"max_inodes":16384,"evictions":10,"inode_insert_failed":1,"inflight_full":2,"inflight_replaced":3,"exit_unmatched":4,"read_errors":5,"lock_state_unknown":6,"cached_path_writes":7,"dev_totals_full":9,"writers_full":11,"recursion_misses":12,"cgroups_unresolved":13}"#
         );
         // Bookkeeping that is not in the JSON reads back as 0.
         let back: HealthReport = from_json::<HealthReportJson, _>(&json).expect("read back");
