@@ -1,7 +1,8 @@
 //! The install path, checked as a user takes it: the downloads match their
 //! `SHA256SUMS`, the tarball holds exactly what its own `SHA256SUMS` lists,
 //! and the `.deb` installs a working fuselock (version, doctor, man page,
-//! completions, unit) and `dpkg -r` takes every file away again.
+//! completions, unit) and `dpkg -r` takes every file away again, `dpkg --purge`
+//! the account its postinst made.
 //!
 //! It installs into the host's `/usr`, so it refuses to run where fuselock is
 //! already installed rather than replace and then remove someone's copy.
@@ -106,8 +107,13 @@ fn check_deb(a: &Artifacts) -> Result<()> {
         .filter(|p| Path::new(p).symlink_metadata().is_ok())
         .collect();
 
+    let account_existed = account_exists();
     ok(root(&["dpkg", "--install"]).arg(&a.deb))?;
     let installed = Installed { removed: false };
+    ensure!(
+        account_exists(),
+        "postinst did not create the fuselock account"
+    );
 
     // dpkg's own record of what it installed is what the package holds.
     let listed: BTreeSet<String> = stdout(&mut root(&["dpkg", "--listfiles", "fuselock"]))?
@@ -162,9 +168,12 @@ fn check_deb(a: &Artifacts) -> Result<()> {
     }
 
     installed.remove()?;
+    // A package with a postrm stays known to dpkg (`config-files`) until it
+    // is purged, so that `postrm purge` can still run.
+    let state = package_state();
     ensure!(
-        !package_installed(),
-        "dpkg still lists fuselock after dpkg -r"
+        matches!(state.as_deref(), Some("config-files" | "not-installed") | None),
+        "dpkg lists fuselock as {state:?} after dpkg -r"
     );
     let added: Vec<&String> = contents.iter().filter(|p| !existed.contains(p)).collect();
     let left: Vec<&&String> = added
@@ -176,6 +185,19 @@ fn check_deb(a: &Artifacts) -> Result<()> {
         "install: dpkg -r removed all {} files and directories dpkg -i added",
         added.len()
     );
+
+    ok(&mut root(&["dpkg", "--purge", "fuselock"]))?;
+    ensure!(
+        !package_installed(),
+        "dpkg still lists fuselock after dpkg --purge"
+    );
+    if !account_existed {
+        ensure!(
+            !account_exists(),
+            "dpkg --purge left the fuselock account behind"
+        );
+    }
+    eprintln!("install: dpkg --purge forgot the package and its account");
     Ok(())
 }
 
@@ -221,7 +243,7 @@ impl Drop for Installed {
     fn drop(&mut self) {
         if !self.removed {
             eprintln!("install: removing the fuselock package after a failed check");
-            if let Err(e) = ok(&mut root(&["dpkg", "--remove", "fuselock"])) {
+            if let Err(e) = ok(&mut root(&["dpkg", "--purge", "fuselock"])) {
                 eprintln!("install: {e:#}");
             }
         }
@@ -231,16 +253,27 @@ impl Drop for Installed {
 /// dpkg knows the package in any state but `not-installed` (`config-files`
 /// included: `dpkg -r` would have left configuration behind).
 fn package_installed() -> bool {
-    Command::new("dpkg-query")
+    package_state().is_some_and(|state| state != "not-installed")
+}
+
+/// The last word of dpkg's status for fuselock (`installed`,
+/// `config-files`, ...), or None when dpkg has never heard of it.
+fn package_state() -> Option<String> {
+    let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", "fuselock"])
         .output()
-        .is_ok_and(|o| {
-            let status = String::from_utf8_lossy(&o.stdout);
-            status
-                .split_whitespace()
-                .last()
-                .is_some_and(|state| state != "not-installed")
-        })
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .map(str::to_owned)
+}
+
+fn account_exists() -> bool {
+    Command::new("getent")
+        .args(["passwd", "fuselock"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `args` as root: directly when we are, else through sudo.
