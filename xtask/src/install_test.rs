@@ -172,7 +172,10 @@ fn check_deb(a: &Artifacts) -> Result<()> {
     // is purged, so that `postrm purge` can still run.
     let state = package_state();
     ensure!(
-        matches!(state.as_deref(), Some("config-files" | "not-installed") | None),
+        matches!(
+            state.as_deref(),
+            Some("config-files" | "not-installed") | None
+        ),
         "dpkg lists fuselock as {state:?} after dpkg -r"
     );
     let added: Vec<&String> = contents.iter().filter(|p| !existed.contains(p)).collect();

@@ -268,9 +268,10 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
         timings.step("host tests", || {
             cargo(&["test", "--features", "fuselock/test-support"])
         })?;
-        timings.step("install path: cargo xtask dist, dpkg -i, -r, --purge", || {
-            install_test::run(&dist::run()?)
-        })?;
+        timings.step(
+            "install path: cargo xtask dist, dpkg -i, -r, --purge",
+            || install_test::run(&dist::run()?),
+        )?;
         if args.fuzz_seconds > 0 {
             timings.step(
                 &format!("fuzzing, {}s per target", args.fuzz_seconds),
