@@ -17,6 +17,7 @@ mod model {
     pub mod counts;
     pub mod snapshot;
     pub mod verdict;
+    pub mod workload;
 }
 #[path = "../../userspace/src/wire"]
 mod wire {
