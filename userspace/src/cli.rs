@@ -258,6 +258,12 @@ pub struct ExportArgs {
     /// (labels dev, ino, name: keep K small, cardinality grows with it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub per_inode_top: u16,
+    /// Also export writes per Kubernetes pod (fuselock_pod_writes_total,
+    /// labels namespace, pod, uid) for the first K pods seen writing; later
+    /// pods are summed into pod="=other" and counted. Needs the node's
+    /// /sys/fs/cgroup and /var/log/pods (the DaemonSet mounts both).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub per_pod_top: u16,
     /// Mounts exported by name at most: the first N seen keep their own
     /// series (mount label), later ones are summed into mount="other", and
     /// fuselock_export_folded_mounts says how many. Bounds the series a host

@@ -16,6 +16,10 @@
 //! - [`cli`]: every command's flags, parsed and checked in one place;
 //! - [`commands`]: stat, verify, top, export, doctor, demo.
 //!
+//! [`http`], the exporter's HTTP stack (server, web config, access, reload),
+//! is a leaf that knows nothing of the layers above: `commands::export`
+//! hands it a router.
+//!
 //! Two crates sit beside the library: `fuselock-base` (the usage error,
 //! terminal escaping, `/proc`), which any layer may use, and
 //! `fuselock-testkit` (the FUSE test server, the load generator, the
@@ -28,6 +32,7 @@
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod http;
 pub mod kernel;
 pub mod model;
 #[cfg(any(test, feature = "test-support"))]

@@ -36,8 +36,9 @@ use crate::{
     kernel::probes::Attached,
     model::snapshot::{
         Counters, DeviceTotals, Entries, Entry, HealthReport, Histos, PathTotals, Snapshot, Source,
-        Totals, Writer,
+        Totals, WorkloadWrites, Writer,
     },
+    model::workload::Workload,
 };
 
 /// How much a snapshot reads.
@@ -89,6 +90,8 @@ pub struct Collector {
     mounts: MountTable,
     /// Writers' cgroup ids to paths and workloads.
     cgroups: CgroupResolver,
+    /// Whether snapshots sum writes by workload.
+    follow_workloads: bool,
     /// The programs' skipped runs, read at each snapshot.
     misses: Misses,
     source: Source,
@@ -177,6 +180,7 @@ impl Collector {
             janitor: Janitor::new(max_inodes),
             mounts: MountTable::read(),
             cgroups: CgroupResolver::for_host(),
+            follow_workloads: false,
             misses: Misses::new(attached),
             source: Source {
                 kernel: attached.kernel.clone(),
@@ -574,6 +578,30 @@ impl Collector {
                 cgroups_unresolved: self.cgroups.unresolved(),
                 ..HealthReport::new(&health, live, self.max_inodes, self.janitor.evicted())
             },
+            workloads: (self.follow_workloads && detail == Detail::Full)
+                .then(|| self.workload_writes()),
         })
+    }
+
+    /// Sums writes by workload ([`WorkloadWrites`]) in every snapshot with
+    /// entries from now on.
+    pub fn follow_workloads(&mut self) {
+        self.follow_workloads = true;
+    }
+
+    /// Writes by workload over every writer of every file held (an entry
+    /// shows only its top writers; this counts them all).
+    fn workload_writes(&self) -> Arc<[WorkloadWrites]> {
+        let mut by: BTreeMap<Workload, u64> = BTreeMap::new();
+        for cached in self.inodes.entries.values() {
+            for w in cached.writers.values() {
+                if let Some(key) = w.cgroup.workload().and_then(Workload::grouped) {
+                    *by.entry(key).or_default() += w.writes;
+                }
+            }
+        }
+        by.into_iter()
+            .map(|(workload, writes)| WorkloadWrites { workload, writes })
+            .collect()
     }
 }

@@ -355,6 +355,20 @@ pub struct Snapshot {
     /// Open-time evidence summed over every file opened since attach.
     pub opens: OpenStats,
     pub health: HealthReport,
+    /// Writes by pod, container or unit, summed over every writer of every
+    /// file the maps hold now: only when asked for (`export --per-pod-top`).
+    /// A file forgotten takes its writers' counts with it, so these are
+    /// not counters; the exporter turns them into counters.
+    pub workloads: Option<Arc<[WorkloadWrites]>>,
+}
+
+/// One workload's writes, over the files the maps hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadWrites {
+    /// A pod whatever its container ([`Workload::grouped`]), a container,
+    /// or a unit.
+    pub workload: Workload,
+    pub writes: u64,
 }
 
 /// A snapshot's entries: one shared list, so that a refresh in which nothing

@@ -110,6 +110,22 @@ impl fmt::Display for Workload {
     }
 }
 
+impl Workload {
+    /// The workload writes are summed under: a pod whatever its container
+    /// (its name kept), a container, a unit; `None` for the root cgroup and
+    /// unknown shapes.
+    pub fn grouped(&self) -> Option<Workload> {
+        match self {
+            Workload::Pod(p) => Some(Workload::Pod(Pod {
+                container: None,
+                ..p.clone()
+            })),
+            Workload::Container(_) | Workload::Unit(_) => Some(self.clone()),
+            Workload::Root | Workload::Other => None,
+        }
+    }
+}
+
 /// A container scope or directory: `cri-containerd-<id>.scope`,
 /// `crio-<id>.scope`, `docker-<id>.scope`, or (kubelet's cgroupfs driver
 /// and Docker's) a bare 64-digit ID.

@@ -186,6 +186,7 @@ impl Snapshot {
             devices: self.devices.clone(),
             opens: self.opens,
             health: self.health.clone(),
+            workloads: self.workloads.clone(),
         }
     }
 }

@@ -247,3 +247,81 @@ fn a_pod_is_watched_alone_and_named_in_top() {
     let _ = writer.kill();
     let _ = writer.wait();
 }
+
+/// `export --per-pod-top` serves each pod's writes as a counter, exactly:
+/// both pods' writers, not the unit's nor the root cgroup's.
+#[test]
+#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+fn pods_are_exported_as_counters() {
+    let Some(root) = cgroup_root() else {
+        println!("SKIPPED: this kernel has no cgroups");
+        return;
+    };
+    if super::kernel() != super::Kernel::Stock {
+        println!("SKIPPED: the tiny test kernels have no TCP/IP");
+        return;
+    }
+    super::loopback_up();
+    let groups = groups();
+    for g in &groups {
+        std::fs::create_dir_all(format!("{root}{}", g.path)).expect("mkdir cgroup");
+    }
+    for dir in [
+        format!("prod_db-0_{BURSTABLE_UID}"),
+        format!("batch_etl-7_{BESTEFFORT_UID}"),
+    ] {
+        std::fs::create_dir_all(format!("/var/log/pods/{dir}")).expect("mkdir pod logs");
+    }
+    let fs = TestFs::mount(&["--parallel"]);
+    let port = 9961;
+    let _exporter = super::Guard(
+        Command::new(fuselock())
+            .args([
+                "export",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--per-pod-top",
+                "8",
+            ])
+            .spawn()
+            .expect("start export"),
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    super::wait_for("the exporter", 60, || super::http_get(&url).is_some());
+    let status = Command::new("sh")
+        .args(["-c", &writers_script(root, &groups, &fs.path("shared"))])
+        .status()
+        .expect("writers");
+    assert!(status.success());
+    let pod_writes = |text: &str, pod: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("fuselock_pod_writes_total{") && l.contains(&format!("pod=\"{pod}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let mut last = String::new();
+    super::wait_for("both pods' writes exported", 30, || {
+        last = super::http_get(&url).unwrap_or_default();
+        pod_writes(&last, "db-0") == Some(groups[0].writes)
+            && pod_writes(&last, "etl-7") == Some(groups[1].writes)
+    });
+    let series: Vec<&str> = last
+        .lines()
+        .filter(|l| l.starts_with("fuselock_pod_writes_total{"))
+        .collect();
+    println!("{}", series.join("\n"));
+    assert_eq!(
+        series.len(),
+        2,
+        "one series per pod, none for the unit or the root: {last}"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains("namespace=\"prod\"")
+                && l.contains(&format!("uid=\"{BURSTABLE_UID}\""))),
+        "{last}"
+    );
+}

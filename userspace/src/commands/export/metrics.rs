@@ -122,7 +122,7 @@ fn counter<L: EncodeLabelSet + std::fmt::Debug>(
 /// name): escaped as the tables escape it. prometheus-client escapes only
 /// `\\`, `"` and newline, and a scrape read on a terminal (`curl`) would
 /// run a raw escape sequence. Names without such characters are unchanged.
-fn label(s: &str) -> String {
+pub(super) fn label(s: &str) -> String {
     escape::text(s).into_owned()
 }
 

@@ -158,6 +158,8 @@ pub fn from_str(text: &str) -> serde_json::Result<Line> {
             devices: l.devices,
             opens: l.opens,
             health: l.health,
+            // Not a part of the JSON lines: the exporter's alone.
+            workloads: None,
         },
         delta: l.delta,
         removed: l.removed,

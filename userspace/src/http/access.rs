@@ -102,7 +102,7 @@ pub fn exposure_warning(listen: SocketAddr, config: &WebConfig) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::export::web_config::tests::{checked, hash, Pki, GOOD};
+    use crate::http::web_config::tests::{checked, hash, Pki, GOOD};
 
     #[test]
     fn basic_credentials_are_parsed() {

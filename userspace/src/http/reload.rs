@@ -8,7 +8,6 @@
 
 use std::{
     net::SocketAddr,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -18,38 +17,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     access::exposure_warning,
+    stamp::stamps,
     web_config::{KeptFiles, WebConfig},
 };
-
-/// What identifies a file's contents without reading it. A Kubernetes
-/// secret update swaps a symlink: following it changes the inode.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stamp {
-    File {
-        dev: u64,
-        ino: u64,
-        size: u64,
-        mtime: (i64, i64),
-        ctime: (i64, i64),
-    },
-    Missing(std::io::ErrorKind),
-}
-
-pub fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
-    files
-        .iter()
-        .map(|f| match std::fs::metadata(f) {
-            Ok(m) => Stamp::File {
-                dev: m.dev(),
-                ino: m.ino(),
-                size: m.size(),
-                mtime: (m.mtime(), m.mtime_nsec()),
-                ctime: (m.ctime(), m.ctime_nsec()),
-            },
-            Err(e) => Stamp::Missing(e.kind()),
-        })
-        .collect()
-}
 
 /// Watches `path` and the files of the config in `current`, every `every`,
 /// and loads `path` again when they changed and then stayed unchanged for
@@ -124,7 +94,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::commands::export::{
+    use crate::http::{
         access::protect,
         server::{serve, Limits},
         web_config::tests::{checked, hash, Pki, GOOD, PASSWORD},

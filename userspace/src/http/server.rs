@@ -335,7 +335,7 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::commands::export::{
+    use crate::http::{
         access::protect,
         web_config::{
             tests::{checked, hash, Pki, GOOD, PASSWORD},

@@ -27,7 +27,7 @@ use rustls::{
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::reload::{stamps, Stamp};
+use super::stamp::{stamps, Stamp};
 
 /// A web config that cannot be used, and why (one line).
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,110 @@
+//! `--max-mounts`: the mounts exported under their own name.
+
+use std::collections::HashSet;
+
+use prometheus_client::{
+    collector::Collector as MetricsCollector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{gauge::ConstGauge, MetricType},
+};
+
+use crate::model::snapshot::{Counters, DeviceTotals, Snapshot};
+
+/// The label value the mounts past `--max-mounts` are summed under. No
+/// mount point is called that: they are absolute paths, and a mount without
+/// one is `dev:MAJ:MIN`.
+const OTHER_MOUNTS: &str = "other";
+
+/// At most `max` mounts are exported under their own name: the first seen,
+/// for the exporter's whole life, so that a mount's series never moves to
+/// `other` and back. The rest are summed into `mount="other"`.
+pub(crate) struct MountCap {
+    max: usize,
+    named: HashSet<Result<String, probes_common::Dev>>,
+}
+
+impl MountCap {
+    pub(crate) fn new(max: usize) -> MountCap {
+        MountCap {
+            max,
+            named: HashSet::new(),
+        }
+    }
+
+    /// `snapshot` with the mounts past the cap summed into one row per
+    /// path, and how many distinct mounts were summed so.
+    pub(crate) fn apply(&mut self, mut snapshot: Snapshot) -> (Snapshot, usize) {
+        let mut folded = HashSet::new();
+        let mut other: Vec<DeviceTotals> = Vec::new();
+        snapshot.devices.retain(|d| {
+            // A mount's label is its path, or its device where it has none.
+            let key = d.mount.clone().ok_or(d.dev);
+            if self.named.contains(&key) {
+                return true;
+            }
+            if self.named.len() < self.max {
+                self.named.insert(key);
+                return true;
+            }
+            match other.iter_mut().find(|o| o.path == d.path) {
+                Some(o) => add_counters(&mut o.counters, &d.counters),
+                None => other.push(DeviceTotals {
+                    dev: probes_common::Dev(0),
+                    mount: Some(OTHER_MOUNTS.to_owned()),
+                    path: d.path,
+                    counters: d.counters.clone(),
+                }),
+            }
+            folded.insert(key);
+            false
+        });
+        snapshot.devices.extend(other);
+        (snapshot, folded.len())
+    }
+}
+
+/// `into += c`: counts and totals add up, maxima take the larger.
+fn add_counters(into: &mut Counters, c: &Counters) {
+    use probes_common::{LockMode, Reason};
+    into.writes += c.writes;
+    into.bytes += c.bytes;
+    into.errors += c.errors;
+    into.shared += c.shared;
+    into.exclusive += c.exclusive;
+    into.unlocked += c.unlocked;
+    for mode in LockMode::ALL {
+        for reason in Reason::ALL {
+            into.acquisitions[mode][reason] += c.acquisitions[mode][reason];
+        }
+        into.contended[mode] += c.contended[mode];
+        into.wait_ns_total[mode] += c.wait_ns_total[mode];
+        into.wait_ns_max[mode] = into.wait_ns_max[mode].max(c.wait_ns_max[mode]);
+        into.hold_ns_total[mode] += c.hold_ns_total[mode];
+        into.hold_ns_max[mode] = into.hold_ns_max[mode].max(c.hold_ns_max[mode]);
+    }
+    into.latency_ns_total += c.latency_ns_total;
+    into.shared_extended += c.shared_extended;
+    into.overwrites_exclusive += c.overwrites_exclusive;
+    into.overwrites_exclusive_latency_ns += c.overwrites_exclusive_latency_ns;
+    into.overwrites_exclusive_wait_ns += c.overwrites_exclusive_wait_ns;
+}
+
+/// `fuselock_export_folded_mounts`, served only once a mount was folded:
+/// a host within the cap scrapes exactly as before.
+#[derive(Debug)]
+pub(super) struct FoldedMounts(pub(super) usize);
+
+impl MetricsCollector for FoldedMounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.0 == 0 {
+            return Ok(());
+        }
+        let gauge = ConstGauge::new(i64::try_from(self.0).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "fuselock_export_folded_mounts",
+            "Mounts past --max-mounts, whose series are summed into mount=\"other\"",
+            None,
+            MetricType::Gauge,
+        )?)
+    }
+}
