@@ -7,8 +7,8 @@
 //! kills qemu if it never comes (hang, panic, lockup).
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    path::{Path, PathBuf},
+    io::{BufRead as _, Write as _},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,7 +19,14 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{build, cache, cpio::Cpio, debian_kernel, kernel};
+use crate::{build, debian_kernel, kernel};
+
+mod console;
+mod guest_error;
+mod initramfs;
+
+pub use self::initramfs::{tmux_files, with_libraries};
+use self::{console::*, guest_error::*, initramfs::*};
 
 const EXIT_MARKER: &str = "FUSELOCK_VM_EXIT=";
 /// The first line our init prints.
@@ -179,244 +186,12 @@ pub fn run_cli(args: &VmArgs) -> Result<i32> {
     })
 }
 
-/// Why a failed VM run says nothing about fuselock and earns one more boot,
-/// if it does: the guest kernel panicked before our init printed its first
-/// line, or died of a stale breakpoint of live text patching ([`GuestOops::is_stale_patch_breakpoint`]).
-/// Any other failure is a result.
-pub fn earns_second_boot(e: &anyhow::Error) -> Option<String> {
-    if let Some(never) = e.downcast_ref::<GuestNeverBooted>() {
-        return Some(never.to_string());
-    }
-    e.downcast_ref::<GuestOops>()
-        .filter(|oops| oops.is_stale_patch_breakpoint())
-        .map(|oops| {
-            format!("the guest kernel died of {oops}, a stale breakpoint of live text patching")
-        })
-}
-
-/// Line by line, firmware chatter held back: for logs and CI. Lines that
-/// start with `keep` (if given) are also handed back.
-fn forward_lines(
-    console: impl std::io::Read,
-    out: &mut dyn std::io::Write,
-    keep: Option<&str>,
-    kept: &mut Vec<String>,
-) -> Result<Console> {
-    let mut exit = None;
-    let mut oops = OopsReader::default();
-    // Firmware chatter before our init speaks is kept back, and shown only
-    // if the guest never gets that far.
-    let mut early: Vec<String> = Vec::new();
-    let mut init_started = false;
-    let mut boot_panic = false;
-    for line in BufReader::new(console).split(b'\n') {
-        let line = line.context("reading the console")?;
-        let line = String::from_utf8_lossy(&line);
-        let line = line.trim_end_matches('\r');
-        if let Some(code) = line.strip_prefix(EXIT_MARKER) {
-            exit = code.trim().parse::<i32>().ok();
-            continue;
-        }
-        oops.line(line);
-        if !init_started {
-            if let Some(pos) = line.find(INIT_BANNER) {
-                init_started = true;
-                let _ = writeln!(out, "{}", &line[pos..]);
-            } else {
-                boot_panic |= line.contains(KERNEL_PANIC);
-                early.push(line.to_owned());
-            }
-            continue;
-        }
-        if keep.is_some_and(|k| line.starts_with(k)) {
-            kept.push(line.to_owned());
-        }
-        let _ = writeln!(out, "{line}");
-    }
-    if !init_started {
-        for line in &early {
-            let _ = writeln!(out, "{line}");
-        }
-    }
-    Ok(Console {
-        exit,
-        oops: oops.found,
-        boot_panic,
-    })
-}
-
-/// What the kernel prints when it gives up.
-const KERNEL_PANIC: &str = "Kernel panic - not syncing";
-
-/// What the console said of a run.
-struct Console {
-    /// The command's exit status, if the guest reported one.
-    exit: Option<i32>,
-    oops: Option<GuestOops>,
-    /// The kernel panicked before our init printed its first line.
-    boot_panic: bool,
-}
-
-impl Console {
-    /// The command's status, or why there is none. `qemu_exited` says
-    /// whether qemu ended by itself (the guest powered off, or panicked
-    /// with `panic=-1` under `-no-reboot`), not killed by the watchdog.
-    fn status(self, kernel: &str, qemu: &str, qemu_exited: bool) -> Result<i32> {
-        match self {
-            Console {
-                exit: Some(code), ..
-            } => Ok(code),
-            Console {
-                boot_panic: true,
-                oops,
-                ..
-            } if qemu_exited => Err(anyhow::Error::new(GuestNeverBooted {
-                kernel: kernel.to_owned(),
-                died_of: oops,
-            })),
-            Console {
-                oops: Some(oops), ..
-            } => Err(anyhow::Error::new(oops).context(format!(
-                "the VM's kernel ({kernel}) oopsed; see the console above"
-            ))),
-            Console { .. } => bail!(
-                "the VM ended without reporting the command's status (qemu: {qemu}); see the console above"
-            ),
-        }
-    }
-}
-
-/// Byte for byte, as it comes: a full-screen program in the guest draws
-/// without newlines. The exit marker is still picked out of the stream.
-fn forward_raw(mut stdout: std::process::ChildStdout) -> Result<Option<i32>> {
-    use std::io::Read as _;
-    let mut out = std::io::stdout();
-    let mut tail = String::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stdout.read(&mut buf).context("reading the console")?;
-        if n == 0 {
-            break;
-        }
-        let _ = out.write_all(&buf[..n]);
-        let _ = out.flush();
-        tail.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if tail.len() > 8192 {
-            tail = tail.split_off(tail.len() - 4096);
-        }
-    }
-    Ok(tail.rsplit_once(EXIT_MARKER).and_then(|(_, rest)| {
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
-    }))
-}
-
 /// Columns and rows of the terminal on stdin, if it is one.
 fn terminal_size() -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ fills a winsize struct for a terminal fd.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0;
     (ok && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
-}
-
-/// Single-quotes `s` for sh.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn init_script(spec: &VmSpec) -> String {
-    // A serial console has no size; take the host terminal's so full-screen
-    // programs (fuselock top) fit it.
-    let size = match (spec.interactive, terminal_size()) {
-        (true, Some((cols, rows))) => format!("stty rows {rows} cols {cols} 2>/dev/null\n"),
-        _ => String::new(),
-    };
-    let mount = match spec.mount {
-        None => String::new(),
-        Some(kind) => format!(
-            r#"mkdir -p /backing /mnt/fuse
-mount -t tmpfs backing /backing
-fuselock testfs --backing /backing --mountpoint /mnt/fuse {flags} >/tmp/testfs.log 2>&1 &
-for i in $(seq 1 100); do grep -q ' /mnt/fuse ' /proc/mounts && break; sleep 0.1; done
-grep -q ' /mnt/fuse ' /proc/mounts || {{ echo "vm: testfs did not mount:"; cat /tmp/testfs.log; }}
-echo "vm: /mnt/fuse mounted ({kind:?})"
-"#,
-            flags = kind.testfs_flags()
-        ),
-    };
-    format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mkdir -p /dev/pts && mount -t devpts devpts /dev/pts 2>/dev/null
-mount -t tmpfs tmp /tmp
-mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=xterm
-{size}
-echo "vm: kernel $(uname -r), $(nproc) CPUs, preemption $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo unknown)"
-{mount}cd /tmp
-/bin/sh /run.sh
-echo "{EXIT_MARKER}$?"
-poweroff -f
-"#
-    )
-}
-
-fn initramfs(spec: &VmSpec) -> Result<PathBuf> {
-    let busybox = PathBuf::from("/bin/busybox");
-    if !busybox.is_file() {
-        bail!("/bin/busybox missing: run `cargo xtask setup` (installs busybox-static)");
-    }
-    let mut c = Cpio::new(Vec::new());
-    for dir in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "mnt", "root",
-        "etc", "run",
-    ] {
-        c.dir(dir)?;
-    }
-    c.char_dev("dev/console", 5, 1)?;
-    c.char_dev("dev/null", 1, 3)?;
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    c.file("bin/busybox", 0o755, &read(&busybox)?)?;
-    c.symlink("bin/sh", "busybox")?;
-    c.file("init", 0o755, init_script(spec).as_bytes())?;
-    let command: Vec<String> = spec.command.iter().map(|a| sh_quote(a)).collect();
-    c.file(
-        "run.sh",
-        0o755,
-        format!("exec {}\n", command.join(" ")).as_bytes(),
-    )?;
-    let mut dirs_made = std::collections::BTreeSet::new();
-    for (host, guest) in &spec.files {
-        let guest = guest.trim_start_matches('/');
-        if let Some((parent, _)) = guest.rsplit_once('/') {
-            let mut acc = String::new();
-            for part in parent.split('/') {
-                if !acc.is_empty() {
-                    acc.push('/');
-                }
-                acc.push_str(part);
-                if dirs_made.insert(acc.clone())
-                    && !["bin", "usr", "usr/bin", "tmp", "root", "etc"].contains(&acc.as_str())
-                {
-                    c.dir(&acc)?;
-                }
-            }
-        }
-        c.file(guest, 0o755, &read(host)?)?;
-    }
-    let bytes = c.finish()?;
-    let path = cache::workspace_root().join("target/vm/initramfs.cpio");
-    std::fs::create_dir_all(path.parent().context("parent")?)?;
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }
 
 /// Boots, streams the console to stdout, returns the guest command's status.
@@ -564,126 +339,6 @@ fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
         started.elapsed().as_secs_f64()
     );
     Ok((code, kept))
-}
-
-/// The guest kernel panicked before our init printed its first line: nothing
-/// of fuselock's had run.
-#[derive(Debug)]
-pub struct GuestNeverBooted {
-    kernel: String,
-    died_of: Option<GuestOops>,
-}
-
-impl std::fmt::Display for GuestNeverBooted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the guest kernel ({}) panicked", self.kernel)?;
-        if let Some(oops) = &self.died_of {
-            write!(f, " of {oops}")?;
-        }
-        f.write_str(" before the VM's init printed its first line")
-    }
-}
-
-impl std::error::Error for GuestNeverBooted {}
-
-/// A guest kernel oops read from the console: its kind (`int3`, `general
-/// protection fault`, ...) and where it happened (`function+0x5/0x130`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestOops {
-    pub kind: String,
-    pub rip: String,
-}
-
-impl GuestOops {
-    /// An unclaimed int3 at a function's patch site (the trap leaves RIP one
-    /// byte past it: +0x1, or +0x5 after a 4-byte endbr/nop): a CPU ran a
-    /// breakpoint byte of live text patching after the patcher had removed
-    /// it and synchronised every CPU. The kernel's protocol rules that out
-    /// on hardware, but under qemu's multi-threaded TCG it has happened when
-    /// probes attached while another vCPU was entering the function.
-    pub fn is_stale_patch_breakpoint(&self) -> bool {
-        let offset = self
-            .rip
-            .split_once("+0x")
-            .and_then(|(_, rest)| rest.split('/').next())
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-        self.kind == "int3" && matches!(offset, Some(1 | 5))
-    }
-}
-
-impl std::fmt::Display for GuestOops {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Oops: {} at {}", self.kind, self.rip)
-    }
-}
-
-impl std::error::Error for GuestOops {}
-
-/// Reads a kernel oops from console lines, one at a time: the `Oops:` line
-/// gives its kind, the first kernel `RIP:` after it the place.
-#[derive(Default)]
-struct OopsReader {
-    kind: Option<String>,
-    found: Option<GuestOops>,
-}
-
-impl OopsReader {
-    fn line(&mut self, line: &str) {
-        if self.found.is_some() {
-            return;
-        }
-        if let Some((_, rest)) = line.split_once("Oops: ") {
-            let kind = rest.split(':').next().unwrap_or(rest).trim();
-            self.kind = Some(kind.to_owned());
-        } else if let (Some(kind), Some((_, rip))) = (&self.kind, line.split_once("RIP: 0010:")) {
-            self.found = Some(GuestOops {
-                kind: kind.clone(),
-                rip: rip.trim().to_owned(),
-            });
-        }
-    }
-}
-
-/// tmux with its libraries, the C.UTF-8 character map (without which it
-/// refuses to start: "need UTF-8 locale") and the terminfo entries of the
-/// console's TERM (xterm) and of its panes (screen).
-pub fn tmux_files() -> Result<Vec<(PathBuf, String)>> {
-    let mut files = with_libraries("/usr/bin/tmux")?;
-    for data in [
-        "/usr/lib/locale/C.utf8/LC_CTYPE",
-        "/lib/terminfo/x/xterm",
-        "/lib/terminfo/s/screen",
-    ] {
-        if !Path::new(data).is_file() {
-            bail!("{data} missing (from Debian's libc-bin and ncurses-base): tmux needs it");
-        }
-        files.push((PathBuf::from(data), data.to_owned()));
-    }
-    Ok(files)
-}
-
-/// A dynamically linked host binary with its libraries and loader, at the
-/// same paths in the guest.
-pub fn with_libraries(binary: &str) -> Result<Vec<(PathBuf, String)>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("running ldd")?;
-    if !out.status.success() {
-        bail!("ldd {binary} failed");
-    }
-    let mut files = vec![(PathBuf::from(binary), binary.to_owned())];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((PathBuf::from(p), p.to_owned()));
-        }
-    }
-    Ok(files)
 }
 
 #[cfg(test)]
