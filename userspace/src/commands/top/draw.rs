@@ -15,7 +15,7 @@ use ratatui::{
 
 use super::{
     columns::{self, Column},
-    model::{Mode, Row},
+    rows::{Mode, Row},
     state::{App, View, KEYS},
 };
 
@@ -498,7 +498,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        commands::top::{model::tests_support::entry, state::App},
+        commands::top::{rows::tests_support::entry, state::App},
         model::{counts::Bucket, snapshot::Snapshot},
     };
 

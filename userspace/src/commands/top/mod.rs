@@ -3,7 +3,7 @@
 mod columns;
 mod draw;
 mod event;
-mod model;
+mod rows;
 mod state;
 mod terminal;
 

@@ -8,7 +8,7 @@ use std::{
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::model::{self, Mode, Row};
+use super::rows::{self, Mode, Row};
 use crate::{
     model::snapshot::{Entries, Entry, Snapshot},
     model::verdict::{decide, Evidence, Verdict},
@@ -205,7 +205,7 @@ impl App {
         }
         self.current = Some(snap);
         if let Some(cur) = &self.current {
-            let t = model::totals(cur, self.previous.as_ref(), Mode::Rates);
+            let t = rows::totals(cur, self.previous.as_ref(), Mode::Rates);
             if self.contended_history.len() == HISTORY {
                 self.contended_history.pop_front();
             }
@@ -240,7 +240,7 @@ impl App {
             return (Vec::new(), false);
         };
         let base = self.base();
-        let dt = model::period(cur, base, self.mode);
+        let dt = rows::period(cur, base, self.mode);
         let base_entries: &[Arc<Entry>] = base.map_or(&[], |b| &b.entries);
         // The collector keeps its entries in key order, so each entry is
         // normally at the same position in the base and in the cache; an
@@ -257,7 +257,7 @@ impl App {
                 let prev = match base_entries.get(i) {
                     Some(p) if Arc::ptr_eq(p, e) || same_file(p, e) => Some(p),
                     _ => base_index
-                        .get_or_insert_with(|| model::index(base))
+                        .get_or_insert_with(|| rows::index(base))
                         .get(&e.id())
                         .copied(),
                 };
@@ -294,7 +294,7 @@ impl App {
                 let cached = reused.unwrap_or_else(|| CachedRow {
                     entry: e.clone(),
                     base: prev.cloned(),
-                    row: Arc::new(model::row(e, prev.map(|p| &**p), dt)),
+                    row: Arc::new(rows::row(e, prev.map(|p| &**p), dt)),
                 });
                 // A rebuilt row in place of the same file's: a name learnt
                 // since, or a new mount point, changes the name order.
@@ -320,7 +320,7 @@ impl App {
         Some(TableInputs {
             current: cur.entries.clone(),
             base: base.map(|b| b.entries.clone()),
-            period: varies.then(|| model::period(cur, base, self.mode)),
+            period: varies.then(|| rows::period(cur, base, self.mode)),
             mode: self.mode,
             sort: self.sort,
             descending: self.descending,
@@ -404,10 +404,10 @@ impl App {
         rows
     }
 
-    pub fn totals(&self) -> model::Totals {
+    pub fn totals(&self) -> rows::Totals {
         self.current
             .as_ref()
-            .map(|c| model::totals(c, self.base(), self.mode))
+            .map(|c| rows::totals(c, self.base(), self.mode))
             .unwrap_or_default()
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::commands::top::model::tests_support::entry;
+use crate::commands::top::rows::tests_support::entry;
 
 fn key(c: KeyCode) -> KeyEvent {
     tests_key(c)
@@ -191,12 +191,12 @@ fn incremental_table_matches_a_fresh_one() {
         if t % 7 == 0 {
             app.on_key(key(KeyCode::Char('s')));
         }
-        // The rows: as the model computes them, key by key.
+        // The rows: as rows.rs computes them, key by key.
         let by_name = |mut v: Vec<(String, f64)>| {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
-        let expected: Vec<(String, f64)> = model::rows(&snap, previous.as_ref(), Mode::Rates)
+        let expected: Vec<(String, f64)> = rows::rows(&snap, previous.as_ref(), Mode::Rates)
             .into_iter()
             .map(|r| (r.name, r.writes))
             .collect();
