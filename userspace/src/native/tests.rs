@@ -73,7 +73,8 @@ impl Consumer for Export {
     }
     fn refresh(&mut self, collector: &mut Collector) -> Result<()> {
         let snap: Snapshot = collector.snapshot_with(false, Detail::Totals)?;
-        self.bodies.body(snap, false, 0)?;
+        self.bodies
+            .body(snap, crate::wire::metrics::Exposition::Prometheus, 0)?;
         Ok(())
     }
 }

@@ -1,11 +1,10 @@
 //! `fuselock export`: Prometheus/OpenMetrics over HTTP.
 
-mod metrics;
 mod mounts;
 mod pods;
-mod text;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -20,17 +19,12 @@ use axum::{
     routing::get,
     Router,
 };
-use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
 };
 
-pub use self::{metrics::SnapshotMetrics, text::openmetrics_to_prometheus};
-use self::{
-    mounts::{FoldedMounts, MountCap},
-    pods::{PodCounters, PodSeries},
-};
+use self::{mounts::MountCap, pods::PodCounters};
 use fuselock_base::UsageError;
 
 use crate::{
@@ -43,10 +37,11 @@ use crate::{
     },
     kernel::probes,
     model::snapshot::Snapshot,
+    wire::metrics::{
+        caps::{FoldedMounts, PodSeries},
+        Exposition, SnapshotMetrics,
+    },
 };
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct AppState {
     collector: Mutex<Collector>,
@@ -65,8 +60,7 @@ pub(crate) struct BodyCache {
     /// The snapshot rendered, with its clocks zeroed, the mounts folded
     /// out of it, and the pods' series.
     counts: Option<(Snapshot, usize, PodSeries)>,
-    openmetrics: Option<Bytes>,
-    prometheus: Option<Bytes>,
+    bodies: HashMap<Exposition, Bytes>,
 }
 
 impl BodyCache {
@@ -74,16 +68,10 @@ impl BodyCache {
     pub(crate) fn body(
         &mut self,
         snapshot: Snapshot,
-        openmetrics: bool,
+        exposition: Exposition,
         per_inode_top: usize,
     ) -> Result<Bytes> {
-        self.body_folded(
-            snapshot,
-            0,
-            PodSeries::default(),
-            openmetrics,
-            per_inode_top,
-        )
+        self.body_folded(snapshot, 0, PodSeries::default(), exposition, per_inode_top)
     }
 
     /// [`BodyCache::body`] of a snapshot from which [`MountCap`] folded
@@ -93,7 +81,7 @@ impl BodyCache {
         snapshot: Snapshot,
         folded: usize,
         pods: PodSeries,
-        openmetrics: bool,
+        exposition: Exposition,
         per_inode_top: usize,
     ) -> Result<Bytes> {
         let counts = Snapshot {
@@ -111,60 +99,37 @@ impl BodyCache {
             };
         }
         let counts = key.0;
-        let slot = if openmetrics {
-            &mut self.openmetrics
-        } else {
-            &mut self.prometheus
-        };
-        if let Some(body) = slot {
+        if let Some(body) = self.bodies.get(&exposition) {
             return Ok(body.clone());
         }
         let metrics = SnapshotMetrics {
             snapshot: counts,
             per_inode_top,
         };
-        let body = Bytes::from(render_with(metrics, folded, key.2, openmetrics)?);
-        *slot = Some(body.clone());
+        let body = Bytes::from(render_with(metrics, folded, key.2, exposition)?);
+        self.bodies.insert(exposition, body.clone());
         Ok(body)
     }
 }
 
-/// Renders a scrape: OpenMetrics when the client asks for it, else the
-/// Prometheus text format.
-pub fn render(metrics: SnapshotMetrics, openmetrics: bool) -> Result<String> {
-    render_folded(metrics, 0, openmetrics)
-}
-
-/// [`render`], saying that `folded` mounts were summed into `other`.
-fn render_folded(metrics: SnapshotMetrics, folded: usize, openmetrics: bool) -> Result<String> {
-    render_with(metrics, folded, PodSeries::default(), openmetrics)
-}
-
-/// [`render_folded`] with the pods' series.
+/// A scrape's body: the snapshot's series, how many mounts were summed
+/// into `other`, and the pods' series.
 fn render_with(
     metrics: SnapshotMetrics,
     folded: usize,
     pods: PodSeries,
-    openmetrics: bool,
+    exposition: Exposition,
 ) -> Result<String> {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(metrics));
-    registry.register_collector(Box::new(FoldedMounts(folded)));
-    registry.register_collector(Box::new(pods));
-    let mut body = String::new();
-    encode(&mut body, &registry).context("encoding metrics")?;
-    Ok(if openmetrics {
-        body
-    } else {
-        openmetrics_to_prometheus(&body)
-    })
+    exposition.render(vec![
+        Box::new(metrics),
+        Box::new(FoldedMounts(folded)),
+        Box::new(pods),
+    ])
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let wants_openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let exposition =
+        Exposition::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let snapshot = {
         let Ok(mut collector) = state.collector.lock() else {
             return (StatusCode::INTERNAL_SERVER_ERROR, "collector poisoned\n").into_response();
@@ -203,26 +168,15 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         },
     };
     let body = match state.bodies.lock() {
-        Ok(mut bodies) => bodies.body_folded(
-            snapshot,
-            folded,
-            pods,
-            wants_openmetrics,
-            state.per_inode_top,
-        ),
+        Ok(mut bodies) => {
+            bodies.body_folded(snapshot, folded, pods, exposition, state.per_inode_top)
+        }
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "body cache poisoned\n").into_response()
         }
     };
     match body {
-        Ok(body) => {
-            let ct = if wants_openmetrics {
-                OPENMETRICS
-            } else {
-                PROMETHEUS_TEXT
-            };
-            ([(header::CONTENT_TYPE, ct)], body).into_response()
-        }
+        Ok(body) => ([(header::CONTENT_TYPE, exposition.content_type())], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
     }
 }

@@ -2,12 +2,6 @@
 
 use std::collections::HashSet;
 
-use prometheus_client::{
-    collector::Collector as MetricsCollector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{gauge::ConstGauge, MetricType},
-};
-
 use crate::model::snapshot::{Counters, DeviceTotals, Snapshot};
 
 /// The label value the mounts past `--max-mounts` are summed under. No
@@ -87,24 +81,4 @@ fn add_counters(into: &mut Counters, c: &Counters) {
     into.overwrites_exclusive += c.overwrites_exclusive;
     into.overwrites_exclusive_latency_ns += c.overwrites_exclusive_latency_ns;
     into.overwrites_exclusive_wait_ns += c.overwrites_exclusive_wait_ns;
-}
-
-/// `fuselock_export_folded_mounts`, served only once a mount was folded:
-/// a host within the cap scrapes exactly as before.
-#[derive(Debug)]
-pub(super) struct FoldedMounts(pub(super) usize);
-
-impl MetricsCollector for FoldedMounts {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if self.0 == 0 {
-            return Ok(());
-        }
-        let gauge = ConstGauge::new(i64::try_from(self.0).unwrap_or(i64::MAX));
-        gauge.encode(encoder.encode_descriptor(
-            "fuselock_export_folded_mounts",
-            "Mounts past --max-mounts, whose series are summed into mount=\"other\"",
-            None,
-            MetricType::Gauge,
-        )?)
-    }
 }

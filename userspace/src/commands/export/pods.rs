@@ -11,20 +11,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+use crate::{
+    model::{
+        snapshot::Snapshot,
+        workload::{PodName, Workload},
+    },
+    wire::metrics::{
+        caps::{PodLabels, PodSeries, OTHER_PODS},
+        label,
+    },
 };
-
-use crate::model::{
-    snapshot::Snapshot,
-    workload::{PodName, Workload},
-};
-
-/// The pod label value the pods past the cap are summed under: pod names
-/// are DNS subdomains, with no `=` in them.
-const OTHER_PODS: &str = "=other";
 
 /// The counters, and which pods have their own series: the first `max`
 /// seen (the busiest first, among those seen in one scrape). A pod keeps
@@ -42,20 +38,6 @@ pub struct PodCounters {
     named: BTreeMap<String, (Option<PodName>, u64)>,
     /// Every other pod's writes.
     other: u64,
-}
-
-/// What one scrape serves.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodSeries {
-    rows: Vec<(PodLabels, u64)>,
-    folded: usize,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PodLabels {
-    namespace: String,
-    pod: String,
-    uid: String,
 }
 
 impl PodCounters {
@@ -126,10 +108,8 @@ impl PodCounters {
                     PodLabels {
                         namespace: name
                             .as_ref()
-                            .map_or_else(String::new, |n| super::metrics::label(&n.namespace)),
-                        pod: name
-                            .as_ref()
-                            .map_or_else(String::new, |n| super::metrics::label(&n.name)),
+                            .map_or_else(String::new, |n| label(&n.namespace)),
+                        pod: name.as_ref().map_or_else(String::new, |n| label(&n.name)),
                         uid: uid.clone(),
                     },
                     *count,
@@ -147,33 +127,6 @@ impl PodCounters {
             ));
         }
         PodSeries { rows, folded }
-    }
-}
-
-impl Collector for PodSeries {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if self.rows.is_empty() {
-            return Ok(());
-        }
-        let mut family = encoder.encode_descriptor(
-            "fuselock_pod_writes",
-            "FUSE writes by Kubernetes pod (--per-pod-top), from the writers' cgroups; pods past the cap are summed under pod=\"=other\"",
-            None,
-            MetricType::Counter,
-        )?;
-        for (labels, count) in &self.rows {
-            ConstCounter::new(*count).encode(family.encode_family(labels)?)?;
-        }
-        if self.folded > 0 {
-            let gauge = ConstGauge::new(i64::try_from(self.folded).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(
-                "fuselock_export_folded_pods",
-                "Pods writing now past --per-pod-top, whose writes are summed into pod=\"=other\"",
-                None,
-                MetricType::Gauge,
-            )?)?;
-        }
-        Ok(())
     }
 }
 

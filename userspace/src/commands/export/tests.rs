@@ -2,6 +2,20 @@
 //! a real Prometheus scraping it.
 
 use super::*;
+
+/// The snapshot's series alone.
+fn render(metrics: SnapshotMetrics, exposition: Exposition) -> Result<String> {
+    render_folded(metrics, 0, exposition)
+}
+
+/// The snapshot's series, with `folded` mounts summed into `other`.
+fn render_folded(
+    metrics: SnapshotMetrics,
+    folded: usize,
+    exposition: Exposition,
+) -> Result<String> {
+    render_with(metrics, folded, PodSeries::default(), exposition)
+}
 use crate::{
     collect::Collector,
     model::snapshot::{Counters, DeviceTotals, Snapshot},
@@ -39,7 +53,7 @@ fn sample_text() -> String {
             snapshot: sample(),
             per_inode_top: 5,
         },
-        false,
+        Exposition::Prometheus,
     )
     .expect("render")
 }
@@ -51,7 +65,7 @@ fn prometheus_text_has_the_documented_series() {
             snapshot: sample(),
             per_inode_top: 0,
         },
-        false,
+        Exposition::Prometheus,
     )
     .expect("render");
     for line in [
@@ -77,14 +91,22 @@ fn equal_counts_are_served_from_the_last_body() {
         elapsed_secs: t,
         ..sample()
     };
-    let first = cache.body(at(1.0), false, 0).expect("render");
-    let again = cache.body(at(2.0), false, 0).expect("render");
+    let first = cache
+        .body(at(1.0), Exposition::Prometheus, 0)
+        .expect("render");
+    let again = cache
+        .body(at(2.0), Exposition::Prometheus, 0)
+        .expect("render");
     assert_eq!(first.as_ptr(), again.as_ptr(), "encoded again");
-    let om = cache.body(at(3.0), true, 0).expect("render");
+    let om = cache
+        .body(at(3.0), Exposition::OpenMetrics, 0)
+        .expect("render");
     assert!(om.ends_with(b"# EOF\n"), "each format has its body");
     let mut moved = at(4.0);
     moved.devices[0].counters.writes += 1;
-    let fresh = cache.body(moved, false, 0).expect("render");
+    let fresh = cache
+        .body(moved, Exposition::Prometheus, 0)
+        .expect("render");
     let text = std::str::from_utf8(&fresh).expect("utf-8");
     assert!(
         text.lines()
@@ -130,7 +152,13 @@ fn mounts_past_the_cap_are_summed_into_other_and_counted() {
     let scrape = |cap: &mut MountCap, cache: &mut BodyCache, snap| {
         let (snap, folded) = cap.apply(snap);
         let body = cache
-            .body_folded(snap, folded, PodSeries::default(), false, 0)
+            .body_folded(
+                snap,
+                folded,
+                PodSeries::default(),
+                Exposition::Prometheus,
+                0,
+            )
             .expect("render");
         String::from_utf8(body.to_vec()).expect("utf-8")
     };
@@ -168,18 +196,18 @@ fn within_the_cap_nothing_changes() {
     let snap = on_mounts(&["/a", "/b"]);
     let (capped, folded) = MountCap::new(2).apply(snap.clone());
     assert_eq!(folded, 0);
-    for openmetrics in [false, true] {
+    for exposition in Exposition::ALL {
         let plain = render(
             SnapshotMetrics {
                 snapshot: snap.clone(),
                 per_inode_top: 0,
             },
-            openmetrics,
+            exposition,
         )
         .expect("render");
         let mut cache = BodyCache::default();
         let body = cache
-            .body_folded(capped.clone(), folded, PodSeries::default(), openmetrics, 0)
+            .body_folded(capped.clone(), folded, PodSeries::default(), exposition, 0)
             .expect("render");
         assert_eq!(body, plain.as_bytes());
         assert!(!plain.contains("folded"));
@@ -193,7 +221,7 @@ fn openmetrics_ends_with_eof() {
             snapshot: sample(),
             per_inode_top: 0,
         },
-        true,
+        Exposition::OpenMetrics,
     )
     .expect("render");
     assert!(om.ends_with("# EOF\n"), "{om}");
@@ -228,7 +256,7 @@ fn docs_list_exactly_the_exported_metrics() {
             snapshot: snap,
             per_inode_top: 5,
         },
-        false,
+        Exposition::Prometheus,
     )
     .expect("render");
     // More mounts than --max-mounts: the count of those folded appears.
@@ -239,7 +267,7 @@ fn docs_list_exactly_the_exported_metrics() {
             per_inode_top: 0,
         },
         folded,
-        false,
+        Exposition::Prometheus,
     )
     .expect("render");
     // With --cgroup or --pod: the cgroup counted is named.
@@ -250,7 +278,7 @@ fn docs_list_exactly_the_exported_metrics() {
             snapshot: only,
             per_inode_top: 0,
         },
-        false,
+        Exposition::Prometheus,
     )
     .expect("render");
     assert!(
@@ -266,7 +294,7 @@ fn docs_list_exactly_the_exported_metrics() {
         },
         0,
         pods.apply(&pods::tests::two_pods()),
-        false,
+        Exposition::Prometheus,
     )
     .expect("render");
     let served: std::collections::BTreeSet<&str> = text

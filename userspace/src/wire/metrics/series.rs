@@ -122,7 +122,7 @@ fn counter<L: EncodeLabelSet + std::fmt::Debug>(
 /// name): escaped as the tables escape it. prometheus-client escapes only
 /// `\\`, `"` and newline, and a scrape read on a terminal (`curl`) would
 /// run a raw escape sequence. Names without such characters are unchanged.
-pub(super) fn label(s: &str) -> String {
+pub(crate) fn label(s: &str) -> String {
     escape::text(s).into_owned()
 }
 
@@ -392,8 +392,8 @@ impl Collector for SnapshotMetrics {
 mod tests {
     use super::*;
     use crate::{
-        commands::export::render,
         model::snapshot::{DeviceTotals, Entry},
+        wire::metrics::Exposition,
     };
 
     /// A mount at a directory named with a terminal escape, a bell and a
@@ -422,15 +422,13 @@ mod tests {
             open: None,
         })]
         .into();
-        for openmetrics in [false, true] {
-            let text = render(
-                SnapshotMetrics {
+        for exposition in Exposition::ALL {
+            let text = exposition
+                .render(vec![Box::new(SnapshotMetrics {
                     snapshot: snap.clone(),
                     per_inode_top: 5,
-                },
-                openmetrics,
-            )
-            .expect("render");
+                })])
+                .expect("render");
             for c in ['\u{1b}', '\u{7}', '\u{202e}', '\u{2028}', '\u{061c}'] {
                 assert!(!text.contains(c), "{c:?} raw in:\n{text}");
             }
