@@ -20,25 +20,20 @@ use crate::{
         signals::{Ending, Endings},
     },
     model::snapshot::Snapshot,
-    wire::table,
-    wire::{json, stream::Lines},
+    wire::{format::SnapshotFormat, stream::Lines},
 };
 
 /// Where snapshots go and how.
 pub struct Sink {
     out: Box<dyn Write + Send>,
-    /// JSON lines (with this writer), or a table.
-    json: Option<json::Writer>,
+    format: SnapshotFormat,
 }
 
 impl Sink {
     fn emit(&mut self, snap: &Snapshot) -> Result<()> {
-        if let Some(writer) = &mut self.json {
-            writer.write(snap, &mut self.out).context("writing JSON")?;
-        } else {
-            table::write_table(&mut self.out, snap)?;
-            writeln!(self.out)?;
-        }
+        self.format
+            .write(snap, &mut self.out)
+            .context("writing snapshots")?;
         self.out.flush().context("writing snapshots")
     }
 }
@@ -113,13 +108,11 @@ pub async fn run(args: StatArgs) -> Result<i32> {
             periodic_with_command: false,
             sink: Sink {
                 out: Box::new(io::stdout()),
-                json: args.json.then(|| {
-                    json::Writer::new(if args.every_entry {
-                        Lines::Whole
-                    } else {
-                        Lines::Deltas
-                    })
-                }),
+                format: match (args.json, args.every_entry) {
+                    (false, _) => SnapshotFormat::Table,
+                    (true, true) => SnapshotFormat::json_lines(Lines::Whole),
+                    (true, false) => SnapshotFormat::json_lines(Lines::Deltas),
+                },
             },
         },
     )
@@ -142,7 +135,7 @@ pub async fn record(args: RecordArgs) -> Result<i32> {
             periodic_with_command: true,
             sink: Sink {
                 out: Box::new(io::BufWriter::new(file)),
-                json: Some(json::Writer::new(Lines::Deltas)),
+                format: SnapshotFormat::json_lines(Lines::Deltas),
             },
         },
     )

@@ -3,6 +3,7 @@
 //! its reader (`replay`); the Prometheus metrics of `fuselock export`
 //! (`metrics`); and the text table of `fuselock stat`.
 
+pub mod format;
 pub mod json;
 pub mod metrics;
 pub mod replay;
