@@ -210,7 +210,7 @@ pub async fn run(args: DemoArgs) -> Result<i32> {
     // drop too.
     crate::kernel::privileges::drop_to_bpf_only()?;
     // The verdict is the demo's output, not its status: the demo succeeded.
-    outcome.print(false)?;
+    outcome.print(crate::wire::verdict::VerdictFormat::Text)?;
     drop(session);
     keeper.finish()?;
     Ok(0)

@@ -10,9 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use probes_common::{LockMode, OpenStats, Reason, WritePath};
-use serde::Serialize;
-use serde_with::serde_as;
+use probes_common::{OpenStats, WritePath};
 
 use fuselock_base::{escape, UsageError};
 use fuselock_testkit::exercise;
@@ -24,37 +22,9 @@ use crate::{
         signals::{Ending, Endings},
     },
     model::snapshot::{kernel_dev, Snapshot},
-    model::verdict::{decide, series_gain, Decision, Evidence, SeriesGain},
-    wire::json::verdict::{DecisionJson, EvidenceJson, SeriesGainJson},
+    model::verdict::{decide, Decision, Evidence},
+    wire::verdict::{VerdictFormat, VerdictView},
 };
-
-/// What `--json` prints.
-#[serde_as]
-#[derive(Serialize)]
-struct Report<'a> {
-    #[serde(flatten)]
-    #[serde_as(as = "&DecisionJson")]
-    decision: &'a Decision,
-    exit_code: u8,
-    kernel: &'a str,
-    probe_mode: &'a str,
-    /// With `--cgroup` or `--pod`: the only tasks counted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    only_cgroup: Option<&'a str>,
-    /// `"all"` or the exercised file.
-    scope: String,
-    exercise: Option<exercise::ExerciseReport>,
-    #[serde_as(as = "&EvidenceJson")]
-    evidence: &'a Evidence,
-    /// Set when the user's file was opened with other flags than the scratch file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<&'a str>,
-    /// Set when eligible writes took the exclusive lock and the series is
-    /// not seen at work.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde_as(as = "Option<SeriesGainJson>")]
-    series_gain: Option<SeriesGain>,
-}
 
 /// The evidence of the exercised scratch file: its passthrough entry and
 /// its opens.
@@ -106,73 +76,6 @@ fn flags_differ(named: &OpenStats, scratch: &OpenStats, path: &std::path::Path) 
     })
 }
 
-/// What the series would buy, while it is not seen at work: once it is,
-/// exclusive overwrites left are races it already handles.
-fn shown_gain(d: &Decision, e: &Evidence) -> Option<SeriesGain> {
-    series_gain(&e.passthrough, e.waits_measured).filter(|_| d.series_missing())
-}
-
-fn print_human(d: &Decision, e: &Evidence, snap: &Snapshot, scope: &str) {
-    println!("{}: {}", d.verdict.label(), d.message);
-    if let Some(hint) = &d.hint {
-        println!("  hint: {hint}");
-    }
-    let p = &e.passthrough;
-    let by_reason = |mode: LockMode| -> String {
-        let parts: Vec<String> = Reason::ALL
-            .iter()
-            .map(|r| (r, p.acquisitions[mode][*r]))
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{} {n}", r.name()))
-            .collect();
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", parts.join(", "))
-        }
-    };
-    println!(
-        "  passthrough writes ({}): {} - shared {}{}, exclusive {}{}",
-        escape::text(scope),
-        p.writes,
-        p.shared,
-        by_reason(LockMode::Shared),
-        p.exclusive,
-        by_reason(LockMode::Exclusive)
-    );
-    let o = &e.opens;
-    println!(
-        "  opens: {} passthrough, FOPEN_PARALLEL_DIRECT_WRITES asked on {} and kept on {}",
-        o.passthrough, o.passthrough_parallel_asked, o.passthrough_parallel_kept
-    );
-    println!(
-        "  kernel {}, {} probes",
-        snap.source.kernel, snap.source.probe_mode
-    );
-    if let Some(only) = &snap.source.only_cgroup {
-        println!(
-            "  counted only the writes and opens of tasks under the cgroup {}",
-            escape::text(only)
-        );
-    }
-    if let Some(gain) = shown_gain(d, e) {
-        println!("  what the series would buy: {}", gain.sentence());
-    }
-    for line in [d.eof_recheck_sentence(), d.unseen_upgrade_sentence()]
-        .into_iter()
-        .flatten()
-    {
-        println!("  {line}");
-    }
-    if d.shared_extended > 0 {
-        println!(
-            "  FINDING: {} writes held the shared lock and still grew the file: a truncate raced the \
-             unlocked EOF check of the series (exit status 5)",
-            d.shared_extended
-        );
-    }
-}
-
 pub async fn run(args: VerifyArgs) -> Result<u8> {
     let target = args
         .exercise
@@ -190,7 +93,11 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
     };
     let outcome = decide_on(&mut session, how).await?;
     crate::kernel::privileges::drop_to_bpf_only()?;
-    outcome.print(args.json)?;
+    outcome.print(if args.json {
+        VerdictFormat::Json
+    } else {
+        VerdictFormat::Text
+    })?;
     Ok(outcome.decision.exit_code())
 }
 
@@ -219,29 +126,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Prints the verdict as text or one JSON object.
-    pub fn print(&self, json: bool) -> Result<()> {
-        if json {
-            let report = Report {
-                decision: &self.decision,
-                exit_code: self.decision.exit_code(),
-                kernel: &self.snap.source.kernel,
-                probe_mode: &self.snap.source.probe_mode,
-                only_cgroup: self.snap.source.only_cgroup.as_deref(),
-                scope: self.scope.clone(),
-                exercise: self.exercised.clone(),
-                evidence: &self.evidence,
-                note: self.note.as_deref(),
-                series_gain: shown_gain(&self.decision, &self.evidence),
-            };
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            print_human(&self.decision, &self.evidence, &self.snap, &self.scope);
-            if let Some(note) = &self.note {
-                println!("  note: {note}");
-            }
-        }
-        Ok(())
+    /// Prints the verdict in `format`.
+    pub fn print(&self, format: VerdictFormat) -> Result<()> {
+        let view = VerdictView {
+            decision: &self.decision,
+            evidence: &self.evidence,
+            source: &self.snap.source,
+            scope: &self.scope,
+            exercise: self.exercised.as_ref(),
+            note: self.note.as_deref(),
+        };
+        let mut out = std::io::stdout().lock();
+        view.write(format, &mut out).context("writing the verdict")
     }
 }
 

@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod replay;
 pub mod stream;
 pub mod table;
+pub mod verdict;
