@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{build, dist, fuzz, install_test, libfuse, setup, toolchain, vm};
 
@@ -283,6 +283,7 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
         let (fuselock, tests) = timings.step("build: fuselock and the VM tests (musl)", || {
             Ok((build::fuselock_static()?, build::vm_tests_static()?))
         })?;
+        let test_names = listed_tests(&tests)?;
         let (prometheus, tmux, passthrough_hp) =
             timings.step("guest programs: prometheus, tmux, passthrough_hp", || {
                 Ok((
@@ -397,7 +398,12 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
                     append: run.append.clone(),
                     interactive: false,
                 };
-                let done = vm::run_keeping(&spec, None)?;
+                // A second boot (after a guest death fuselock cannot have
+                // caused) runs only what the first did not pass.
+                let done = vm::run_resuming(&spec, Some(TEST_LINE), |kept| {
+                    let skips = skips_for_passed(kept, &test_names);
+                    (!skips.is_empty()).then(|| [spec.command.clone(), skips].concat())
+                })?;
                 if let Some(why) = done.second_boot {
                     reruns.push(format!("{what}: {why}"));
                 }
@@ -410,6 +416,40 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
         }
     }
     Ok(())
+}
+
+/// How libtest starts each result line.
+const TEST_LINE: &str = "test ";
+
+/// The VM tests' names, as the (static) test binary lists them on the host.
+fn listed_tests(binary: &std::path::Path) -> Result<Vec<String>> {
+    let out = std::process::Command::new(binary)
+        .args(["--list", "--include-ignored"])
+        .output()
+        .with_context(|| format!("listing the tests of {}", binary.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} --list: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `--skip NAME` for each test the console says passed. libtest skips every
+/// test whose name contains NAME, so a name inside another test's name is
+/// not skipped: that test runs again rather than the other not at all.
+fn skips_for_passed(console: &[String], all: &[String]) -> Vec<String> {
+    console
+        .iter()
+        .filter_map(|l| l.strip_prefix(TEST_LINE)?.strip_suffix(" ... ok"))
+        .filter(|passed| all.iter().filter(|n| n.contains(passed)).count() == 1)
+        .flat_map(|passed| ["--skip".to_owned(), passed.to_owned()])
+        .collect()
 }
 
 #[cfg(test)]
@@ -480,6 +520,27 @@ mod tests {
                 .is_some_and(|l| l.starts_with("total") && l.contains("(2.0 min)")),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_second_boot_skips_only_what_passed_and_names_nothing_else() {
+        let all: Vec<String> = ["counts::a", "counts::a_b", "verdicts::c", "scale::d"]
+            .map(String::from)
+            .to_vec();
+        let console: Vec<String> = [
+            "test counts::a ... ok",
+            "test counts::a_b ... ok",
+            "test verdicts::c ... FAILED",
+            "test scale::d ... ok",
+        ]
+        .map(String::from)
+        .to_vec();
+        // counts::a is inside counts::a_b: skipping it would skip both.
+        assert_eq!(
+            skips_for_passed(&console, &all),
+            ["--skip", "counts::a_b", "--skip", "scale::d"]
+        );
+        assert!(skips_for_passed(&[], &all).is_empty());
     }
 
     #[test]

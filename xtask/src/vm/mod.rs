@@ -94,6 +94,7 @@ pub struct VmArgs {
 }
 
 /// One VM run.
+#[derive(Clone)]
 pub struct VmSpec {
     pub kernel: PathBuf,
     pub kernel_name: String,
@@ -213,16 +214,40 @@ pub struct Finished {
 /// interactive boots once more after a death fuselock cannot have caused
 /// ([`earns_second_boot`]), and says so.
 pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<Finished> {
-    let (code, kept, second_boot) = match boot(spec, keep) {
-        Ok((code, kept)) => (code, kept, None),
+    run_resuming(spec, keep, |_| None)
+}
+
+/// As [`run_keeping`]; when the first boot does not count, `resume` may
+/// give the command to run on the second one instead, from the lines the
+/// first boot kept (the test runner skips the tests that already passed).
+pub fn run_resuming(
+    spec: &VmSpec,
+    keep: Option<&str>,
+    resume: impl FnOnce(&[String]) -> Option<Vec<String>>,
+) -> Result<Finished> {
+    let mut kept = Vec::new();
+    let (code, second_boot) = match boot(spec, keep, &mut kept) {
+        Ok(code) => (code, None),
         Err(e) => {
             let why = earns_second_boot(&e).filter(|_| !spec.interactive);
             let Some(why) = why else {
                 return Err(e);
             };
             eprintln!("\nvm: {why}; booting once more (see docs/development.md)");
-            let (code, kept) = boot(spec, keep)?;
-            (code, kept, Some(why))
+            let command = resume(&kept);
+            kept.clear();
+            let code = match command {
+                Some(command) => boot(
+                    &VmSpec {
+                        command,
+                        ..spec.clone()
+                    },
+                    keep,
+                    &mut kept,
+                )?,
+                None => boot(spec, keep, &mut kept)?,
+            };
+            (code, Some(why))
         }
     };
     Ok(Finished {
@@ -233,7 +258,9 @@ pub fn run_keeping(spec: &VmSpec, keep: Option<&str>) -> Result<Finished> {
 }
 
 /// One boot of the VM.
-fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
+/// Boots `spec` once; the console lines that start with `keep` go to
+/// `kept`, also when the boot fails.
+fn boot(spec: &VmSpec, keep: Option<&str>, kept: &mut Vec<String>) -> Result<i32> {
     crate::setup::ensure_vm_tools()?;
     let initrd = initramfs(spec)?;
     let mut cmdline = "console=ttyS0 quiet panic=-1 mitigations=off".to_owned();
@@ -318,7 +345,6 @@ fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
         })
     };
 
-    let mut kept = Vec::new();
     let console = if spec.interactive && keep.is_none() {
         Console {
             exit: forward_raw(stdout)?,
@@ -327,7 +353,7 @@ fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
             boot_panic: false,
         }
     } else {
-        forward_lines(stdout, &mut std::io::stdout(), keep, &mut kept)?
+        forward_lines(stdout, &mut std::io::stdout(), keep, kept)?
     };
     let status = child.wait()?;
     finished.store(true, Ordering::Relaxed);
@@ -338,7 +364,7 @@ fn boot(spec: &VmSpec, keep: Option<&str>) -> Result<(i32, Vec<String>)> {
         spec.kernel_name,
         started.elapsed().as_secs_f64()
     );
-    Ok((code, kept))
+    Ok(code)
 }
 
 #[cfg(test)]
