@@ -209,11 +209,18 @@ fn a_pod_is_watched_alone_and_named_in_top() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("is the pod on this node"), "{stderr}");
 
-    // top, while the pod's container writes.
+    // top, while the pod's container writes. top attaches before the
+    // writer starts and detaches after it stopped: patching the text of a
+    // function other CPUs run, under TCG, can leave a stale breakpoint
+    // behind (docs/development.md).
     if !Path::new("/dev/pts/ptmx").exists() {
         println!("SKIPPED (top): this kernel has no ptys for tmux");
         return;
     }
+    let t = Tmux::start(&format!("{} top --interval 0.5", fuselock()), 160, 40)
+        .expect("tmux is in the VM image")
+        .with_patience(Duration::from_secs(60));
+    t.wait_for("probes");
     let mut writer = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -225,9 +232,6 @@ fn a_pod_is_watched_alone_and_named_in_top() {
         .stdout(Stdio::null())
         .spawn()
         .expect("writer");
-    let t = Tmux::start(&format!("{} top --interval 0.5", fuselock()), 160, 40)
-        .expect("tmux is in the VM image")
-        .with_patience(Duration::from_secs(60));
     let screen = t.wait_for("prod/db-0 load-0[");
     let row = screen
         .lines()
@@ -243,9 +247,9 @@ fn a_pod_is_watched_alone_and_named_in_top() {
         detail.contains("container containerd 4a5b6c7d8e9f"),
         "{detail}"
     );
-    t.keys(&["q"]);
     let _ = writer.kill();
     let _ = writer.wait();
+    t.keys(&["q"]);
 }
 
 /// `export --per-pod-top` serves each pod's writes as a counter, exactly:
