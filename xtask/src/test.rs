@@ -382,6 +382,8 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
                         "vm-tests",
                         "--include-ignored",
                         "--test-threads=1",
+                        // Results the host can read back (skips_for_passed).
+                        "--color=never",
                     ]
                     .into_iter()
                     .map(str::to_owned)
@@ -400,7 +402,7 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
                 };
                 // A second boot (after a guest death fuselock cannot have
                 // caused) runs only what the first did not pass.
-                let done = vm::run_resuming(&spec, Some(TEST_LINE), |kept| {
+                let done = vm::run_resuming(&spec, Some(""), |kept| {
                     let skips = skips_for_passed(kept, &test_names);
                     (!skips.is_empty()).then(|| [spec.command.clone(), skips].concat())
                 })?;
@@ -417,9 +419,6 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
     }
     Ok(())
 }
-
-/// How libtest starts each result line.
-const TEST_LINE: &str = "test ";
 
 /// The VM tests' names, as the (static) test binary lists them on the host.
 fn listed_tests(binary: &std::path::Path) -> Result<Vec<String>> {
@@ -440,15 +439,41 @@ fn listed_tests(binary: &std::path::Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `--skip NAME` for each test the console says passed. libtest skips every
-/// test whose name contains NAME, so a name inside another test's name is
-/// not skipped: that test runs again rather than the other not at all.
+/// `--skip NAME` for each test the console says passed. A test's result
+/// may follow lines its programs printed (libtest captures only the test's
+/// own output), so a test counts as passed once its `ok` is followed by the
+/// next test's start: an `ok` some program printed just before the guest
+/// died does not count. libtest skips every test whose name contains NAME,
+/// so a name inside another test's name is not skipped: that test runs
+/// again rather than the other not at all.
 fn skips_for_passed(console: &[String], all: &[String]) -> Vec<String> {
-    console
-        .iter()
-        .filter_map(|l| l.strip_prefix(TEST_LINE)?.strip_suffix(" ... ok"))
-        .filter(|passed| all.iter().filter(|n| n.contains(passed)).count() == 1)
-        .flat_map(|passed| ["--skip".to_owned(), passed.to_owned()])
+    let mut passed = Vec::new();
+    // The test running, and whether an `ok` followed its start.
+    let mut running: Option<(&str, bool)> = None;
+    for line in console {
+        let line = line.trim();
+        let started = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "));
+        if let Some((name, result)) = started {
+            if let Some((done, true)) = running {
+                passed.push(done);
+            }
+            running = Some((name, result.trim() == "ok"));
+        } else if line == "ok" {
+            if let Some((_, ok)) = &mut running {
+                *ok = true;
+            }
+        } else if line.starts_with("test result:") {
+            if let Some((done, true)) = running.take() {
+                passed.push(done);
+            }
+        }
+    }
+    passed
+        .into_iter()
+        .filter(|p| all.iter().filter(|n| n.contains(p)).count() == 1)
+        .flat_map(|p| ["--skip".to_owned(), p.to_owned()])
         .collect()
 }
 
@@ -524,14 +549,26 @@ mod tests {
 
     #[test]
     fn a_second_boot_skips_only_what_passed_and_names_nothing_else() {
-        let all: Vec<String> = ["counts::a", "counts::a_b", "verdicts::c", "scale::d"]
-            .map(String::from)
-            .to_vec();
+        let all: Vec<String> = [
+            "counts::a",
+            "counts::a_b",
+            "verdicts::c",
+            "scale::d",
+            "scale::e",
+        ]
+        .map(String::from)
+        .to_vec();
         let console: Vec<String> = [
+            "running 4 tests",
             "test counts::a ... ok",
-            "test counts::a_b ... ok",
+            "test counts::a_b ... verify: 259/259 writes",
+            "ok",
             "test verdicts::c ... FAILED",
             "test scale::d ... ok",
+            // An `ok` a program printed, then the guest died.
+            "test scale::e ... healthz:",
+            "ok",
+            "[  341.497027] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
         ]
         .map(String::from)
         .to_vec();
