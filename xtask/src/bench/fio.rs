@@ -14,6 +14,9 @@ use crate::{build, kernel, setup, vm};
 
 const RESULT: &str = "FIO_RESULT ";
 const JOBS: [u64; 4] = [1, 2, 4, 8];
+/// Each job count runs without fuselock, with it as it attaches by
+/// default, and with `--contention`.
+const WATCHES: u64 = 3;
 /// The series' cover letter (fio randwrite 4K direct, XFS on null_blk):
 /// IOPS before and after the series, per job count.
 const COVER_LETTER: [(u64, f64, f64); 4] = [
@@ -134,9 +137,9 @@ fn on_kernel(kernel: &str, rounds: u64, ios: u64, append: Option<&str>) -> Resul
     // Every run there and counted exactly: the guest checks too, but a
     // lost console line must not pass for a clean run.
     ensure!(
-        runs.len() as u64 == rounds * JOBS.len() as u64 * 2,
+        runs.len() as u64 == rounds * JOBS.len() as u64 * WATCHES,
         "expected {} fio runs from the {kernel} kernel, got {}",
-        rounds * JOBS.len() as u64 * 2,
+        rounds * JOBS.len() as u64 * WATCHES,
         runs.len()
     );
     for r in runs.iter().filter(|r| r.watch != Watch::None) {
