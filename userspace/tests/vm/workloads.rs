@@ -73,6 +73,22 @@ fn groups() -> [Group; 4] {
     ]
 }
 
+/// The groups' cgroups under `root`, and the node's log directories that
+/// name both pods, as kubelet leaves them.
+fn node_with_groups(root: &str) -> [Group; 4] {
+    let groups = groups();
+    for g in &groups {
+        std::fs::create_dir_all(format!("{root}{}", g.path)).expect("mkdir cgroup");
+    }
+    for dir in [
+        format!("prod_db-0_{BURSTABLE_UID}"),
+        format!("batch_etl-7_{BESTEFFORT_UID}"),
+    ] {
+        std::fs::create_dir_all(format!("/var/log/pods/{dir}")).expect("mkdir pod logs");
+    }
+    groups
+}
+
 /// Each writer moves its own shell into its group, then becomes the load:
 /// one process, one cgroup, for all its writes; one after the other.
 fn writers_script(root: &str, groups: &[Group], file: &str) -> String {
@@ -100,16 +116,7 @@ fn writers_are_named_by_pod_container_and_unit() {
         println!("SKIPPED: this kernel has no cgroups");
         return;
     };
-    let groups = groups();
-    for g in &groups {
-        std::fs::create_dir_all(format!("{root}{}", g.path)).expect("mkdir cgroup");
-    }
-    for dir in [
-        format!("prod_db-0_{BURSTABLE_UID}"),
-        format!("batch_etl-7_{BESTEFFORT_UID}"),
-    ] {
-        std::fs::create_dir_all(format!("/var/log/pods/{dir}")).expect("mkdir pod logs");
-    }
+    let groups = node_with_groups(root);
     let fs = TestFs::mount(&["--parallel"]);
     let file = fs.path("shared");
     let script = writers_script(root, &groups, &file);
@@ -169,11 +176,7 @@ fn a_pod_is_watched_alone_and_named_in_top() {
         println!("SKIPPED: this kernel has no cgroups");
         return;
     };
-    let groups = groups();
-    for g in &groups {
-        std::fs::create_dir_all(format!("{root}{}", g.path)).expect("mkdir cgroup");
-    }
-    std::fs::create_dir_all(format!("/var/log/pods/prod_db-0_{BURSTABLE_UID}")).expect("mkdir");
+    let groups = node_with_groups(root);
     let fs = TestFs::mount(&["--parallel"]);
     let file = fs.path("shared");
     let snap = stat_of_script(
@@ -266,16 +269,7 @@ fn pods_are_exported_as_counters() {
         return;
     }
     super::loopback_up();
-    let groups = groups();
-    for g in &groups {
-        std::fs::create_dir_all(format!("{root}{}", g.path)).expect("mkdir cgroup");
-    }
-    for dir in [
-        format!("prod_db-0_{BURSTABLE_UID}"),
-        format!("batch_etl-7_{BESTEFFORT_UID}"),
-    ] {
-        std::fs::create_dir_all(format!("/var/log/pods/{dir}")).expect("mkdir pod logs");
-    }
+    let groups = node_with_groups(root);
     let fs = TestFs::mount(&["--parallel"]);
     let port = 9961;
     let _exporter = super::Guard(
