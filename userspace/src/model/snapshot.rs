@@ -6,7 +6,9 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use probes_common::{hist, Dev, Health, Histograms, LockMode, OpenStats, WritePath, WriteStats};
+use probes_common::{
+    hist, Dev, Health, Histograms, LockMode, OpenStats, Reason, WritePath, WriteStats,
+};
 
 use crate::model::{
     counts::{Histogram, PerMode, PerReason},
@@ -68,6 +70,32 @@ impl From<&WriteStats> for Counters {
 }
 
 impl Counters {
+    /// Adds another row's counts: counts and totals add up, maxima take the
+    /// larger (as [`WriteStats::merge`] combines per-CPU copies).
+    pub fn merge(&mut self, other: &Counters) {
+        self.writes += other.writes;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.shared += other.shared;
+        self.exclusive += other.exclusive;
+        self.unlocked += other.unlocked;
+        for mode in LockMode::ALL {
+            for reason in Reason::ALL {
+                self.acquisitions[mode][reason] += other.acquisitions[mode][reason];
+            }
+            self.contended[mode] += other.contended[mode];
+            self.wait_ns_total[mode] += other.wait_ns_total[mode];
+            self.wait_ns_max[mode] = self.wait_ns_max[mode].max(other.wait_ns_max[mode]);
+            self.hold_ns_total[mode] += other.hold_ns_total[mode];
+            self.hold_ns_max[mode] = self.hold_ns_max[mode].max(other.hold_ns_max[mode]);
+        }
+        self.latency_ns_total += other.latency_ns_total;
+        self.shared_extended += other.shared_extended;
+        self.overwrites_exclusive += other.overwrites_exclusive;
+        self.overwrites_exclusive_latency_ns += other.overwrites_exclusive_latency_ns;
+        self.overwrites_exclusive_wait_ns += other.overwrites_exclusive_wait_ns;
+    }
+
     /// Acquisitions of the lock in `mode`, for every reason.
     pub fn acquired(&self, mode: LockMode) -> u64 {
         match mode {

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::model::snapshot::{Counters, DeviceTotals, Snapshot};
+use crate::model::snapshot::{DeviceTotals, Snapshot};
 
 /// The label value the mounts past `--max-mounts` are summed under. No
 /// mount point is called that: they are absolute paths, and a mount without
@@ -41,7 +41,7 @@ impl MountCap {
                 return true;
             }
             match other.iter_mut().find(|o| o.path == d.path) {
-                Some(o) => add_counters(&mut o.counters, &d.counters),
+                Some(o) => o.counters.merge(&d.counters),
                 None => other.push(DeviceTotals {
                     dev: probes_common::Dev(0),
                     mount: Some(OTHER_MOUNTS.to_owned()),
@@ -55,30 +55,4 @@ impl MountCap {
         snapshot.devices.extend(other);
         (snapshot, folded.len())
     }
-}
-
-/// `into += c`: counts and totals add up, maxima take the larger.
-fn add_counters(into: &mut Counters, c: &Counters) {
-    use probes_common::{LockMode, Reason};
-    into.writes += c.writes;
-    into.bytes += c.bytes;
-    into.errors += c.errors;
-    into.shared += c.shared;
-    into.exclusive += c.exclusive;
-    into.unlocked += c.unlocked;
-    for mode in LockMode::ALL {
-        for reason in Reason::ALL {
-            into.acquisitions[mode][reason] += c.acquisitions[mode][reason];
-        }
-        into.contended[mode] += c.contended[mode];
-        into.wait_ns_total[mode] += c.wait_ns_total[mode];
-        into.wait_ns_max[mode] = into.wait_ns_max[mode].max(c.wait_ns_max[mode]);
-        into.hold_ns_total[mode] += c.hold_ns_total[mode];
-        into.hold_ns_max[mode] = into.hold_ns_max[mode].max(c.hold_ns_max[mode]);
-    }
-    into.latency_ns_total += c.latency_ns_total;
-    into.shared_extended += c.shared_extended;
-    into.overwrites_exclusive += c.overwrites_exclusive;
-    into.overwrites_exclusive_latency_ns += c.overwrites_exclusive_latency_ns;
-    into.overwrites_exclusive_wait_ns += c.overwrites_exclusive_wait_ns;
 }
