@@ -270,12 +270,12 @@ fn source_tree(series: &Series, deb: &Path) -> Result<PathBuf> {
             .arg(base.join("pkg")),
     )?;
     let tarball = base.join(format!("pkg/usr/src/{package}.tar.xz"));
-    setup::run_cmd(
+    setup::run_cmd(setup::ends_with_its_thread(
         Command::new("tar")
             .arg("-xJf")
             .arg(&tarball)
             .current_dir(&base),
-    )?;
+    ))?;
     let _ = fs::remove_dir_all(base.join("pkg"));
     if !tree.join("Makefile").exists() {
         bail!("{} has no kernel Makefile after extraction", tree.display());
@@ -285,7 +285,12 @@ fn source_tree(series: &Series, deb: &Path) -> Result<PathBuf> {
 }
 
 fn make(tree: &Path, args: &[&str]) -> Result<()> {
-    setup::run_cmd(Command::new("make").arg("-C").arg(tree).args(args))
+    setup::run_cmd(
+        setup::ends_with_its_thread(&mut Command::new("make"))
+            .arg("-C")
+            .arg(tree)
+            .args(args),
+    )
 }
 
 /// Puts `.config` in the state `key` describes: tinyconfig with `config`
@@ -383,6 +388,12 @@ fn set_variant(tree: &Path, series: &Series, variant: Variant) -> Result<()> {
     Ok(())
 }
 
+/// Installs what building a kernel needs (apt, so in the foreground: a
+/// background build must not take dpkg's lock from under another step).
+pub fn ensure_build_deps() -> Result<()> {
+    setup::ensure_apt_packages(BUILD_DEPS)
+}
+
 /// The bzImage of `variant` on `series`' line, built if not cached.
 pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
     let deb = source_deb(series)?;
@@ -406,7 +417,7 @@ pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
     if out.exists() {
         return Ok(out);
     }
-    setup::ensure_apt_packages(BUILD_DEPS)?;
+    ensure_build_deps()?;
     let tree = source_tree(series, &deb)?;
     configure(&tree, &config, &key)?;
     set_variant(&tree, series, variant)?;
@@ -421,7 +432,7 @@ pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
     ));
     let log = out_dir.join(format!("build-{}-{}.log", series.line, variant.name()));
     let log_file = fs::File::create(&log)?;
-    let status = Command::new("make")
+    let status = setup::ends_with_its_thread(&mut Command::new("make"))
         .arg("-C")
         .arg(&tree)
         .arg(format!("-j{jobs}"))

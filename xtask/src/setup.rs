@@ -63,6 +63,24 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Makes `cmd`'s process get SIGTERM when the thread that starts it ends:
+/// a kernel built on a thread of its own must not outlive `cargo xtask`
+/// when another step fails and the process exits. (make passes the signal
+/// on to its jobs.)
+pub fn ends_with_its_thread(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec the closure calls only prctl, which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()

@@ -111,33 +111,47 @@ pub struct VmSpec {
     pub interactive: bool,
 }
 
+fn unalias(name: &str) -> &str {
+    match name {
+        "stock" => "debian:6.12",
+        "patched" => "patched:6.12",
+        "unpatched" => "unpatched:6.12",
+        other => other,
+    }
+}
+
+/// The series variant and line `name` asks to build, if it names one.
+fn built_variant(name: &str) -> Option<(kernel::Variant, &str)> {
+    let (variant, line) = unalias(name).split_once(':')?;
+    kernel::Variant::ALL
+        .into_iter()
+        .find(|v| v.name() == variant)
+        .map(|v| (v, line))
+}
+
+/// Whether `--kernel name` is built from source (minutes when not cached)
+/// rather than downloaded.
+pub fn kernel_is_built(name: &str) -> bool {
+    built_variant(name).is_some()
+}
+
 /// What `--kernel` names: a Debian line (`debian:7.3`, `stock` =
 /// `debian:6.12`), one of a built pair (`patched`, `unpatched` = the 6.12
 /// pair, or `patched:7.3`, `unpatched:7.3`), or a path to a bzImage. Returns the image and a name for
 /// messages.
 pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
-    let name = match name {
-        "stock" => "debian:6.12",
-        "patched" => "patched:6.12",
-        "unpatched" => "unpatched:6.12",
-        other => other,
-    };
+    let name = unalias(name);
     if let Some(line) = name.strip_prefix("debian:") {
         let k = debian_kernel::ensure(debian_kernel::Wanted::parse(line)?)?;
         return Ok((k.vmlinuz, format!("Debian {}", k.release)));
     }
-    if let Some((variant, line)) = name.split_once(':') {
-        if let Some(variant) = kernel::Variant::ALL
-            .into_iter()
-            .find(|v| v.name() == variant)
-        {
-            let series = kernel::Series::for_line(line)
-                .map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?;
-            return Ok((
-                kernel::ensure(series, variant)?,
-                format!("{line} {}", variant.describe()),
-            ));
-        }
+    if let Some((variant, line)) = built_variant(name) {
+        let series =
+            kernel::Series::for_line(line).map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?;
+        return Ok((
+            kernel::ensure(series, variant)?,
+            format!("{line} {}", variant.describe()),
+        ));
     }
     let p = PathBuf::from(name);
     if !p.is_file() {

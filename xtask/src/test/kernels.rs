@@ -1,0 +1,163 @@
+//! The VM runs' kernels, resolved on a thread of their own.
+//!
+//! A series kernel takes minutes to build from a cold cache, and most of
+//! the suite leaves a core idle: qemu TCG runs a guest on one host thread,
+//! fuzzing runs one target at a time, and downloads wait on the network.
+//! So the kernels are downloaded and built beside the other steps, at the
+//! lowest CPU priority so that the foreground keeps its core, and each VM
+//! run starts as soon as its kernel is ready.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::mpsc, thread, time::Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+
+use super::timings::Timings;
+use crate::vm;
+
+/// A kernel image and the name the VM runs give it.
+pub(super) type Image = (PathBuf, String);
+
+/// One kernel, as the thread reports it.
+struct Resolved {
+    name: String,
+    secs: f64,
+    result: Result<Image>,
+}
+
+pub(super) struct Kernels {
+    ready: BTreeMap<String, Image>,
+    reports: mpsc::Receiver<Resolved>,
+    /// Reports taken off the channel and not yet into `ready`.
+    received: Vec<Resolved>,
+    /// Kernels asked for and not yet reported.
+    pending: usize,
+}
+
+impl Kernels {
+    /// Starts resolving `names` (each once): the ones that only need a
+    /// download first, so that runs on them can start while the series
+    /// kernels build.
+    pub(super) fn start(names: impl IntoIterator<Item = String>) -> Result<Self> {
+        let unique = downloads_first(names);
+        let pending = unique.len();
+        let (tx, reports) = mpsc::channel();
+        thread::Builder::new()
+            .name("kernels".to_owned())
+            .spawn(move || {
+                lowest_priority();
+                for name in unique {
+                    let started = Instant::now();
+                    let result = vm::resolve_kernel(&name);
+                    let secs = started.elapsed().as_secs_f64();
+                    let failed = result.is_err();
+                    // The receiver gone means the run ended; a failure ends
+                    // the run, so nothing after it is wanted.
+                    if tx.send(Resolved { name, secs, result }).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .context("starting the thread that resolves the kernels")?;
+        Ok(Self {
+            ready: BTreeMap::new(),
+            reports,
+            received: Vec::new(),
+            pending,
+        })
+    }
+
+    /// The image of `name`, if it is ready.
+    pub(super) fn get(&self, name: &str) -> Option<&Image> {
+        self.ready.get(name)
+    }
+
+    /// Takes in what the thread has finished, without waiting; a kernel that
+    /// failed fails the run now, before another long boot.
+    pub(super) fn poll(&mut self, timings: &mut Timings) -> Result<()> {
+        while let Ok(report) = self.reports.try_recv() {
+            self.pending -= 1;
+            self.received.push(report);
+        }
+        for report in std::mem::take(&mut self.received) {
+            self.take(report, timings)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the thread finishes another kernel (taken in by the next
+    /// [`Kernels::poll`]).
+    pub(super) fn wait(&mut self) -> Result<()> {
+        if self.pending == 0 {
+            return Err(anyhow!("waiting for a kernel no one is resolving"));
+        }
+        let report = self
+            .reports
+            .recv()
+            .map_err(|_| anyhow!("the kernel thread ended early"))?;
+        self.pending -= 1;
+        self.received.push(report);
+        Ok(())
+    }
+
+    fn take(&mut self, report: Resolved, timings: &mut Timings) -> Result<()> {
+        let Resolved { name, secs, result } = report;
+        timings.beside(&format!("kernel {name}"), secs, result.is_ok());
+        let image = result.map_err(|e| e.context(format!("kernel {name}")))?;
+        self.ready.insert(name, image);
+        Ok(())
+    }
+}
+
+/// Each of `names` once, in their order except that the kernels only
+/// downloaded come before the ones built from source.
+fn downloads_first(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut unique: Vec<String> = Vec::new();
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    unique.sort_by_key(|name| vm::kernel_is_built(name));
+    unique
+}
+
+/// Gives the calling thread, and every process it starts, the lowest CPU
+/// priority (on Linux the nice value is a thread's own, and children
+/// inherit it). Best effort: a build at normal priority is only slower.
+fn lowest_priority() {
+    // SAFETY: gettid and setpriority touch no memory of ours.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downloads_go_first_and_each_kernel_once() {
+        let names = [
+            "stock",
+            "patched",
+            "unpatched",
+            "patched-v3:7.3",
+            "debian:7.3",
+            "debian:7.3-rt",
+            "debian:7.3",
+        ]
+        .map(String::from);
+        assert_eq!(
+            downloads_first(names),
+            [
+                "stock",
+                "debian:7.3",
+                "debian:7.3-rt",
+                "patched",
+                "unpatched",
+                "patched-v3:7.3"
+            ]
+        );
+    }
+}
