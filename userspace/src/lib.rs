@@ -25,7 +25,7 @@
 //! `fuselock-testkit` (the FUSE test server, the load generator, the
 //! exercise writer), which only `cli`, `demo`, `verify --exercise` and the
 //! binary's `testfs` and `load` use, never the monitoring path. [`version`]
-//! is a leaf. `native` (test support: the real maps, filled natively as the
+//! is a leaf. [`test_rig`] (test support: the real maps, filled natively as the
 //! programs fill them) is built only for tests and with the `test-support`
 //! feature.
 
@@ -36,7 +36,7 @@ pub mod http;
 pub mod kernel;
 pub mod model;
 #[cfg(any(test, feature = "test-support"))]
-pub mod native;
+pub mod test_rig;
 pub mod version;
 pub mod wire;
 

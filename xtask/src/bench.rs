@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Interleaved rounds per configuration (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: u64,
-    /// Live inodes for the userspace-cost measurement.
+    /// Live inodes for the userspace-cost measurements (sections 3 and 4;
+    /// section 4 sizes --max-inodes so that none is evicted).
     #[arg(long, default_value_t = 10_000)]
     pub inodes: u64,
     /// Which parts to run: `mem` fuselock's kernel memory at 2 and 64
@@ -106,17 +107,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         )?;
     }
     if has("4") {
-        native()?;
+        native(args.inodes)?;
     }
     Ok(())
 }
 
 /// Section 4: the collector and consumers on real BPF maps on this machine
 /// (which can create maps but not attach probes), timed by a test of the
-/// `native` module; then the real `top` process replaying a stream recorded
+/// `test_rig` module; then the real `top` process replaying a stream recorded
 /// from those maps, in a tmux terminal. After the VM, so that nothing else
 /// runs meanwhile.
-fn native() -> Result<()> {
+fn native(inodes: u64) -> Result<()> {
     let recording = std::env::temp_dir().join("fuselock-bench-replay.jsonl");
     let out = toolchain::cargo()
         .args([
@@ -129,10 +130,11 @@ fn native() -> Result<()> {
             "--ignored",
             "--test-threads",
             "1",
-            "native::tests::",
+            "test_rig::tests::",
             "--nocapture",
         ])
         .env("FUSELOCK_NATIVE_RECORDING", &recording)
+        .env("FUSELOCK_BENCH_INODES", inodes.to_string())
         .current_dir(cache::workspace_root())
         .output()
         .context("running the native refresh benchmark")?;
@@ -150,7 +152,7 @@ fn native() -> Result<()> {
     }
     // A filter that matches no test passes with nothing printed: say so.
     if !text.contains("4. the same refresh work natively") {
-        bail!("the native refresh benchmark did not run (no test matched `native::tests::`)");
+        bail!("the native refresh benchmark did not run (no test matched `test_rig::tests::`)");
     }
     if recording.is_file() {
         let result = replay_top(&recording);

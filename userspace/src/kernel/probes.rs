@@ -330,7 +330,7 @@ fn load_object(config: &Config, max_inodes: u32) -> Result<Ebpf> {
 }
 
 /// The maps alone, no program loaded: for exercising the collector on a
-/// kernel that can create maps but attach no probes (see `native`).
+/// kernel that can create maps but attach no probes (see `test_rig`).
 #[cfg(any(test, feature = "test-support"))]
 pub fn maps_only(max_inodes: u32) -> Result<Attached> {
     Ok(Attached {

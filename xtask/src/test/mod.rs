@@ -131,7 +131,7 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
             cargo(&["fmt", "--all", "--", "--check"])
         })?;
         // With the library's test support, so that its public use
-        // (`userspace/tests/native.rs`) is built, linted and run too.
+        // (`userspace/tests/test_rig.rs`) is built, linted and run too.
         timings.step("cargo clippy", || {
             cargo(&[
                 "clippy",

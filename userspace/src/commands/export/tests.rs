@@ -370,7 +370,7 @@ async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
 }
 
 /// A real Prometheus scrapes the exporter — the real collector on real
-/// BPF maps, filled the way the probes fill them (see `native`) — over
+/// BPF maps, filled the way the probes fill them (see `test_rig`) — over
 /// TLS with basic auth from a web config, and its query API reports the
 /// exact number of writes. A second job with a wrong password is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +384,7 @@ async fn a_real_prometheus_scrapes_over_tls_with_basic_auth_and_counts_exactly()
         eprintln!("SKIPPED: prometheus not installed (cargo xtask setup installs it)");
         return;
     }
-    let (mut attached, mut kernel) = match crate::native::rig(4096) {
+    let (mut attached, mut kernel) = match crate::test_rig::rig(4096) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("SKIPPED: {e:#}");
@@ -403,7 +403,13 @@ async fn a_real_prometheus_scrapes_over_tls_with_basic_auth_and_counts_exactly()
     let collector = Collector::new(&mut attached).expect("collector");
     for i in 0..333u64 {
         kernel
-            .write(crate::native::key(1 + i % 3), "scraped", 100, "load", 4096)
+            .write(
+                crate::test_rig::key(1 + i % 3),
+                "scraped",
+                100,
+                "load",
+                4096,
+            )
             .expect("write");
     }
     let state = Arc::new(AppState {
@@ -471,7 +477,7 @@ async fn a_real_prometheus_scrapes_over_tls_with_basic_auth_and_counts_exactly()
     // The counter follows new writes.
     for _ in 0..111 {
         kernel
-            .write(crate::native::key(2), "scraped", 100, "load", 4096)
+            .write(crate::test_rig::key(2), "scraped", 100, "load", 4096)
             .expect("write");
     }
     wait_for("Prometheus to count 444 writes", 30, async || {

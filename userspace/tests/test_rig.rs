@@ -1,4 +1,4 @@
-//! The library's test support (`fuselock::native`, feature `test-support`)
+//! The library's test support (`fuselock::test_rig`, feature `test-support`)
 //! used from outside the crate, as another crate's tests would: the real
 //! maps, filled as the programs fill them, read by the real collector and
 //! written by the real stream writer.
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fuselock::{
     collect::Collector,
-    native::{key, rig_or_skip},
+    test_rig::{key, rig_or_skip},
     wire::{
         json,
         stream::{Line, Lines},

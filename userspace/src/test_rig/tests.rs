@@ -97,13 +97,25 @@ fn per_refresh(
     Ok(cpu / f64::from(n))
 }
 
-/// Times each consumer's refresh on this machine with 10,000 live
+/// Live inodes for the benchmarks below: `$FUSELOCK_BENCH_INODES` (`cargo
+/// xtask bench --inodes`), 10,000 without it; and the `--max-inodes` that
+/// holds them all, so that nothing is evicted while they are timed.
+fn bench_inodes() -> (u64, u32) {
+    let inodes = std::env::var("FUSELOCK_BENCH_INODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000u64);
+    let room = u32::try_from(inodes + inodes / 4).unwrap_or(u32::MAX);
+    (inodes, room.max(16_384))
+}
+
+/// Times each consumer's refresh on this machine with [`bench_inodes`] live
 /// inodes: every file idle, then one file written 1,000 times between
 /// refreshes. Run by `cargo xtask bench` (section 4).
 #[test]
 #[ignore]
 fn refresh_cost_natively() {
-    const INODES: u64 = 10_000;
+    let (inodes, max_inodes) = bench_inodes();
     const REFRESHES: u32 = 50;
     let consumers: Vec<Box<dyn Consumer>> = vec![
         Box::new(StatJson {
@@ -124,22 +136,22 @@ fn refresh_cost_natively() {
         }),
     ];
     println!(
-        "\n4. the same refresh work natively, on this machine's CPU, with {INODES} live \
-         inodes (real BPF maps, filled as the programs fill them; CPU time of the \
-         refreshing thread, mean of {REFRESHES})"
+        "\n4. the same refresh work natively, on this machine's CPU, with {inodes} live \
+         inodes (real BPF maps, --max-inodes {max_inodes}, filled as the programs fill \
+         them; CPU time of the refreshing thread, mean of {REFRESHES})"
     );
     println!(
         "   {:<30} {:>14} {:>14} {:>22}",
         "consumer", "first refresh", "idle refresh", "one file busy refresh"
     );
     for mut consumer in consumers {
-        let Some((mut attached, mut kernel)) = rig_or_skip(16_384) else {
+        let Some((mut attached, mut kernel)) = rig_or_skip(max_inodes) else {
             return;
         };
         let mut collector = Collector::new(&mut attached).expect("collector");
         // The consumer is there first, as on a host where fuselock runs.
         consumer.refresh(&mut collector).expect("refresh");
-        for ino in 0..INODES {
+        for ino in 0..inodes {
             kernel
                 .write(key(ino), &format!("many-{ino}"), 1000, "fio", 4096)
                 .expect("write");
@@ -168,11 +180,11 @@ fn refresh_cost_natively() {
             .expect("snapshot")
             .health
             .live_inodes;
-        assert_eq!(live, INODES, "every inode live");
+        assert_eq!(live, inodes, "every inode live");
     }
 }
 
-/// A `stat --json` stream of 10,000 live inodes, for timing the real
+/// A `stat --json` stream of [`bench_inodes`] live inodes, for timing the real
 /// `top --replay` process (`cargo xtask bench`, section 4): a whole first
 /// line, 20 lines with every file idle, 20 with one file written 1,000
 /// times between lines, and a whole final line; clocks one second apart.
@@ -184,11 +196,12 @@ fn recording_for_replay() {
         println!("   skipped: FUSELOCK_NATIVE_RECORDING not set");
         return;
     };
-    let Some((mut attached, mut kernel)) = rig_or_skip(16_384) else {
+    let (inodes, max_inodes) = bench_inodes();
+    let Some((mut attached, mut kernel)) = rig_or_skip(max_inodes) else {
         return;
     };
     let mut collector = Collector::new(&mut attached).expect("collector");
-    for ino in 0..10_000 {
+    for ino in 0..inodes {
         kernel
             .write(key(ino), &format!("many-{ino}"), 1000, "fio", 4096)
             .expect("write");
