@@ -388,6 +388,57 @@ fn set_variant(tree: &Path, series: &Series, variant: Variant) -> Result<()> {
     Ok(())
 }
 
+/// Downloads and extracts `series`' source (cached) unless `variant`'s
+/// image is cached: what its build does first, fetched ahead so that the
+/// build later starts at `make`.
+pub fn fetch_source(series: &Series, variant: Variant) -> Result<()> {
+    let build = Build::of(series, variant)?;
+    if build.out.exists() {
+        return Ok(());
+    }
+    source_tree(series, &build.deb).map(drop)
+}
+
+/// What a kernel image is built from, and where it is cached.
+struct Build {
+    deb: PathBuf,
+    deb_name: String,
+    config: String,
+    /// The cache key: the source package, the patch and the config.
+    key: String,
+    out: PathBuf,
+}
+
+impl Build {
+    fn of(series: &Series, variant: Variant) -> Result<Build> {
+        let deb = source_deb(series)?;
+        let config = series.config();
+        let deb_name = deb
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let key = format!(
+            "{:016x}",
+            fnv(&[
+                deb_name.as_bytes(),
+                variant.key_patch(series).as_bytes(),
+                config.as_bytes()
+            ])
+        );
+        let out_dir = cache::dir()?.join("kernels/built");
+        fs::create_dir_all(&out_dir)?;
+        let out = out_dir.join(format!("bzImage-{}-{key}", variant.name()));
+        Ok(Build {
+            deb,
+            deb_name,
+            config,
+            key,
+            out,
+        })
+    }
+}
+
 /// Installs what building a kernel needs (apt, so in the foreground: a
 /// background build must not take dpkg's lock from under another step).
 pub fn ensure_build_deps() -> Result<()> {
@@ -396,27 +447,17 @@ pub fn ensure_build_deps() -> Result<()> {
 
 /// The bzImage of `variant` on `series`' line, built if not cached.
 pub fn ensure(series: &Series, variant: Variant) -> Result<PathBuf> {
-    let deb = source_deb(series)?;
-    let config = series.config();
-    let deb_name = deb
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_owned();
-    let key = format!(
-        "{:016x}",
-        fnv(&[
-            deb_name.as_bytes(),
-            variant.key_patch(series).as_bytes(),
-            config.as_bytes()
-        ])
-    );
-    let out_dir = cache::dir()?.join("kernels/built");
-    fs::create_dir_all(&out_dir)?;
-    let out = out_dir.join(format!("bzImage-{}-{key}", variant.name()));
+    let Build {
+        deb,
+        deb_name,
+        config,
+        key,
+        out,
+    } = Build::of(series, variant)?;
     if out.exists() {
         return Ok(out);
     }
+    let out_dir = out.parent().context("the image's directory")?;
     ensure_build_deps()?;
     let tree = source_tree(series, &deb)?;
     configure(&tree, &config, &key)?;

@@ -39,13 +39,26 @@ impl Kernels {
     /// kernels build.
     pub(super) fn start(names: impl IntoIterator<Item = String>) -> Result<Self> {
         let unique = downloads_first(names);
+        let built: Vec<String> = unique
+            .iter()
+            .filter(|n| vm::kernel_is_built(n))
+            .cloned()
+            .collect();
         let pending = unique.len();
         let (tx, reports) = mpsc::channel();
         thread::Builder::new()
             .name("kernels".to_owned())
             .spawn(move || {
                 lowest_priority();
-                for name in unique {
+                // Every line's source before the first build: the download
+                // and the extraction then overlap the steps before the VM
+                // runs instead of lengthening the wait for the last line.
+                // Best effort: a failure shows again when its kernel is built.
+                let first_built = unique.iter().position(|n| vm::kernel_is_built(n));
+                for (i, name) in unique.into_iter().enumerate() {
+                    if Some(i) == first_built {
+                        prefetch_sources(&built);
+                    }
                     let started = Instant::now();
                     let result = vm::resolve_kernel(&name);
                     let secs = started.elapsed().as_secs_f64();
@@ -119,6 +132,15 @@ fn downloads_first(names: impl IntoIterator<Item = String>) -> Vec<String> {
     }
     unique.sort_by_key(|name| vm::kernel_is_built(name));
     unique
+}
+
+/// Fetches the source of each line in `built`, once per line.
+fn prefetch_sources(built: &[String]) {
+    for name in built {
+        if let Err(e) = vm::fetch_kernel_source(name) {
+            eprintln!("kernel: fetching the source of {name} ahead failed ({e:#}); its build will try again");
+        }
+    }
 }
 
 /// Gives the calling thread, and every process it starts, the lowest CPU

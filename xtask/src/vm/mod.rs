@@ -135,6 +135,18 @@ pub fn kernel_is_built(name: &str) -> bool {
     built_variant(name).is_some()
 }
 
+/// Fetches the source `--kernel name` is built from, if it is built, so
+/// that its build later starts at `make`.
+pub fn fetch_kernel_source(name: &str) -> Result<()> {
+    match built_variant(name) {
+        Some((variant, line)) => kernel::fetch_source(
+            kernel::Series::for_line(line).map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?,
+            variant,
+        ),
+        None => Ok(()),
+    }
+}
+
 /// What `--kernel` names: a Debian line (`debian:7.3`, `stock` =
 /// `debian:6.12`), one of a built pair (`patched`, `unpatched` = the 6.12
 /// pair, or `patched:7.3`, `unpatched:7.3`), or a path to a bzImage. Returns the image and a name for
