@@ -105,3 +105,25 @@ fn every_entry_lines_are_what_a_fresh_formatting_writes() {
         assert_eq!(changed as u64, round.min(3), "round {round}");
     }
 }
+
+/// A full `FILES` refuses a new file as the kernel refuses the programs'
+/// insert: the write still counts in the totals, and the loss is counted.
+#[test]
+fn a_full_files_map_refuses_new_files_and_counts_the_loss() {
+    let Some((mut attached, mut kernel)) = rig_or_skip(64) else {
+        return;
+    };
+    for ino in 0..80 {
+        kernel
+            .write(key(ino), &format!("f{ino}"), 100, "fio", 4096)
+            .expect("write");
+    }
+    let mut collector = Collector::new(&mut attached).expect("collector");
+    let snap = collector.snapshot(false).expect("snapshot");
+    assert_eq!(snap.health.kernel.inode_insert_failed, 16);
+    // The 64 the map took: those kept, and those the janitor then forgot
+    // to make room for the next new files.
+    assert_eq!(snap.entries.len() as u64 + snap.health.evictions, 64);
+    assert!(snap.health.evictions > 0);
+    assert_eq!(snap.totals.passthrough.counters.writes, 80);
+}

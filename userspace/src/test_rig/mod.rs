@@ -65,8 +65,6 @@ pub struct Kernel {
     dirty: PerCpuArray<MapData, DirtyRing>,
     epoch: Array<MapData, u64>,
     cpus: usize,
-    /// Capacity of `FILES` (a full map refuses new files, as in the kernel).
-    max_inodes: u32,
     /// The write being finished: who writes, and the name a new file gets.
     writing: Writing,
     /// The first error of a write's updates (the trait's methods return none).
@@ -114,23 +112,33 @@ fn in_flight(key: InodeKey) -> InFlight {
     }
 }
 
-/// Runs `f` on a copy of `key`'s value in `map` and writes it back,
-/// inserting a zeroed value for a new key unless the map holds `max`.
+/// `bpf_map_update_elem`'s flag: insert only where the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Runs `f` on a copy of `key`'s value in `map` and writes it back. A new
+/// key gets a zeroed value, named by `named`, inserted first: the kernel
+/// refuses it (E2BIG) when the map holds its maximum, as it refuses the
+/// programs' insert, and then `f` does not run.
 fn update<K: aya::Pod, V: aya::Pod + Default>(
     map: &mut HashMap<MapData, K, V>,
     key: &K,
-    max: Option<u32>,
     named: impl FnOnce(&mut V),
     f: impl FnOnce(&mut V),
 ) -> Result<Slot> {
     let (mut v, slot) = match map.get(key, 0) {
         Ok(v) => (v, Slot::Found),
         Err(aya::maps::MapError::KeyNotFound) => {
-            if max.is_some_and(|max| map.keys().count() >= max as usize) {
-                return Ok(Slot::Full);
-            }
             let mut v = V::default();
             named(&mut v);
+            match map.insert(key, &v, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    return Ok(Slot::Full)
+                }
+                Err(e) => return Err(e).context("inserting a map value"),
+            }
             (v, Slot::Inserted)
         }
         Err(e) => return Err(e).context("reading a map value"),
@@ -158,7 +166,6 @@ impl Kernel {
                 .map_err(|(_, e)| e)
                 .context("counting CPUs")?
                 .get() as usize,
-            max_inodes: attached.max_inodes,
             writing: Writing::default(),
             error: None,
         })
@@ -230,7 +237,7 @@ impl WriteMaps for Kernel {
     }
 
     fn with_device(&mut self, key: &InodeKey, f: impl FnOnce(&mut WriteStats)) -> Slot {
-        let r = update(&mut self.dev_totals, key, None, |_| {}, f);
+        let r = update(&mut self.dev_totals, key, |_| {}, f);
         self.keep(r, Slot::Full)
     }
 
@@ -239,7 +246,6 @@ impl WriteMaps for Kernel {
         let r = update(
             &mut self.files,
             key,
-            Some(self.max_inodes),
             |v| v.name.len = copy_truncated(&mut v.name.name, &name) as u32,
             f,
         );
@@ -247,7 +253,7 @@ impl WriteMaps for Kernel {
     }
 
     fn with_writer(&mut self, key: &WriterKey, f: impl FnOnce(&mut WriterStats)) -> Slot {
-        let r = update(&mut self.writers, key, None, |_| {}, f);
+        let r = update(&mut self.writers, key, |_| {}, f);
         self.keep(r, Slot::Full)
     }
 
