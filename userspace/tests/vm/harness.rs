@@ -144,14 +144,13 @@ pub(crate) struct Expect<'a> {
     pub(crate) exclusive: &'a [(&'a str, u64)],
 }
 
-pub(crate) const REASONS: [&str; 6] = [
-    "eligible",
-    "no_parallel_flag",
-    "buffered",
-    "append",
-    "past_eof",
-    "cache_io_mode",
-];
+/// Every reason's JSON key, from the one declaration of the reasons: a
+/// count under a reason an expectation does not name must be 0.
+pub(crate) fn reasons() -> impl Iterator<Item = &'static str> {
+    probes_common::Reason::ALL
+        .into_iter()
+        .map(probes_common::Reason::name)
+}
 
 pub(crate) fn check(snap: &Value, name: &str, want: &Expect) {
     let e = entry(snap, name);
@@ -163,7 +162,7 @@ pub(crate) fn check(snap: &Value, name: &str, want: &Expect) {
     assert_eq!(e["unlocked"], 0, "{ctx}");
     let mut acquired = 0;
     for (mode, expected) in [("shared", want.shared), ("exclusive", want.exclusive)] {
-        for reason in REASONS {
+        for reason in reasons() {
             let n = expected
                 .iter()
                 .find(|(r, _)| *r == reason)
