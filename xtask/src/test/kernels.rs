@@ -39,36 +39,35 @@ impl Kernels {
     /// kernels build.
     pub(super) fn start(names: impl IntoIterator<Item = String>) -> Result<Self> {
         let unique = downloads_first(names);
-        let built: Vec<String> = unique
-            .iter()
-            .filter(|n| vm::kernel_is_built(n))
-            .cloned()
-            .collect();
         let pending = unique.len();
         let (tx, reports) = mpsc::channel();
         thread::Builder::new()
             .name("kernels".to_owned())
             .spawn(move || {
                 lowest_priority();
+                let (built, downloaded): (Vec<String>, Vec<String>) =
+                    unique.into_iter().partition(|n| vm::kernel_is_built(n));
+                // A report per kernel; false once the run no longer wants more
+                // (it ended, or a kernel failed and so will the run).
+                let resolve = |name: &String| {
+                    let started = Instant::now();
+                    let result = vm::resolve_kernel(name);
+                    let failed = result.is_err();
+                    let report = Resolved {
+                        name: name.clone(),
+                        secs: started.elapsed().as_secs_f64(),
+                        result,
+                    };
+                    tx.send(report).is_ok() && !failed
+                };
+                if !downloaded.iter().all(resolve) {
+                    return;
+                }
                 // Every line's source before the first build: the download
                 // and the extraction then overlap the steps before the VM
                 // runs instead of lengthening the wait for the last line.
-                // Best effort: a failure shows again when its kernel is built.
-                let first_built = unique.iter().position(|n| vm::kernel_is_built(n));
-                for (i, name) in unique.into_iter().enumerate() {
-                    if Some(i) == first_built {
-                        prefetch_sources(&built);
-                    }
-                    let started = Instant::now();
-                    let result = vm::resolve_kernel(&name);
-                    let secs = started.elapsed().as_secs_f64();
-                    let failed = result.is_err();
-                    // The receiver gone means the run ended; a failure ends
-                    // the run, so nothing after it is wanted.
-                    if tx.send(Resolved { name, secs, result }).is_err() || failed {
-                        return;
-                    }
-                }
+                prefetch_sources(&built);
+                built.iter().all(resolve);
             })
             .context("starting the thread that resolves the kernels")?;
         Ok(Self {
