@@ -38,7 +38,7 @@ impl Kernels {
     /// download first, so that runs on them can start while the series
     /// kernels build.
     pub(super) fn start(names: impl IntoIterator<Item = String>) -> Result<Self> {
-        let unique = downloads_first(names);
+        let unique = each_once(names);
         let pending = unique.len();
         let (tx, reports) = mpsc::channel();
         thread::Builder::new()
@@ -83,6 +83,12 @@ impl Kernels {
         self.ready.get(name)
     }
 
+    /// Whether every kernel asked for is ready (as of the last
+    /// [`Kernels::poll`]): then nothing is being built beside the steps.
+    pub(super) fn all_ready(&self) -> bool {
+        self.pending == 0 && self.received.is_empty()
+    }
+
     /// Takes in what the thread has finished, without waiting; a kernel that
     /// failed fails the run now, before another long boot.
     pub(super) fn poll(&mut self, timings: &mut Timings) -> Result<()> {
@@ -120,16 +126,14 @@ impl Kernels {
     }
 }
 
-/// Each of `names` once, in their order except that the kernels only
-/// downloaded come before the ones built from source.
-fn downloads_first(names: impl IntoIterator<Item = String>) -> Vec<String> {
+/// Each of `names` once, in their order.
+fn each_once(names: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut unique: Vec<String> = Vec::new();
     for name in names {
         if !unique.contains(&name) {
             unique.push(name);
         }
     }
-    unique.sort_by_key(|name| vm::kernel_is_built(name));
     unique
 }
 
@@ -158,7 +162,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn downloads_go_first_and_each_kernel_once() {
+    fn each_kernel_once_in_order() {
         let names = [
             "stock",
             "patched",
@@ -170,14 +174,14 @@ mod tests {
         ]
         .map(String::from);
         assert_eq!(
-            downloads_first(names),
+            each_once(names),
             [
                 "stock",
-                "debian:7.3",
-                "debian:7.3-rt",
                 "patched",
                 "unpatched",
-                "patched-v3:7.3"
+                "patched-v3:7.3",
+                "debian:7.3",
+                "debian:7.3-rt",
             ]
         );
     }

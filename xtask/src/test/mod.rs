@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+mod host_checks;
 mod kernels;
 mod matrix;
 mod resume;
@@ -11,6 +12,7 @@ mod timings;
 
 pub use matrix::Matrix;
 
+use host_checks::HostChecks;
 use kernels::Kernels;
 use matrix::{core_of, test_kernel_name, Run, Tier, SCALE, SCALE_CPUS};
 use resume::{listed_tests, skips_for_passed};
@@ -126,159 +128,183 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
     })?;
     // From here on, beside every other step (see `kernels`).
     let mut kernels = Kernels::start(runs.iter().map(|r| r.kernel.clone()))?;
+    if args.no_vm {
+        return host_steps(args, timings);
+    }
+    let (fuselock, tests) = timings.step("build: fuselock and the VM tests (musl)", || {
+        Ok((build::fuselock_static()?, build::vm_tests_static()?))
+    })?;
+    let test_names = listed_tests(&tests)?;
+    let (prometheus, tmux, passthrough_hp) =
+        timings.step("guest programs: prometheus, tmux, passthrough_hp", || {
+            Ok((
+                // A real Prometheus scrapes `fuselock export` in the
+                // exporter test.
+                vm::with_libraries("/usr/bin/prometheus")?,
+                // tmux drives `fuselock top` in the VM as a person would.
+                vm::tmux_files()?,
+                // libfuse's reference server, for the tests of a server
+                // fuselock did not write (built from Debian's source
+                // once, then cached).
+                libfuse::vm_files()?,
+            ))
+        })?;
+    // Beside the VM runs when no kernel is being built there (see
+    // `host_checks`); before them otherwise.
+    kernels.poll(timings)?;
+    let mut host_checks = None;
     if !args.vm_only {
-        timings.step("cargo fmt --check", || {
-            cargo(&["fmt", "--all", "--", "--check"])
-        })?;
-        // With the library's test support, so that its public use
-        // (`userspace/tests/test_rig.rs`) is built, linted and run too.
-        timings.step("cargo clippy", || {
-            cargo(&[
-                "clippy",
-                "--all-targets",
-                "--features",
-                "fuselock/test-support",
-                "--",
-                "-D",
-                "warnings",
-            ])
-        })?;
-        timings.step("host tests", || {
-            cargo(&["test", "--features", "fuselock/test-support"])
-        })?;
-        timings.step(
-            "install path: cargo xtask dist, dpkg -i, -r, --purge",
-            || install_test::run(&dist::run()?),
-        )?;
-        if args.fuzz_seconds > 0 {
-            timings.step(
-                &format!("fuzzing, {}s per target", args.fuzz_seconds),
-                || fuzz::fuzz(fuzz::TARGETS, args.fuzz_seconds),
-            )?;
+        if kernels.all_ready() {
+            host_checks = Some(HostChecks::start(args.fuzz_seconds)?);
+        } else {
+            host_steps(args, timings)?;
         }
     }
-    if !args.no_vm {
-        let (fuselock, tests) = timings.step("build: fuselock and the VM tests (musl)", || {
-            Ok((build::fuselock_static()?, build::vm_tests_static()?))
-        })?;
-        let test_names = listed_tests(&tests)?;
-        let (prometheus, tmux, passthrough_hp) =
-            timings.step("guest programs: prometheus, tmux, passthrough_hp", || {
-                Ok((
-                    // A real Prometheus scrapes `fuselock export` in the
-                    // exporter test.
-                    vm::with_libraries("/usr/bin/prometheus")?,
-                    // tmux drives `fuselock top` in the VM as a person would.
-                    vm::tmux_files()?,
-                    // libfuse's reference server, for the tests of a server
-                    // fuselock did not write (built from Debian's source
-                    // once, then cached).
-                    libfuse::vm_files()?,
-                ))
-            })?;
-        let mut todo = runs;
-        while !todo.is_empty() {
-            kernels.poll(timings)?;
-            // In the matrix's order, except that a run whose kernel is
-            // ready goes before one whose kernel is still being built.
-            let ready = todo
-                .iter()
-                .enumerate()
-                .find_map(|(i, run)| kernels.get(&run.kernel).map(|image| (i, image.clone())));
-            let Some((next, (image, kernel_name))) = ready else {
-                timings.step("waiting for the kernels being built", || kernels.wait())?;
-                continue;
-            };
-            let run = todo.remove(next);
-            let what = format!(
-                "VM {} on {kernel_name}{}",
-                match run.tier {
-                    Tier::Core => "core tests".to_owned(),
-                    Tier::Whole => "end-to-end tests".to_owned(),
-                    Tier::Scale => format!("scale tests, {SCALE_CPUS} CPUs,"),
-                },
-                run.append
-                    .as_deref()
-                    .map(|a| format!(" with {a}"))
-                    .unwrap_or_default()
-            );
-            // libtest runs a test if any filter matches: the core's names,
-            // narrowed by --filter when given.
-            let selected: Option<Vec<&str>> = match run.tier {
-                Tier::Whole => None,
-                Tier::Core => Some(core_of(&run.kernel).collect()),
-                Tier::Scale => Some(SCALE.to_vec()),
-            };
-            let filters: Vec<String> = match (&args.filter, &selected) {
-                (Some(f), Some(names)) => names
-                    .iter()
-                    .filter(|c| c.contains(f.as_str()))
-                    .map(|c| (*c).to_owned())
-                    .collect(),
-                (Some(f), None) => vec![f.clone()],
-                (None, Some(names)) => names.iter().map(|c| (*c).to_owned()).collect(),
-                (None, None) => Vec::new(),
-            };
-            if selected.is_some() && args.filter.is_some() && filters.is_empty() {
-                eprintln!("\n==> {what}: no test of this run matches the filter; skipped");
-                continue;
+    let mut todo = runs;
+    while !todo.is_empty() {
+        kernels.poll(timings)?;
+        // A failed check fails the run now, not after the last boot.
+        if let Some(checks) = &mut host_checks {
+            if !checks.poll(timings)? {
+                host_checks = None;
             }
-            timings.step(&what, || {
-                let spec = vm::VmSpec {
-                    kernel: image,
-                    kernel_name: kernel_name.clone(),
-                    files: [
-                        vec![
-                            (fuselock.clone(), "/bin/fuselock".into()),
-                            (tests.clone(), "/bin/vm-tests".into()),
-                        ],
-                        prometheus.clone(),
-                        tmux.clone(),
-                        passthrough_hp.clone(),
-                    ]
-                    .concat(),
-                    mount: None,
-                    command: [
-                        "env",
-                        &format!("FUSELOCK_TEST_KERNEL={}", test_kernel_name(&run.kernel)),
-                        &format!("FUSELOCK_TEST_HEAVY={}", u8::from(args.heavy)),
-                        "vm-tests",
-                        "--include-ignored",
-                        "--test-threads=1",
-                        // Results the host can read back (skips_for_passed).
-                        "--color=never",
-                    ]
-                    .into_iter()
-                    .map(str::to_owned)
-                    .chain(args.nocapture.then(|| "--nocapture".to_owned()))
-                    .chain(filters)
-                    .collect(),
-                    cpus: if run.tier == Tier::Scale {
-                        SCALE_CPUS
-                    } else {
-                        2
-                    },
-                    memory_mb: 1024,
-                    timeout: std::time::Duration::from_secs(1800),
-                    append: run.append.clone(),
-                    interactive: false,
-                };
-                // A second boot (after a guest death fuselock cannot have
-                // caused) runs only what the first did not pass.
-                let done = vm::run_resuming(&spec, Some(""), |kept| {
-                    let skips = skips_for_passed(kept, &test_names);
-                    (!skips.is_empty()).then(|| [spec.command.clone(), skips].concat())
-                })?;
-                if let Some(why) = done.second_boot {
-                    reruns.push(format!("{what}: {why}"));
-                }
-                let code = done.code;
-                if code != 0 {
-                    bail!("{what} failed (exit {code})");
-                }
-                Ok(())
-            })?;
         }
+        // In the matrix's order, except that a run whose kernel is
+        // ready goes before one whose kernel is still being built.
+        let ready = todo
+            .iter()
+            .enumerate()
+            .find_map(|(i, run)| kernels.get(&run.kernel).map(|image| (i, image.clone())));
+        let Some((next, (image, kernel_name))) = ready else {
+            timings.step("waiting for the kernels being built", || kernels.wait())?;
+            continue;
+        };
+        let run = todo.remove(next);
+        let what = format!(
+            "VM {} on {kernel_name}{}",
+            match run.tier {
+                Tier::Core => "core tests".to_owned(),
+                Tier::Whole => "end-to-end tests".to_owned(),
+                Tier::Scale => format!("scale tests, {SCALE_CPUS} CPUs,"),
+            },
+            run.append
+                .as_deref()
+                .map(|a| format!(" with {a}"))
+                .unwrap_or_default()
+        );
+        // libtest runs a test if any filter matches: the core's names,
+        // narrowed by --filter when given.
+        let selected: Option<Vec<&str>> = match run.tier {
+            Tier::Whole => None,
+            Tier::Core => Some(core_of(&run.kernel).collect()),
+            Tier::Scale => Some(SCALE.to_vec()),
+        };
+        let filters: Vec<String> = match (&args.filter, &selected) {
+            (Some(f), Some(names)) => names
+                .iter()
+                .filter(|c| c.contains(f.as_str()))
+                .map(|c| (*c).to_owned())
+                .collect(),
+            (Some(f), None) => vec![f.clone()],
+            (None, Some(names)) => names.iter().map(|c| (*c).to_owned()).collect(),
+            (None, None) => Vec::new(),
+        };
+        if selected.is_some() && args.filter.is_some() && filters.is_empty() {
+            eprintln!("\n==> {what}: no test of this run matches the filter; skipped");
+            continue;
+        }
+        timings.step(&what, || {
+            let spec = vm::VmSpec {
+                kernel: image,
+                kernel_name: kernel_name.clone(),
+                files: [
+                    vec![
+                        (fuselock.clone(), "/bin/fuselock".into()),
+                        (tests.clone(), "/bin/vm-tests".into()),
+                    ],
+                    prometheus.clone(),
+                    tmux.clone(),
+                    passthrough_hp.clone(),
+                ]
+                .concat(),
+                mount: None,
+                command: [
+                    "env",
+                    &format!("FUSELOCK_TEST_KERNEL={}", test_kernel_name(&run.kernel)),
+                    &format!("FUSELOCK_TEST_HEAVY={}", u8::from(args.heavy)),
+                    "vm-tests",
+                    "--include-ignored",
+                    "--test-threads=1",
+                    // Results the host can read back (skips_for_passed).
+                    "--color=never",
+                ]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(args.nocapture.then(|| "--nocapture".to_owned()))
+                .chain(filters)
+                .collect(),
+                cpus: if run.tier == Tier::Scale {
+                    SCALE_CPUS
+                } else {
+                    2
+                },
+                memory_mb: 1024,
+                timeout: std::time::Duration::from_secs(1800),
+                append: run.append.clone(),
+                interactive: false,
+            };
+            // A second boot (after a guest death fuselock cannot have
+            // caused) runs only what the first did not pass.
+            let done = vm::run_resuming(&spec, Some(""), |kept| {
+                let skips = skips_for_passed(kept, &test_names);
+                (!skips.is_empty()).then(|| [spec.command.clone(), skips].concat())
+            })?;
+            if let Some(why) = done.second_boot {
+                reruns.push(format!("{what}: {why}"));
+            }
+            let code = done.code;
+            if code != 0 {
+                bail!("{what} failed (exit {code})");
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(checks) = host_checks {
+        checks.wait(timings)?;
+    }
+    Ok(())
+}
+
+/// fmt, clippy, the host tests, the install path and fuzzing.
+fn host_steps(args: &TestArgs, timings: &mut Timings) -> Result<()> {
+    timings.step("cargo fmt --check", || {
+        cargo(&["fmt", "--all", "--", "--check"])
+    })?;
+    // With the library's test support, so that its public use
+    // (`userspace/tests/test_rig.rs`) is built, linted and run too.
+    timings.step("cargo clippy", || {
+        cargo(&[
+            "clippy",
+            "--all-targets",
+            "--features",
+            "fuselock/test-support",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    timings.step("host tests", || {
+        cargo(&["test", "--features", "fuselock/test-support"])
+    })?;
+    timings.step(
+        "install path: cargo xtask dist, dpkg -i, -r, --purge",
+        || install_test::run(&dist::run()?),
+    )?;
+    if args.fuzz_seconds > 0 {
+        timings.step(
+            &format!("fuzzing, {}s per target", args.fuzz_seconds),
+            || fuzz::fuzz(fuzz::TARGETS, args.fuzz_seconds),
+        )?;
     }
     Ok(())
 }

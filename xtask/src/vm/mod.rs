@@ -139,12 +139,14 @@ pub fn kernel_is_built(name: &str) -> bool {
 /// that its build later starts at `make`.
 pub fn fetch_kernel_source(name: &str) -> Result<()> {
     match built_variant(name) {
-        Some((variant, line)) => kernel::fetch_source(
-            kernel::Series::for_line(line).map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?,
-            variant,
-        ),
+        Some((variant, line)) => kernel::fetch_source(series_of(name, line)?, variant),
         None => Ok(()),
     }
+}
+
+/// The series line `--kernel name` builds.
+fn series_of(name: &str, line: &str) -> Result<&'static kernel::Series> {
+    kernel::Series::for_line(line).map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))
 }
 
 /// What `--kernel` names: a Debian line (`debian:7.3`, `stock` =
@@ -158,10 +160,8 @@ pub fn resolve_kernel(name: &str) -> Result<(PathBuf, String)> {
         return Ok((k.vmlinuz, format!("Debian {}", k.release)));
     }
     if let Some((variant, line)) = built_variant(name) {
-        let series =
-            kernel::Series::for_line(line).map_err(|e| anyhow::anyhow!("--kernel {name}: {e}"))?;
         return Ok((
-            kernel::ensure(series, variant)?,
+            kernel::ensure(series_of(name, line)?, variant)?,
             format!("{line} {}", variant.describe()),
         ));
     }
