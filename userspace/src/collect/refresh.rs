@@ -39,7 +39,10 @@ impl Collector {
             .and_then(|last| written_since(&rings, last));
         // The pairs pushed since the refresh before last. Only the janitor
         // deletes files, and it tells the cache: so these are every pair
-        // whose counts moved, and every new file.
+        // whose counts moved, and every new file. After a refresh that read
+        // every entry there is no such range, so the next one to find a
+        // change reads every entry again: a write of the epoch before that
+        // read can land after it, its push skipped for one made before.
         let written = match (&self.inodes.marks, &range, &self.last_range) {
             (Some(_), Some(now), Some(before)) => {
                 Some(now.union(before).copied().collect::<HashSet<_>>())
