@@ -5,6 +5,10 @@
 //!
 //! Every kind of write uses a different N, so a swapped reason cannot pass.
 //! [`harness`] holds what the tests share; each other module is one topic.
+//! Inside a topic, a test's tier is its module, which `cargo xtask test`
+//! selects by path: `core_tier` runs on every kernel of the matrix,
+//! `series_tier` also on the series kernels, `scale_tier` in a guest with
+//! many CPUs; the others run where the whole suite does.
 
 #[path = "../common/mod.rs"]
 mod common;

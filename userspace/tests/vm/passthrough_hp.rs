@@ -32,46 +32,52 @@ fn hp_mount() -> TestFs {
     })
 }
 
-/// The mixed workload (one file per kind, different N) through
-/// passthrough_hp: exact counts, each for the reason the kernel had.
-#[test]
-#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn passthrough_hp_counts_every_kind_exactly() {
-    let fs = hp_mount();
-    let loads = mixed_loads();
-    let script: Vec<String> = loads
-        .iter()
-        .map(|l| {
-            format!(
-                "{} load {} --kind {} --writes {} --threads {}",
-                fuselock(),
-                fs.path(l.file),
-                l.kind,
-                l.writes,
-                l.threads
-            )
-        })
-        .collect();
-    let snap = stat_of_script(&format!("set -e; {}", script.join("; ")), &[]);
-    let p = "passthrough";
-    if kernel() == Kernel::Patched {
-        check_mixed_with_flag(&snap, p, false);
-    } else {
-        // Stock and unpatched 6.12 strip the flag at open (fs/fuse/iomode.c).
-        check_mixed_without_flag(&snap, p);
-    }
-    let total = 37 + 23 + 29 + 31;
-    assert_eq!(snap["totals"]["passthrough"]["writes"], total, "{snap}");
-    assert_eq!(snap["totals"]["direct_io"]["writes"], 0, "{snap}");
-    // passthrough_hp asks on every open; only the series keeps it.
-    check_flag_asked_and_kept_if_patched(&snap);
-    assert_eq!(snap["health"]["recursion_misses"], 0, "{snap}");
-}
+/// The core tier: what `cargo xtask test` runs on every kernel of its matrix
+/// (it selects tests by this module's name).
+mod core_tier {
+    use super::*;
 
-/// `verify --exercise` on a passthrough_hp mount: ACTIVE with the series,
-/// NOT ACTIVE (flag stripped) without it.
-#[test]
-#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn passthrough_hp_verify_exercise_gives_the_kernels_verdict() {
-    check_verify_exercise(&hp_mount());
+    /// The mixed workload (one file per kind, different N) through
+    /// passthrough_hp: exact counts, each for the reason the kernel had.
+    #[test]
+    #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+    fn passthrough_hp_counts_every_kind_exactly() {
+        let fs = hp_mount();
+        let loads = mixed_loads();
+        let script: Vec<String> = loads
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} load {} --kind {} --writes {} --threads {}",
+                    fuselock(),
+                    fs.path(l.file),
+                    l.kind,
+                    l.writes,
+                    l.threads
+                )
+            })
+            .collect();
+        let snap = stat_of_script(&format!("set -e; {}", script.join("; ")), &[]);
+        let p = "passthrough";
+        if kernel() == Kernel::Patched {
+            check_mixed_with_flag(&snap, p, false);
+        } else {
+            // Stock and unpatched 6.12 strip the flag at open (fs/fuse/iomode.c).
+            check_mixed_without_flag(&snap, p);
+        }
+        let total = 37 + 23 + 29 + 31;
+        assert_eq!(snap["totals"]["passthrough"]["writes"], total, "{snap}");
+        assert_eq!(snap["totals"]["direct_io"]["writes"], 0, "{snap}");
+        // passthrough_hp asks on every open; only the series keeps it.
+        check_flag_asked_and_kept_if_patched(&snap);
+        assert_eq!(snap["health"]["recursion_misses"], 0, "{snap}");
+    }
+
+    /// `verify --exercise` on a passthrough_hp mount: ACTIVE with the series,
+    /// NOT ACTIVE (flag stripped) without it.
+    #[test]
+    #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+    fn passthrough_hp_verify_exercise_gives_the_kernels_verdict() {
+        check_verify_exercise(&hp_mount());
+    }
 }

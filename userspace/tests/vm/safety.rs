@@ -316,67 +316,6 @@ fn record_force_refuses_other_users_files_and_hard_links() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The README's first command: the table and the verdict, exit 0, and
-/// nothing left behind.
-#[test]
-#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn plain_demo_prints_its_table_and_verdict() {
-    let out = Command::new(fuselock())
-        .args(["demo", "--writes", "120"])
-        .output()
-        .expect("demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    for (file, excl_reason_column) in [
-        ("overwrite", None),
-        ("buffered", Some(7)),
-        ("append.log", Some(8)),
-        ("grow", Some(9)),
-    ] {
-        let row: Vec<&str> = stdout
-            .lines()
-            .find(|l| {
-                l.split_whitespace()
-                    .next()
-                    .is_some_and(|f| f.ends_with(&format!("/mnt/{file}")))
-            })
-            .unwrap_or_else(|| panic!("no row for {file}:\n{stdout}"))
-            .split_whitespace()
-            .collect();
-        assert_eq!(row[2], "passthrough", "{row:?}");
-        assert_eq!(row[3], "120", "WRITES of {file}: {row:?}");
-        if let Some(column) = excl_reason_column {
-            assert_eq!(row[5], "120", "every {file} write is exclusive: {row:?}");
-            assert_eq!(row[column], "120", "{file}'s reason: {row:?}");
-        }
-    }
-    let verdict = stdout
-        .lines()
-        .find(|l| l.contains("ACTIVE"))
-        .unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
-    match kernel() {
-        Kernel::Patched => assert_eq!(
-            verdict,
-            "ACTIVE: 256 eligible direct overwrites took the shared lock"
-        ),
-        Kernel::Stock | Kernel::Unpatched => {
-            assert!(verdict.starts_with("NOT ACTIVE: "), "{verdict}");
-        }
-    }
-    let left: Vec<_> = std::fs::read_dir("/tmp")
-        .expect("/tmp")
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("fuselock-demo-")
-        })
-        .collect();
-    assert!(left.is_empty(), "demo left {left:?}");
-}
-
 /// A file name with a terminal escape and a newline, written on a real
 /// mount: `stat`'s table shows it escaped.
 #[test]
@@ -553,77 +492,6 @@ fn exporter_mount() -> Option<TestFs> {
     Some(TestFs::mount(&[]))
 }
 
-/// `export` with exactly what the shipped systemd unit gives it: a
-/// non-root user with the unit's capabilities as ambient capabilities and
-/// as the bounding set, no CAP_SETPCAP. It attaches the probes root would
-/// (kprobes on a preemptible kernel, where fentry would skip runs), keeps
-/// CAP_BPF alone, and serves exact counts (for a minute on 6.12).
-#[test]
-#[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
-fn export_keeps_serving_with_the_shipped_units_capabilities() {
-    let Some(fs) = exporter_mount() else {
-        return;
-    };
-    let port = 9951;
-    let unit_caps = unit_capabilities("AmbientCapabilities=");
-    assert_eq!(unit_caps, unit_capabilities("CapabilityBoundingSet="));
-    let root_mode = root_probe_mode();
-    let mut cmd = Command::new(fuselock());
-    cmd.args(["export", "--listen", &format!("127.0.0.1:{port}")]);
-    // SAFETY: only async-signal-safe system calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || as_the_unit(unit_caps));
-    }
-    let exporter = Guard(cmd.spawn().expect("start export"));
-    let pid = exporter.0.id();
-    wait_for("the exporter", 60, || exported_writes(port).is_some());
-    assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
-    assert_eq!(status_field(pid, "CapEff:"), "0000008000000000");
-    assert_eq!(status_field(pid, "CapPrm:"), "0000008000000000");
-    // Where root attaches kprobes (a preemptible kernel), so must the unit:
-    // fentry there skips runs. Elsewhere the unit may pick kprobes where
-    // root picks fentry (it cannot read debugfs for the preemption model),
-    // exact either way.
-    let metrics = scrape(port).expect("metrics");
-    let unit_mode = metrics
-        .lines()
-        .find(|l| l.starts_with("fuselock_build_info{"))
-        .and_then(|l| l.split("probe_mode=\"").nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no probe mode in {metrics}"));
-    println!("probe mode: {unit_mode} under the unit, {root_mode} as root");
-    if root_mode == "kprobe" {
-        assert_eq!(unit_mode, "kprobe", "{metrics}");
-    }
-    let long = std::env::var("FUSELOCK_TEST_KERNEL").as_deref() == Ok("stock");
-    let started = Instant::now();
-    let mut expected = 0;
-    let rounds: &[(u32, u32)] = if long {
-        &[(0, 111), (1, 222), (2, 333)]
-    } else {
-        &[(0, 111)]
-    };
-    for &(round, writes) in rounds {
-        load(&fs, &format!("f{round}"), writes);
-        expected += u64::from(writes);
-        wait_for(&format!("{expected} writes exported"), 30, || {
-            exported_writes(port) == Some(expected)
-        });
-        if long {
-            let until = Duration::from_secs(25 * u64::from(round + 1));
-            std::thread::sleep(until.saturating_sub(started.elapsed()));
-        }
-    }
-    if long {
-        assert!(started.elapsed() >= Duration::from_secs(60));
-    }
-    assert_eq!(exported_writes(port), Some(expected));
-    assert_eq!(
-        http_get(&format!("http://127.0.0.1:{port}/healthz")).as_deref(),
-        Some("ok\n")
-    );
-}
-
 /// In the child: become uid/gid 65534 holding `caps` as permitted,
 /// effective, inheritable and ambient capabilities, with `caps` as the
 /// bounding set (what systemd does for `DynamicUser=yes` with
@@ -664,4 +532,142 @@ fn as_the_unit(caps: u64) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The core tier: what `cargo xtask test` runs on every kernel of its matrix
+/// (it selects tests by this module's name).
+mod core_tier {
+    use super::*;
+
+    /// `export` with exactly what the shipped systemd unit gives it: a
+    /// non-root user with the unit's capabilities as ambient capabilities and
+    /// as the bounding set, no CAP_SETPCAP. It attaches the probes root would
+    /// (kprobes on a preemptible kernel, where fentry would skip runs), keeps
+    /// CAP_BPF alone, and serves exact counts (for a minute on 6.12).
+    #[test]
+    #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+    fn export_keeps_serving_with_the_shipped_units_capabilities() {
+        let Some(fs) = exporter_mount() else {
+            return;
+        };
+        let port = 9951;
+        let unit_caps = unit_capabilities("AmbientCapabilities=");
+        assert_eq!(unit_caps, unit_capabilities("CapabilityBoundingSet="));
+        let root_mode = root_probe_mode();
+        let mut cmd = Command::new(fuselock());
+        cmd.args(["export", "--listen", &format!("127.0.0.1:{port}")]);
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || as_the_unit(unit_caps));
+        }
+        let exporter = Guard(cmd.spawn().expect("start export"));
+        let pid = exporter.0.id();
+        wait_for("the exporter", 60, || exported_writes(port).is_some());
+        assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
+        assert_eq!(status_field(pid, "CapEff:"), "0000008000000000");
+        assert_eq!(status_field(pid, "CapPrm:"), "0000008000000000");
+        // Where root attaches kprobes (a preemptible kernel), so must the unit:
+        // fentry there skips runs. Elsewhere the unit may pick kprobes where
+        // root picks fentry (it cannot read debugfs for the preemption model),
+        // exact either way.
+        let metrics = scrape(port).expect("metrics");
+        let unit_mode = metrics
+            .lines()
+            .find(|l| l.starts_with("fuselock_build_info{"))
+            .and_then(|l| l.split("probe_mode=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no probe mode in {metrics}"));
+        println!("probe mode: {unit_mode} under the unit, {root_mode} as root");
+        if root_mode == "kprobe" {
+            assert_eq!(unit_mode, "kprobe", "{metrics}");
+        }
+        let long = std::env::var("FUSELOCK_TEST_KERNEL").as_deref() == Ok("stock");
+        let started = Instant::now();
+        let mut expected = 0;
+        let rounds: &[(u32, u32)] = if long {
+            &[(0, 111), (1, 222), (2, 333)]
+        } else {
+            &[(0, 111)]
+        };
+        for &(round, writes) in rounds {
+            load(&fs, &format!("f{round}"), writes);
+            expected += u64::from(writes);
+            wait_for(&format!("{expected} writes exported"), 30, || {
+                exported_writes(port) == Some(expected)
+            });
+            if long {
+                let until = Duration::from_secs(25 * u64::from(round + 1));
+                std::thread::sleep(until.saturating_sub(started.elapsed()));
+            }
+        }
+        if long {
+            assert!(started.elapsed() >= Duration::from_secs(60));
+        }
+        assert_eq!(exported_writes(port), Some(expected));
+        assert_eq!(
+            http_get(&format!("http://127.0.0.1:{port}/healthz")).as_deref(),
+            Some("ok\n")
+        );
+    }
+
+    /// The README's first command: the table and the verdict, exit 0, and
+    /// nothing left behind.
+    #[test]
+    #[ignore = "needs kprobes: runs in the VM via `cargo xtask test`"]
+    fn plain_demo_prints_its_table_and_verdict() {
+        let out = Command::new(fuselock())
+            .args(["demo", "--writes", "120"])
+            .output()
+            .expect("demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("{stdout}");
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        for (file, excl_reason_column) in [
+            ("overwrite", None),
+            ("buffered", Some(7)),
+            ("append.log", Some(8)),
+            ("grow", Some(9)),
+        ] {
+            let row: Vec<&str> = stdout
+                .lines()
+                .find(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|f| f.ends_with(&format!("/mnt/{file}")))
+                })
+                .unwrap_or_else(|| panic!("no row for {file}:\n{stdout}"))
+                .split_whitespace()
+                .collect();
+            assert_eq!(row[2], "passthrough", "{row:?}");
+            assert_eq!(row[3], "120", "WRITES of {file}: {row:?}");
+            if let Some(column) = excl_reason_column {
+                assert_eq!(row[5], "120", "every {file} write is exclusive: {row:?}");
+                assert_eq!(row[column], "120", "{file}'s reason: {row:?}");
+            }
+        }
+        let verdict = stdout
+            .lines()
+            .find(|l| l.contains("ACTIVE"))
+            .unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
+        match kernel() {
+            Kernel::Patched => assert_eq!(
+                verdict,
+                "ACTIVE: 256 eligible direct overwrites took the shared lock"
+            ),
+            Kernel::Stock | Kernel::Unpatched => {
+                assert!(verdict.starts_with("NOT ACTIVE: "), "{verdict}");
+            }
+        }
+        let left: Vec<_> = std::fs::read_dir("/tmp")
+            .expect("/tmp")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("fuselock-demo-")
+            })
+            .collect();
+        assert!(left.is_empty(), "demo left {left:?}");
+    }
 }

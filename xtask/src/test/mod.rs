@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 mod host_checks;
 mod kernels;
@@ -14,7 +14,7 @@ pub use matrix::Matrix;
 
 use host_checks::HostChecks;
 use kernels::Kernels;
-use matrix::{core_of, test_kernel_name, Run, Tier, SCALE, SCALE_CPUS};
+use matrix::{core_of, select, test_kernel_name, Run, Tier, SCALE, SCALE_CPUS};
 use resume::{listed_tests, skips_for_passed};
 use timings::Timings;
 
@@ -46,10 +46,11 @@ pub struct TestArgs {
         requires = "kernels"
     )]
     pub append: Option<String>,
-    /// Run only the core VM tests (see [`matrix::CORE`]) on the kernels named.
+    /// Run only the core VM tests (the `core_tier` modules, see
+    /// [`matrix::CORE`]) on the kernels named.
     #[arg(long)]
     pub core: bool,
-    /// Run only the scale tests (see [`matrix::SCALE`]), in a guest with 16 CPUs,
+    /// Run only the scale tests (the `scale_tier` modules), in a guest with 16 CPUs,
     /// on the kernels named.
     #[arg(long, conflicts_with = "core")]
     pub scale: bool,
@@ -192,27 +193,30 @@ fn run_steps(args: &TestArgs, timings: &mut Timings, reruns: &mut Vec<String>) -
                 .map(|a| format!(" with {a}"))
                 .unwrap_or_default()
         );
-        // libtest runs a test if any filter matches: the core's names,
-        // narrowed by --filter when given.
-        let selected: Option<Vec<&str>> = match run.tier {
+        // libtest runs a test if any filter matches: a tier's tests by
+        // their full paths, narrowed by --filter when given.
+        let tiers: Option<Vec<&str>> = match run.tier {
             Tier::Whole => None,
-            Tier::Core => Some(core_of(&run.kernel).collect()),
-            Tier::Scale => Some(SCALE.to_vec()),
+            Tier::Core => Some(core_of(&run.kernel)),
+            Tier::Scale => Some(vec![SCALE]),
         };
-        let filters: Vec<String> = match (&args.filter, &selected) {
-            (Some(f), Some(names)) => names
-                .iter()
-                .filter(|c| c.contains(f.as_str()))
-                .map(|c| (*c).to_owned())
-                .collect(),
-            (Some(f), None) => vec![f.clone()],
-            (None, Some(names)) => names.iter().map(|c| (*c).to_owned()).collect(),
-            (None, None) => Vec::new(),
+        let filters: Vec<String> = match &tiers {
+            Some(tiers) => {
+                for tier in tiers {
+                    ensure!(
+                        !select(&test_names, &[tier], None).is_empty(),
+                        "no VM test is in `{tier}`: the tier's modules are gone from userspace/tests/vm/"
+                    );
+                }
+                let selected = select(&test_names, tiers, args.filter.as_deref());
+                if selected.is_empty() {
+                    eprintln!("\n==> {what}: no test of this run matches the filter; skipped");
+                    continue;
+                }
+                selected.into_iter().map(str::to_owned).collect()
+            }
+            None => args.filter.iter().cloned().collect(),
         };
-        if selected.is_some() && args.filter.is_some() && filters.is_empty() {
-            eprintln!("\n==> {what}: no test of this run matches the filter; skipped");
-            continue;
-        }
         timings.step(&what, || {
             let spec = vm::VmSpec {
                 kernel: image,
