@@ -183,6 +183,17 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ns as f64 * 1e-9)
 }
 
+/// The most memory `pid` has held resident (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
 /// The pid of the process whose arguments start with `fuselock top`.
 fn find_top() -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
@@ -245,17 +256,20 @@ fn replay_top(recording: &std::path::Path) -> Result<()> {
     };
     let idle = window(3, 18);
     let busy = window(24, 39);
+    let peak = peak_rss_kib(pid);
     kill();
-    let (idle, busy) = (idle?, busy?);
+    let (idle, busy, peak) = (idle?, busy?, peak?);
     let ms = |s: f64| format!("{:.3} ms", s * 1e3);
     println!(
-        "   {:<30} {:>14} {:>14} {:>22}   ({:.3} % / {:.3} % of a core at 1 s)",
+        "   {:<30} {:>14} {:>14} {:>16} {:>22}   ({:.3} % / {:.3} % of a core at 1 s; peak RSS {:.1} MiB)",
         "top --replay, whole process",
         "-",
         ms(idle),
+        "-",
         ms(busy),
         idle * 100.0,
-        busy * 100.0
+        busy * 100.0,
+        peak as f64 / 1024.0
     );
     Ok(())
 }

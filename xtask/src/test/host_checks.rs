@@ -13,7 +13,9 @@ use std::{
     io::Read as _,
     os::unix::process::CommandExt as _,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
     time::Instant,
 };
 
@@ -25,9 +27,10 @@ use crate::{cache, setup};
 pub(super) const NAME: &str = "host checks: fmt, clippy, host tests, install path, fuzzing";
 
 pub(super) struct HostChecks {
-    child: Child,
+    /// The child's exit and its seconds, sent when it exits (so that the
+    /// timing table has its own time, not the next poll's).
+    ended: mpsc::Receiver<std::io::Result<(ExitStatus, f64)>>,
     log: PathBuf,
-    started: Instant,
 }
 
 impl HostChecks {
@@ -35,6 +38,8 @@ impl HostChecks {
     pub(super) fn start(fuzz_seconds: u64) -> Result<Self> {
         let dir = cache::workspace_root().join("target/xtask");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The path as printed, without the workspace root's `xtask/..`.
+        let dir = fs::canonicalize(&dir).unwrap_or(dir);
         let log = dir.join("host-checks.log");
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out
@@ -62,40 +67,51 @@ impl HostChecks {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let started = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let (tx, ended) = mpsc::channel();
+        thread::Builder::new()
+            .name("host checks".to_owned())
+            .spawn(move || {
+                let status = child.wait();
+                let _ = tx.send(status.map(|s| (s, started.elapsed().as_secs_f64())));
+            })
+            .context("starting the thread that waits for the host checks")?;
         eprintln!(
             "\n==> {NAME}: started beside the VM runs (cargo xtask test --no-vm; output in {})",
             log.display()
         );
-        Ok(Self {
-            child,
-            log,
-            started: Instant::now(),
-        })
+        Ok(Self { ended, log })
     }
 
     /// Whether the checks are still running; once they end, their result,
     /// recorded in `timings`.
     pub(super) fn poll(&mut self, timings: &mut Timings) -> Result<bool> {
-        match self
-            .child
-            .try_wait()
-            .context("checking on the host checks")?
-        {
-            None => Ok(true),
-            Some(status) => self.ended(status, timings).map(|()| false),
+        match self.ended.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => Ok(true),
+            Ok(ended) => self.record(ended, timings).map(|()| false),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                bail!("the thread waiting for the host checks ended early")
+            }
         }
     }
 
     /// Waits for the checks to end and records their result.
-    pub(super) fn wait(mut self, timings: &mut Timings) -> Result<()> {
+    pub(super) fn wait(self, timings: &mut Timings) -> Result<()> {
         eprintln!("\n==> waiting for the {NAME}");
-        let status = self.child.wait().context("waiting for the host checks")?;
-        self.ended(status, timings)
+        let ended = self
+            .ended
+            .recv()
+            .context("the thread waiting for the host checks ended early")?;
+        self.record(ended, timings)
     }
 
-    fn ended(&self, status: std::process::ExitStatus, timings: &mut Timings) -> Result<()> {
-        let secs = self.started.elapsed().as_secs_f64();
+    fn record(
+        &self,
+        ended: std::io::Result<(ExitStatus, f64)>,
+        timings: &mut Timings,
+    ) -> Result<()> {
+        let (status, secs) = ended.context("waiting for the host checks")?;
         timings.beside(NAME, secs, status.success());
         let mut log = String::new();
         File::open(&self.log)
