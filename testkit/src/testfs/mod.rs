@@ -26,6 +26,7 @@ use log::{debug, warn};
 
 mod backing;
 mod fs;
+mod requests;
 mod tables;
 
 use self::fs::{OpenPolicy, TestFs};

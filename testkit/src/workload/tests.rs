@@ -1,7 +1,10 @@
 use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::thread;
 
 use super::*;
+use crate::lock;
 
 #[test]
 fn writes_split_exactly_across_threads() {
