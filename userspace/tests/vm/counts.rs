@@ -257,50 +257,54 @@ mod core_tier {
                 threads: 2,
             },
         ];
-        let snap = stat_concurrently(&fs, &loads, "", &["--contention"]);
-        let p = "passthrough";
-        for (name, n) in [("hot", 1003), ("f1", 101), ("f2", 103)] {
-            let want = if kernel() == Kernel::Patched {
-                Expect {
-                    path: p,
-                    writes: n,
-                    shared: &[("eligible", n)],
-                    exclusive: &[],
-                }
-            } else {
-                Expect {
-                    path: p,
-                    writes: n,
-                    shared: &[],
-                    exclusive: &[("no_parallel_flag", n)],
-                }
-            };
-            check(&snap, name, &want);
-        }
-        let hot = entry(&snap, "hot");
-        if kernel() != Kernel::Patched {
+        // On 6.12 (voluntary preemption) eight writers on one exclusive lock
+        // queue on two emulated CPUs when both run at once, which the host
+        // decides: so a run that saw no wait runs again, up to three times,
+        // every count exact each time. On the preemptible 7.x lines a holder
+        // is rarely preempted and waiters may spin instead of sleeping, so
+        // whether any write waits is only printed there.
+        let six_twelve = matches!(
+            std::env::var("FUSELOCK_TEST_KERNEL").as_deref(),
+            Ok("stock" | "unpatched")
+        );
+        for attempt in 1..=3 {
+            let snap = stat_concurrently(&fs, &loads, "", &["--contention"]);
+            let p = "passthrough";
+            for (name, n) in [("hot", 1003), ("f1", 101), ("f2", 103)] {
+                let want = if kernel() == Kernel::Patched {
+                    Expect {
+                        path: p,
+                        writes: n,
+                        shared: &[("eligible", n)],
+                        exclusive: &[],
+                    }
+                } else {
+                    Expect {
+                        path: p,
+                        writes: n,
+                        shared: &[],
+                        exclusive: &[("no_parallel_flag", n)],
+                    }
+                };
+                check(&snap, name, &want);
+            }
+            assert_no_lost_writes(&snap, "");
+            if kernel() == Kernel::Patched {
+                return;
+            }
+            let hot = entry(&snap, "hot");
             let contended = hot["contended"]["exclusive"].as_u64().expect("contended");
             let waited = hot["wait_ns_total"]["exclusive"].as_u64().expect("wait");
             // Contended acquisitions are timed, and only those.
             assert_eq!(contended > 0, waited > 0, "{hot}");
             assert!(contended <= 1003, "{hot}");
             assert_eq!(hot["contended"]["shared"], 0, "{hot}");
-            // On 6.12 (voluntary preemption) eight writers on one exclusive lock
-            // always queue on two emulated CPUs. On the preemptible 7.x lines a
-            // holder is rarely preempted and waiters may spin instead of
-            // sleeping, so whether any write waits depends on scheduling there:
-            // one core run on 7.0 saw none, another saw some.
-            let six_twelve = matches!(
-                std::env::var("FUSELOCK_TEST_KERNEL").as_deref(),
-                Ok("stock" | "unpatched")
-            );
-            if six_twelve {
-                assert!(contended > 0, "no contention seen: {hot}");
-            } else {
-                println!("contended exclusive acquisitions: {contended} of 1003");
+            println!("attempt {attempt}: contended exclusive acquisitions: {contended} of 1003");
+            if contended > 0 || !six_twelve {
+                return;
             }
         }
-        assert_no_lost_writes(&snap, "");
+        panic!("no contention seen on 6.12 in three runs of eight writers on one file");
     }
 
     /// Every kind of write at once, 9 threads over 4 files: what a preemptible
