@@ -13,6 +13,14 @@ fn options_kconfig_dropped_are_found() {
     );
 }
 
+/// The files a unified diff patches, in its order.
+fn files_patched(patch: &str) -> Vec<&str> {
+    patch
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ b/"))
+        .collect()
+}
+
 #[test]
 fn patch_touches_exactly_the_two_files() {
     assert_eq!(
@@ -21,12 +29,8 @@ fn patch_touches_exactly_the_two_files() {
     );
     for series in SERIES {
         let patch = series.patch;
-        let files: Vec<&str> = patch
-            .lines()
-            .filter_map(|l| l.strip_prefix("+++ b/"))
-            .collect();
         assert_eq!(
-            files,
+            files_patched(patch),
             ["fs/fuse/iomode.c", "fs/fuse/passthrough.c"],
             "{}",
             series.patch_name
@@ -53,12 +57,8 @@ fn patch_touches_exactly_the_two_files() {
 fn v3_changes_the_lines_the_author_changes() {
     for series in SERIES {
         let patch = series.v3;
-        let files: Vec<&str> = patch
-            .lines()
-            .filter_map(|l| l.strip_prefix("+++ b/"))
-            .collect();
         assert_eq!(
-            files,
+            files_patched(patch),
             ["fs/fuse/iomode.c", "fs/fuse/passthrough.c"],
             "{}",
             series.v3_name
