@@ -17,6 +17,17 @@ pub(super) struct CachedRow {
     row: Box<Row>,
 }
 
+impl CachedRow {
+    /// The row of `entry` against `base` over `dt` seconds.
+    fn build(entry: &Arc<Entry>, base: Option<&Arc<Entry>>, dt: f64) -> CachedRow {
+        CachedRow {
+            entry: entry.clone(),
+            base: base.cloned(),
+            row: Box::new(rows::row(entry, base.map(|p| &**p), dt)),
+        }
+    }
+}
+
 /// The table's rows in table order (sorted, then filtered).
 #[derive(Clone, Copy)]
 pub struct Rows<'a> {
@@ -186,13 +197,10 @@ impl App {
                 if same_entry && both_or_neither(c.base.as_ref(), prev, Arc::ptr_eq) {
                     continue;
                 }
-                let row = rows::row(e, prev.map(|p| &**p), dt);
-                names_kept &= row.name == c.row.name && row.mount == c.row.mount;
-                *c = CachedRow {
-                    entry: e.clone(),
-                    base: prev.cloned(),
-                    row: Box::new(row),
-                };
+                let built_row = CachedRow::build(e, prev, dt);
+                names_kept &=
+                    built_row.row.name == c.row.name && built_row.row.mount == c.row.mount;
+                *c = built_row;
                 self.rows_built += 1;
                 built.push(i);
             }
@@ -217,11 +225,7 @@ impl App {
                     Some(c) if both_or_neither(c.base.as_ref(), prev, Arc::ptr_eq) => c,
                     _ => {
                         built += 1;
-                        CachedRow {
-                            entry: e.clone(),
-                            base: prev.cloned(),
-                            row: Box::new(rows::row(e, prev.map(|p| &**p), dt)),
-                        }
+                        CachedRow::build(e, prev, dt)
                     }
                 }
             })
