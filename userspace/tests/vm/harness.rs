@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use super::common::{fuselock, TestFs};
 
+mod exporter;
+pub(crate) use exporter::*;
+
 /// Which kernel the VM booted: `cargo xtask test` says so in
 /// `FUSELOCK_TEST_KERNEL`, since the expected lock modes differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

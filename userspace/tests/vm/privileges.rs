@@ -12,8 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{kernel, loopback_up, stat_attached, wait_for, Guard, Kernel};
-use crate::common::{fuselock, running, tmux::Tmux, TestFs};
+use super::{
+    exported_probe_mode, exported_writes, exporter_command, exporter_mount, load_writes,
+    root_probe_mode, serving, stat_attached, wait_for,
+};
+use crate::common::{fuselock, running, tmux::Tmux};
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -213,14 +216,9 @@ fn export_drops_in_every_thread_and_its_reaper_holds_nothing() {
         return;
     };
     let port = 9954;
-    let exporter = Guard(
-        Command::new(fuselock())
-            .args(["export", "--probe-mode", "kprobe"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .spawn()
-            .expect("start export"),
-    );
-    wait_for("the exporter", 60, || exported_writes(port).is_some());
+    let mut cmd = exporter_command(port);
+    cmd.args(["--probe-mode", "kprobe"]);
+    let exporter = serving(cmd, port);
     assert_dropped_with_reaper(exporter.0.id(), "export");
 }
 
@@ -338,14 +336,8 @@ fn root_export_leaves_root_for_an_account_nobody_else_has() {
         return;
     };
     let port = 9955;
-    let exporter = Guard(
-        Command::new(fuselock())
-            .args(["export", "--listen", &format!("127.0.0.1:{port}")])
-            .spawn()
-            .expect("start export"),
-    );
+    let exporter = serving(exporter_command(port), port);
     let pid = exporter.0.id();
-    wait_for("the exporter", 60, || exported_writes(port).is_some());
     let threads = assert_threads(
         pid,
         "export",
@@ -370,19 +362,11 @@ fn root_export_leaves_root_for_an_account_nobody_else_has() {
     kill.args(["-STOP", &pid.to_string()]);
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
-        kill.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(65_534, 65_534, 65_534) != 0
-                || libc::setresuid(65_534, 65_534, 65_534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        kill.pre_exec(as_nobody);
     }
     let status = kill.stderr(Stdio::null()).status().expect("kill as nobody");
     assert!(!status.success(), "nobody stopped the exporter");
-    load(&fs, "after-kill", 55);
+    load_writes(&fs, "after-kill", 55);
     wait_for("55 writes exported", 30, || {
         exported_writes(port) == Some(55)
     });
@@ -456,15 +440,7 @@ fn an_executable_with_file_capabilities_is_refused() {
         cmd.args(args);
         // SAFETY: only async-signal-safe system calls between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setresgid(65_534, 65_534, 65_534) != 0
-                    || libc::setresuid(65_534, 65_534, 65_534) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(as_nobody);
         }
         let out = cmd.output().expect("run the copy");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -571,21 +547,6 @@ fn as_the_daemonset(caps: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The probe mode a root `stat` picks here (`auto`).
-fn root_probe_mode() -> String {
-    let out = Command::new(fuselock())
-        .args(["stat", "--json", "--", "true"])
-        .output()
-        .expect("run fuselock stat");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().expect("a snapshot");
-    let snap: serde_json::Value = serde_json::from_str(last).expect("JSON");
-    snap["source"]["probe_mode"]
-        .as_str()
-        .expect("probe_mode")
-        .to_owned()
-}
-
 /// `export` in the DaemonSet's security context (see [`as_the_daemonset`]
 /// for what is and is not reproduced): it attaches the probes root would
 /// (kprobes where root picks them: the preemptible 7.x kernels, where
@@ -608,15 +569,13 @@ fn export_serves_exact_counts_in_the_daemonsets_security_context() {
     let paranoid =
         std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
     let port = 9956;
-    let mut cmd = Command::new(fuselock());
-    cmd.args(["export", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut cmd = exporter_command(port);
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || as_the_daemonset(caps));
     }
-    let exporter = Guard(cmd.spawn().expect("start export as the DaemonSet"));
+    let exporter = serving(cmd, port);
     let pid = exporter.0.id();
-    wait_for("the exporter", 60, || exported_writes(port).is_some());
     let threads = assert_threads(
         pid,
         "export in the DaemonSet's context",
@@ -627,72 +586,31 @@ fn export_serves_exact_counts_in_the_daemonsets_security_context() {
     );
     // Without CAP_SETPCAP the bounding set stays the DaemonSet's.
     assert!(threads.iter().all(|t| t.bounding == caps), "{threads:?}");
-    let metrics = scrape(port).expect("metrics");
-    let mode = metrics
-        .lines()
-        .find(|l| l.starts_with("fuselock_build_info{"))
-        .and_then(|l| l.split("probe_mode=\"").nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no probe mode in {metrics}"))
-        .to_owned();
+    let mode = exported_probe_mode(port);
     println!(
         "probe mode: {mode} in the DaemonSet's context, {root_mode} as root \
          (perf_event_paranoid {})",
         paranoid.trim()
     );
     if root_mode == "kprobe" {
-        assert_eq!(mode, "kprobe", "{metrics}");
+        assert_eq!(mode, "kprobe");
     }
-    load(&fs, "daemonset", 123);
+    load_writes(&fs, "daemonset", 123);
     wait_for("123 writes exported", 30, || {
         exported_writes(port) == Some(123)
     });
 }
 
-/// The exporter tests' start: the loopback up and a fresh mount, on
-/// Debian's kernels; `None` (the test is skipped) on the tiny test kernels,
-/// which have no TCP/IP.
-fn exporter_mount() -> Option<TestFs> {
-    if kernel() != Kernel::Stock {
-        eprintln!(
-            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
-            kernel()
-        );
-        return None;
+/// In the child: become `nobody` (uid and gid 65534, no groups).
+fn as_nobody() -> std::io::Result<()> {
+    // SAFETY: system calls with integer arguments.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(65_534, 65_534, 65_534) != 0
+            || libc::setresuid(65_534, 65_534, 65_534) != 0
+    };
+    if failed {
+        return Err(std::io::Error::last_os_error());
     }
-    loopback_up();
-    Some(TestFs::mount(&[]))
-}
-
-/// `/metrics` of the exporter on `port`, or what went wrong.
-fn scrape(port: u16) -> Result<String, String> {
-    let out = Command::new("wget")
-        .args(["-qO-", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("wget {}", out.status))
-    }
-}
-
-/// Writes on passthrough, as `/metrics` says.
-fn exported_writes(port: u16) -> Option<u64> {
-    let text = scrape(port).ok()?;
-    text.lines()
-        .filter(|l| l.starts_with("fuselock_writes_total{") && l.contains("path=\"passthrough\""))
-        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum::<Option<f64>>()
-        .map(|v| v as u64)
-}
-
-/// `writes` single-threaded writes to `file` on `fs`.
-fn load(fs: &TestFs, file: &str, writes: u32) {
-    let status = Command::new(fuselock())
-        .args(["load", &fs.path(file), "--writes", &writes.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .expect("load");
-    assert!(status.success());
+    Ok(())
 }

@@ -14,7 +14,10 @@ use std::{
 
 use serde_json::Value;
 
-use super::{http_get, kernel, loopback_up, wait_for, Guard, Kernel};
+use super::{
+    exported_probe_mode, exported_writes, exporter_command, exporter_mount, http_get, kernel,
+    load_writes, root_probe_mode, serving, wait_for, Kernel,
+};
 use crate::common::{fuselock, TestFs};
 
 /// Scratch files `verify --exercise` left in `dir`: read in the backing
@@ -414,21 +417,6 @@ fn unit_capabilities(key: &str) -> u64 {
         .fold(0, |mask, cap: u64| mask | 1 << cap)
 }
 
-/// The probe mode fuselock picks as root here (`auto`).
-fn root_probe_mode() -> String {
-    let out = Command::new(fuselock())
-        .args(["stat", "--json", "--", "true"])
-        .output()
-        .expect("run fuselock stat");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().expect("a snapshot");
-    let snap: serde_json::Value = serde_json::from_str(last).expect("JSON");
-    snap["source"]["probe_mode"]
-        .as_str()
-        .expect("probe_mode")
-        .to_owned()
-}
-
 fn status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
@@ -438,58 +426,6 @@ fn status_field(pid: u32, field: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `/metrics` of the exporter on `port`, or what went wrong.
-fn scrape(port: u16) -> Result<String, String> {
-    let out = Command::new("wget")
-        .args(["-qO-", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "wget {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        ))
-    }
-}
-
-/// Writes on passthrough, as `/metrics` says.
-fn exported_writes(port: u16) -> Option<u64> {
-    let text = scrape(port).map_err(|e| println!("scrape: {e}")).ok()?;
-    text.lines()
-        .filter(|l| l.starts_with("fuselock_writes_total{") && l.contains("path=\"passthrough\""))
-        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum::<Option<f64>>()
-        .map(|v| v as u64)
-}
-
-fn load(fs: &TestFs, file: &str, writes: u32) {
-    let status = Command::new(fuselock())
-        .args(["load", &fs.path(file), "--writes", &writes.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .expect("load");
-    assert!(status.success());
-}
-
-/// What the exporter tests start from: the loopback up and a fresh mount,
-/// on Debian's kernels; `None` (the test is skipped) on the tiny test
-/// kernels, which have no TCP/IP.
-fn exporter_mount() -> Option<TestFs> {
-    if kernel() != Kernel::Stock {
-        eprintln!(
-            "SKIPPED on {:?}: the tiny test kernels have no TCP/IP",
-            kernel()
-        );
-        return None;
-    }
-    loopback_up();
-    Some(TestFs::mount(&[]))
 }
 
 /// In the child: become uid/gid 65534 holding `caps` as permitted,
@@ -554,15 +490,13 @@ mod core_tier {
         let unit_caps = unit_capabilities("AmbientCapabilities=");
         assert_eq!(unit_caps, unit_capabilities("CapabilityBoundingSet="));
         let root_mode = root_probe_mode();
-        let mut cmd = Command::new(fuselock());
-        cmd.args(["export", "--listen", &format!("127.0.0.1:{port}")]);
+        let mut cmd = exporter_command(port);
         // SAFETY: only async-signal-safe system calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || as_the_unit(unit_caps));
         }
-        let exporter = Guard(cmd.spawn().expect("start export"));
+        let exporter = serving(cmd, port);
         let pid = exporter.0.id();
-        wait_for("the exporter", 60, || exported_writes(port).is_some());
         assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
         assert_eq!(status_field(pid, "CapEff:"), "0000008000000000");
         assert_eq!(status_field(pid, "CapPrm:"), "0000008000000000");
@@ -570,16 +504,10 @@ mod core_tier {
         // fentry there skips runs. Elsewhere the unit may pick kprobes where
         // root picks fentry (it cannot read debugfs for the preemption model),
         // exact either way.
-        let metrics = scrape(port).expect("metrics");
-        let unit_mode = metrics
-            .lines()
-            .find(|l| l.starts_with("fuselock_build_info{"))
-            .and_then(|l| l.split("probe_mode=\"").nth(1))
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_else(|| panic!("no probe mode in {metrics}"));
+        let unit_mode = exported_probe_mode(port);
         println!("probe mode: {unit_mode} under the unit, {root_mode} as root");
         if root_mode == "kprobe" {
-            assert_eq!(unit_mode, "kprobe", "{metrics}");
+            assert_eq!(unit_mode, "kprobe");
         }
         let long = std::env::var("FUSELOCK_TEST_KERNEL").as_deref() == Ok("stock");
         let started = Instant::now();
@@ -590,7 +518,7 @@ mod core_tier {
             &[(0, 111)]
         };
         for &(round, writes) in rounds {
-            load(&fs, &format!("f{round}"), writes);
+            load_writes(&fs, &format!("f{round}"), writes);
             expected += u64::from(writes);
             wait_for(&format!("{expected} writes exported"), 30, || {
                 exported_writes(port) == Some(expected)
