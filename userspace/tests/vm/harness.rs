@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use super::common::{fuselock, TestFs};
 
+mod contexts;
 mod exporter;
+pub(crate) use contexts::*;
 pub(crate) use exporter::*;
 
 /// Which kernel the VM booted: `cargo xtask test` says so in

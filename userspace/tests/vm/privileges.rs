@@ -13,8 +13,8 @@ use std::{
 };
 
 use super::{
-    exported_probe_mode, exported_writes, exporter_command, exporter_mount, load_writes,
-    root_probe_mode, serving, stat_attached, wait_for,
+    as_nobody, as_the_daemonset, exported_probe_mode, exported_writes, exporter_command,
+    exporter_mount, load_writes, root_probe_mode, serving, stat_attached, wait_for,
 };
 use crate::common::{fuselock, running, tmux::Tmux};
 
@@ -474,79 +474,6 @@ fn daemonset_capabilities() -> u64 {
         .fold(0, |mask, cap| mask | 1 << cap)
 }
 
-/// Writes `msg` to stderr between fork and exec (write(2) only).
-fn say(msg: &[u8]) {
-    // SAFETY: write(2) of a buffer we own.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-}
-
-/// In the child: the DaemonSet's container as far as a VM can make it.
-/// Reproduced: uid 0; exactly `caps` as bounding, permitted and effective
-/// sets, inheritable and ambient empty (what containerd gives a root
-/// container with `drop: ALL` and `add:`); `no_new_privs`
-/// (`allowPrivilegeEscalation: false`); a mount namespace of its own with
-/// the root read-only (`readOnlyRootFilesystem`), /sys read-only and no
-/// tracefs or debugfs (a container's /sys has none). Not reproduced: the
-/// PID, network, cgroup and IPC namespaces, the seccomp and AppArmor
-/// profiles, /proc's masked paths; /tmp stays writable (fuselock writes
-/// nothing). A step the kernel refuses is said on stderr.
-fn as_the_daemonset(caps: u64) -> std::io::Result<()> {
-    let check = |r: libc::c_long| {
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    // SAFETY: raw system calls with integer arguments, static C strings or
-    // our own buffers.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS).into())?;
-        check(
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-            .into(),
-        )?;
-        for dir in [c"/sys/kernel/tracing", c"/sys/kernel/debug"] {
-            libc::umount2(dir.as_ptr(), libc::MNT_DETACH);
-        }
-        for (dir, name) in [(c"/sys", &b"/sys"[..]), (c"/", &b"/"[..])] {
-            let ro = libc::mount(
-                std::ptr::null(),
-                dir.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                std::ptr::null(),
-            );
-            if ro != 0 {
-                say(b"as_the_daemonset: could not make ");
-                say(name);
-                say(b" read-only\n");
-            }
-        }
-        for cap in 0..64u64 {
-            if caps & (1 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
-                break; // EINVAL: past the last capability the kernel knows
-            }
-        }
-        let header = [0x2008_0522u32, 0];
-        let (lo, hi) = (caps as u32, (caps >> 32) as u32);
-        let data = [lo, lo, 0, hi, hi, 0];
-        check(libc::syscall(
-            libc::SYS_capset,
-            header.as_ptr(),
-            data.as_ptr(),
-        ))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
-    }
-    Ok(())
-}
-
 /// `export` in the DaemonSet's security context (see [`as_the_daemonset`]
 /// for what is and is not reproduced): it attaches the probes root would
 /// (kprobes where root picks them: the preemptible 7.x kernels, where
@@ -599,18 +526,4 @@ fn export_serves_exact_counts_in_the_daemonsets_security_context() {
     wait_for("123 writes exported", 30, || {
         exported_writes(port) == Some(123)
     });
-}
-
-/// In the child: become `nobody` (uid and gid 65534, no groups).
-fn as_nobody() -> std::io::Result<()> {
-    // SAFETY: system calls with integer arguments.
-    let failed = unsafe {
-        libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setresgid(65_534, 65_534, 65_534) != 0
-            || libc::setresuid(65_534, 65_534, 65_534) != 0
-    };
-    if failed {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

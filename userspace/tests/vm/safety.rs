@@ -15,8 +15,8 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    exported_probe_mode, exported_writes, exporter_command, exporter_mount, http_get, kernel,
-    load_writes, root_probe_mode, serving, wait_for, Kernel,
+    as_the_unit, exported_probe_mode, exported_writes, exporter_command, exporter_mount, http_get,
+    kernel, load_writes, root_probe_mode, serving, wait_for, Kernel,
 };
 use crate::common::{fuselock, TestFs};
 
@@ -426,48 +426,6 @@ fn status_field(pid: u32, field: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// In the child: become uid/gid 65534 holding `caps` as permitted,
-/// effective, inheritable and ambient capabilities, with `caps` as the
-/// bounding set (what systemd does for `DynamicUser=yes` with
-/// `AmbientCapabilities=` and `CapabilityBoundingSet=`).
-fn as_the_unit(caps: u64) -> std::io::Result<()> {
-    let check = |r: libc::c_long| {
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    // SAFETY: raw system calls with integer arguments or our own buffers.
-    unsafe {
-        for cap in 0..64u64 {
-            if caps & (1 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
-                break; // EINVAL: past the last capability the kernel knows
-            }
-        }
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
-        check(libc::setgroups(0, std::ptr::null()).into())?;
-        check(libc::setresgid(65534, 65534, 65534).into())?;
-        check(libc::setresuid(65534, 65534, 65534).into())?;
-        let header = [0x2008_0522u32, 0];
-        let (lo, hi) = (caps as u32, (caps >> 32) as u32);
-        let data = [lo, lo, lo, hi, hi, hi];
-        check(libc::syscall(
-            libc::SYS_capset,
-            header.as_ptr(),
-            data.as_ptr(),
-        ))?;
-        for cap in 0..64u64 {
-            if caps & (1 << cap) != 0 {
-                check(
-                    libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0).into(),
-                )?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The core tier: what `cargo xtask test` runs on every kernel of its matrix
