@@ -186,6 +186,37 @@ fn bad_replay_files_are_one_line_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A recording whose end was damaged: top plays the lines before the bad
+/// one, then leaves the terminal and says which line it could not read.
+#[test]
+fn a_bad_line_late_in_a_recording_ends_top_with_its_line_number() {
+    let dir = std::env::temp_dir().join(format!("fuselock-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let damaged = dir.join("damaged.jsonl");
+    let mut text = std::fs::read_to_string(REPLAY).expect("fixture");
+    let good = text.lines().count();
+    text.push_str("{\"timestamp\": 1, \"entries\": [\n");
+    std::fs::write(&damaged, text).expect("write");
+    let cmd = format!(
+        "sh -c '{FUSELOCK} top --replay {} --interval 0.2; echo EXITED $?; sleep 60'",
+        damaged.display()
+    );
+    let Some(t) = Tmux::start(&cmd, 120, 32) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    let s = t.wait_for("EXITED");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        s.contains(&format!(
+            "damaged.jsonl:{}: not a fuselock snapshot",
+            good + 1
+        )),
+        "{s}"
+    );
+    assert!(!s.contains("EXITED 0"), "{s}");
+}
+
 /// Words of a screen line, borders aside.
 fn words(line: &str) -> Vec<&str> {
     line.split(|c: char| c.is_whitespace() || c == '│')

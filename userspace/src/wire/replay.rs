@@ -1,6 +1,10 @@
 //! Reading a recorded snapshot stream (`fuselock record`, `stat --json`).
 
-use std::path::Path;
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    path::Path,
+};
 
 use anyhow::Result;
 
@@ -11,48 +15,105 @@ use crate::{
     wire::{json, stream::Decoder},
 };
 
-/// Most snapshots kept from one file: a day at one per second.
-const MAX_SNAPSHOTS: usize = 86_400;
-
-/// Every snapshot in `path`, or an error naming the file and line.
-pub fn read(path: &Path) -> Result<Vec<Snapshot>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| UsageError(format!("--replay {}: {e}", path.display())))?;
-    parse(std::io::BufReader::new(file), &path.display().to_string())
+/// A recorded stream, read a line at a time as it is replayed: what is
+/// held is the decoder's entries and the snapshot in hand, however long the
+/// recording. A bad line ends it with an error naming the file and line,
+/// after the snapshots before it.
+pub struct Replay<R> {
+    lines: std::io::Lines<R>,
+    name: String,
+    line_no: usize,
+    decoder: Decoder,
+    /// Whether a snapshot was handed out (an empty file is an error).
+    yielded: bool,
+    /// After an error or the end: nothing more is read.
+    done: bool,
 }
 
-pub fn parse(reader: impl std::io::BufRead, name: &str) -> Result<Vec<Snapshot>> {
-    let mut out = Vec::new();
-    let mut decoder = Decoder::default();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| UsageError(format!("{name}:{}: cannot read: {e}", i + 1)))?;
-        if line.trim().is_empty() {
-            continue;
+/// The recording at `path`, or why it cannot be opened.
+pub fn open(path: &Path) -> Result<Replay<BufReader<File>>> {
+    let file =
+        File::open(path).map_err(|e| UsageError(format!("--replay {}: {e}", path.display())))?;
+    Ok(Replay::new(
+        BufReader::new(file),
+        &path.display().to_string(),
+    ))
+}
+
+impl<R: BufRead> Replay<R> {
+    /// `name` is what errors call the stream.
+    pub fn new(reader: R, name: &str) -> Replay<R> {
+        Replay {
+            lines: reader.lines(),
+            name: name.to_owned(),
+            line_no: 0,
+            decoder: Decoder::default(),
+            yielded: false,
+            done: false,
         }
-        let snap = json::from_str(&line).map_err(|e| {
-            UsageError(format!(
-                "{name}:{}: not a fuselock snapshot ({e}); record one with `fuselock record FILE` or `fuselock stat --json`",
-                i + 1
-            ))
-        })?;
-        let snap = decoder
-            .decode(snap)
-            .map_err(|e| UsageError(format!("{name}:{}: {e}", i + 1)))?;
-        if out.len() == MAX_SNAPSHOTS {
-            return Err(UsageError(format!("{name}: more than {MAX_SNAPSHOTS} snapshots")).into());
+    }
+
+    /// The next line's snapshot; `None` at the end of the stream.
+    fn next_snapshot(&mut self) -> Result<Option<Snapshot>> {
+        let name = &self.name;
+        for line in self.lines.by_ref() {
+            self.line_no += 1;
+            let n = self.line_no;
+            let line = line.map_err(|e| UsageError(format!("{name}:{n}: cannot read: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let snap = json::from_str(&line).map_err(|e| {
+                UsageError(format!(
+                    "{name}:{n}: not a fuselock snapshot ({e}); record one with `fuselock record FILE` or `fuselock stat --json`"
+                ))
+            })?;
+            let snap = self
+                .decoder
+                .decode(snap)
+                .map_err(|e| UsageError(format!("{name}:{n}: {e}")))?;
+            return Ok(Some(snap));
         }
-        out.push(snap);
+        if !self.yielded {
+            return Err(UsageError(format!("{name}: no snapshots in it")).into());
+        }
+        Ok(None)
     }
-    if out.is_empty() {
-        return Err(UsageError(format!("{name}: no snapshots in it")).into());
+}
+
+impl<R: BufRead> Iterator for Replay<R> {
+    type Item = Result<Snapshot>;
+
+    fn next(&mut self) -> Option<Result<Snapshot>> {
+        if self.done {
+            return None;
+        }
+        let next = self.next_snapshot();
+        match &next {
+            Ok(Some(_)) => self.yielded = true,
+            Ok(None) | Err(_) => self.done = true,
+        }
+        next.transpose()
     }
-    Ok(out)
+}
+
+/// Every snapshot of a stream, or the first error (the tests and the
+/// fuzzer read whole streams; `top` replays one line at a time).
+pub fn parse(reader: impl BufRead, name: &str) -> Result<Vec<Snapshot>> {
+    Replay::new(reader, name).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::stream::Line;
+
+    fn read_all(path: &Path) -> Vec<Snapshot> {
+        open(path)
+            .expect("open")
+            .collect::<Result<_>>()
+            .expect("fixture")
+    }
 
     fn default_line() -> String {
         json::to_string(&Line::whole(Snapshot::default())).expect("json")
@@ -63,6 +124,50 @@ mod tests {
         let line = default_line();
         let text = format!("{line}\n\n{line}\n");
         assert_eq!(parse(text.as_bytes(), "t").expect("parse").len(), 2);
+    }
+
+    /// One line, again and again, forever.
+    struct Endless {
+        line: Vec<u8>,
+        at: usize,
+    }
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            for b in buf.iter_mut() {
+                *b = self.line[self.at];
+                self.at = (self.at + 1) % self.line.len();
+            }
+            Ok(buf.len())
+        }
+    }
+
+    /// A replay holds one snapshot at a time, not the recording: it hands
+    /// out the first snapshots of a stream that never ends.
+    #[test]
+    fn a_replay_reads_a_line_only_when_its_snapshot_is_asked_for() {
+        let line = format!("{}\n", default_line()).into_bytes();
+        let endless = std::io::BufReader::new(Endless { line, at: 0 });
+        let snaps: Vec<Snapshot> = Replay::new(endless, "endless")
+            .take(3)
+            .collect::<Result<_>>()
+            .expect("snapshots");
+        assert_eq!(snaps.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_line_ends_the_replay_after_the_snapshots_before_it() {
+        let line = default_line();
+        let text = format!("{line}\n\n{line}\nnot json\n{line}\n");
+        let mut replay = Replay::new(text.as_bytes(), "t");
+        assert!(replay.next().expect("first").is_ok());
+        assert!(replay.next().expect("second").is_ok());
+        let err = replay.next().expect("third").expect_err("a bad line");
+        assert!(
+            err.to_string().contains("t:4: not a fuselock snapshot"),
+            "{err}"
+        );
+        assert!(replay.next().is_none(), "nothing after the error");
     }
 
     #[test]
@@ -98,7 +203,7 @@ mod tests {
     fn rewriting_the_fixture_gives_the_bytes_written_before() {
         use crate::wire::{json::Writer, stream::Lines};
         let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
-        let snaps = read(&fixtures.join("replay.jsonl")).expect("fixture");
+        let snaps = read_all(&fixtures.join("replay.jsonl"));
         let mut out = Vec::new();
         for lines in [Lines::Whole, Lines::Deltas] {
             let mut writer = Writer::new(lines);
@@ -115,11 +220,10 @@ mod tests {
 
     #[test]
     fn the_checked_in_fixture_parses() {
-        let snaps = read(Path::new(concat!(
+        let snaps = read_all(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/replay.jsonl"
-        )))
-        .expect("fixture");
+        )));
         assert!(snaps.len() >= 3);
         assert!(snaps.iter().any(|s| !s.entries.is_empty()));
     }

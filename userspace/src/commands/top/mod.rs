@@ -8,12 +8,12 @@ mod state;
 mod terminal;
 
 use std::{
-    io::IsTerminal as _,
+    io::{BufRead, IsTerminal as _},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -25,7 +25,8 @@ use self::{event::Event, state::App, terminal::TerminalGuard};
 use fuselock_base::UsageError;
 
 use crate::{
-    cli::TopArgs, collect::Collector, commands::signals::Endings, kernel::probes, wire::replay,
+    cli::TopArgs, collect::Collector, commands::signals::Endings, kernel::probes,
+    model::snapshot::Snapshot, wire::replay,
 };
 
 /// Sends [`Event::Ended`] when SIGTERM, SIGINT or SIGHUP arrives (Ctrl-C
@@ -62,18 +63,27 @@ fn spawn_endings(tx: mpsc::Sender<Event>) -> Result<()> {
         .context("the signal thread ended before installing its handlers")?
 }
 
-/// Feeds recorded snapshots at the refresh interval.
+/// Feeds a recording's snapshots at the refresh interval, reading each
+/// line as its turn comes: the first is in hand (its errors come before the
+/// terminal is taken over); a bad line later ends the view with its error.
 fn spawn_replay(
-    snapshots: Vec<crate::model::snapshot::Snapshot>,
+    first: Snapshot,
+    rest: replay::Replay<impl BufRead + Send + 'static>,
     interval: Duration,
     tx: mpsc::Sender<Event>,
 ) {
     std::thread::spawn(move || {
-        for (i, s) in snapshots.into_iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(interval);
-            }
-            if tx.send(Event::Snapshot(Box::new(s))).is_err() {
+        if tx.send(Event::Snapshot(Box::new(first))).is_err() {
+            return;
+        }
+        for next in rest {
+            let due = Instant::now() + interval;
+            let ev = match next {
+                Ok(s) => Event::Snapshot(Box::new(s)),
+                Err(e) => Event::Failed(format!("{e:#}")),
+            };
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if tx.send(ev).is_err() {
                 return;
             }
         }
@@ -121,8 +131,11 @@ pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<
     let _attached;
     let source = match &args.replay {
         Some(path) => {
-            let snapshots = replay::read(path)?;
-            spawn_replay(snapshots, args.interval, tx.clone());
+            let mut rest = replay::open(path)?;
+            let first = rest
+                .next()
+                .context("a recording yields a snapshot or an error")??;
+            spawn_replay(first, rest, args.interval, tx.clone());
             format!(
                 "replay {}",
                 path.file_name().map_or_else(
