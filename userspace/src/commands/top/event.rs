@@ -22,8 +22,9 @@ pub enum Event {
     Snapshot(Box<Snapshot>),
     /// The source has no more snapshots (end of a replay).
     SourceDone,
-    /// The snapshot source failed.
-    Failed(String),
+    /// The snapshot source failed: the error `top` exits with (a bad line
+    /// of a recording is a usage error, as before the view started).
+    Failed(anyhow::Error),
     /// A signal asked fuselock to end.
     Ended,
 }

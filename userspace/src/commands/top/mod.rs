@@ -80,7 +80,7 @@ fn spawn_replay(
             let due = Instant::now() + interval;
             let ev = match next {
                 Ok(s) => Event::Snapshot(Box::new(s)),
-                Err(e) => Event::Failed(format!("{e:#}")),
+                Err(e) => Event::Failed(e),
             };
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
             if tx.send(ev).is_err() {
@@ -96,7 +96,7 @@ fn spawn_live(mut collector: Collector, interval: Duration, tx: mpsc::Sender<Eve
     std::thread::spawn(move || loop {
         let ev = match collector.snapshot(false) {
             Ok(s) => Event::Snapshot(Box::new(s)),
-            Err(e) => Event::Failed(format!("{e:#}")),
+            Err(e) => Event::Failed(e),
         };
         if tx.send(ev).is_err() {
             return;
@@ -229,7 +229,7 @@ fn ui_loop(mut app: App, rx: &mpsc::Receiver<Event>) -> Result<i32> {
     }
     drop(guard);
     match failure {
-        Some(e) => Err(anyhow::anyhow!(e)),
+        Some(e) => Err(e),
         None => Ok(0),
     }
 }
