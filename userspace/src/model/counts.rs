@@ -104,10 +104,12 @@ impl<T> IndexMut<Reason> for PerReason<T> {
     }
 }
 
-/// A log2 histogram of durations ([`probes_common::hist`]'s buckets), dense
-/// as the kernel keeps it; an empty one holds no allocation.
+/// A log2 histogram of durations ([`probes_common::hist`]'s buckets). Only
+/// the non-empty buckets are held, shortest first: a file's writes fill a
+/// few of the 32, and every live file keeps five histograms (an empty one
+/// holds no allocation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Histogram(Option<Box<[u64; hist::HIST_BUCKETS]>>);
+pub struct Histogram(Box<[(u8, u64)]>);
 
 /// One non-empty histogram bucket: `count` values `<= le_ns` (and above the
 /// previous bucket's bound); `le_ns` is `None` for the unbounded last bucket.
@@ -121,12 +123,22 @@ const NO_COUNTS: [u64; hist::HIST_BUCKETS] = [0; hist::HIST_BUCKETS];
 
 impl Histogram {
     pub fn from_counts(counts: &[u64; hist::HIST_BUCKETS]) -> Histogram {
-        Histogram(counts.iter().any(|&n| n > 0).then(|| Box::new(*counts)))
+        Histogram(
+            (0u8..)
+                .zip(counts)
+                .filter(|(_, &n)| n > 0)
+                .map(|(k, &n)| (k, n))
+                .collect(),
+        )
     }
 
     /// The count of every bucket, in bucket order.
-    pub fn counts(&self) -> &[u64; hist::HIST_BUCKETS] {
-        self.0.as_deref().unwrap_or(&NO_COUNTS)
+    pub fn counts(&self) -> [u64; hist::HIST_BUCKETS] {
+        let mut counts = NO_COUNTS;
+        for &(k, n) in self.0.iter() {
+            counts[usize::from(k)] = n;
+        }
+        counts
     }
 
     /// The largest value of bucket `k` (`None`: unbounded).
@@ -136,14 +148,10 @@ impl Histogram {
 
     /// The non-empty buckets, shortest durations first.
     pub fn buckets(&self) -> impl Iterator<Item = Bucket> + '_ {
-        self.counts()
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, &count)| Bucket {
-                le_ns: Histogram::le_ns(k),
-                count,
-            })
+        self.0.iter().map(|&(k, count)| Bucket {
+            le_ns: Histogram::le_ns(usize::from(k)),
+            count,
+        })
     }
 
     /// The histogram its non-empty buckets describe, or which bound is no
@@ -178,17 +186,16 @@ impl Histogram {
     /// The largest value of the bucket holding the 99th percentile, with
     /// `u64::MAX` for the unbounded bucket; `None` when empty.
     pub fn p99_le_ns(&self) -> Option<u64> {
-        let counts = self.counts();
-        let total: u64 = counts.iter().sum();
+        let total: u64 = self.0.iter().map(|&(_, n)| n).sum();
         if total == 0 {
             return None;
         }
         let target = total - total / 100; // ceil-ish of 0.99 * total
         let mut seen = 0;
-        for (k, n) in counts.iter().enumerate() {
+        for &(k, n) in self.0.iter() {
             seen += n;
             if seen >= target {
-                return Some(Histogram::le_ns(k).unwrap_or(u64::MAX));
+                return Some(Histogram::le_ns(usize::from(k)).unwrap_or(u64::MAX));
             }
         }
         Some(u64::MAX)

@@ -248,7 +248,7 @@ mod tests {
             r#"[{"le_ns":0,"count":2},{"le_ns":8191,"count":5},{"le_ns":null,"count":1}]"#
         );
         let back: Histogram = from_json::<HistogramJson, _>(&json).expect("read back");
-        assert_eq!(back.counts(), &counts);
+        assert_eq!(back.counts(), counts);
         assert_eq!(to_json::<HistogramJson, _>(&Histogram::default()), "[]");
         let bad = from_json::<HistogramJson, Histogram>(r#"[{"le_ns":1000,"count":1}]"#);
         assert!(bad.is_err(), "1000 is no bucket's bound");
