@@ -24,20 +24,20 @@ pub struct Replay<R> {
     name: String,
     line_no: usize,
     decoder: Decoder,
-    /// Whether a snapshot was handed out (an empty file is an error).
-    yielded: bool,
     /// After an error or the end: nothing more is read.
     done: bool,
 }
 
-/// The recording at `path`, or why it cannot be opened.
-pub fn open(path: &Path) -> Result<Replay<BufReader<File>>> {
+/// The recording at `path`: its first snapshot, read now so that a file
+/// that is missing, empty or bad from its first line is an error before
+/// anything is shown, and the rest of it.
+pub fn open(path: &Path) -> Result<(Snapshot, Replay<BufReader<File>>)> {
     let file =
         File::open(path).map_err(|e| UsageError(format!("--replay {}: {e}", path.display())))?;
-    Ok(Replay::new(
-        BufReader::new(file),
-        &path.display().to_string(),
-    ))
+    let mut replay = Replay::new(BufReader::new(file), &path.display().to_string());
+    let first = replay.next().transpose()?;
+    let first = first.ok_or_else(|| no_snapshots(&replay.name))?;
+    Ok((first, replay))
 }
 
 impl<R: BufRead> Replay<R> {
@@ -48,7 +48,6 @@ impl<R: BufRead> Replay<R> {
             name: name.to_owned(),
             line_no: 0,
             decoder: Decoder::default(),
-            yielded: false,
             done: false,
         }
     }
@@ -74,9 +73,6 @@ impl<R: BufRead> Replay<R> {
                 .map_err(|e| UsageError(format!("{name}:{n}: {e}")))?;
             return Ok(Some(snap));
         }
-        if !self.yielded {
-            return Err(UsageError(format!("{name}: no snapshots in it")).into());
-        }
         Ok(None)
     }
 }
@@ -89,10 +85,7 @@ impl<R: BufRead> Iterator for Replay<R> {
             return None;
         }
         let next = self.next_snapshot();
-        match &next {
-            Ok(Some(_)) => self.yielded = true,
-            Ok(None) | Err(_) => self.done = true,
-        }
+        self.done = !matches!(next, Ok(Some(_)));
         next.transpose()
     }
 }
@@ -100,7 +93,16 @@ impl<R: BufRead> Iterator for Replay<R> {
 /// Every snapshot of a stream, or the first error (the tests and the
 /// fuzzer read whole streams; `top` replays one line at a time).
 pub fn parse(reader: impl BufRead, name: &str) -> Result<Vec<Snapshot>> {
-    Replay::new(reader, name).collect()
+    let snapshots: Vec<Snapshot> = Replay::new(reader, name).collect::<Result<_>>()?;
+    if snapshots.is_empty() {
+        return Err(no_snapshots(name));
+    }
+    Ok(snapshots)
+}
+
+/// What a stream without a single snapshot is.
+fn no_snapshots(name: &str) -> anyhow::Error {
+    UsageError(format!("{name}: no snapshots in it")).into()
 }
 
 #[cfg(test)]
@@ -109,10 +111,12 @@ mod tests {
     use crate::wire::stream::Line;
 
     fn read_all(path: &Path) -> Vec<Snapshot> {
-        open(path)
-            .expect("open")
-            .collect::<Result<_>>()
-            .expect("fixture")
+        let (first, rest) = open(path).expect("open");
+        let mut snaps = vec![first];
+        for snap in rest {
+            snaps.push(snap.expect("fixture"));
+        }
+        snaps
     }
 
     fn default_line() -> String {
@@ -153,6 +157,16 @@ mod tests {
             .collect::<Result<_>>()
             .expect("snapshots");
         assert_eq!(snaps.len(), 3);
+    }
+
+    #[test]
+    fn opening_a_recording_without_a_snapshot_fails_at_once() {
+        let path =
+            std::env::temp_dir().join(format!("fuselock-empty-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "\n\n").expect("write");
+        let err = open(&path).err().expect("an empty recording");
+        let _ = std::fs::remove_file(&path);
+        assert!(err.to_string().ends_with(": no snapshots in it"), "{err}");
     }
 
     #[test]

@@ -131,10 +131,7 @@ pub fn run_with<G>(args: TopArgs, during: impl FnOnce() -> Result<G>) -> Result<
     let _attached;
     let source = match &args.replay {
         Some(path) => {
-            let mut rest = replay::open(path)?;
-            let first = rest
-                .next()
-                .context("a recording yields a snapshot or an error")??;
+            let (first, rest) = replay::open(path)?;
             spawn_replay(first, rest, args.interval, tx.clone());
             format!(
                 "replay {}",
